@@ -1,0 +1,54 @@
+//! What a corral run asks for.
+//!
+//! This crate is the only place where user input about limits is parsed and validated:
+//! sizes (`2G` is 2 GiB, as in systemd), durations (`1h30m`), CPU quotas, pid counts,
+//! profiles (built-in, then `/etc/corral/profiles.toml`, then the user's) and analysis
+//! metadata files. Everything downstream works with the typed [`Limits`].
+//!
+//! Layers are merged in one direction: built-in profile < profile file < metadata
+//! (`--limits-from`) < command-line flags. Each layer is a [`LimitsPatch`]; a field that
+//! a layer leaves out keeps the value of the layer below.
+
+mod limits;
+mod metadata;
+mod profile;
+mod units;
+
+pub use limits::{parse_grace, parse_swap, Limits, LimitsPatch, Setting, LIMIT_KEYS};
+pub use metadata::{load_metadata, parse_metadata, Metadata};
+pub use profile::{builtin_profiles, Profile, ProfileSet, ProfileSource};
+pub use units::{
+    format_bytes, format_duration, parse_cpus, parse_cpus_setting, parse_duration,
+    parse_duration_setting, parse_pids, parse_pids_setting, parse_size, parse_size_setting,
+};
+
+/// A precise, user-facing error about a limit, a profile or a metadata file.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SpecError {
+    /// A value that does not parse or is out of range.
+    #[error("invalid {what} {value:?}: {why}")]
+    Invalid {
+        /// Which setting (e.g. "memory size").
+        what: &'static str,
+        /// The text as given.
+        value: String,
+        /// Why it was refused, with the accepted form.
+        why: String,
+    },
+    /// A profile name that no layer defines.
+    #[error("unknown profile {name:?}; known profiles: {known}")]
+    UnknownProfile {
+        /// The requested name.
+        name: String,
+        /// Comma-separated list of the profiles that exist.
+        known: String,
+    },
+    /// A profile or metadata file that cannot be read or parsed.
+    #[error("{path}: {why}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}

@@ -1,0 +1,284 @@
+//! The typed limits of one run, and the patches that layers apply to them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::units::{
+    check_cpus, check_pids, parse_cpus_setting, parse_duration, parse_duration_setting,
+    parse_pids_setting, parse_size_setting,
+};
+use crate::SpecError;
+
+/// A limit that a layer sets: either a value or explicitly "no limit".
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Setting<T> {
+    /// Limit to this value.
+    Value(T),
+    /// Explicitly unlimited (`max`, `none`): overrides a limit from a lower layer.
+    Unlimited,
+}
+
+impl<T> Setting<T> {
+    /// The value, or `None` for unlimited.
+    pub fn into_option(self) -> Option<T> {
+        match self {
+            Setting::Value(v) => Some(v),
+            Setting::Unlimited => None,
+        }
+    }
+}
+
+/// The effective limits of one run, after all layers are merged. `None` means unlimited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory budget in bytes (`memory.max`).
+    pub memory: Option<u64>,
+    /// Swap budget in bytes (`memory.swap.max`); 0 forbids swapping.
+    pub swap: Option<u64>,
+    /// CPU quota in CPUs (`cpu.max` over a 100 ms period).
+    pub cpus: Option<f64>,
+    /// Maximum number of tasks in the run (`pids.max`).
+    pub pids: Option<u64>,
+    /// Wall-clock budget.
+    pub timeout: Option<Duration>,
+    /// CPU-time budget over the whole process tree.
+    pub cpu_time: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when corral ends a run.
+    pub grace: Duration,
+    /// Cap on each captured output file.
+    pub output_limit: Option<u64>,
+    /// Refuse to run when any requested limit cannot be enforced.
+    pub require_isolation: bool,
+}
+
+impl Default for Limits {
+    /// No limits at all except swap 0 and a 5 s grace: the base every profile patches.
+    fn default() -> Self {
+        Limits {
+            memory: None,
+            swap: Some(0),
+            cpus: None,
+            pids: None,
+            timeout: None,
+            cpu_time: None,
+            grace: Duration::from_secs(5),
+            output_limit: None,
+            require_isolation: false,
+        }
+    }
+}
+
+/// One layer's changes to [`Limits`]: every field it leaves `None` is inherited.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitsPatch {
+    /// See [`Limits::memory`].
+    pub memory: Option<Setting<u64>>,
+    /// See [`Limits::swap`].
+    pub swap: Option<Setting<u64>>,
+    /// See [`Limits::cpus`].
+    pub cpus: Option<Setting<f64>>,
+    /// See [`Limits::pids`].
+    pub pids: Option<Setting<u64>>,
+    /// See [`Limits::timeout`].
+    pub timeout: Option<Setting<Duration>>,
+    /// See [`Limits::cpu_time`].
+    pub cpu_time: Option<Setting<Duration>>,
+    /// See [`Limits::grace`].
+    pub grace: Option<Duration>,
+    /// See [`Limits::output_limit`].
+    pub output_limit: Option<Setting<u64>>,
+    /// See [`Limits::require_isolation`].
+    pub require_isolation: Option<bool>,
+}
+
+/// The keys a limits table may hold, in the order `corral profiles` prints them.
+pub const LIMIT_KEYS: &[&str] = &[
+    "memory",
+    "swap",
+    "cpus",
+    "pids",
+    "timeout",
+    "cpu_time",
+    "grace",
+    "output_limit",
+    "require_isolation",
+];
+
+impl LimitsPatch {
+    /// Applies this patch on top of `base`.
+    pub fn apply(&self, base: &mut Limits) {
+        fn set<T: Copy>(dst: &mut Option<T>, src: &Option<Setting<T>>) {
+            if let Some(s) = src {
+                *dst = s.into_option();
+            }
+        }
+        set(&mut base.memory, &self.memory);
+        set(&mut base.swap, &self.swap);
+        set(&mut base.cpus, &self.cpus);
+        set(&mut base.pids, &self.pids);
+        set(&mut base.timeout, &self.timeout);
+        set(&mut base.cpu_time, &self.cpu_time);
+        set(&mut base.output_limit, &self.output_limit);
+        if let Some(g) = self.grace {
+            base.grace = g;
+        }
+        if let Some(r) = self.require_isolation {
+            base.require_isolation = r;
+        }
+    }
+
+    /// True when the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == LimitsPatch::default()
+    }
+
+    /// Parses a limits table (from TOML or JSON). Unknown keys are refused so that a
+    /// typo such as `memmory` is an error and not a silently missing limit.
+    pub fn from_table(table: &Map<String, Value>, source: &str) -> Result<Self, SpecError> {
+        let mut p = LimitsPatch::default();
+        for (k, v) in table {
+            let err = |why: String| SpecError::File {
+                path: source.to_string(),
+                why: format!("key {k:?}: {why}"),
+            };
+            match k.as_str() {
+                "memory" => {
+                    p.memory = Some(size_value("memory size", v).map_err(|e| err(e.to_string()))?)
+                }
+                "swap" => p.swap = Some(swap_value(v).map_err(|e| err(e.to_string()))?),
+                "output_limit" => {
+                    p.output_limit =
+                        Some(size_value("output limit", v).map_err(|e| err(e.to_string()))?)
+                }
+                "cpus" => p.cpus = Some(cpus_value(v).map_err(|e| err(e.to_string()))?),
+                "pids" => p.pids = Some(pids_value(v).map_err(|e| err(e.to_string()))?),
+                "timeout" => {
+                    p.timeout = Some(duration_value("timeout", v).map_err(|e| err(e.to_string()))?)
+                }
+                "cpu_time" => {
+                    p.cpu_time =
+                        Some(duration_value("CPU-time limit", v).map_err(|e| err(e.to_string()))?)
+                }
+                "grace" => p.grace = Some(grace_value(v).map_err(|e| err(e.to_string()))?),
+                "require_isolation" => match v {
+                    Value::Bool(b) => p.require_isolation = Some(*b),
+                    _ => return Err(err("must be true or false".into())),
+                },
+                _ => {
+                    return Err(err(format!(
+                        "unknown limit; known limits: {}",
+                        LIMIT_KEYS.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn size_value(what: &'static str, v: &Value) -> Result<Setting<u64>, SpecError> {
+    match v {
+        Value::Number(n) if n.as_u64().is_some() => {
+            crate::units::parse_size(what, &n.to_string()).map(Setting::Value)
+        }
+        Value::String(s) => parse_size_setting(what, s),
+        other => parse_size_setting(what, &text(other)),
+    }
+}
+
+fn swap_value(v: &Value) -> Result<Setting<u64>, SpecError> {
+    let t = text(v);
+    if t.trim() == "0" {
+        return Ok(Setting::Value(0));
+    }
+    size_value("swap size", v)
+}
+
+fn cpus_value(v: &Value) -> Result<Setting<f64>, SpecError> {
+    match v {
+        Value::Number(n) => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            check_cpus(&n.to_string(), f).map(Setting::Value)
+        }
+        other => parse_cpus_setting(&text(other)),
+    }
+}
+
+fn pids_value(v: &Value) -> Result<Setting<u64>, SpecError> {
+    match v {
+        Value::Number(n) => match n.as_u64() {
+            Some(u) => check_pids(&n.to_string(), u).map(Setting::Value),
+            None => parse_pids_setting(&n.to_string()),
+        },
+        other => parse_pids_setting(&text(other)),
+    }
+}
+
+fn duration_value(what: &'static str, v: &Value) -> Result<Setting<Duration>, SpecError> {
+    parse_duration_setting(what, &text(v))
+}
+
+fn grace_value(v: &Value) -> Result<Duration, SpecError> {
+    let t = text(v);
+    if t.trim() == "0" || t.trim() == "0s" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration("grace period", &t)
+}
+
+/// Parses a grace period: like a duration, but `0` is allowed (SIGKILL at once).
+pub fn parse_grace(s: &str) -> Result<Duration, SpecError> {
+    grace_value(&Value::String(s.to_string()))
+}
+
+/// Parses a swap size: like a size, but `0` is allowed (no swapping).
+pub fn parse_swap(s: &str) -> Result<Setting<u64>, SpecError> {
+    swap_value(&Value::String(s.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn patch_layers() {
+        let mut l = Limits::default();
+        let t = json!({"memory": "2G", "timeout": "30m", "cpus": 1, "pids": 256});
+        LimitsPatch::from_table(t.as_object().unwrap(), "x")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.memory, Some(2 << 30));
+        assert_eq!(l.cpus, Some(1.0));
+        let t = json!({"memory": "max", "grace": 0});
+        LimitsPatch::from_table(t.as_object().unwrap(), "x")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.memory, None);
+        assert_eq!(l.grace, Duration::ZERO);
+        assert_eq!(l.timeout, Some(Duration::from_secs(1800)));
+    }
+
+    #[test]
+    fn unknown_and_bad_keys() {
+        let t = json!({"memmory": "2G"});
+        let e = LimitsPatch::from_table(t.as_object().unwrap(), "f.toml").unwrap_err();
+        assert!(e.to_string().contains("unknown limit"), "{e}");
+        let t = json!({"cpus": 0});
+        assert!(LimitsPatch::from_table(t.as_object().unwrap(), "f").is_err());
+        let t = json!({"pids": -4});
+        assert!(LimitsPatch::from_table(t.as_object().unwrap(), "f").is_err());
+        let t = json!({"require_isolation": "yes"});
+        assert!(LimitsPatch::from_table(t.as_object().unwrap(), "f").is_err());
+        assert_eq!(parse_swap("0").unwrap(), Setting::Value(0));
+    }
+}
