@@ -1,0 +1,1 @@
+//! The legacy (v1) layout: one hierarchy per controller. (Being written.)
