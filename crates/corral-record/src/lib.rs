@@ -1,1 +1,281 @@
-//! placeholder
+//! The result record of one run (`corral.result/v1`) and how its reason is decided.
+//!
+//! A record says what was asked ([`LimitValues`] requested), what the host really
+//! enforced, which backend did it, why the run ended ([`Reason`]), what the kernel
+//! counted, and, in [`Record::notes`], the same in a sentence or two for a scientist.
+//!
+//! The reason is decided by [`classify`] from the exit status and the cgroup's counters
+//! together, after the whole process tree is gone: an exit status can arrive before
+//! the OOM counter moves, so neither alone is trusted.
+
+mod classify;
+mod notes;
+
+use serde::{Deserialize, Serialize};
+
+pub use classify::{classify, Evidence, KillCause, Verdict, WaitStatus};
+pub use notes::compose_notes;
+
+/// The schema name written into every record.
+pub const SCHEMA: &str = "corral.result/v1";
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The main process exited by itself (any exit code).
+    Exited,
+    /// The main process died of a signal that corral did not send.
+    Signaled,
+    /// The kernel's OOM killer ended the run: it hit its memory budget.
+    Oom,
+    /// corral ended the run at its wall-clock limit.
+    Timeout,
+    /// corral ended the run when its CPU-time budget was used up.
+    CpuTime,
+    /// corral was asked to stop (a signal to corral, or a cancel through the service).
+    Cancelled,
+    /// The command could not be started (not found, not executable, bad cwd, ...).
+    SpawnFailed,
+    /// The supervisor died with the run in flight; recorded by the service's ledger.
+    Lost,
+}
+
+impl Reason {
+    /// The name used in JSON and in `corral` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Exited => "exited",
+            Reason::Signaled => "signaled",
+            Reason::Oom => "oom",
+            Reason::Timeout => "timeout",
+            Reason::CpuTime => "cpu_time",
+            Reason::Cancelled => "cancelled",
+            Reason::SpawnFailed => "spawn_failed",
+            Reason::Lost => "lost",
+        }
+    }
+
+    /// All reasons, for metrics and documentation.
+    pub const ALL: [Reason; 8] = [
+        Reason::Exited,
+        Reason::Signaled,
+        Reason::Oom,
+        Reason::Timeout,
+        Reason::CpuTime,
+        Reason::Cancelled,
+        Reason::SpawnFailed,
+        Reason::Lost,
+    ];
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Limit values as they appear in the record; `null` means unlimited (requested) or
+/// not enforced / unlimited (enforced: see [`LimitsRecord::not_enforced`] for which).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitValues {
+    /// Memory budget in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Swap budget in bytes.
+    pub swap_bytes: Option<u64>,
+    /// CPU quota in CPUs.
+    pub cpus: Option<f64>,
+    /// Maximum number of tasks.
+    pub pids: Option<u64>,
+    /// Wall-clock limit in seconds.
+    pub timeout_s: Option<f64>,
+    /// CPU-time limit in seconds.
+    pub cpu_time_s: Option<f64>,
+}
+
+impl LimitValues {
+    /// The values of typed [`corral_spec::Limits`].
+    pub fn from_limits(l: &corral_spec::Limits) -> Self {
+        LimitValues {
+            memory_bytes: l.memory,
+            swap_bytes: l.swap,
+            cpus: l.cpus,
+            pids: l.pids,
+            timeout_s: l.timeout.map(|d| d.as_secs_f64()),
+            cpu_time_s: l.cpu_time.map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+/// A requested limit that the host could not enforce, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The limit's field name in [`LimitValues`] (`cpus`, `memory_bytes`, ...).
+    pub limit: String,
+    /// Why it is not enforced, in one sentence.
+    pub why: String,
+}
+
+/// Requested versus enforced limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitsRecord {
+    /// What the profile, metadata and flags asked for.
+    pub requested: LimitValues,
+    /// What the backend really enforces (`null` where not enforced).
+    pub enforced: LimitValues,
+    /// Each requested limit that is not enforced, with the reason.
+    pub not_enforced: Vec<Gap>,
+    /// Seconds between SIGTERM and SIGKILL.
+    pub grace_s: f64,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Why it ended.
+    pub reason: Reason,
+    /// corral's exit status for this run (see the README's exit-code table).
+    pub exit_code: i32,
+    /// The signal that ended the main process, if it died of one.
+    pub signal: Option<i32>,
+    /// The main process' own exit code, if it exited.
+    pub process_exit_code: Option<i32>,
+    /// For `spawn_failed`: what went wrong.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+/// Limit events counted by the kernel during the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Events {
+    /// Processes killed by the OOM killer.
+    pub oom_kill: u64,
+    /// Forks refused because the run was at its process limit.
+    pub pids_max: u64,
+    /// CPU periods in which the run was throttled by its quota.
+    pub cpu_throttled: u64,
+    /// Total time the run was throttled, in microseconds.
+    pub cpu_throttled_us: u64,
+    /// Times the run hit its memory limit (reclaim was forced), where counted.
+    pub memory_max: u64,
+    /// Processes still running after the main process exited, killed by corral.
+    pub leftover_killed: u64,
+    /// True when corral had to SIGKILL because SIGTERM did not end the run in time.
+    pub grace_expired: bool,
+}
+
+/// What the run used, from the kernel's accounting of the run alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Wall-clock time from start to the end of the whole tree, in seconds.
+    pub wall_s: f64,
+    /// User CPU time of the whole tree, in seconds.
+    pub cpu_user_s: f64,
+    /// System CPU time of the whole tree, in seconds.
+    pub cpu_system_s: f64,
+    /// Peak memory of the run, in bytes (`null` where the host cannot tell).
+    pub memory_peak_bytes: Option<u64>,
+    /// Peak number of tasks (`null` where the host cannot tell).
+    pub pids_peak: Option<u64>,
+    /// Bytes read from block devices.
+    pub io_read_bytes: Option<u64>,
+    /// Bytes written to block devices.
+    pub io_write_bytes: Option<u64>,
+}
+
+/// A captured output stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Captured {
+    /// Where it was written.
+    pub path: String,
+    /// Bytes written to the file.
+    pub bytes: u64,
+    /// Bytes the run produced beyond `--output-limit`, dropped.
+    pub dropped_bytes: u64,
+}
+
+/// The captured outputs, when `--stdout`/`--stderr` were given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    /// The standard output file.
+    pub stdout: Option<Captured>,
+    /// The standard error file.
+    pub stderr: Option<Captured>,
+}
+
+/// The record of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// The run's id.
+    pub id: String,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// The working directory.
+    pub cwd: Option<String>,
+    /// The profile the limits started from.
+    pub profile: String,
+    /// The backend that ran it: `cgroup2`, `systemd`, `cgroup1` or `rlimit`.
+    pub backend: String,
+    /// Why this backend was chosen.
+    pub backend_reason: String,
+    /// The run's cgroup (for cgroup1: the memory hierarchy's directory), if any.
+    pub cgroup: Option<String>,
+    /// Requested and enforced limits.
+    pub limits: LimitsRecord,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Limit events.
+    pub events: Events,
+    /// Resource usage.
+    pub usage: Usage,
+    /// Captured output files.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub output: Option<Output>,
+    /// Start time, RFC 3339 UTC.
+    pub started_at: String,
+    /// End time, RFC 3339 UTC.
+    pub finished_at: String,
+    /// What happened, in one or two plain sentences.
+    pub notes: String,
+    /// The corral version that wrote the record.
+    pub corral_version: String,
+}
+
+impl Record {
+    /// Serializes the record as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a record always serializes")
+    }
+}
+
+/// Formats a system time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The conventional name of a signal number (`SIGKILL`), or `signal N`.
+pub fn signal_name(sig: i32) -> String {
+    let n = match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => return format!("signal {sig}"),
+    };
+    n.to_string()
+}

@@ -1,0 +1,167 @@
+//! Deciding why a run ended, from everything known after the tree is gone.
+
+use crate::Reason;
+
+/// How the main process ended, from `waitid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStatus {
+    /// It called `exit` with this code.
+    Exited(i32),
+    /// It died of this signal.
+    Signaled(i32),
+}
+
+/// Why corral itself started ending a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillCause {
+    /// The wall-clock limit passed.
+    Timeout,
+    /// The CPU-time budget was used up.
+    CpuTime,
+    /// corral was told to stop: a signal to corral (`Some(signal)`) or a cancel request.
+    Cancelled(Option<i32>),
+    /// The kernel reported an OOM in the run and the backend cannot make the kernel kill
+    /// the whole group (cgroup v1), so corral ended the rest of the tree.
+    Oom,
+}
+
+/// What is known at the end of a run, gathered after `populated 0`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// The main process' status; `None` when it never started.
+    pub status: Option<WaitStatus>,
+    /// The exit code (125, 126, 127) and message of a failed start.
+    pub spawn_error: Option<(i32, String)>,
+    /// What made corral end the run, if it did.
+    pub kill: Option<KillCause>,
+    /// The run's OOM-kill counter at the moment corral decided to end the run.
+    pub oom_kills_at_kill: u64,
+    /// The run's OOM-kill counter at the end.
+    pub oom_kills: u64,
+    /// True when the main process died of `SIGXCPU` from a CPU-time rlimit that corral
+    /// set (rlimit backend).
+    pub cpu_rlimit_hit: bool,
+}
+
+/// The decision: the reason and corral's exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Why the run ended.
+    pub reason: Reason,
+    /// corral's exit status, `timeout(1)`-style.
+    pub exit_code: i32,
+    /// The signal the main process died of.
+    pub signal: Option<i32>,
+    /// The main process' own exit code.
+    pub process_exit_code: Option<i32>,
+}
+
+/// Decides the reason. Rules, in order:
+/// 1. a failed start is `spawn_failed` (125, 126 or 127);
+/// 2. an OOM kill counted before corral decided to end the run wins over corral's own
+///    cause (the memory budget was hit first), if the main process was killed;
+/// 3. otherwise, when corral ended the run, its cause (`timeout`/`cpu_time` exit 124,
+///    `cancelled` 128+signal, `oom` 137);
+/// 4. a main process killed by SIGKILL while the OOM counter moved is `oom` (137);
+/// 5. a CPU-rlimit `SIGXCPU` is `cpu_time` (124);
+/// 6. any other signal is `signaled` (128+N); an exit is `exited` with its code.
+pub fn classify(e: &Evidence) -> Verdict {
+    let (signal, process_exit_code) = match e.status {
+        Some(WaitStatus::Signaled(s)) => (Some(s), None),
+        Some(WaitStatus::Exited(c)) => (None, Some(c)),
+        None => (None, None),
+    };
+    let v = |reason, exit_code| Verdict {
+        reason,
+        exit_code,
+        signal,
+        process_exit_code,
+    };
+    if let Some((code, _)) = &e.spawn_error {
+        return v(Reason::SpawnFailed, *code);
+    }
+    let killed = signal.is_some();
+    if let Some(cause) = e.kill {
+        if e.oom_kills_at_kill > 0 && killed {
+            return v(Reason::Oom, 137);
+        }
+        return match cause {
+            KillCause::Timeout => v(Reason::Timeout, 124),
+            KillCause::CpuTime => v(Reason::CpuTime, 124),
+            KillCause::Cancelled(sig) => v(Reason::Cancelled, 128 + sig.unwrap_or(15)),
+            KillCause::Oom => v(Reason::Oom, 137),
+        };
+    }
+    match e.status {
+        Some(WaitStatus::Signaled(9)) if e.oom_kills > 0 => v(Reason::Oom, 137),
+        Some(WaitStatus::Signaled(24)) if e.cpu_rlimit_hit => v(Reason::CpuTime, 124),
+        Some(WaitStatus::Signaled(s)) => v(Reason::Signaled, 128 + s),
+        Some(WaitStatus::Exited(c)) => v(Reason::Exited, c),
+        None => v(Reason::SpawnFailed, 125),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(status: WaitStatus) -> Evidence {
+        Evidence {
+            status: Some(status),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plain_exit_and_signal() {
+        let v = classify(&ev(WaitStatus::Exited(3)));
+        assert_eq!((v.reason, v.exit_code), (Reason::Exited, 3));
+        let v = classify(&ev(WaitStatus::Signaled(11)));
+        assert_eq!(
+            (v.reason, v.exit_code, v.signal),
+            (Reason::Signaled, 139, Some(11))
+        );
+    }
+
+    #[test]
+    fn oom_needs_the_counter() {
+        let mut e = ev(WaitStatus::Signaled(9));
+        assert_eq!(classify(&e).reason, Reason::Signaled);
+        e.oom_kills = 1;
+        let v = classify(&e);
+        assert_eq!((v.reason, v.exit_code), (Reason::Oom, 137));
+        // A child was OOM-killed but the main process exited by itself.
+        let mut e = ev(WaitStatus::Exited(1));
+        e.oom_kills = 1;
+        assert_eq!(classify(&e).reason, Reason::Exited);
+    }
+
+    #[test]
+    fn corral_causes_and_races() {
+        let mut e = ev(WaitStatus::Signaled(15));
+        e.kill = Some(KillCause::Timeout);
+        assert_eq!(classify(&e).exit_code, 124);
+        // The OOM came after corral's kill (a dying process allocating): still timeout.
+        e.oom_kills = 1;
+        assert_eq!(classify(&e).reason, Reason::Timeout);
+        // The OOM came first: it is the reason.
+        e.oom_kills_at_kill = 1;
+        e.status = Some(WaitStatus::Signaled(9));
+        assert_eq!(classify(&e).reason, Reason::Oom);
+        let mut e = ev(WaitStatus::Exited(0));
+        e.kill = Some(KillCause::CpuTime);
+        assert_eq!(classify(&e).reason, Reason::CpuTime);
+        e.kill = Some(KillCause::Cancelled(Some(2)));
+        assert_eq!(classify(&e).exit_code, 130);
+    }
+
+    #[test]
+    fn spawn_failure() {
+        let e = Evidence {
+            spawn_error: Some((127, "not found".into())),
+            ..Default::default()
+        };
+        assert_eq!(classify(&e).exit_code, 127);
+        assert_eq!(classify(&e).reason, Reason::SpawnFailed);
+    }
+}

@@ -1,0 +1,154 @@
+//! The plain-language `notes` of a record: what happened, for a scientist.
+
+use std::time::Duration;
+
+use corral_spec::{format_bytes, format_duration};
+
+use crate::{signal_name, Reason, Record};
+
+fn secs(s: f64) -> String {
+    format_duration(Duration::from_secs_f64(s.max(0.0)))
+}
+
+fn cpus(c: f64) -> String {
+    let s = format!("{c:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s}-CPU")
+}
+
+/// Writes the notes for a finished record: first the outcome, then what else a reader
+/// should know (refused forks, throttling, killed leftovers, truncated output, limits
+/// that were not enforced).
+pub fn compose_notes(r: &Record) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let req = &r.limits.requested;
+    let peak = r.usage.memory_peak_bytes.map(format_bytes);
+    let wall = secs(r.usage.wall_s);
+    match r.outcome.reason {
+        Reason::Exited => {
+            let code = r.outcome.process_exit_code.unwrap_or(0);
+            let mut s = if code == 0 {
+                format!("Finished normally after {wall}")
+            } else {
+                format!("Exited with code {code} after {wall}")
+            };
+            if let (Some(p), Some(m)) = (&peak, req.memory_bytes) {
+                s.push_str(&format!("; peak memory {p} of {}", format_bytes(m)));
+            }
+            out.push(s + ".");
+        }
+        Reason::Signaled => {
+            let sig = r.outcome.signal.unwrap_or(0);
+            out.push(format!(
+                "Ended by {} after {wall}; corral did not send it and no limit was hit.",
+                signal_name(sig)
+            ));
+        }
+        Reason::Oom => {
+            let own_budget = r.limits.enforced.memory_bytes;
+            let mut s = match own_budget {
+                Some(m) => format!(
+                    "Killed: the analysis used its whole {} memory budget",
+                    format_bytes(m)
+                ),
+                None => "Killed by the kernel's out-of-memory killer: the machine (or the service's shared budget) ran out of memory".to_string(),
+            };
+            if let Some(p) = &peak {
+                s.push_str(&format!("; peak {p}"));
+            }
+            out.push(s + ".");
+        }
+        Reason::Timeout => {
+            let limit = req.timeout_s.map(secs).unwrap_or_default();
+            out.push(format!(
+                "Stopped: the analysis ran past its {limit} wall-clock limit."
+            ));
+        }
+        Reason::CpuTime => {
+            let limit = req.cpu_time_s.map(secs).unwrap_or_default();
+            let used = r.usage.cpu_user_s + r.usage.cpu_system_s;
+            out.push(format!(
+                "Stopped: the analysis used up its {limit} CPU-time budget ({:.2} s of CPU used).",
+                used
+            ));
+        }
+        Reason::Cancelled => {
+            let by = match r.outcome.exit_code - 128 {
+                s @ (1 | 2 | 15) => format!("corral received {}", signal_name(s)),
+                _ => "the run was cancelled".to_string(),
+            };
+            out.push(format!("Cancelled after {wall}: {by} and ended the run."));
+        }
+        Reason::SpawnFailed => {
+            let err = r.outcome.error.clone().unwrap_or_default();
+            out.push(format!("Could not start the command: {err}."));
+        }
+        Reason::Lost => {
+            out.push(
+                "Lost: the corral service stopped while this run was in flight; its processes were ended and its cgroup removed.".to_string(),
+            );
+        }
+    }
+    if r.events.grace_expired {
+        out.push(format!(
+            "It did not exit within {} of SIGTERM and was killed.",
+            secs(r.limits.grace_s)
+        ));
+    }
+    if r.events.pids_max > 0 {
+        let n = r.events.pids_max;
+        let lim = req
+            .pids
+            .map(|p| format!(" by the {p}-process limit"))
+            .unwrap_or_default();
+        out.push(format!(
+            "{n} fork{} refused{lim}.",
+            if n == 1 { " was" } else { "s were" }
+        ));
+    }
+    if let (Some(c), true) = (r.limits.enforced.cpus, r.events.cpu_throttled > 0) {
+        let t = r.events.cpu_throttled_us as f64 / 1e6;
+        if t >= 0.1 * r.usage.wall_s.max(0.001) {
+            out.push(format!(
+                "The {} quota held it back for {:.1} s.",
+                cpus(c),
+                t
+            ));
+        }
+    }
+    if r.events.leftover_killed > 0 {
+        let n = r.events.leftover_killed;
+        out.push(format!(
+            "{n} background process{} still running when the main process ended {} killed.",
+            if n == 1 { "" } else { "es" },
+            if n == 1 { "was" } else { "were" }
+        ));
+    }
+    if let Some(o) = &r.output {
+        for (name, c) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+            if let Some(c) = c {
+                if c.dropped_bytes > 0 {
+                    out.push(format!(
+                        "{name} was cut at {}; {} more were dropped.",
+                        format_bytes(c.bytes),
+                        format_bytes(c.dropped_bytes)
+                    ));
+                }
+            }
+        }
+    }
+    if !r.limits.not_enforced.is_empty() {
+        let list: Vec<String> = r
+            .limits
+            .not_enforced
+            .iter()
+            .map(|g| format!("{} ({})", g.limit, g.why))
+            .collect();
+        out.push(format!(
+            "Not enforced on this host with the {} backend: {}.",
+            r.backend,
+            list.join("; ")
+        ));
+    }
+    out.join(" ")
+}
