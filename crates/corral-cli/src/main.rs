@@ -1,1 +1,67 @@
-fn main() {}
+//! The `corral` command.
+//!
+//! Exit status, as `timeout(1)` users expect: the command's own status; 128+N when it
+//! died of signal N (an OOM kill is 137); 124 when corral stopped it at its wall-clock
+//! or CPU-time limit; 125 when corral itself failed (bad input, no cgroup access,
+//! `--require-isolation` refused); 126 command not executable; 127 command not found.
+
+mod args;
+mod profiles;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// corral runs each analysis in its own cgroup with a memory limit, a CPU quota, a
+/// process limit and a wall clock, kills its whole process tree when it goes over
+/// budget, and says exactly what happened and what was used.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one command under limits and report what happened.
+    Run(Box<run::RunCmd>),
+    /// Print the effective profiles (built-in, then /etc/corral, then the user's file).
+    Profiles(profiles::ProfilesArgs),
+}
+
+/// Exit status for corral's own failures.
+pub const EXIT_CORRAL_FAILED: u8 = 125;
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => EXIT_CORRAL_FAILED,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Run(a) => run::main(*a),
+        Command::Profiles(a) => profiles::main(a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("corral: {e:#}");
+            ExitCode::from(EXIT_CORRAL_FAILED)
+        }
+    }
+}

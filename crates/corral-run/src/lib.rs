@@ -1,1 +1,26 @@
-//! placeholder
+//! Running one analysis under limits: the library behind `corral run` and the service.
+//!
+//! One run flows one way, each step in one module:
+//!
+//! ```text
+//! RunSpec ─► Backend::create ─► spawn ─► supervise ─► collect ─► classify ─► Record
+//!            (backend)          (spawn)  (supervise)  (Sandbox)  (corral-record)
+//! ```
+//!
+//! * [`backend`]: the [`Backend`] trait and its implementations; each creates a
+//!   [`Sandbox`] (a cgroup, a set of v1 groups, a systemd scope, or plain rlimits) and
+//!   says which limits it really enforces.
+//! * [`spawn`]: the only unsafe code: `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)`.
+//! * [`supervise`]: the event loop of one run (pidfd, timers, inotify/eventfd), the
+//!   SIGTERM → grace → kill sequence, and the wait until the tree is gone.
+//! * [`run`]: ties it together and builds the [`corral_record::Record`].
+
+pub mod backend;
+pub mod ident;
+pub mod output;
+pub mod run;
+pub mod spawn;
+pub mod supervise;
+
+pub use backend::{Backend, BackendKind, Sandbox};
+pub use run::{run, Cancel, RunError, RunSpec, Stdio};

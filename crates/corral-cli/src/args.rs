@@ -1,0 +1,147 @@
+//! The run options shared by `corral run` (and later `corral submit`), and how they
+//! become a [`RunSpec`]: built-in profile < profile files < `--limits-from` < flags.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use corral_run::{RunSpec, Stdio};
+use corral_spec::{
+    load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
+    parse_size_setting, parse_swap, LimitsPatch, ProfileSet,
+};
+
+/// Options of one run.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Profile to start from: default, notebook, post_process, tool, or one of yours.
+    #[arg(short = 'p', long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Memory budget (memory.max), binary units: 512M, 2G (= 2 GiB); "max" for none.
+    #[arg(short = 'm', long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Swap budget (memory.swap.max); default 0.
+    #[arg(long, value_name = "SIZE")]
+    pub swap: Option<String>,
+    /// CPU quota in CPUs: 0.5, 1.5 (cpu.max over a 100 ms period); "max" for none.
+    #[arg(short = 'c', long, value_name = "FLOAT")]
+    pub cpus: Option<String>,
+    /// Maximum number of processes and threads (pids.max); "max" for none.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<String>,
+    /// Wall-clock limit: 90s, 30m, 1h30m; "none" for no limit.
+    #[arg(short = 't', long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// CPU-time limit over the whole process tree; "none" for no limit.
+    #[arg(long, value_name = "DURATION")]
+    pub cpu_time: Option<String>,
+    /// Time between SIGTERM to the tree and SIGKILL (default 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
+    /// Working directory of the command.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Set an environment variable (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Start the command with an empty environment (plus --env).
+    #[arg(long)]
+    pub clear_env: bool,
+    /// Write the command's standard output to FILE (default: inherited).
+    #[arg(long, value_name = "FILE")]
+    pub stdout: Option<PathBuf>,
+    /// Write the command's standard error to FILE (default: inherited).
+    #[arg(long, value_name = "FILE")]
+    pub stderr: Option<PathBuf>,
+    /// Cap on each captured file; the rest is dropped and noted.
+    #[arg(long, value_name = "SIZE")]
+    pub output_limit: Option<String>,
+    /// JSON or TOML analysis metadata with limit overrides.
+    #[arg(long, value_name = "FILE")]
+    pub limits_from: Option<PathBuf>,
+    /// Refuse to run (exit 125) when any requested limit cannot be enforced.
+    #[arg(long)]
+    pub require_isolation: bool,
+    /// The run's id (1-64 of A-Z a-z 0-9 _ -); generated when absent.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// Merges profile, metadata and flags into a run spec; every bad value is one
+    /// precise error.
+    pub fn to_spec(&self) -> Result<RunSpec> {
+        let profiles = ProfileSet::load_default()?;
+        let metadata = match &self.limits_from {
+            Some(p) => Some(load_metadata(p)?),
+            None => None,
+        };
+        let name = self
+            .profile
+            .clone()
+            .or_else(|| metadata.as_ref().and_then(|m| m.profile.clone()))
+            .unwrap_or_else(|| "default".to_string());
+        let mut limits = profiles.get(&name)?.limits;
+        if let Some(md) = &metadata {
+            md.limits.apply(&mut limits);
+        }
+        self.flags_patch()?.apply(&mut limits);
+        let env = self
+            .env
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => Err(anyhow!("invalid --env {kv:?}: use NAME=VALUE")),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if self.command.is_empty() || self.command[0].is_empty() {
+            bail!("no command given; use: corral run [OPTIONS] -- COMMAND [ARGS...]");
+        }
+        let file = |p: &Option<PathBuf>| p.clone().map_or(Stdio::Inherit, Stdio::File);
+        Ok(RunSpec {
+            id: self.id.clone(),
+            command: self.command.clone(),
+            cwd: self.cwd.clone(),
+            env,
+            clear_env: self.clear_env,
+            stdin: Stdio::Inherit,
+            stdout: file(&self.stdout),
+            stderr: file(&self.stderr),
+            profile: name,
+            limits,
+        })
+    }
+
+    fn flags_patch(&self) -> Result<LimitsPatch> {
+        Ok(LimitsPatch {
+            memory: self
+                .memory
+                .as_deref()
+                .map(|s| parse_size_setting("memory size", s))
+                .transpose()?,
+            swap: self.swap.as_deref().map(parse_swap).transpose()?,
+            cpus: self.cpus.as_deref().map(parse_cpus_setting).transpose()?,
+            pids: self.pids.as_deref().map(parse_pids_setting).transpose()?,
+            timeout: self
+                .timeout
+                .as_deref()
+                .map(|s| parse_duration_setting("timeout", s))
+                .transpose()?,
+            cpu_time: self
+                .cpu_time
+                .as_deref()
+                .map(|s| parse_duration_setting("CPU-time limit", s))
+                .transpose()?,
+            grace: self.grace.as_deref().map(parse_grace).transpose()?,
+            output_limit: self
+                .output_limit
+                .as_deref()
+                .map(|s| parse_size_setting("output limit", s))
+                .transpose()?,
+            require_isolation: self.require_isolation.then_some(true),
+        })
+    }
+}

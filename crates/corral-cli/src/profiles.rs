@@ -1,0 +1,71 @@
+//! `corral profiles`.
+
+use anyhow::Result;
+use clap::Args;
+use corral_spec::{format_bytes, format_duration, ProfileSet};
+use serde_json::json;
+
+/// `corral profiles [--json]`
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn main(a: ProfilesArgs) -> Result<u8> {
+    let set = ProfileSet::load_default()?;
+    let profiles = set.all();
+    if a.json {
+        let v: Vec<_> = profiles
+            .iter()
+            .map(|p| {
+                let l = &p.limits;
+                json!({
+                    "name": p.name,
+                    "description": p.description,
+                    "memory_bytes": l.memory,
+                    "swap_bytes": l.swap,
+                    "cpus": l.cpus,
+                    "pids": l.pids,
+                    "timeout_s": l.timeout.map(|d| d.as_secs_f64()),
+                    "cpu_time_s": l.cpu_time.map(|d| d.as_secs_f64()),
+                    "grace_s": l.grace.as_secs_f64(),
+                    "output_limit_bytes": l.output_limit,
+                    "require_isolation": l.require_isolation,
+                    "sources": p.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let none = || "-".to_string();
+    println!(
+        "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6}  DESCRIPTION",
+        "PROFILE", "MEMORY", "CPUS", "PIDS", "TIMEOUT", "CPU-TIME", "GRACE"
+    );
+    for p in &profiles {
+        let l = &p.limits;
+        println!(
+            "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6}  {}",
+            p.name,
+            l.memory.map(format_bytes).unwrap_or_else(none),
+            l.cpus.map(|c| format!("{c}")).unwrap_or_else(none),
+            l.pids.map(|c| c.to_string()).unwrap_or_else(none),
+            l.timeout.map(format_duration).unwrap_or_else(none),
+            l.cpu_time.map(format_duration).unwrap_or_else(none),
+            format_duration(l.grace),
+            p.description
+        );
+    }
+    if !set.files().is_empty() {
+        let files: Vec<String> = set
+            .files()
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        println!("\nloaded on top of the built-ins: {}", files.join(", "));
+    }
+    Ok(0)
+}

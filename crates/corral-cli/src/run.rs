@@ -1,0 +1,89 @@
+//! `corral run`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use corral_record::Reason;
+use corral_run::backend::{select, BackendKind};
+use corral_run::Cancel;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::args::RunArgs;
+
+/// `corral run [OPTIONS] -- COMMAND [ARGS...]`
+#[derive(Debug, Args)]
+pub struct RunCmd {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Write the result record (corral.result/v1 JSON) to FILE, or "-" for stdout.
+    #[arg(long, value_name = "FILE|-")]
+    pub json: Option<String>,
+    /// Where corral creates its cgroups (default: a "corral" cgroup beside corral's own,
+    /// else /sys/fs/cgroup/corral).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// Backend: auto, cgroup2, systemd, cgroup1 or rlimit.
+    #[arg(long, value_name = "B", default_value = "auto")]
+    pub backend: String,
+    /// Do not print the summary line to stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Parses `--backend`.
+pub fn backend_kind(s: &str) -> Result<Option<BackendKind>> {
+    if s == "auto" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(anyhow::Error::msg)
+}
+
+pub fn main(cmd: RunCmd) -> Result<u8> {
+    let spec = cmd.run.to_spec()?;
+    let kind = backend_kind(&cmd.backend)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let record = rt.block_on(async {
+        let backend = select(kind, cmd.cgroup_root.as_deref())?;
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        // SIGINT, SIGTERM and SIGHUP end the run the same clean way as a limit.
+        for (kind, num) in [
+            (SignalKind::interrupt(), libc_sig::INT),
+            (SignalKind::terminate(), libc_sig::TERM),
+            (SignalKind::hangup(), libc_sig::HUP),
+        ] {
+            let mut s = signal(kind).context("installing signal handlers")?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if s.recv().await.is_some() {
+                    let _ = tx.send(Some(Cancel { signal: Some(num) }));
+                }
+            });
+        }
+        let rec = corral_run::run(backend.as_ref(), spec, rx).await?;
+        Ok::<_, anyhow::Error>(rec)
+    })?;
+    if let Some(dest) = &cmd.json {
+        let text = record.to_json() + "\n";
+        if dest == "-" {
+            std::io::stdout().write_all(text.as_bytes())?;
+        } else {
+            std::fs::write(dest, text).with_context(|| format!("writing the record to {dest}"))?;
+        }
+    }
+    let clean = record.outcome.reason == Reason::Exited && record.outcome.exit_code == 0;
+    if !cmd.quiet && !clean {
+        eprintln!("corral: {}", record.notes);
+    }
+    Ok(record.outcome.exit_code.clamp(0, 255) as u8)
+}
+
+mod libc_sig {
+    pub const HUP: i32 = 1;
+    pub const INT: i32 = 2;
+    pub const TERM: i32 = 15;
+}

@@ -1,0 +1,360 @@
+//! The cgroup v2 backend: one child cgroup of corral's root per run.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_cgroup::layout::{join_rel, Layout, Membership};
+use corral_cgroup::v2::{Cgroup2, RUN_CONTROLLERS};
+use corral_spec::Limits;
+use rustix::fs::inotify;
+use rustix::process::Signal;
+
+use super::{
+    cpu_quota_us, host_has_swap, Backend, BackendError, BackendKind, Collected, Event, Plan,
+    Sandbox, CPU_PERIOD_US,
+};
+use crate::spawn::Placement;
+
+/// The cgroup v2 backend: corral's root cgroup with the controllers enabled.
+#[derive(Debug)]
+pub struct Cgroup2Backend {
+    root: Cgroup2,
+    controllers: Vec<String>,
+    reason: String,
+}
+
+/// Where corral puts its run cgroups by default: a `corral` cgroup beside corral's own
+/// cgroup when that parent is writable, else `<mount>/corral`.
+pub fn default_root(layout: &Layout) -> Option<PathBuf> {
+    let mount = layout.v2.as_ref()?;
+    let own = Membership::current().v2?;
+    let top = mount.mount_point.join("corral");
+    let Some(parent) = own.parent() else {
+        return Some(top);
+    };
+    let parent_dir = join_rel(mount, parent);
+    let writable = |p: &Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+    if parent_dir != mount.mount_point
+        && writable(&parent_dir)
+        && writable(&parent_dir.join("cgroup.subtree_control"))
+    {
+        Some(parent_dir.join("corral"))
+    } else {
+        Some(top)
+    }
+}
+
+impl Cgroup2Backend {
+    /// Prepares corral's root cgroup (`root`, or [`default_root`]): creates it and its
+    /// parents, and enables the memory, cpu, pids and io controllers down to it and in
+    /// it. Fails with a precise message when the host has no usable cgroup v2 or corral
+    /// may not write there.
+    pub fn new(root: Option<&Path>) -> Result<Self, BackendError> {
+        let layout = Layout::detect();
+        let mount = layout
+            .v2
+            .clone()
+            .ok_or_else(|| BackendError("no cgroup2 file system is mounted on this host".into()))?;
+        let missing: Vec<&str> = ["memory", "cpu", "pids"]
+            .into_iter()
+            .filter(|c| !layout.v2_controllers.iter().any(|x| x == c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(BackendError(format!(
+                "the cgroup2 mount at {} lacks the {} controller{} (bound to cgroup v1 \
+                 hierarchies on this host, or disabled)",
+                mount.mount_point.display(),
+                missing.join(", "),
+                if missing.len() == 1 { "" } else { "s" }
+            )));
+        }
+        let root_path = match root {
+            Some(r) => r.to_path_buf(),
+            None => default_root(&layout).expect("a v2 mount exists"),
+        };
+        let rel = root_path.strip_prefix(&mount.mount_point).map_err(|_| {
+            BackendError(format!(
+                "cgroup root {} is not inside the cgroup2 mount {}",
+                root_path.display(),
+                mount.mount_point.display()
+            ))
+        })?;
+        // Create every level and enable the controllers down to the root's children.
+        let mut cur = Cgroup2::at(&mount.mount_point);
+        let wanted: Vec<&str> = RUN_CONTROLLERS.to_vec();
+        for comp in rel.components() {
+            let name = comp.as_os_str().to_string_lossy();
+            cur.enable_controllers(&wanted)
+                .map_err(|e| perm_hint(e, &cur))?;
+            cur = cur.ensure_child(&name).map_err(|e| perm_hint(e, &cur))?;
+        }
+        let root = cur;
+        if !root.procs().unwrap_or_default().is_empty() {
+            return Err(BackendError(format!(
+                "cgroup root {} holds processes itself; choose an empty cgroup with \
+                 --cgroup-root (cgroup v2 forbids processes beside child cgroups)",
+                root.path().display()
+            )));
+        }
+        let controllers = root
+            .enable_controllers(&wanted)
+            .map_err(|e| perm_hint(e, &root))?;
+        Ok(Cgroup2Backend {
+            reason: format!(
+                "cgroup v2 at {} with controllers {}",
+                root.path().display(),
+                controllers.join(", ")
+            ),
+            root,
+            controllers,
+        })
+    }
+
+    /// corral's root cgroup.
+    pub fn root(&self) -> &Cgroup2 {
+        &self.root
+    }
+
+    fn has(&self, c: &str) -> bool {
+        self.controllers.iter().any(|x| x == c)
+    }
+}
+
+fn perm_hint(e: corral_cgroup::CgroupError, cg: &Cgroup2) -> BackendError {
+    let hint = match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            " (run as root, choose a writable --cgroup-root, or use the systemd backend for a delegated cgroup)"
+        }
+        Some(libc::EBUSY) => " (a cgroup with processes cannot enable controllers for children)",
+        _ => "",
+    };
+    BackendError(format!(
+        "cannot prepare corral's cgroup root at {}: {e}{hint}",
+        cg.path().display()
+    ))
+}
+
+impl Backend for Cgroup2Backend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cgroup2
+    }
+
+    fn reason(&self) -> String {
+        self.reason.clone()
+    }
+
+    fn plan(&self, limits: &Limits) -> Plan {
+        let mut p = Plan::everything(limits);
+        if !self.has("memory") {
+            p.drop_limit("memory_bytes", "the memory controller is not available");
+            p.drop_limit("swap_bytes", "the memory controller is not available");
+        } else if !self.root.has_file("memory.swap.max") && host_has_swap() {
+            p.drop_limit("swap_bytes", "swap accounting is off (no memory.swap.max)");
+        }
+        if !self.has("cpu") {
+            p.drop_limit("cpus", "the cpu controller is not available");
+        }
+        if !self.has("pids") {
+            p.drop_limit("pids", "the pids controller is not available");
+        }
+        p
+    }
+
+    fn create(&self, name: &str, limits: &Limits) -> Result<Box<dyn Sandbox>, BackendError> {
+        let cg = self
+            .root
+            .create_child(name)
+            .map_err(|e| BackendError(format!("cannot create the run's cgroup: {e}")))?;
+        match Sandbox2::new(cg.clone(), limits, self.plan(limits)) {
+            Ok(s) => Ok(Box::new(s)),
+            Err(e) => {
+                let _ = cg.remove(Duration::from_millis(500));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One run's cgroup v2.
+#[derive(Debug)]
+pub struct Sandbox2 {
+    cg: Cgroup2,
+    dir: OwnedFd,
+    procs: OwnedFd,
+    inotify: OwnedFd,
+    plan: Plan,
+    oom_seen: u64,
+    oom_group: bool,
+}
+
+impl Sandbox2 {
+    fn new(cg: Cgroup2, limits: &Limits, mut plan: Plan) -> Result<Self, BackendError> {
+        let ctx = |what: &str, e: corral_cgroup::CgroupError| {
+            BackendError(format!("cannot set the {what} limit: {e}"))
+        };
+        let mut oom_group = false;
+        if cg.has_file("memory.max") {
+            cg.set_memory_max(limits.memory)
+                .map_err(|e| ctx("memory", e))?;
+            plan.enforced.memory_bytes = cg.read_limit("memory.max").ok().flatten();
+            if cg.has_file("memory.swap.max") {
+                cg.set_swap_max(limits.swap).map_err(|e| ctx("swap", e))?;
+                plan.enforced.swap_bytes = cg.read_limit("memory.swap.max").ok().flatten();
+            }
+            // One OOM kill takes the whole run, so no half-dead tree is left behind.
+            oom_group = cg.set_oom_group(true).is_ok();
+        }
+        if cg.has_file("cpu.max") {
+            cg.set_cpu_max(limits.cpus.map(cpu_quota_us), CPU_PERIOD_US)
+                .map_err(|e| ctx("CPU", e))?;
+            if let Ok((q, period)) = cg.read_cpu_max() {
+                plan.enforced.cpus = q.map(|q| q as f64 / period as f64);
+            }
+        }
+        if cg.has_file("pids.max") {
+            cg.set_pids_max(limits.pids)
+                .map_err(|e| ctx("process", e))?;
+            plan.enforced.pids = cg.read_limit("pids.max").ok().flatten();
+        }
+        let dir = cg.open_dir()?;
+        let procs = cg.open_procs()?;
+        let inotify = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
+            .map_err(|e| BackendError(format!("inotify_init: {e}")))?;
+        for f in ["cgroup.events", "memory.events"] {
+            let p = cg.events_file(f);
+            if p.exists() {
+                inotify::add_watch(&inotify, &p, inotify::WatchFlags::MODIFY)
+                    .map_err(|e| BackendError(format!("inotify on {}: {e}", p.display())))?;
+            }
+        }
+        Ok(Sandbox2 {
+            cg,
+            dir,
+            procs,
+            inotify,
+            plan,
+            oom_seen: 0,
+            oom_group,
+        })
+    }
+}
+
+impl Sandbox for Sandbox2 {
+    fn cgroup(&self) -> Option<String> {
+        Some(self.cg.path().display().to_string())
+    }
+
+    fn plan(&self) -> Plan {
+        self.plan.clone()
+    }
+
+    fn placement(&self) -> Placement<'_> {
+        Placement {
+            cgroup_dir: Some(self.dir.as_fd()),
+            procs: Vec::new(),
+            fallback_procs: Some(self.procs.as_fd()),
+        }
+    }
+
+    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.inotify.as_fd())
+    }
+
+    fn on_event(&mut self) -> Event {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = rustix::io::read(&self.inotify, &mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        let oom = self.oom_kills();
+        if oom > self.oom_seen {
+            self.oom_seen = oom;
+            Event::Oom
+        } else {
+            Event::Changed
+        }
+    }
+
+    fn kernel_kills_group_on_oom(&self) -> bool {
+        self.oom_group
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.cg
+            .memory_events()
+            .get("oom_kill")
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn cpu_usage(&self) -> Option<Duration> {
+        self.cg.cpu_usage_usec().ok().map(Duration::from_micros)
+    }
+
+    fn process_count(&self) -> usize {
+        match self.cg.populated() {
+            Ok(false) => 0,
+            _ => self
+                .cg
+                .subtree()
+                .iter()
+                .map(|c| c.procs().map(|p| p.len()).unwrap_or(0))
+                .sum::<usize>()
+                .max(1),
+        }
+    }
+
+    fn signal_all(&self, sig: Signal) -> usize {
+        let mut n = 0;
+        for cg in self.cg.subtree() {
+            for pid in cg.procs().unwrap_or_default() {
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    if rustix::process::kill_process(p, sig).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    fn kill_all(&self) -> Result<(), BackendError> {
+        if !self.cg.kill()? {
+            self.cg.kill_by_freezing()?;
+        }
+        Ok(())
+    }
+
+    fn collect(&self) -> Collected {
+        let s = self.cg.stats();
+        let get = |m: &std::collections::HashMap<String, u64>, k: &str| m.get(k).copied();
+        Collected {
+            oom_kill: get(&s.memory_events, "oom_kill").unwrap_or(0),
+            pids_max: get(&s.pids_events, "max").unwrap_or(0),
+            cpu_throttled: get(&s.cpu_stat, "nr_throttled").unwrap_or(0),
+            cpu_throttled_us: get(&s.cpu_stat, "throttled_usec").unwrap_or(0),
+            memory_max: get(&s.memory_events, "max").unwrap_or(0),
+            cpu_user: Duration::from_micros(get(&s.cpu_stat, "user_usec").unwrap_or(0)),
+            cpu_system: Duration::from_micros(get(&s.cpu_stat, "system_usec").unwrap_or(0)),
+            memory_peak: s.memory_peak,
+            pids_peak: s.pids_peak,
+            io_read: s.io_bytes.map(|b| b.0),
+            io_write: s.io_bytes.map(|b| b.1),
+        }
+    }
+
+    fn teardown(self: Box<Self>) -> Result<(), BackendError> {
+        let Sandbox2 {
+            cg,
+            dir,
+            procs,
+            inotify,
+            ..
+        } = *self;
+        drop((dir, procs, inotify));
+        cg.remove(Duration::from_secs(2))
+            .map_err(|e| BackendError(format!("cannot remove the run's cgroup: {e}")))
+    }
+}

@@ -1,0 +1,315 @@
+//! Backends: what isolates a run. One trait, one implementation per host kind.
+//!
+//! A [`Backend`] is set up once per process (it finds and prepares corral's cgroup
+//! root, or its systemd connection) and creates one [`Sandbox`] per run. A sandbox is
+//! the run's isolation: it tells [`crate::spawn`] where to place the child, reports
+//! kernel events, reads counters, ends the whole tree and removes itself. The
+//! supervisor ([`crate::supervise`]) drives any sandbox the same way.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use corral_record::{Gap, LimitValues, WaitStatus};
+use corral_spec::Limits;
+use rustix::process::Signal;
+
+use crate::spawn::{ChildSetup, Placement};
+
+pub mod cgroup2;
+
+/// The kinds of backend, strongest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// A cgroup v2 child created by corral.
+    Cgroup2,
+    /// A transient systemd scope with a delegated cgroup v2 subtree.
+    Systemd,
+    /// A group in each cgroup v1 controller hierarchy.
+    Cgroup1,
+    /// Resource limits (`setrlimit`) and a process group only.
+    Rlimit,
+}
+
+impl BackendKind {
+    /// The name used on the command line and in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Cgroup2 => "cgroup2",
+            BackendKind::Systemd => "systemd",
+            BackendKind::Cgroup1 => "cgroup1",
+            BackendKind::Rlimit => "rlimit",
+        }
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cgroup2" => Ok(BackendKind::Cgroup2),
+            "systemd" => Ok(BackendKind::Systemd),
+            "cgroup1" => Ok(BackendKind::Cgroup1),
+            "rlimit" => Ok(BackendKind::Rlimit),
+            _ => Err(format!(
+                "unknown backend {s:?}; use auto, cgroup2, systemd, cgroup1 or rlimit"
+            )),
+        }
+    }
+}
+
+/// A backend that cannot be set up, or a sandbox that cannot be created or removed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+impl From<corral_cgroup::CgroupError> for BackendError {
+    fn from(e: corral_cgroup::CgroupError) -> Self {
+        BackendError(e.to_string())
+    }
+}
+
+/// What a backend would enforce of some limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// The values it enforces (`None` where unlimited or not enforced).
+    pub enforced: LimitValues,
+    /// Requested limits it cannot enforce.
+    pub gaps: Vec<Gap>,
+}
+
+impl Plan {
+    /// Starts a plan that enforces everything requested; backends then remove what they
+    /// cannot do with [`Plan::drop_limit`]. Timeouts are enforced by the supervisor on
+    /// every backend.
+    pub fn everything(limits: &Limits) -> Plan {
+        Plan {
+            enforced: LimitValues::from_limits(limits),
+            gaps: Vec::new(),
+        }
+    }
+
+    /// Marks a requested limit as not enforced, with the reason. Does nothing when the
+    /// limit was not requested (unlimited).
+    pub fn drop_limit(&mut self, limit: &str, why: impl Into<String>) {
+        let e = &mut self.enforced;
+        let was = match limit {
+            "memory_bytes" => e.memory_bytes.take().is_some(),
+            "swap_bytes" => e.swap_bytes.take().is_some(),
+            "cpus" => e.cpus.take().is_some(),
+            "pids" => e.pids.take().is_some(),
+            "timeout_s" => e.timeout_s.take().is_some(),
+            "cpu_time_s" => e.cpu_time_s.take().is_some(),
+            _ => false,
+        };
+        if was {
+            self.gaps.push(Gap {
+                limit: limit.to_string(),
+                why: why.into(),
+            });
+        }
+    }
+}
+
+/// Something the kernel reported about a running sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The OOM killer acted in the run.
+    Oom,
+    /// Something else changed (a process exited, the tree emptied, a counter moved).
+    Changed,
+}
+
+/// The counters of a finished run, from the kernel's accounting of that run alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Collected {
+    /// Processes killed by the OOM killer.
+    pub oom_kill: u64,
+    /// Forks refused by the process limit.
+    pub pids_max: u64,
+    /// Periods throttled by the CPU quota.
+    pub cpu_throttled: u64,
+    /// Time throttled, in microseconds.
+    pub cpu_throttled_us: u64,
+    /// Times the memory limit was hit.
+    pub memory_max: u64,
+    /// User CPU time.
+    pub cpu_user: Duration,
+    /// System CPU time.
+    pub cpu_system: Duration,
+    /// Peak memory.
+    pub memory_peak: Option<u64>,
+    /// Peak number of tasks.
+    pub pids_peak: Option<u64>,
+    /// Bytes read from block devices.
+    pub io_read: Option<u64>,
+    /// Bytes written to block devices.
+    pub io_write: Option<u64>,
+}
+
+/// How a backend is set up and creates sandboxes.
+pub trait Backend: Send + Sync {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// Why it was chosen (for the record's `backend_reason`).
+    fn reason(&self) -> String;
+    /// What it would enforce of `limits`, without creating anything.
+    fn plan(&self, limits: &Limits) -> Plan;
+    /// Creates the sandbox of one run, named `name`, with `limits` applied.
+    fn create(&self, name: &str, limits: &Limits) -> Result<Box<dyn Sandbox>, BackendError>;
+}
+
+/// The isolation of one run. All methods are cheap and non-blocking except where noted.
+pub trait Sandbox: Send {
+    /// The run's cgroup directory, for the record.
+    fn cgroup(&self) -> Option<String>;
+    /// What the backend enforces for this run (read back from the kernel where possible).
+    fn plan(&self) -> Plan;
+    /// Where to place the child.
+    fn placement(&self) -> Placement<'_>;
+    /// Adds what the child must do before exec (rlimits, process group, gate).
+    fn child_setup<'a>(&'a self, setup: &mut ChildSetup<'a>) {
+        let _ = setup;
+    }
+    /// Called once the child exists (before a gate is released).
+    fn after_spawn(&mut self, pid: i32) -> Result<(), BackendError> {
+        let _ = pid;
+        Ok(())
+    }
+    /// An fd that becomes readable when the kernel reports something (inotify on events
+    /// files, an OOM eventfd). `None`: the backend has no events; the supervisor then
+    /// waits for an empty tree with a short backoff.
+    fn event_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Drains the event fd after it became readable, and says what happened.
+    fn on_event(&mut self) -> Event;
+    /// True when the kernel kills the whole run on OOM (cgroup2's `memory.oom.group`);
+    /// otherwise the supervisor ends the rest of the tree after an OOM event.
+    fn kernel_kills_group_on_oom(&self) -> bool;
+    /// The OOM-kill counter so far.
+    fn oom_kills(&self) -> u64;
+    /// The CPU time of the whole run so far, if the backend can tell.
+    fn cpu_usage(&self) -> Option<Duration>;
+    /// How many processes the run has now.
+    fn process_count(&self) -> usize;
+    /// Sends `sig` to every process of the run; returns how many were signalled.
+    fn signal_all(&self, sig: Signal) -> usize;
+    /// Kills every process of the run at once (SIGKILL, no escape).
+    fn kill_all(&self) -> Result<(), BackendError>;
+    /// Reaps the main process after its pidfd became readable.
+    fn reap(&mut self, pidfd: &OwnedFd) -> std::io::Result<WaitStatus> {
+        reap_pidfd(pidfd)
+    }
+    /// Reads every counter. Call once the tree is gone.
+    fn collect(&self) -> Collected;
+    /// Removes the sandbox (bounded retries; may block briefly).
+    fn teardown(self: Box<Self>) -> Result<(), BackendError>;
+}
+
+/// Reaps a child through its pidfd and returns its status.
+pub fn reap_pidfd(pidfd: &OwnedFd) -> std::io::Result<WaitStatus> {
+    loop {
+        match rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        ) {
+            Ok(Some(st)) => return Ok(wait_status(&st)),
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Converts a `waitid` status.
+pub fn wait_status(st: &rustix::process::WaitIdStatus) -> WaitStatus {
+    if let Some(sig) = st.terminating_signal() {
+        WaitStatus::Signaled(sig)
+    } else {
+        WaitStatus::Exited(st.exit_status().unwrap_or(0))
+    }
+}
+
+/// True when the host has any swap space configured (`/proc/swaps` lists a device).
+pub fn host_has_swap() -> bool {
+    std::fs::read_to_string("/proc/swaps")
+        .map(|s| s.lines().count() > 1)
+        .unwrap_or(false)
+}
+
+/// The number of CPUs this process may run on.
+pub fn online_cpus() -> f64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0)
+}
+
+/// The CPU quota period corral uses (100 ms, as systemd and the kernel default).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The quota in microseconds per [`CPU_PERIOD_US`] for `cpus` CPUs (at least 1 ms, the
+/// kernel's minimum).
+pub fn cpu_quota_us(cpus: f64) -> u64 {
+    ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000)
+}
+
+/// Sets up the backend `want`, or with `None` (auto) the strongest one this host
+/// allows: cgroup2 > systemd > cgroup1 > rlimit. The chosen backend's
+/// [`Backend::reason`] says why, including why stronger ones were passed over.
+pub fn select(
+    want: Option<BackendKind>,
+    cgroup_root: Option<&std::path::Path>,
+) -> Result<Box<dyn Backend>, BackendError> {
+    let make = |k: BackendKind| -> Result<Box<dyn Backend>, BackendError> {
+        match k {
+            BackendKind::Cgroup2 => Ok(Box::new(cgroup2::Cgroup2Backend::new(cgroup_root)?)),
+            other => Err(BackendError(format!(
+                "the {} backend is not available in this build",
+                other.as_str()
+            ))),
+        }
+    };
+    if let Some(k) = want {
+        return make(k).map_err(|e| BackendError(format!("{} backend: {e}", k.as_str())));
+    }
+    let mut passed = Vec::new();
+    for k in [
+        BackendKind::Cgroup2,
+        BackendKind::Systemd,
+        BackendKind::Cgroup1,
+        BackendKind::Rlimit,
+    ] {
+        match make(k) {
+            Ok(b) if passed.is_empty() => return Ok(b),
+            Ok(b) => return Ok(Box::new(Explained { inner: b, passed })),
+            Err(e) => passed.push(format!("{}: {e}", k.as_str())),
+        }
+    }
+    Err(BackendError(format!(
+        "no backend can run here: {}",
+        passed.join("; ")
+    )))
+}
+
+/// A backend chosen by `auto` after stronger ones failed: its reason says why.
+struct Explained {
+    inner: Box<dyn Backend>,
+    passed: Vec<String>,
+}
+
+impl Backend for Explained {
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+    fn reason(&self) -> String {
+        format!(
+            "{} (auto: not available: {})",
+            self.inner.reason(),
+            self.passed.join("; ")
+        )
+    }
+    fn plan(&self, limits: &Limits) -> Plan {
+        self.inner.plan(limits)
+    }
+    fn create(&self, name: &str, limits: &Limits) -> Result<Box<dyn Sandbox>, BackendError> {
+        self.inner.create(name, limits)
+    }
+}

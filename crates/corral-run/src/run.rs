@@ -1,0 +1,360 @@
+//! One run from spec to record.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use corral_record::{
+    classify, compose_notes, Events, Evidence, LimitValues, LimitsRecord, Outcome, Output, Record,
+    Usage, SCHEMA,
+};
+use corral_spec::Limits;
+use tokio::sync::watch;
+
+use crate::backend::{Backend, BackendError, Plan};
+use crate::ident::{cgroup_name, new_run_id, validate_id, Owner};
+use crate::output::{self, OutputFile};
+use crate::spawn::{self, ChildSetup, Exec, SpawnError};
+use crate::supervise::supervise;
+pub use crate::supervise::Cancel;
+
+/// Where a standard stream of the run goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Stdio {
+    /// corral's own stream.
+    #[default]
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// A file, created or truncated (for stdin: opened for reading).
+    File(PathBuf),
+}
+
+/// Everything one run needs.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    /// A caller-chosen id (1-64 of `[A-Za-z0-9_-]`); generated when `None`.
+    pub id: Option<String>,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// The working directory (corral's own when `None`).
+    pub cwd: Option<PathBuf>,
+    /// Environment variables to set (on top of corral's unless `clear_env`).
+    pub env: Vec<(String, String)>,
+    /// Start from an empty environment.
+    pub clear_env: bool,
+    /// Standard input.
+    pub stdin: Stdio,
+    /// Standard output.
+    pub stdout: Stdio,
+    /// Standard error.
+    pub stderr: Stdio,
+    /// The profile name the limits came from (for the record).
+    pub profile: String,
+    /// The effective limits.
+    pub limits: Limits,
+}
+
+/// A run that could not be attempted: corral's own failure or a refusal (exit 125).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `--require-isolation` and some requested limit cannot be enforced.
+    #[error("refusing to run: {0}")]
+    Refused(String),
+    /// The backend failed to create the run's isolation.
+    #[error("{0}")]
+    Backend(#[from] BackendError),
+    /// Bad input found before anything was created.
+    #[error("{0}")]
+    Invalid(String),
+    /// Supervision failed (an OS error while the run was in flight).
+    #[error("supervising the run: {0}")]
+    Supervise(#[from] std::io::Error),
+}
+
+/// Checks that `--require-isolation` can be honoured; returns the plan.
+pub fn check_isolation(backend: &dyn Backend, limits: &Limits) -> Result<Plan, RunError> {
+    let plan = backend.plan(limits);
+    if limits.require_isolation && !plan.gaps.is_empty() {
+        let list: Vec<String> = plan
+            .gaps
+            .iter()
+            .map(|g| format!("{} ({})", g.limit, g.why))
+            .collect();
+        return Err(RunError::Refused(format!(
+            "isolation is required but the {} backend cannot enforce: {}",
+            backend.kind().as_str(),
+            list.join("; ")
+        )));
+    }
+    Ok(plan)
+}
+
+struct Outputs {
+    stdout: Option<OutputFile>,
+    stderr: Option<OutputFile>,
+}
+
+impl Outputs {
+    fn finish(self) -> Option<Output> {
+        if self.stdout.is_none() && self.stderr.is_none() {
+            return None;
+        }
+        Some(Output {
+            stdout: self.stdout.map(OutputFile::finish),
+            stderr: self.stderr.map(OutputFile::finish),
+        })
+    }
+}
+
+fn open_stdio(
+    s: &Stdio,
+    input: bool,
+    cap: Option<u64>,
+) -> std::io::Result<(Option<OwnedFd>, Option<OutputFile>)> {
+    match s {
+        Stdio::Inherit => Ok((None, None)),
+        Stdio::Null => {
+            let f = std::fs::OpenOptions::new()
+                .read(input)
+                .write(!input)
+                .open("/dev/null")?;
+            Ok((Some(f.into()), None))
+        }
+        Stdio::File(p) if input => Ok((Some(std::fs::File::open(p)?.into()), None)),
+        Stdio::File(p) => {
+            let (fd, out) = output::open(p, cap)?;
+            Ok((Some(fd), Some(out)))
+        }
+    }
+}
+
+/// Runs `spec` with `backend` until its whole process tree is gone, and returns its
+/// record. A command that cannot start gives a record with reason `spawn_failed`
+/// (nothing is created for it); only corral's own failures are errors.
+pub async fn run(
+    backend: &dyn Backend,
+    spec: RunSpec,
+    cancel: watch::Receiver<Option<Cancel>>,
+) -> Result<Record, RunError> {
+    let id = match &spec.id {
+        Some(id) => {
+            validate_id(id).map_err(RunError::Invalid)?;
+            id.clone()
+        }
+        None => new_run_id(),
+    };
+    if spec.command.is_empty() {
+        return Err(RunError::Invalid("no command given".into()));
+    }
+    let plan = check_isolation(backend, &spec.limits)?;
+    let mut rec = base_record(backend, &spec, &id, &plan);
+
+    // Everything that can fail on bad input is checked before the cgroup exists.
+    let env = effective_env(&spec);
+    if let Some(cwd) = &spec.cwd {
+        if !cwd.is_dir() {
+            let why = format!(
+                "working directory {} does not exist or is not a directory",
+                cwd.display()
+            );
+            return Ok(spawn_failed(rec, 125, why));
+        }
+    }
+    let exec = match Exec::new(&spec.command, &env, spec.cwd.as_deref()) {
+        Ok(e) => e,
+        Err(e) => return Ok(spawn_failed(rec, e.exit_code(), e.to_string())),
+    };
+    let cap = spec.limits.output_limit;
+    let stdio = (|| {
+        Ok::<_, std::io::Error>((
+            open_stdio(&spec.stdin, true, None)?,
+            open_stdio(&spec.stdout, false, cap)?,
+            open_stdio(&spec.stderr, false, cap)?,
+        ))
+    })();
+    let ((in_fd, _), (out_fd, out_file), (err_fd, err_file)) = match stdio {
+        Ok(v) => v,
+        Err(e) => {
+            return Ok(spawn_failed(
+                rec,
+                125,
+                format!("cannot open a standard stream: {e}"),
+            ))
+        }
+    };
+    let outputs = Outputs {
+        stdout: out_file,
+        stderr: err_file,
+    };
+
+    let name = cgroup_name(&id, &Owner::current());
+    let mut sandbox = backend.create(&name, &spec.limits)?;
+    rec.cgroup = sandbox.cgroup();
+    let plan = sandbox.plan();
+    rec.limits.enforced = plan.enforced;
+    rec.limits.not_enforced = plan.gaps;
+
+    let mut setup = ChildSetup {
+        stdin: in_fd.as_ref().map(|f| f.as_fd()),
+        stdout: out_fd.as_ref().map(|f| f.as_fd()),
+        stderr: err_fd.as_ref().map(|f| f.as_fd()),
+        parent_death_signal: Some(libc::SIGKILL),
+        ..Default::default()
+    };
+    sandbox.child_setup(&mut setup);
+    let started_at = SystemTime::now();
+    let started = Instant::now();
+    let spawned = spawn::spawn(&exec, &setup, &sandbox.placement());
+    drop(setup);
+    drop((in_fd, out_fd, err_fd));
+    let confirmed = match spawned {
+        Ok(s) => {
+            let pid = s.pid;
+            match sandbox.after_spawn(pid) {
+                Ok(()) => s.confirm(&exec),
+                Err(e) => {
+                    let _ =
+                        rustix::process::pidfd_send_signal(&s.pidfd, rustix::process::Signal::KILL);
+                    let _ = s.confirm(&exec);
+                    let _ = sandbox.teardown();
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let pidfd = match confirmed {
+        Ok((_pid, pidfd, _)) => pidfd,
+        Err(e) => {
+            let code = e.exit_code();
+            let why = e.to_string();
+            drop(outputs.finish());
+            if let Err(t) = sandbox.teardown() {
+                tracing::warn!("{t}");
+            }
+            return Ok(spawn_failed(rec, code, why));
+        }
+    };
+
+    let sup = supervise(sandbox.as_mut(), pidfd, &spec.limits, started, cancel).await;
+    let sup = match sup {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = sandbox.kill_all();
+            return Err(e.into());
+        }
+    };
+    let c = sandbox.collect();
+    if let Err(e) = sandbox.teardown() {
+        tracing::warn!("{e}");
+    }
+    let finished_at = SystemTime::now();
+    let verdict = classify(&Evidence {
+        status: Some(sup.status),
+        spawn_error: None,
+        kill: sup.kill,
+        oom_kills_at_kill: sup.oom_at_kill,
+        oom_kills: c.oom_kill,
+        cpu_rlimit_hit: false,
+    });
+    rec.outcome = Outcome {
+        reason: verdict.reason,
+        exit_code: verdict.exit_code,
+        signal: verdict.signal,
+        process_exit_code: verdict.process_exit_code,
+        error: None,
+    };
+    rec.events = Events {
+        oom_kill: c.oom_kill,
+        pids_max: c.pids_max,
+        cpu_throttled: c.cpu_throttled,
+        cpu_throttled_us: c.cpu_throttled_us,
+        memory_max: c.memory_max,
+        leftover_killed: sup.leftover_killed,
+        grace_expired: sup.grace_expired,
+    };
+    rec.usage = Usage {
+        wall_s: (sup.ended - started).as_secs_f64(),
+        cpu_user_s: c.cpu_user.as_secs_f64(),
+        cpu_system_s: c.cpu_system.as_secs_f64(),
+        memory_peak_bytes: c.memory_peak,
+        pids_peak: c.pids_peak,
+        io_read_bytes: c.io_read,
+        io_write_bytes: c.io_write,
+    };
+    rec.output = outputs.finish();
+    rec.started_at = corral_record::rfc3339(started_at);
+    rec.finished_at = corral_record::rfc3339(finished_at);
+    rec.notes = compose_notes(&rec);
+    Ok(rec)
+}
+
+fn effective_env(spec: &RunSpec) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = if spec.clear_env {
+        Vec::new()
+    } else {
+        std::env::vars().collect()
+    };
+    for (k, v) in &spec.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+fn base_record(backend: &dyn Backend, spec: &RunSpec, id: &str, plan: &Plan) -> Record {
+    let now = corral_record::rfc3339(SystemTime::now());
+    Record {
+        schema: SCHEMA.to_string(),
+        id: id.to_string(),
+        command: spec.command.clone(),
+        cwd: spec
+            .cwd
+            .clone()
+            .or_else(|| std::env::current_dir().ok())
+            .map(|c| c.display().to_string()),
+        profile: spec.profile.clone(),
+        backend: backend.kind().as_str().to_string(),
+        backend_reason: backend.reason(),
+        cgroup: None,
+        limits: LimitsRecord {
+            requested: LimitValues::from_limits(&spec.limits),
+            enforced: plan.enforced.clone(),
+            not_enforced: plan.gaps.clone(),
+            grace_s: spec.limits.grace.as_secs_f64(),
+        },
+        outcome: Outcome {
+            reason: corral_record::Reason::SpawnFailed,
+            exit_code: 125,
+            signal: None,
+            process_exit_code: None,
+            error: None,
+        },
+        events: Events::default(),
+        usage: Usage::default(),
+        output: None,
+        started_at: now.clone(),
+        finished_at: now,
+        notes: String::new(),
+        corral_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+fn spawn_failed(mut rec: Record, code: i32, why: String) -> Record {
+    rec.outcome = Outcome {
+        reason: corral_record::Reason::SpawnFailed,
+        exit_code: code,
+        signal: None,
+        process_exit_code: None,
+        error: Some(why),
+    };
+    rec.notes = compose_notes(&rec);
+    rec
+}
+
+impl From<SpawnError> for RunError {
+    fn from(e: SpawnError) -> Self {
+        RunError::Invalid(e.to_string())
+    }
+}

@@ -1,0 +1,230 @@
+//! The event loop of one run.
+//!
+//! The supervisor waits on the main process' pidfd, the wall-clock deadline, a CPU-time
+//! check that is re-armed from the cgroup's own CPU counter, the sandbox's event fd
+//! (inotify on `cgroup.events`/`memory.events`, or v1's OOM eventfd) and a cancel
+//! signal. Nothing is polled at a fixed rate. When the run must end it sends SIGTERM to
+//! every process, waits up to the grace period for the tree to empty, then kills what
+//! is left at once. It returns only when no process of the run remains.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use corral_record::{KillCause, WaitStatus};
+use corral_spec::Limits;
+use rustix::process::Signal;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::watch;
+use tokio::time::sleep_until;
+
+use crate::backend::{online_cpus, Event, Sandbox};
+use crate::spawn::watch_fd;
+
+/// A request to end a run early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancel {
+    /// The signal corral received, if that is why (SIGINT, SIGTERM, SIGHUP).
+    pub signal: Option<i32>,
+}
+
+/// What the supervisor observed.
+#[derive(Debug, Clone)]
+pub struct Supervised {
+    /// How the main process ended.
+    pub status: WaitStatus,
+    /// Why corral ended the run, if it did.
+    pub kill: Option<KillCause>,
+    /// The OOM-kill counter when corral decided to end the run.
+    pub oom_at_kill: u64,
+    /// SIGTERM did not end the tree within the grace period.
+    pub grace_expired: bool,
+    /// Processes left after the main process exited by itself, killed by corral.
+    pub leftover_killed: u64,
+    /// When the last process of the run was gone.
+    pub ended: Instant,
+}
+
+/// How long corral waits for a killed tree to vanish before killing again; a process in
+/// uninterruptible sleep (D state, e.g. on NFS) can take a while.
+const EMPTY_WAIT: Duration = Duration::from_secs(10);
+
+/// Supervises the run until its whole tree is gone.
+pub async fn supervise(
+    sandbox: &mut dyn Sandbox,
+    pidfd: OwnedFd,
+    limits: &Limits,
+    started: Instant,
+    mut cancel: watch::Receiver<Option<Cancel>>,
+) -> std::io::Result<Supervised> {
+    let main = watch_fd(pidfd, Interest::READABLE)?;
+    // A duplicate shares the open file (and its queue) with the sandbox's own fd.
+    let events = match sandbox.event_fd() {
+        Some(fd) => Some(watch_fd(fd.try_clone_to_owned()?, Interest::READABLE)?),
+        None => None,
+    };
+    let far = started + Duration::from_secs(100 * 365 * 86400);
+    let deadline = limits.timeout.map_or(far, |t| started + t);
+    // The tree can burn at most this many CPUs; the first CPU check is due when even
+    // at full speed the budget cannot have been used up earlier.
+    let allowed_cpus = limits
+        .cpus
+        .unwrap_or(f64::INFINITY)
+        .min(online_cpus())
+        .max(0.01);
+    let mut cpu_check = limits
+        .cpu_time
+        .map_or(far, |b| started + b.div_f64(allowed_cpus));
+
+    let cause: Option<KillCause> = loop {
+        tokio::select! {
+            biased;
+            _ = main.readable() => break None,
+            Some(c) = wait_cancel(&mut cancel) => break Some(KillCause::Cancelled(c.signal)),
+            _ = sleep_until(deadline.into()) => break Some(KillCause::Timeout),
+            _ = sleep_until(cpu_check.into()) => {
+                let budget = limits.cpu_time.expect("armed only with a CPU-time limit");
+                match sandbox.cpu_usage() {
+                    Some(used) if used >= budget => break Some(KillCause::CpuTime),
+                    Some(used) => {
+                        let left = (budget - used).div_f64(allowed_cpus);
+                        cpu_check = Instant::now() + left.max(Duration::from_millis(1));
+                    }
+                    None => cpu_check = far,
+                }
+            }
+            r = readable(&events) => {
+                if let Some(mut guard) = r {
+                    guard.clear_ready();
+                }
+                if sandbox.on_event() == Event::Oom && !sandbox.kernel_kills_group_on_oom() {
+                    break Some(KillCause::Oom);
+                }
+            }
+        }
+    };
+
+    // A main process that exited just as a limit fired ended by itself.
+    let cause = cause.filter(|_| !has_exited(main.get_ref()));
+    let oom_at_kill = sandbox.oom_kills();
+    let mut grace_expired = false;
+    let mut leftover_killed = 0;
+    match cause {
+        Some(KillCause::Oom) => kill(sandbox),
+        Some(_) => {
+            sandbox.signal_all(Signal::TERM);
+            let grace_end = Instant::now() + limits.grace;
+            if !wait_empty(sandbox, &events, grace_end).await {
+                grace_expired = true;
+                kill(sandbox);
+            }
+        }
+        None => {
+            main.readable().await?.retain_ready();
+            let left = sandbox.process_count();
+            if left > 0 {
+                leftover_killed = left as u64;
+                kill(sandbox);
+            }
+        }
+    }
+    let mut tries = 0;
+    while !wait_empty(sandbox, &events, Instant::now() + EMPTY_WAIT).await {
+        tries += 1;
+        tracing::warn!("run still has processes {EMPTY_WAIT:?} after being killed; killing again");
+        kill(sandbox);
+        if tries >= 3 {
+            return Err(std::io::Error::other(
+                "processes of the run survived repeated kills (stuck in uninterruptible sleep?)",
+            ));
+        }
+    }
+    let ended = Instant::now();
+    main.readable().await?.retain_ready();
+    drop(events);
+    let pidfd = main.into_inner();
+    let status = sandbox.reap(&pidfd)?;
+    Ok(Supervised {
+        status,
+        kill: cause,
+        oom_at_kill,
+        grace_expired,
+        leftover_killed,
+        ended,
+    })
+}
+
+fn kill(sandbox: &dyn Sandbox) {
+    if let Err(e) = sandbox.kill_all() {
+        tracing::warn!("kill: {e}");
+    }
+}
+
+async fn wait_cancel(rx: &mut watch::Receiver<Option<Cancel>>) -> Option<Cancel> {
+    loop {
+        if let Some(c) = *rx.borrow_and_update() {
+            return Some(c);
+        }
+        if rx.changed().await.is_err() {
+            // The sender is gone: nobody can cancel any more.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn readable(
+    fd: &Option<AsyncFd<OwnedFd>>,
+) -> Option<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>> {
+    match fd {
+        Some(f) => f.readable().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
+    matches!(
+        waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+        ),
+        Ok(Some(_))
+    )
+}
+
+/// Waits until the sandbox has no process, or `until`. Uses the event fd where the
+/// backend has one (cgroup2's `cgroup.events` signals `populated 0`); otherwise checks
+/// with a backoff from 1 ms to 20 ms, which only runs while a tree is being torn down.
+async fn wait_empty(
+    sandbox: &mut dyn Sandbox,
+    events: &Option<AsyncFd<OwnedFd>>,
+    until: Instant,
+) -> bool {
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        if sandbox.process_count() == 0 {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        match events {
+            Some(fd) => {
+                tokio::select! {
+                    r = fd.readable() => {
+                        if let Ok(mut g) = r {
+                            g.clear_ready();
+                        }
+                        sandbox.on_event();
+                    }
+                    _ = sleep_until(until.into()) => {}
+                }
+            }
+            None => {
+                tokio::time::sleep(backoff.min(until.saturating_duration_since(Instant::now())))
+                    .await;
+                backoff = (backoff * 2).min(Duration::from_millis(20));
+            }
+        }
+    }
+}
