@@ -44,6 +44,8 @@ struct Hier {
     dir: PathBuf,
     /// The group's cgroup path as `/proc/PID/cgroup` names it (`/a/b`).
     cgroup_path: PathBuf,
+    /// Where the hierarchy is mounted; [`Group1::create`] makes nothing above it.
+    mount_point: PathBuf,
 }
 
 /// A run's group: one directory per controller hierarchy, same relative path in each.
@@ -114,10 +116,10 @@ impl Group1 {
     /// only logged.
     pub fn create(layout: &Layout, rel: &Path, controllers: &[&str]) -> Result<Group1> {
         let group = Group1::open(layout, rel, controllers);
-        if rel
+        let escapes = rel
             .components()
-            .all(|c| matches!(c, std::path::Component::RootDir))
-        {
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+        if escapes || group.hiers.iter().any(|h| h.dir == h.mount_point) {
             return Err(CgroupError::Unsupported(format!(
                 "a v1 group needs a path below the hierarchy root, got {}",
                 rel.display()
@@ -125,10 +127,17 @@ impl Group1 {
         }
         let mut created: Vec<PathBuf> = Vec::new();
         let result = group.hiers.iter().try_for_each(|h| {
+            if !h.mount_point.is_dir() {
+                return Err(io_err(
+                    "find hierarchy",
+                    &h.mount_point,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
+            }
             let mut missing = Vec::new();
             let mut p = h.dir.parent();
             while let Some(d) = p {
-                if d.exists() {
+                if d == h.mount_point || !d.starts_with(&h.mount_point) || d.exists() {
                     break;
                 }
                 missing.push(d.to_path_buf());
@@ -196,6 +205,7 @@ impl Group1 {
                 controllers: vec![c.to_string()],
                 dir,
                 cgroup_path,
+                mount_point: mount.mount_point.clone(),
             });
         }
         Group1 {
@@ -753,6 +763,73 @@ mod tests {
             Some(Path::new("/sys/fs/cgroup/memory/run/x"))
         );
         assert_eq!(g.hiers[0].cgroup_path, PathBuf::from("/outer/run/x"));
+    }
+
+    /// A scratch directory standing in for cgroup mounts (plain directories).
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let p =
+                std::env::temp_dir().join(format!("corral-v1-unit-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Scratch(p)
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn fake_layout(lines: &[(&Path, &str)]) -> Layout {
+        let text: String = lines
+            .iter()
+            .enumerate()
+            .map(|(i, (mp, opts))| {
+                format!(
+                    "{} 25 0:{i} / {} rw - cgroup cgroup rw,{opts}\n",
+                    30 + i,
+                    mp.display()
+                )
+            })
+            .collect();
+        Layout::from_mountinfo(&text)
+    }
+
+    #[test]
+    fn create_comounted_once_and_remove() {
+        let s = Scratch::new("comount");
+        let (cc, mem) = (s.0.join("cpu,cpuacct"), s.0.join("memory"));
+        std::fs::create_dir_all(&cc).unwrap();
+        std::fs::create_dir_all(&mem).unwrap();
+        let l = fake_layout(&[(&cc, "cpu,cpuacct"), (&mem, "memory")]);
+        let rel = Path::new("/parent/run");
+        let g = Group1::create(&l, rel, &["memory", "cpu", "cpuacct", "pids"]).unwrap();
+        assert_eq!(g.controllers(), vec!["memory", "cpu", "cpuacct"]);
+        assert!(cc.join("parent/run").is_dir() && mem.join("parent/run").is_dir());
+        // The leaf must not exist; nothing is created or removed on that failure.
+        assert!(Group1::create(&l, rel, &["memory", "cpu"]).is_err());
+        assert!(cc.join("parent/run").is_dir() && mem.join("parent/run").is_dir());
+        std::fs::create_dir(cc.join("parent/run/sub")).unwrap();
+        g.remove(Duration::from_millis(100)).unwrap();
+        assert!(!cc.join("parent/run").exists() && !mem.join("parent/run").exists());
+        assert!(cc.join("parent").is_dir(), "parents are left in place");
+        assert!(Group1::create(&l, Path::new("/"), &["memory"]).is_err());
+        assert!(Group1::create(&l, Path::new("/a/../.."), &["memory"]).is_err());
+    }
+
+    #[test]
+    fn failed_create_removes_what_it_made() {
+        let s = Scratch::new("fail");
+        let mem = s.0.join("memory");
+        std::fs::create_dir_all(&mem).unwrap();
+        let gone = s.0.join("pids-not-mounted");
+        let l = fake_layout(&[(&mem, "memory"), (&gone, "pids")]);
+        let e = Group1::create(&l, Path::new("/x/y/run"), &["memory", "pids"]).unwrap_err();
+        assert!(e.to_string().contains("pids-not-mounted"), "{e}");
+        assert!(!mem.join("x").exists(), "created parents are removed too");
+        assert!(!gone.exists(), "nothing is made above a mount point");
     }
 
     #[test]
