@@ -68,6 +68,11 @@ pub struct Stats1 {
     pub memsw_max_usage: Option<u64>,
     /// `memory.failcnt`: how often the memory limit was hit.
     pub memory_failcnt: Option<u64>,
+    /// `memory.memsw.failcnt`: how often the memory + swap limit was hit. The kernel
+    /// charges memsw first, so with equal limits a failure never reaches the memory
+    /// counter; and kernels 6.16+ do not count memsw failures at all (seen on 6.18), so
+    /// with memsw set both failcnts can stay 0 through an OOM kill. Use `oom_kill`.
+    pub memsw_failcnt: Option<u64>,
     /// `memory.oom_control`'s `oom_kill`: processes the OOM killer killed (4.13+).
     pub oom_kill: Option<u64>,
     /// `memory.oom_control`'s `under_oom`: 1 while the group is in OOM.
@@ -552,6 +557,7 @@ impl Group1 {
             memory_max_usage: self.read_opt("memory", "memory.max_usage_in_bytes"),
             memsw_max_usage: self.read_opt("memory", "memory.memsw.max_usage_in_bytes"),
             memory_failcnt: self.read_opt("memory", "memory.failcnt"),
+            memsw_failcnt: self.read_opt("memory", "memory.memsw.failcnt"),
             cpu_usage_ns: self.read_opt("cpuacct", "cpuacct.usage"),
             pids_current: self.read_opt("pids", "pids.current"),
             pids_peak: self.read_opt("pids", "pids.peak"),
