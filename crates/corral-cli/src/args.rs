@@ -18,25 +18,25 @@ pub struct RunArgs {
     #[arg(short = 'p', long, value_name = "NAME")]
     pub profile: Option<String>,
     /// Memory budget (memory.max), binary units: 512M, 2G (= 2 GiB); "max" for none.
-    #[arg(short = 'm', long, value_name = "SIZE")]
+    #[arg(short = 'm', long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<String>,
     /// Swap budget (memory.swap.max); default 0.
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub swap: Option<String>,
     /// CPU quota in CPUs: 0.5, 1.5 (cpu.max over a 100 ms period); "max" for none.
-    #[arg(short = 'c', long, value_name = "FLOAT")]
+    #[arg(short = 'c', long, value_name = "FLOAT", allow_hyphen_values = true)]
     pub cpus: Option<String>,
     /// Maximum number of processes and threads (pids.max); "max" for none.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub pids: Option<String>,
     /// Wall-clock limit: 90s, 30m, 1h30m; "none" for no limit.
-    #[arg(short = 't', long, value_name = "DURATION")]
+    #[arg(short = 't', long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<String>,
     /// CPU-time limit over the whole process tree; "none" for no limit.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub cpu_time: Option<String>,
     /// Time between SIGTERM to the tree and SIGKILL (default 5s).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub grace: Option<String>,
     /// Working directory of the command.
     #[arg(long, value_name = "DIR")]
@@ -54,7 +54,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub stderr: Option<PathBuf>,
     /// Cap on each captured file; the rest is dropped and noted.
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub output_limit: Option<String>,
     /// JSON or TOML analysis metadata with limit overrides.
     #[arg(long, value_name = "FILE")]

@@ -15,6 +15,7 @@ use rustix::process::Signal;
 
 use crate::spawn::{ChildSetup, Placement};
 
+pub mod cgroup1;
 pub mod cgroup2;
 
 /// The kinds of backend, strongest first.
@@ -261,6 +262,7 @@ pub fn select(
     let make = |k: BackendKind| -> Result<Box<dyn Backend>, BackendError> {
         match k {
             BackendKind::Cgroup2 => Ok(Box::new(cgroup2::Cgroup2Backend::new(cgroup_root)?)),
+            BackendKind::Cgroup1 => Ok(Box::new(cgroup1::Cgroup1Backend::new(cgroup_root)?)),
             other => Err(BackendError(format!(
                 "the {} backend is not available in this build",
                 other.as_str()

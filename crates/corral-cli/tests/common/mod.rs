@@ -1,0 +1,266 @@
+//! Shared helpers for the enforcement tests: which backend can run here, a private
+//! cgroup root per test that is removed again, running the real `corral` binary, and
+//! checks of what the kernel did.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corral_cgroup::layout::{Layout, V1_CONTROLLERS};
+use serde_json::Value;
+
+/// The path of the `corral` binary under test.
+pub fn corral_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_corral")
+}
+
+/// A backend under test, with a private cgroup root.
+pub struct Harness {
+    /// `cgroup2` or `cgroup1`.
+    pub backend: &'static str,
+    /// The value for `--cgroup-root`.
+    pub root_arg: String,
+    /// The directories that make up the root (one for v2, one per hierarchy for v1).
+    pub root_dirs: Vec<PathBuf>,
+    tmp: tempfile::TempDir,
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Returns a harness for `backend`, or the reason the test must be skipped here.
+pub fn harness(backend: &'static str, test: &str) -> Result<Harness, String> {
+    if !is_root() {
+        return Err("needs root to create cgroups".into());
+    }
+    let layout = Layout::detect();
+    let name = format!("corral-test-{}-{test}", std::process::id());
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    match backend {
+        "cgroup2" => {
+            let m = layout.v2.as_ref().ok_or("no cgroup2 mount")?;
+            for c in ["memory", "cpu", "pids"] {
+                if !layout.v2_controllers.iter().any(|x| x == c) {
+                    return Err(format!(
+                        "cgroup2 at {} lacks the {c} controller (hybrid host; runs in the VM)",
+                        m.mount_point.display()
+                    ));
+                }
+            }
+            let dir = m.mount_point.join(&name);
+            Ok(Harness {
+                backend,
+                root_arg: dir.display().to_string(),
+                root_dirs: vec![dir],
+                tmp,
+            })
+        }
+        "cgroup1" => {
+            if !layout.v1.contains_key("memory") {
+                return Err("no cgroup v1 memory hierarchy".into());
+            }
+            let mut dirs: Vec<PathBuf> = V1_CONTROLLERS
+                .iter()
+                .filter_map(|c| layout.v1.get(*c))
+                .map(|m| m.mount_point.join(&name))
+                .collect();
+            dirs.dedup();
+            Ok(Harness {
+                backend,
+                root_arg: format!("/{name}"),
+                root_dirs: dirs,
+                tmp,
+            })
+        }
+        other => Err(format!("unknown backend {other}")),
+    }
+}
+
+/// Skips (returns early from) a test whose harness is unavailable, saying why.
+#[macro_export]
+macro_rules! harness_or_skip {
+    ($backend:expr, $name:expr) => {
+        match common::harness($backend, $name) {
+            Ok(h) => h,
+            Err(why) => {
+                eprintln!("skipped: {} {}: {why}", $backend, $name);
+                return;
+            }
+        }
+    };
+}
+
+/// What one `corral run` did.
+pub struct Ran {
+    /// corral's exit status.
+    pub code: i32,
+    /// corral's stderr.
+    pub stderr: String,
+    /// corral's stdout (the command's, since the record goes to a file).
+    pub stdout: String,
+    /// The result record, if one was written.
+    pub record: Option<Value>,
+    /// Wall time of the corral process.
+    pub elapsed: Duration,
+}
+
+impl Ran {
+    /// The record (panics with corral's stderr when there is none).
+    pub fn rec(&self) -> &Value {
+        self.record
+            .as_ref()
+            .unwrap_or_else(|| panic!("no record; exit {} stderr: {}", self.code, self.stderr))
+    }
+    /// `outcome.reason`.
+    pub fn reason(&self) -> &str {
+        self.rec()["outcome"]["reason"].as_str().unwrap()
+    }
+    /// A number at a JSON pointer such as `/events/oom_kill`.
+    pub fn num(&self, ptr: &str) -> f64 {
+        self.rec()
+            .pointer(ptr)
+            .and_then(Value::as_f64)
+            .unwrap_or_else(|| panic!("{ptr} missing in {}", self.rec()))
+    }
+}
+
+impl Harness {
+    /// A scratch directory for this test.
+    pub fn tmp(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Starts `corral run --backend B --cgroup-root R --json F <args> -- <cmd>`.
+    pub fn command(&self, args: &[&str], cmd: &[&str]) -> (Command, PathBuf) {
+        let json = self.tmp().join(format!("rec-{}.json", unique()));
+        let mut c = Command::new(corral_bin());
+        c.arg("run")
+            .args(["--backend", self.backend, "--cgroup-root", &self.root_arg])
+            .arg("--json")
+            .arg(&json)
+            .args(args)
+            .arg("--")
+            .args(cmd)
+            .env("XDG_CONFIG_HOME", self.tmp())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        (c, json)
+    }
+
+    /// Runs corral to completion.
+    pub fn run(&self, args: &[&str], cmd: &[&str]) -> Ran {
+        let (mut c, json) = self.command(args, cmd);
+        let t = Instant::now();
+        let out = c.output().expect("corral starts");
+        finish(out, &json, t.elapsed())
+    }
+
+    /// The run cgroups currently under the root (should be none between runs).
+    pub fn run_cgroups(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for d in &self.root_dirs {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        v.push(e.path());
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Asserts that the run's cgroup is gone and nothing else is left under the root.
+    pub fn assert_clean(&self, ran: &Ran) {
+        if let Some(cg) = ran.rec()["cgroup"].as_str() {
+            assert!(!Path::new(cg).exists(), "run cgroup {cg} was not removed");
+        }
+        assert_eq!(
+            self.run_cgroups(),
+            Vec::<PathBuf>::new(),
+            "cgroups left under the root"
+        );
+    }
+}
+
+/// Collects a finished corral process.
+pub fn finish(out: std::process::Output, json: &Path, elapsed: Duration) -> Ran {
+    let record = std::fs::read_to_string(json)
+        .ok()
+        .map(|s| serde_json::from_str(&s).expect("the record is JSON"));
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        record,
+        elapsed,
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Drop for Harness {
+    /// Removes the private root; if a failed test left run cgroups, kills their
+    /// processes first (they are ours: created under our private root).
+    fn drop(&mut self) {
+        for cg in self.run_cgroups() {
+            kill_cgroup(&cg);
+            let _ = std::fs::remove_dir(&cg);
+        }
+        for d in &self.root_dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn kill_cgroup(cg: &Path) {
+    let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+    for _ in 0..100 {
+        let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() {
+            return;
+        }
+        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // A pid from our own private test cgroup.
+            if let Some(p) = rustix::process::Pid::from_raw(p) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True while `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `path` holds a pid, up to `within`.
+pub fn read_pid(path: &Path, within: Duration) -> Option<i32> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(p) = s.trim().parse() {
+                return Some(p);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// The Python interpreter the tests use for memory hogs.
+pub const PYTHON: &str = "/usr/bin/python3";

@@ -1,0 +1,304 @@
+//! The cgroup v1 backend: one group per run in each controller hierarchy.
+//!
+//! v1 has no `memory.oom.group`, so an OOM kill takes one process and corral ends the
+//! rest of the tree itself when the OOM eventfd fires; no `cgroup.kill`, so the tree is
+//! killed under the freezer; no `cgroup.events`, so the end of a tree is found by
+//! reading `cgroup.procs` (only while a killed tree is being torn down).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_cgroup::layout::Layout;
+use corral_cgroup::v1::{eventfd_take, Group1, RUN_CONTROLLERS};
+use corral_spec::Limits;
+use rustix::process::Signal;
+
+use super::{
+    cpu_quota_us, host_has_swap, Backend, BackendError, BackendKind, Collected, Event, Plan,
+    Sandbox, CPU_PERIOD_US,
+};
+use crate::spawn::Placement;
+
+/// The cgroup v1 backend.
+#[derive(Debug)]
+pub struct Cgroup1Backend {
+    layout: Layout,
+    root: PathBuf,
+    controllers: Vec<String>,
+    memsw: bool,
+}
+
+/// Turns `--cgroup-root` into the path inside each hierarchy: `/corral` and `corral`
+/// both mean `<mount>/corral`; a path under one of the v1 mounts is taken relative to
+/// that mount (`/sys/fs/cgroup/memory/corral` is `corral` too).
+fn relative_root(layout: &Layout, root: Option<&Path>) -> PathBuf {
+    let Some(r) = root else {
+        return PathBuf::from("corral");
+    };
+    for m in layout.v1.values() {
+        if let Ok(rel) = r.strip_prefix(&m.mount_point) {
+            return rel.to_path_buf();
+        }
+    }
+    r.strip_prefix("/").unwrap_or(r).to_path_buf()
+}
+
+impl Cgroup1Backend {
+    /// Finds the v1 hierarchies and checks that corral may create groups there.
+    pub fn new(root: Option<&Path>) -> Result<Self, BackendError> {
+        let layout = Layout::detect();
+        let mem = layout
+            .v1
+            .get("memory")
+            .ok_or_else(|| BackendError("no cgroup v1 memory hierarchy is mounted".into()))?;
+        let rel = relative_root(&layout, root);
+        if rel.as_os_str().is_empty() {
+            return Err(BackendError(
+                "the cgroup v1 root must be below the hierarchy roots (e.g. /corral)".into(),
+            ));
+        }
+        let probe = mem.mount_point.join(&rel);
+        let existing = probe
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(&mem.mount_point);
+        if rustix::fs::access(existing, rustix::fs::Access::WRITE_OK).is_err() {
+            return Err(BackendError(format!(
+                "cannot create cgroups under {} (run as root, or use --cgroup-root with a \
+                 writable group)",
+                existing.display()
+            )));
+        }
+        let controllers: Vec<String> = RUN_CONTROLLERS
+            .iter()
+            .filter(|c| layout.v1.contains_key(**c))
+            .map(|c| c.to_string())
+            .collect();
+        let memsw = mem.mount_point.join("memory.memsw.limit_in_bytes").exists();
+        Ok(Cgroup1Backend {
+            layout,
+            root: rel,
+            controllers,
+            memsw,
+        })
+    }
+
+    fn has(&self, c: &str) -> bool {
+        self.controllers.iter().any(|x| x == c)
+    }
+}
+
+impl Backend for Cgroup1Backend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cgroup1
+    }
+
+    fn reason(&self) -> String {
+        format!(
+            "cgroup v1 hierarchies ({}) under /{}",
+            self.controllers.join(", "),
+            self.root.display()
+        )
+    }
+
+    fn plan(&self, limits: &Limits) -> Plan {
+        let mut p = Plan::everything(limits);
+        if !self.has("memory") {
+            p.drop_limit("memory_bytes", "no v1 memory hierarchy");
+        }
+        if !self.memsw && host_has_swap() {
+            p.drop_limit(
+                "swap_bytes",
+                "swap accounting is off (no memory.memsw.limit_in_bytes; boot with swapaccount=1)",
+            );
+        }
+        if !self.has("cpu") {
+            p.drop_limit("cpus", "no v1 cpu hierarchy");
+        }
+        if !self.has("cpuacct") {
+            p.drop_limit("cpu_time_s", "no v1 cpuacct hierarchy to measure CPU time");
+        }
+        if !self.has("pids") {
+            p.drop_limit("pids", "no v1 pids hierarchy");
+        }
+        p
+    }
+
+    fn create(&self, name: &str, limits: &Limits) -> Result<Box<dyn Sandbox>, BackendError> {
+        let ctrls: Vec<&str> = self.controllers.iter().map(String::as_str).collect();
+        let group = Group1::create(&self.layout, &self.root.join(name), &ctrls)
+            .map_err(|e| BackendError(format!("cannot create the run's cgroups: {e}")))?;
+        match Sandbox1::new(group.clone(), limits, self.plan(limits), self.memsw) {
+            Ok(s) => Ok(Box::new(s)),
+            Err(e) => {
+                let _ = group.remove(Duration::from_millis(500));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One run's v1 groups.
+#[derive(Debug)]
+pub struct Sandbox1 {
+    group: Group1,
+    procs: Vec<OwnedFd>,
+    oom_fd: Option<OwnedFd>,
+    plan: Plan,
+    oom_seen: u64,
+}
+
+impl Sandbox1 {
+    fn new(
+        group: Group1,
+        limits: &Limits,
+        mut plan: Plan,
+        memsw: bool,
+    ) -> Result<Self, BackendError> {
+        let ctx = |what: &str, e: corral_cgroup::CgroupError| {
+            BackendError(format!("cannot set the {what} limit: {e}"))
+        };
+        let has = |c: &str| group.dir(c).is_some();
+        let mut oom_fd = None;
+        if has("memory") {
+            // memory+swap = memory + swap; without a memory limit there is nothing to add to.
+            let memsw_limit = match (limits.memory, limits.swap) {
+                (Some(m), Some(s)) if memsw => Some(m.saturating_add(s)),
+                _ => None,
+            };
+            group
+                .set_memory_limits(limits.memory, memsw_limit)
+                .map_err(|e| ctx("memory", e))?;
+            plan.enforced.memory_bytes = group.memory_limit().ok().flatten();
+            if memsw {
+                plan.enforced.swap_bytes = match (
+                    group.memsw_limit().ok().flatten(),
+                    plan.enforced.memory_bytes,
+                ) {
+                    (Some(sw), Some(m)) => Some(sw.saturating_sub(m)),
+                    _ => plan.enforced.swap_bytes,
+                };
+            }
+            oom_fd = Some(group.oom_eventfd()?);
+        }
+        if has("cpu") {
+            group
+                .set_cpu_quota(limits.cpus.map(cpu_quota_us), CPU_PERIOD_US)
+                .map_err(|e| ctx("CPU", e))?;
+            if let Ok((q, period)) = group.cpu_quota() {
+                plan.enforced.cpus = q.map(|q| q as f64 / period as f64);
+            }
+        }
+        if has("pids") {
+            group
+                .set_pids_max(limits.pids)
+                .map_err(|e| ctx("process", e))?;
+            plan.enforced.pids = group.pids_max().ok().flatten();
+        }
+        let procs = group.open_procs_files()?;
+        Ok(Sandbox1 {
+            group,
+            procs,
+            oom_fd,
+            plan,
+            oom_seen: 0,
+        })
+    }
+}
+
+impl Sandbox for Sandbox1 {
+    fn cgroup(&self) -> Option<String> {
+        self.group
+            .dir("memory")
+            .or_else(|| self.group.dirs().first().copied())
+            .map(|d| d.display().to_string())
+    }
+
+    fn plan(&self) -> Plan {
+        self.plan.clone()
+    }
+
+    fn placement(&self) -> Placement<'_> {
+        Placement {
+            cgroup_dir: None,
+            procs: self.procs.iter().map(|f| f.as_fd()).collect(),
+            fallback_procs: None,
+        }
+    }
+
+    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.oom_fd.as_ref().map(|f| f.as_fd())
+    }
+
+    fn on_event(&mut self) -> Event {
+        if let Some(fd) = &self.oom_fd {
+            let _ = eventfd_take(fd.as_fd());
+        }
+        // The eventfd also fires at registration under OOM and at removal: trust the
+        // counter only.
+        let oom = self.oom_kills();
+        if oom > self.oom_seen {
+            self.oom_seen = oom;
+            Event::Oom
+        } else {
+            Event::Changed
+        }
+    }
+
+    fn kernel_kills_group_on_oom(&self) -> bool {
+        false
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.group.stats().oom_kill.unwrap_or(0)
+    }
+
+    fn cpu_usage(&self) -> Option<Duration> {
+        self.group.cpu_usage_ns().ok().map(Duration::from_nanos)
+    }
+
+    fn process_count(&self) -> usize {
+        self.group.pids().len()
+    }
+
+    fn signal_all(&self, sig: Signal) -> usize {
+        self.group.signal_all(sig)
+    }
+
+    fn kill_all(&self) -> Result<(), BackendError> {
+        self.group
+            .kill_all(Duration::from_secs(5))
+            .map_err(|e| BackendError(format!("cannot kill the run's processes: {e}")))
+    }
+
+    fn collect(&self) -> Collected {
+        let s = self.group.stats();
+        Collected {
+            oom_kill: s.oom_kill.unwrap_or(0),
+            pids_max: s.pids_max_events.unwrap_or(0),
+            cpu_throttled: s.nr_throttled.unwrap_or(0),
+            cpu_throttled_us: s.throttled_ns.unwrap_or(0) / 1000,
+            memory_max: s.memory_failcnt.unwrap_or(0),
+            cpu_user: Duration::from_nanos(s.cpu_user_ns.unwrap_or(0)),
+            cpu_system: Duration::from_nanos(s.cpu_system_ns.unwrap_or(0)),
+            memory_peak: s.memory_max_usage,
+            pids_peak: s.pids_peak,
+            io_read: s.io_read_bytes,
+            io_write: s.io_write_bytes,
+        }
+    }
+
+    fn teardown(self: Box<Self>) -> Result<(), BackendError> {
+        let Sandbox1 {
+            group,
+            procs,
+            oom_fd,
+            ..
+        } = *self;
+        drop((procs, oom_fd));
+        group
+            .remove(Duration::from_secs(2))
+            .map_err(|e| BackendError(format!("cannot remove the run's cgroups: {e}")))
+    }
+}
