@@ -6,6 +6,7 @@
 //! `--require-isolation` refused); 126 command not executable; 127 command not found.
 
 mod args;
+mod gc;
 mod profiles;
 mod run;
 
@@ -29,6 +30,11 @@ enum Command {
     Run(Box<run::RunCmd>),
     /// Print the effective profiles (built-in, then /etc/corral, then the user's file).
     Profiles(profiles::ProfilesArgs),
+    /// Kill and remove runs left behind by corral processes that died.
+    Gc(gc::GcArgs),
+    /// Internal: the crash guard of a supervising corral (see docs/architecture.md).
+    #[command(name = "__guard", hide = true)]
+    Guard,
 }
 
 /// Exit status for corral's own failures.
@@ -56,6 +62,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run::main(*a),
         Command::Profiles(a) => profiles::main(a),
+        Command::Gc(a) => gc::main(a),
+        Command::Guard => corral_run::guard::guard_main(),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -49,6 +49,11 @@ pub fn main(cmd: RunCmd) -> Result<u8> {
         .context("starting the async runtime")?;
     let record = rt.block_on(async {
         let backend = select(kind, cmd.cgroup_root.as_deref())?;
+        // Reap what crashed corrals left behind, then guard our own run.
+        crate::gc::reap_quietly(backend.as_ref());
+        if let Ok(exe) = std::env::current_exe() {
+            corral_run::guard::enable(&exe);
+        }
         let (tx, rx) = tokio::sync::watch::channel(None);
         // SIGINT, SIGTERM and SIGHUP end the run the same clean way as a limit.
         for (kind, num) in [

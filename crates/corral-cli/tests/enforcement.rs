@@ -254,6 +254,132 @@ fn cpu_quota(h: &Harness) {
     h.assert_clean(&ran);
 }
 
+/// Starts a run of a small process tree (two children and a setsid escapee) that writes
+/// its pids to a file, and returns corral's child handle and the pids.
+fn start_tree(h: &Harness) -> (std::process::Child, Vec<i32>) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pids = h.tmp().join(format!("tree-{n}.pids"));
+    let script = format!(
+        "sleep 300 & echo $! >> {p}; sleep 300 & echo $! >> {p}; \
+         setsid sh -c 'sleep 300 & echo $! >> {p}; wait' & echo $$ >> {p}; wait",
+        p = pids.display()
+    );
+    let (mut c, _json) = h.command(&["--timeout", "120s"], &["sh", "-c", &script]);
+    let mut child = c.spawn().unwrap();
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&pids).unwrap_or_default();
+        let v: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if v.len() >= 4 {
+            return (child, v);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the tree did not start: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_dead(pids: &[i32], within: Duration) -> Vec<i32> {
+    let t = Instant::now();
+    loop {
+        let live: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if live.is_empty() || t.elapsed() > within {
+            return live;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill9(pid: i32) {
+    let p = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(p, rustix::process::Signal::KILL).unwrap();
+}
+
+/// The guard process of a corral: its child running `corral __guard`.
+fn guard_of(corral: i32) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.split(' ').nth(1)?.parse::<i32>().ok());
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(corral) && String::from_utf8_lossy(&cmd).contains("__guard") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn crash_guard(h: &Harness) {
+    let (mut child, pids) = start_tree(h);
+    assert_eq!(h.run_count(), 1);
+    kill9(child.id() as i32);
+    let _ = child.wait();
+    let live = wait_dead(&pids, Duration::from_secs(10));
+    assert!(
+        live.is_empty(),
+        "processes outlived their killed corral: {live:?}"
+    );
+    let t = Instant::now();
+    while !h.run_cgroups().is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        h.run_cgroups(),
+        Vec::<std::path::PathBuf>::new(),
+        "the guard left cgroups"
+    );
+}
+
+fn crash_gc(h: &Harness) {
+    let (mut child, pids) = start_tree(h);
+    let corral = child.id() as i32;
+    let guard = guard_of(corral).expect("corral has a guard process");
+    kill9(guard);
+    kill9(corral);
+    let _ = child.wait();
+    // With the guard gone too, the run's cgroup holds the orphans until gc.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(h.run_count(), 1);
+    let out = Command::new(common::corral_bin())
+        .args(["gc", "--backend", h.backend, "--cgroup-root", &h.root_arg])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reaped"));
+    let live = wait_dead(&pids, Duration::from_secs(5));
+    assert!(live.is_empty(), "gc left processes: {live:?}");
+    assert_eq!(
+        h.run_cgroups(),
+        Vec::<std::path::PathBuf>::new(),
+        "gc left cgroups"
+    );
+    // A second gc finds nothing, and a live run of another corral is never reaped.
+    let (mut child, pids) = start_tree(h);
+    let out = Command::new(common::corral_bin())
+        .args(["gc", "--backend", h.backend, "--cgroup-root", &h.root_arg])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nothing to reap"
+    );
+    assert!(pids.iter().all(|p| alive(*p)));
+    kill9(child.id() as i32);
+    let _ = child.wait();
+    assert!(wait_dead(&pids, Duration::from_secs(10)).is_empty());
+}
+
 /// The CPU accuracy test runs alone: on 2 cores a parallel fork bomb would take the
 /// CPU its quota allows. Every other scenario shares the lock.
 static CPU: std::sync::RwLock<()> = std::sync::RwLock::new(());
@@ -294,4 +420,6 @@ scenarios!(
     bad_input,
     limits_and_record,
     cpu_quota,
+    crash_guard,
+    crash_gc,
 );

@@ -190,6 +190,10 @@ pub async fn run(
 
     let name = cgroup_name(&id, &Owner::current());
     let mut sandbox = backend.create(&name, &spec.limits)?;
+    let guarded = crate::guard::get().zip(sandbox.guard_entry());
+    if let Some((g, e)) = &guarded {
+        g.register(e);
+    }
     rec.cgroup = sandbox.cgroup();
     let plan = sandbox.plan();
     rec.limits.enforced = plan.enforced;
@@ -217,7 +221,7 @@ pub async fn run(
                     let _ =
                         rustix::process::pidfd_send_signal(&s.pidfd, rustix::process::Signal::KILL);
                     let _ = s.confirm(&exec);
-                    let _ = sandbox.teardown();
+                    teardown(sandbox, &guarded);
                     return Err(e.into());
                 }
             }
@@ -230,9 +234,7 @@ pub async fn run(
             let code = e.exit_code();
             let why = e.to_string();
             drop(outputs.finish());
-            if let Err(t) = sandbox.teardown() {
-                tracing::warn!("{t}");
-            }
+            teardown(sandbox, &guarded);
             return Ok(spawn_failed(rec, code, why));
         }
     };
@@ -242,13 +244,12 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => {
             let _ = sandbox.kill_all();
+            teardown(sandbox, &guarded);
             return Err(e.into());
         }
     };
     let c = sandbox.collect();
-    if let Err(e) = sandbox.teardown() {
-        tracing::warn!("{e}");
-    }
+    teardown(sandbox, &guarded);
     let finished_at = SystemTime::now();
     let verdict = classify(&Evidence {
         status: Some(sup.status),
@@ -288,6 +289,23 @@ pub async fn run(
     rec.finished_at = corral_record::rfc3339(finished_at);
     rec.notes = compose_notes(&rec);
     Ok(rec)
+}
+
+/// Removes the sandbox and tells the guard it no longer needs watching. A failed
+/// removal stays registered, so the guard retries it when this process exits, and
+/// `corral gc` after that.
+fn teardown(
+    sandbox: Box<dyn crate::backend::Sandbox>,
+    guarded: &Option<(&crate::guard::Guard, crate::guard::GuardEntry)>,
+) {
+    match sandbox.teardown() {
+        Ok(()) => {
+            if let Some((g, e)) = guarded {
+                g.unregister(e);
+            }
+        }
+        Err(e) => tracing::warn!("{e}"),
+    }
 }
 
 fn effective_env(spec: &RunSpec) -> Vec<(String, String)> {

@@ -173,6 +173,19 @@ impl Harness {
         v
     }
 
+    /// The number of distinct runs with cgroups under the root (v1: one group per
+    /// hierarchy counts once).
+    pub fn run_count(&self) -> usize {
+        let mut names: Vec<_> = self
+            .run_cgroups()
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_owned()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names.len()
+    }
+
     /// Asserts that the run's cgroup is gone and nothing else is left under the root.
     pub fn assert_clean(&self, ran: &Ran) {
         if let Some(cg) = ran.rec()["cgroup"].as_str() {

@@ -15,9 +15,10 @@ use corral_spec::Limits;
 use rustix::process::Signal;
 
 use super::{
-    cpu_quota_us, host_has_swap, Backend, BackendError, BackendKind, Collected, Event, Plan,
-    Sandbox, CPU_PERIOD_US,
+    cpu_quota_us, host_has_swap, reap_dead, Backend, BackendError, BackendKind, Collected, Event,
+    Plan, Reaped, Sandbox, CPU_PERIOD_US,
 };
+use crate::guard::GuardEntry;
 use crate::spawn::Placement;
 
 /// The cgroup v1 backend.
@@ -92,6 +93,21 @@ impl Cgroup1Backend {
 impl Backend for Cgroup1Backend {
     fn kind(&self) -> BackendKind {
         BackendKind::Cgroup1
+    }
+
+    fn reap_leftovers(&self) -> Vec<Reaped> {
+        // Every run has a memory group (the memory hierarchy is required): list there.
+        let dir = self.layout.v1["memory"].mount_point.join(&self.root);
+        let names = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let root = self.root.clone();
+        reap_dead(names, |n| GuardEntry::V1(root.join(n)))
     }
 
     fn reason(&self) -> String {
@@ -208,6 +224,10 @@ impl Sandbox1 {
 }
 
 impl Sandbox for Sandbox1 {
+    fn guard_entry(&self) -> Option<GuardEntry> {
+        Some(GuardEntry::V1(self.group.rel().to_path_buf()))
+    }
+
     fn cgroup(&self) -> Option<String> {
         self.group
             .dir("memory")

@@ -11,9 +11,10 @@ use rustix::fs::inotify;
 use rustix::process::Signal;
 
 use super::{
-    cpu_quota_us, host_has_swap, Backend, BackendError, BackendKind, Collected, Event, Plan,
-    Sandbox, CPU_PERIOD_US,
+    cpu_quota_us, host_has_swap, reap_dead, Backend, BackendError, BackendKind, Collected, Event,
+    Plan, Reaped, Sandbox, CPU_PERIOD_US,
 };
+use crate::guard::GuardEntry;
 use crate::spawn::Placement;
 
 /// The cgroup v2 backend: corral's root cgroup with the controllers enabled.
@@ -140,6 +141,13 @@ impl Backend for Cgroup2Backend {
         BackendKind::Cgroup2
     }
 
+    fn reap_leftovers(&self) -> Vec<Reaped> {
+        let root = self.root.path().to_path_buf();
+        reap_dead(self.root.children().unwrap_or_default(), |n| {
+            GuardEntry::V2(root.join(n))
+        })
+    }
+
     fn reason(&self) -> String {
         self.reason.clone()
     }
@@ -243,6 +251,10 @@ impl Sandbox2 {
 impl Sandbox for Sandbox2 {
     fn cgroup(&self) -> Option<String> {
         Some(self.cg.path().display().to_string())
+    }
+
+    fn guard_entry(&self) -> Option<GuardEntry> {
+        Some(GuardEntry::V2(self.cg.path().to_path_buf()))
     }
 
     fn plan(&self) -> Plan {

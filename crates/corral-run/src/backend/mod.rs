@@ -157,12 +157,44 @@ pub trait Backend: Send + Sync {
     fn plan(&self, limits: &Limits) -> Plan;
     /// Creates the sandbox of one run, named `name`, with `limits` applied.
     fn create(&self, name: &str, limits: &Limits) -> Result<Box<dyn Sandbox>, BackendError>;
+    /// Kills and removes the runs left under this backend's root by supervisors that
+    /// are gone (crashed, killed); runs of live supervisors are not touched.
+    fn reap_leftovers(&self) -> Vec<Reaped> {
+        Vec::new()
+    }
+}
+
+/// A leftover run found by [`Backend::reap_leftovers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// The cgroup's name (`<id>.<boot>.<pid>.<start>`).
+    pub name: String,
+    /// Whether it was removed; otherwise the error.
+    pub result: Result<(), String>,
+}
+
+/// Reaps the run cgroups named in `names` whose owners are dead, using `entry` to say
+/// how each is cleaned up.
+pub fn reap_dead(
+    names: Vec<String>,
+    entry: impl Fn(&str) -> crate::guard::GuardEntry,
+) -> Vec<Reaped> {
+    names
+        .into_iter()
+        .filter(|n| crate::ident::parse_cgroup_name(n).is_some_and(|(_, owner)| !owner.is_alive()))
+        .map(|n| {
+            let result = crate::guard::end(&entry(&n));
+            Reaped { name: n, result }
+        })
+        .collect()
 }
 
 /// The isolation of one run. All methods are cheap and non-blocking except where noted.
 pub trait Sandbox: Send {
     /// The run's cgroup directory, for the record.
     fn cgroup(&self) -> Option<String>;
+    /// What the crash guard must end if the supervisor dies.
+    fn guard_entry(&self) -> Option<crate::guard::GuardEntry>;
     /// What the backend enforces for this run (read back from the kernel where possible).
     fn plan(&self) -> Plan;
     /// Where to place the child.
@@ -313,5 +345,8 @@ impl Backend for Explained {
     }
     fn create(&self, name: &str, limits: &Limits) -> Result<Box<dyn Sandbox>, BackendError> {
         self.inner.create(name, limits)
+    }
+    fn reap_leftovers(&self) -> Vec<Reaped> {
+        self.inner.reap_leftovers()
     }
 }

@@ -1,0 +1,55 @@
+//! `corral gc`: reap runs whose supervisor died.
+
+use anyhow::Result;
+use clap::Args;
+use corral_run::backend::{select, Backend};
+use serde_json::json;
+
+use crate::run::backend_kind;
+
+/// `corral gc [--backend B] [--cgroup-root PATH] [--json]`
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Backend whose root to clean: auto, cgroup2, cgroup1.
+    #[arg(long, value_name = "B", default_value = "auto")]
+    pub backend: String,
+    /// The cgroup root to clean (as for `corral run`).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<std::path::PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn main(a: GcArgs) -> Result<u8> {
+    let backend = select(backend_kind(&a.backend)?, a.cgroup_root.as_deref())?;
+    let reaped = backend.reap_leftovers();
+    let failed = reaped.iter().filter(|r| r.result.is_err()).count();
+    if a.json {
+        let v: Vec<_> = reaped
+            .iter()
+            .map(|r| json!({"cgroup": r.name, "removed": r.result.is_ok(), "error": r.result.as_ref().err()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"reaped": v}))?);
+    } else if reaped.is_empty() {
+        println!("nothing to reap");
+    } else {
+        for r in &reaped {
+            match &r.result {
+                Ok(()) => println!("reaped {}", r.name),
+                Err(e) => println!("could not reap {}: {e}", r.name),
+            }
+        }
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// Reaps leftovers before a run; problems are only logged.
+pub fn reap_quietly(backend: &dyn Backend) {
+    for r in backend.reap_leftovers() {
+        match r.result {
+            Ok(()) => tracing::info!("reaped leftover run cgroup {}", r.name),
+            Err(e) => tracing::warn!("cannot reap leftover run cgroup {}: {e}", r.name),
+        }
+    }
+}

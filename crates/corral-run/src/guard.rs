@@ -1,0 +1,201 @@
+//! Crash safety: a guard process that ends a run if its supervisor dies.
+//!
+//! The child of a run gets `PR_SET_PDEATHSIG(SIGKILL)`, but that reaches only the main
+//! process; its children and escapees would live on in the run's cgroup. So each
+//! supervising corral process starts one guard: the corral binary itself, re-executed
+//! as `corral __guard`, in its own session (terminal signals do not reach it) and
+//! outside every run's cgroup. The supervisor registers each run's cgroup with it over
+//! a pipe before the run starts and unregisters it after teardown. When the pipe hits
+//! EOF without a goodbye, the supervisor is gone: the guard kills every registered run
+//! and removes its cgroups, then exits. Whatever even the guard misses, `corral gc`
+//! (and the start of every `corral run`) reaps, recognising dead owners by cgroup name.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use corral_cgroup::layout::Layout;
+use corral_cgroup::v1::{Group1, RUN_CONTROLLERS};
+use corral_cgroup::v2::Cgroup2;
+
+/// What a guard must clean up for one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardEntry {
+    /// A cgroup v2 directory.
+    V2(PathBuf),
+    /// A cgroup v1 group, by its path relative to each hierarchy's root.
+    V1(PathBuf),
+    /// A process group (rlimit backend).
+    ProcessGroup(i32),
+}
+
+impl GuardEntry {
+    fn encode(&self) -> Option<String> {
+        let s = match self {
+            GuardEntry::V2(p) => format!("v2\t{}", p.to_str()?),
+            GuardEntry::V1(p) => format!("v1\t{}", p.to_str()?),
+            GuardEntry::ProcessGroup(g) => format!("pg\t{g}"),
+        };
+        (!s.contains('\n')).then_some(s)
+    }
+
+    fn decode(line: &str) -> Option<GuardEntry> {
+        let (kind, arg) = line.split_once('\t')?;
+        match kind {
+            "v2" => Some(GuardEntry::V2(arg.into())),
+            "v1" => Some(GuardEntry::V1(arg.into())),
+            "pg" => arg.parse().ok().map(GuardEntry::ProcessGroup),
+            _ => None,
+        }
+    }
+}
+
+/// The supervisor's end of its guard.
+pub struct Guard {
+    pipe: Mutex<std::process::ChildStdin>,
+}
+
+static GUARD: OnceLock<Option<Guard>> = OnceLock::new();
+static GUARD_BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// Enables the guard: `corral_bin` is a corral binary that understands `__guard`
+/// (the CLI passes its own executable). Without this call runs have no guard (the
+/// main process still dies with its supervisor; the rest is left for `corral gc`).
+pub fn enable(corral_bin: &Path) {
+    let _ = GUARD_BIN.set(corral_bin.to_path_buf());
+}
+
+/// The process-wide guard, started on first use; `None` when not enabled or it could
+/// not be started (logged).
+pub fn get() -> Option<&'static Guard> {
+    GUARD
+        .get_or_init(|| {
+            let bin = GUARD_BIN.get()?;
+            match Guard::start(bin) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!("cannot start the crash guard {}: {e}", bin.display());
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+impl Guard {
+    fn start(bin: &Path) -> std::io::Result<Guard> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("__guard")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn()?;
+        let pipe = child.stdin.take().expect("stdin is piped");
+        // The guard outlives us on purpose; it is reaped by init if we die first, and
+        // exits by itself on EOF when we exit normally.
+        std::mem::forget(child);
+        Ok(Guard {
+            pipe: Mutex::new(pipe),
+        })
+    }
+
+    fn send(&self, line: &str) {
+        let mut p = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = p.write_all(line.as_bytes()) {
+            tracing::warn!("crash guard: {e}");
+        }
+    }
+
+    /// Registers a run before its child starts.
+    pub fn register(&self, e: &GuardEntry) {
+        match e.encode() {
+            Some(s) => self.send(&format!("+{s}\n")),
+            None => tracing::warn!("crash guard: cannot register {e:?}"),
+        }
+    }
+
+    /// Unregisters a run after its teardown.
+    pub fn unregister(&self, e: &GuardEntry) {
+        if let Some(s) = e.encode() {
+            self.send(&format!("-{s}\n"));
+        }
+    }
+}
+
+/// The guard process: `corral __guard`. Reads registrations from stdin until EOF, then
+/// ends and removes whatever is still registered.
+pub fn guard_main() -> ! {
+    // SIGINT from the terminal must not take the guard down with its supervisor.
+    let _ = rustix::process::setsid();
+    let mut live: Vec<GuardEntry> = Vec::new();
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if let Some(rest) = line.strip_prefix('+') {
+            if let Some(e) = GuardEntry::decode(rest) {
+                live.push(e);
+            }
+        } else if let Some(rest) = line.strip_prefix('-') {
+            if let Some(e) = GuardEntry::decode(rest) {
+                live.retain(|x| *x != e);
+            }
+        }
+    }
+    for e in &live {
+        if let Err(err) = end(e) {
+            eprintln!("corral guard: cleaning up {e:?}: {err}");
+        }
+    }
+    std::process::exit(0)
+}
+
+/// Kills everything in `e` and removes its cgroups, bounded in time.
+pub fn end(e: &GuardEntry) -> Result<(), String> {
+    match e {
+        GuardEntry::V2(p) => {
+            let cg = Cgroup2::at(p);
+            if !cg.exists() {
+                return Ok(());
+            }
+            if !cg.kill().map_err(|e| e.to_string())? {
+                cg.kill_by_freezing().map_err(|e| e.to_string())?;
+            }
+            let t = Instant::now();
+            while cg.populated().unwrap_or(false) && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            cg.remove(Duration::from_secs(2)).map_err(|e| e.to_string())
+        }
+        GuardEntry::V1(rel) => {
+            let g = Group1::open(&Layout::detect(), rel, RUN_CONTROLLERS);
+            g.kill_all(Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            g.remove(Duration::from_secs(2)).map_err(|e| e.to_string())
+        }
+        GuardEntry::ProcessGroup(pgid) => {
+            if let Some(p) = rustix::process::Pid::from_raw(*pgid) {
+                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_roundtrip() {
+        for e in [
+            GuardEntry::V2("/sys/fs/cgroup/corral/x.a.1.2".into()),
+            GuardEntry::V1("corral/x.a.1.2".into()),
+            GuardEntry::ProcessGroup(42),
+        ] {
+            assert_eq!(GuardEntry::decode(&e.encode().unwrap()), Some(e));
+        }
+        assert!(GuardEntry::V2("/a\nb".into()).encode().is_none());
+    }
+}
