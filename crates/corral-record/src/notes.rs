@@ -89,6 +89,22 @@ pub fn compose_notes(r: &Record) -> String {
             );
         }
     }
+    if r.backend == "rlimit" {
+        let failed = match r.outcome.reason {
+            Reason::Exited => r.outcome.process_exit_code != Some(0),
+            Reason::Signaled => matches!(r.outcome.signal, Some(6 | 7 | 9 | 11)),
+            _ => false,
+        };
+        if let (true, Some(m)) = (failed, r.limits.enforced.memory_bytes) {
+            out.push(format!(
+                "It may have hit its {} address-space limit (RLIMIT_AS): allocations beyond it fail with an out-of-memory error, which the rlimit backend cannot tell apart from other failures.",
+                format_bytes(m)
+            ));
+        }
+        out.push(
+            "Isolation is weaker without cgroups (rlimit backend): memory is limited per process, and processes that start their own session are not tracked.".to_string(),
+        );
+    }
     if r.events.grace_expired {
         out.push(format!(
             "It did not exit within {} of SIGTERM and was killed.",

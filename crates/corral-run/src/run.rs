@@ -190,7 +190,7 @@ pub async fn run(
 
     let name = cgroup_name(&id, &Owner::current());
     let mut sandbox = backend.create(&name, &spec.limits)?;
-    let guarded = crate::guard::get().zip(sandbox.guard_entry());
+    let mut guarded = crate::guard::get().zip(sandbox.guard_entry());
     if let Some((g, e)) = &guarded {
         g.register(e);
     }
@@ -216,7 +216,16 @@ pub async fn run(
         Ok(s) => {
             let pid = s.pid;
             match sandbox.after_spawn(pid) {
-                Ok(()) => s.confirm(&exec),
+                Ok(()) => {
+                    // Backends that know their tree only now (a process group) register late.
+                    if guarded.is_none() {
+                        if let (Some(g), Some(e)) = (crate::guard::get(), sandbox.guard_entry()) {
+                            g.register(&e);
+                            guarded = Some((g, e));
+                        }
+                    }
+                    s.confirm(&exec)
+                }
                 Err(e) => {
                     let _ =
                         rustix::process::pidfd_send_signal(&s.pidfd, rustix::process::Signal::KILL);
@@ -257,7 +266,8 @@ pub async fn run(
         kill: sup.kill,
         oom_kills_at_kill: sup.oom_at_kill,
         oom_kills: c.oom_kill,
-        cpu_rlimit_hit: false,
+        cpu_rlimit_hit: backend.kind() == crate::backend::BackendKind::Rlimit
+            && spec.limits.cpu_time.is_some(),
     });
     rec.outcome = Outcome {
         reason: verdict.reason,

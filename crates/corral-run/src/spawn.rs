@@ -470,6 +470,47 @@ pub fn watch_fd(
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into())
 }
 
+/// CPU times and peak RSS of a reaped child (and the descendants it reaped), from
+/// `wait4`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChildUsage {
+    /// User CPU time in microseconds.
+    pub user_us: u64,
+    /// System CPU time in microseconds.
+    pub system_us: u64,
+    /// Peak resident set size of the largest process, in bytes.
+    pub max_rss: u64,
+}
+
+/// Reaps `pid` with `wait4`, returning its raw wait status and its resource usage. Only
+/// for a child of this process whose exit was already observed (its pidfd readable), so
+/// the call does not block for long and the pid cannot have been reused.
+pub fn wait4(pid: i32) -> std::io::Result<(i32, ChildUsage)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `ru` are valid for writes for the duration of the call.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Ok((
+        status,
+        ChildUsage {
+            user_us: us(ru.ru_utime),
+            system_us: us(ru.ru_stime),
+            max_rss: ru.ru_maxrss as u64 * 1024,
+        },
+    ))
+}
+
 /// Writes `stage` and the current errno to the error pipe and exits with 127.
 ///
 /// # Safety

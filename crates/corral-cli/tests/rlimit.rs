@@ -1,0 +1,86 @@
+//! The rlimit backend: no cgroups, only rlimits and a process group. These tests run on
+//! any Linux host, as any user.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{alive, read_pid, PYTHON};
+
+#[test]
+fn memory_hog_fails_with_a_clear_note() {
+    let h = harness_or_skip!("rlimit", "memory");
+    let ran = h.run(
+        &["--memory", "64M"],
+        &[PYTHON, "-c", "b = b'x' * (300 << 20)"],
+    );
+    assert_ne!(ran.code, 0);
+    assert_eq!(ran.rec()["backend"], "rlimit");
+    assert_eq!(ran.rec()["limits"]["enforced"]["memory_bytes"], 64 << 20);
+    let notes = ran.rec()["notes"].as_str().unwrap();
+    assert!(notes.contains("64.0 MiB address-space limit"), "{notes}");
+    assert!(notes.contains("Isolation is weaker"), "{notes}");
+}
+
+#[test]
+fn timeout_ends_the_process_group() {
+    let h = harness_or_skip!("rlimit", "timeout");
+    let pidfile = h.tmp().join("child.pid");
+    let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let ran = h.run(
+        &["--timeout", "1s", "--grace", "1s"],
+        &["sh", "-c", &script],
+    );
+    assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
+    assert_eq!(ran.code, 124);
+    let pid = read_pid(&pidfile, Duration::from_secs(1)).unwrap();
+    assert!(!alive(pid), "the group member {pid} outlived the run");
+    assert!(ran.elapsed < Duration::from_secs(3));
+}
+
+#[test]
+fn cpu_quota_is_reported_not_enforced() {
+    let h = harness_or_skip!("rlimit", "quota");
+    let ran = h.run(&["--cpus", "0.5"], &["true"]);
+    assert_eq!(ran.code, 0);
+    let r = ran.rec();
+    assert_eq!(r["limits"]["requested"]["cpus"], 0.5);
+    assert!(r["limits"]["enforced"]["cpus"].is_null());
+    let gaps = r["limits"]["not_enforced"].as_array().unwrap();
+    assert!(gaps.iter().any(|g| g["limit"] == "cpus"), "{gaps:?}");
+}
+
+#[test]
+fn cpu_time_limit_applies() {
+    let h = harness_or_skip!("rlimit", "cputime");
+    let ran = h.run(
+        &["--cpu-time", "1s", "--cpus", "max", "--timeout", "30s"],
+        &["sh", "-c", "while :; do :; done"],
+    );
+    assert_eq!(ran.reason(), "cpu_time", "{}", ran.rec());
+    assert_eq!(ran.code, 124);
+}
+
+#[test]
+fn require_isolation_refuses() {
+    let h = harness_or_skip!("rlimit", "require");
+    let ran = h.run(&["--require-isolation", "--cpus", "0.5"], &["true"]);
+    assert_eq!(ran.code, 125);
+    assert!(ran.stderr.contains("refusing to run"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("cpus"), "{}", ran.stderr);
+    assert!(ran.record.is_none());
+    // Nothing requested that it cannot do: it runs.
+    let ran = h.run(
+        &[
+            "--require-isolation",
+            "--cpus",
+            "max",
+            "--pids",
+            "max",
+            "--memory",
+            "1G",
+        ],
+        &["true"],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+}
