@@ -6,6 +6,7 @@
 //! `--require-isolation` refused); 126 command not executable; 127 command not found.
 
 mod args;
+mod check;
 mod gc;
 mod profiles;
 mod run;
@@ -30,6 +31,8 @@ enum Command {
     Run(Box<run::RunCmd>),
     /// Print the effective profiles (built-in, then /etc/corral, then the user's file).
     Profiles(profiles::ProfilesArgs),
+    /// Report what isolation this host offers (exit 0 full, 1 partial, 2 none).
+    Check(check::CheckArgs),
     /// Kill and remove runs left behind by corral processes that died.
     Gc(gc::GcArgs),
     /// Internal: the crash guard of a supervising corral (see docs/architecture.md).
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run::main(*a),
         Command::Profiles(a) => profiles::main(a),
         Command::Gc(a) => gc::main(a),
+        Command::Check(a) => check::main(a),
         Command::Guard => corral_run::guard::guard_main(),
     };
     match result {

@@ -16,6 +16,7 @@
 //! * [`run`]: ties it together and builds the [`corral_record::Record`].
 
 pub mod backend;
+pub mod check;
 pub mod guard;
 pub mod ident;
 pub mod output;

@@ -470,6 +470,15 @@ pub fn watch_fd(
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into())
 }
 
+/// True when the kernel has `clone3` (5.3+). The probe passes no arguments: a kernel
+/// with clone3 answers EINVAL, one without ENOSYS. CLONE_INTO_CGROUP needs 5.7.
+pub fn clone3_available() -> bool {
+    // SAFETY: clone3 with a null pointer and size 0 is rejected before anything is
+    // read or any process is created.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<CloneArgs>(), 0usize) };
+    r == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
 /// CPU times and peak RSS of a reaped child (and the descendants it reaped), from
 /// `wait4`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -32,7 +32,8 @@ impl Backend for RlimitBackend {
     }
 
     fn reason(&self) -> String {
-        "resource limits and a process group only (no cgroups available)".into()
+        "resource limits (RLIMIT_AS, RLIMIT_CPU, RLIMIT_NPROC) and a process group; no cgroup"
+            .into()
     }
 
     fn plan(&self, limits: &Limits) -> Plan {

@@ -1,0 +1,78 @@
+//! `corral check` tells the truth about the host it runs on.
+
+use std::process::Command;
+
+use corral_cgroup::layout::Layout;
+use serde_json::Value;
+
+fn check() -> (i32, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("check prints JSON");
+    (out.status.code().unwrap(), v)
+}
+
+#[test]
+fn check_matches_the_host() {
+    let (code, r) = check();
+    let layout = Layout::detect();
+    assert_eq!(r["layout"], layout.kind().as_str());
+    let v2_mem = layout.v2_controllers.iter().any(|c| c == "memory");
+    let root = rustix::process::geteuid().is_root();
+    let expected = if root && v2_mem {
+        "cgroup2"
+    } else if root && layout.v1.contains_key("memory") {
+        "cgroup1"
+    } else if r["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b[0] == "systemd" && b[1].get("Ok").is_some())
+    {
+        "systemd"
+    } else {
+        "rlimit"
+    };
+    assert_eq!(r["auto_backend"], expected, "{r:#}");
+    let iso = r["isolation"].as_str().unwrap();
+    assert_eq!(
+        code,
+        match iso {
+            "full" => 0,
+            "partial" => 1,
+            _ => 2,
+        }
+    );
+    for c in &layout.v2_controllers {
+        assert!(r["cgroup2_controllers"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(c.as_str())));
+    }
+    for (c, _) in layout.v1.iter().filter(|(c, _)| c.as_str() != "systemd") {
+        assert!(
+            r["cgroup1_hierarchies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h[0] == c.as_str()),
+            "{c} missing"
+        );
+    }
+    if layout.kind().as_str() == "hybrid" && !v2_mem {
+        assert!(r["remedies"]
+            .to_string()
+            .contains("unified_cgroup_hierarchy"));
+    }
+    if std::env::var_os("CORRAL_IN_VM").is_some() {
+        // The test VM boots with cgroup_no_v1=all: pure v2 with every controller.
+        assert_eq!(r["layout"], "v2");
+        assert_eq!(r["auto_backend"], "cgroup2");
+        assert_eq!(code, 0);
+        for f in r["features"].as_array().unwrap() {
+            assert_eq!(f["available"], true, "{f}");
+        }
+    }
+}

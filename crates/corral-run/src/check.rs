@@ -1,0 +1,265 @@
+//! What this host offers: the facts behind `corral check`.
+
+use std::path::{Path, PathBuf};
+
+use corral_cgroup::layout::{join_rel, Layout, Membership, V1_CONTROLLERS};
+use corral_record::{Gap, LimitValues};
+use corral_spec::Limits;
+use serde::Serialize;
+
+use crate::backend::{cgroup2, select, BackendKind};
+
+/// A kernel feature and whether this host has it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Feature {
+    /// Its name (`clone3_into_cgroup`, `cgroup.kill`, ...).
+    pub name: String,
+    /// Whether it is available.
+    pub available: bool,
+    /// What corral uses it for, or does without it.
+    pub note: String,
+}
+
+/// A systemd manager and whether corral can reach it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manager {
+    /// `system` or `user`.
+    pub scope: String,
+    /// The socket corral would use, if one exists.
+    pub socket: Option<String>,
+    /// The controllers it delegates (user manager: `user@UID.service/cgroup.controllers`).
+    pub delegated_controllers: Option<Vec<String>>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `v2`, `hybrid`, `v1` or `none`.
+    pub layout: String,
+    /// The cgroup2 mount point.
+    pub cgroup2_mount: Option<String>,
+    /// Controllers available in the cgroup2 root.
+    pub cgroup2_controllers: Vec<String>,
+    /// v1 controllers and where they are mounted.
+    pub cgroup1_hierarchies: Vec<(String, String)>,
+    /// corral's own cgroup (v2 path).
+    pub own_cgroup: Option<String>,
+    /// The default v2 root and whether corral can write there.
+    pub cgroup2_root: Option<(String, bool)>,
+    /// Kernel version string.
+    pub kernel: String,
+    /// Kernel features.
+    pub features: Vec<Feature>,
+    /// The systemd managers.
+    pub systemd: Vec<Manager>,
+    /// Every backend, whether it can be set up here, and why not.
+    pub backends: Vec<(String, Result<String, String>)>,
+    /// The backend `auto` picks.
+    pub auto_backend: Option<String>,
+    /// What `auto` would enforce of a request with every limit set.
+    pub enforceable: Option<LimitValues>,
+    /// The limits it would not enforce.
+    pub gaps: Vec<Gap>,
+    /// One-line remedies for what is missing.
+    pub remedies: Vec<String>,
+    /// `full`, `partial` or `none`.
+    pub isolation: String,
+}
+
+fn writable(p: &Path) -> bool {
+    rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok()
+}
+
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let maj: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let min: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (maj, min) >= (major, minor)
+}
+
+/// Examines the host. `cgroup_root` is as for `corral run`.
+pub fn examine(cgroup_root: Option<&Path>) -> Report {
+    let layout = Layout::detect();
+    let kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let own = Membership::current();
+    let mut remedies = Vec::new();
+
+    let v2_root = cgroup2::default_root(&layout);
+    let v2_root_info = v2_root.as_ref().map(|r| {
+        let existing = r
+            .ancestors()
+            .find(|p| p.exists())
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        (r.display().to_string(), writable(&existing))
+    });
+    // Probe files on corral's own (non-root) cgroup where there is one.
+    let probe_dir: Option<PathBuf> = match (&layout.v2, &own.v2) {
+        (Some(m), Some(p)) if p != Path::new("/") => Some(join_rel(m, p)),
+        _ => None,
+    };
+    let has = |f: &str, since: (u32, u32)| match &probe_dir {
+        Some(d) => d.join(f).exists(),
+        None => kernel_at_least(&kernel, since.0, since.1),
+    };
+    let v2_ok = layout.v2_controllers.iter().any(|c| c == "memory");
+    let feature = |name: &str, available: bool, note: &str| Feature {
+        name: name.into(),
+        available,
+        note: note.into(),
+    };
+    let clone3 = crate::spawn::clone3_available() && kernel_at_least(&kernel, 5, 7);
+    let features = vec![
+        feature("clone3_into_cgroup", clone3, "the child is born in its cgroup; without it corral forks and moves the child before exec"),
+        feature("pidfd", kernel_at_least(&kernel, 5, 4), "race-free waiting and signalling (required)"),
+        feature("cgroup.kill", v2_ok && has("cgroup.kill", (5, 14)), "kills a v2 tree at once; without it corral freezes and kills each process"),
+        feature("memory.oom.group", v2_ok && has("memory.oom.group", (4, 19)), "an OOM kill takes the whole run"),
+        feature("memory.peak", v2_ok && has("memory.peak", (5, 19)), "peak memory of a v2 run; without it the record has no peak"),
+        feature("pids.peak", v2_ok && has("pids.peak", (6, 1)), "peak process count of a v2 run"),
+    ];
+    if !clone3 {
+        remedies.push(
+            "clone3 with CLONE_INTO_CGROUP needs Linux 5.7 and a seccomp policy that allows clone3"
+                .into(),
+        );
+    }
+
+    let systemd = vec![
+        Manager {
+            scope: "system".into(),
+            socket: ["/run/systemd/private", "/run/dbus/system_bus_socket"]
+                .iter()
+                .find(|p| Path::new(p).exists())
+                .map(|s| s.to_string()),
+            delegated_controllers: None,
+        },
+        {
+            let uid = rustix::process::getuid().as_raw();
+            let runtime =
+                std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| format!("/run/user/{uid}"));
+            let socket = [
+                format!("{runtime}/systemd/private"),
+                format!("{runtime}/bus"),
+            ]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+            let delegated = layout.v2.as_ref().and_then(|m| {
+                let p = m.mount_point.join(format!(
+                    "user.slice/user-{uid}.slice/user@{uid}.service/cgroup.controllers"
+                ));
+                std::fs::read_to_string(p)
+                    .ok()
+                    .map(|s| s.split_whitespace().map(str::to_string).collect())
+            });
+            Manager {
+                scope: "user".into(),
+                socket,
+                delegated_controllers: delegated,
+            }
+        },
+    ];
+
+    let mut backends = Vec::new();
+    for k in [
+        BackendKind::Cgroup2,
+        BackendKind::Systemd,
+        BackendKind::Cgroup1,
+        BackendKind::Rlimit,
+    ] {
+        let r = match select(Some(k), cgroup_root) {
+            Ok(b) => Ok(b.reason()),
+            Err(e) => Err(e.to_string()),
+        };
+        backends.push((k.as_str().to_string(), r));
+    }
+    if layout.kind() == corral_cgroup::layout::LayoutKind::Hybrid
+        && layout.v2_controllers.iter().all(|c| c != "memory")
+    {
+        remedies.push("cgroup v2 has no controllers here (hybrid layout): boot with systemd.unified_cgroup_hierarchy=1 or cgroup_no_v1=all to use the cgroup2 backend".into());
+    }
+    if let Some((root, false)) = &v2_root_info {
+        if v2_ok {
+            remedies.push(format!("{root} is not writable: run as root, pass a writable --cgroup-root, or use the systemd backend with a delegated user manager"));
+        }
+    }
+    if let Some(d) = &systemd[1].delegated_controllers {
+        let missing: Vec<&str> = ["memory", "cpu", "pids"]
+            .into_iter()
+            .filter(|c| !d.iter().any(|x| x == c))
+            .collect();
+        if !missing.is_empty() {
+            remedies.push(format!(
+                "the user manager does not delegate {}: add `Delegate=cpu cpuset io memory pids` to user@.service (systemctl edit user@.service) and log in again",
+                missing.join(", ")
+            ));
+        }
+    }
+
+    let full = Limits {
+        memory: Some(1 << 30),
+        swap: Some(0),
+        cpus: Some(1.0),
+        pids: Some(256),
+        timeout: Some(std::time::Duration::from_secs(60)),
+        cpu_time: Some(std::time::Duration::from_secs(60)),
+        ..Limits::default()
+    };
+    let (auto_backend, enforceable, gaps) = match select(None, cgroup_root) {
+        Ok(b) => {
+            let plan = b.plan(&full);
+            (
+                Some(b.kind().as_str().to_string()),
+                Some(plan.enforced),
+                plan.gaps,
+            )
+        }
+        Err(_) => (None, None, Vec::new()),
+    };
+    for g in &gaps {
+        if g.limit == "swap_bytes" {
+            remedies.push(
+                "swap is not accounted: boot with swapaccount=1 (v1) or enable swap accounting"
+                    .into(),
+            );
+        }
+    }
+    let isolation = match auto_backend.as_deref() {
+        None | Some("rlimit") => "none",
+        Some(_) if gaps.is_empty() => "full",
+        Some(_) => "partial",
+    };
+    if isolation == "none" {
+        remedies.push("no cgroup backend works: run as root on a host with cgroups, or with a systemd user manager that delegates controllers".into());
+    }
+    Report {
+        layout: layout.kind().as_str().to_string(),
+        cgroup2_mount: layout
+            .v2
+            .as_ref()
+            .map(|m| m.mount_point.display().to_string()),
+        cgroup2_controllers: layout.v2_controllers.clone(),
+        cgroup1_hierarchies: V1_CONTROLLERS
+            .iter()
+            .filter_map(|c| {
+                layout
+                    .v1
+                    .get(*c)
+                    .map(|m| (c.to_string(), m.mount_point.display().to_string()))
+            })
+            .collect(),
+        own_cgroup: own.v2.map(|p| p.display().to_string()),
+        cgroup2_root: v2_root_info,
+        kernel,
+        features,
+        systemd,
+        backends,
+        auto_backend,
+        enforceable,
+        gaps,
+        remedies,
+        isolation: isolation.to_string(),
+    }
+}
