@@ -78,6 +78,8 @@ pub struct Stats1 {
     /// `memory.oom_control`'s `under_oom`: 1 while the group is in OOM.
     pub under_oom: Option<u64>,
     /// User CPU time in ns: `cpuacct.usage_user`, else `cpuacct.stat` ticks converted.
+    /// Both are sampled at the scheduler tick on current kernels (unlike the exact
+    /// `cpuacct.usage`), so user + system can differ from `cpu_usage_ns` by ~10 %.
     pub cpu_user_ns: Option<u64>,
     /// System CPU time in ns: `cpuacct.usage_sys`, else `cpuacct.stat` ticks converted.
     pub cpu_system_ns: Option<u64>,
@@ -343,6 +345,12 @@ impl Group1 {
             what: "expected a number".into(),
         })?;
         Ok((quota, period))
+    }
+
+    /// Sets `cpu.shares`, the group's CFS weight against its siblings (default 1024,
+    /// 2..=262144; v2's `cpu.weight`).
+    pub fn set_cpu_shares(&self, shares: u64) -> Result<()> {
+        util::write(&self.file("cpu", "cpu.shares")?, &shares.to_string())
     }
 
     /// Sets `pids.max` (None: `max`).
