@@ -10,6 +10,11 @@
 //! goes through the freezer ([`Group1::kill_all`]), an OOM kill takes one process and is
 //! noticed through an eventfd ([`Group1::oom_eventfd`]), and emptiness is found by
 //! reading `cgroup.procs` ([`Group1::is_empty`]).
+//!
+//! Seen on 6.18 (hybrid layout): v1 `pids.events` raises no inotify event when a fork
+//! is refused (the v1 path notifies a file v1 does not have), so poll it; `pids.peak`
+//! exists in v1 too; with `memory.memsw.limit_in_bytes` set, neither failcnt counts
+//! (see [`Stats1::memsw_failcnt`]).
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -78,6 +83,8 @@ pub struct Stats1 {
     /// `memory.oom_control`'s `under_oom`: 1 while the group is in OOM.
     pub under_oom: Option<u64>,
     /// User CPU time in ns: `cpuacct.usage_user`, else `cpuacct.stat` ticks converted.
+    /// Both are sampled at the scheduler tick on current kernels (unlike the exact
+    /// `cpuacct.usage`), so user + system can differ from `cpu_usage_ns` by ~10 %.
     pub cpu_user_ns: Option<u64>,
     /// System CPU time in ns: `cpuacct.usage_sys`, else `cpuacct.stat` ticks converted.
     pub cpu_system_ns: Option<u64>,
@@ -345,6 +352,12 @@ impl Group1 {
         Ok((quota, period))
     }
 
+    /// Sets `cpu.shares`, the group's CFS weight against its siblings (default 1024,
+    /// 2..=262144; v2's `cpu.weight`).
+    pub fn set_cpu_shares(&self, shares: u64) -> Result<()> {
+        util::write(&self.file("cpu", "cpu.shares")?, &shares.to_string())
+    }
+
     /// Sets `pids.max` (None: `max`).
     pub fn set_pids_max(&self, n: Option<u64>) -> Result<()> {
         let v = n.map_or_else(|| "max".to_string(), |n| n.to_string());
@@ -385,6 +398,9 @@ impl Group1 {
     /// [`eventfd_take`]). The kernel also signals it once when the group is removed
     /// (and at registration if the group is under OOM then), so confirm with
     /// [`Stats1::oom_kill`]. Closing the fd unregisters it.
+    ///
+    /// Works on 6.18, but the kernel logs once "oom_control is deprecated and will be
+    /// removed": if registration fails, poll `oom_kill` in [`Group1::stats`] instead.
     pub fn oom_eventfd(&self) -> Result<OwnedFd> {
         let oc = self.file("memory", "memory.oom_control")?;
         let ctl = self.file("memory", "cgroup.event_control")?;
