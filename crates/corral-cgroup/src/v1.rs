@@ -712,13 +712,7 @@ fn read_limit(p: &Path) -> Result<Option<u64>> {
 }
 
 fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
+    rustix::param::clock_ticks_per_second().max(1)
 }
 
 /// Sums the `Read` and `Write` lines over devices of a blkio `io_service_bytes` file
