@@ -254,6 +254,74 @@ fn cpu_quota(h: &Harness) {
     h.assert_clean(&ran);
 }
 
+fn output_cap(h: &Harness) {
+    let out = h.tmp().join("flood.out");
+    let err = h.tmp().join("flood.err");
+    let ran = h.run(
+        &[
+            "--output-limit",
+            "1M",
+            "--stdout",
+            out.to_str().unwrap(),
+            "--stderr",
+            err.to_str().unwrap(),
+            "--timeout",
+            "60s",
+        ],
+        &["sh", "-c", "head -c 50000000 /dev/zero; echo oops >&2"],
+    );
+    assert_eq!(ran.reason(), "exited", "{}", ran.rec());
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 1 << 20);
+    assert_eq!(std::fs::read_to_string(&err).unwrap(), "oops\n");
+    let o = &ran.rec()["output"];
+    assert_eq!(o["stdout"]["bytes"], 1 << 20);
+    assert_eq!(o["stdout"]["dropped_bytes"], 50_000_000 - (1 << 20));
+    assert_eq!(o["stderr"]["dropped_bytes"], 0);
+    assert!(ran.rec()["notes"]
+        .as_str()
+        .unwrap()
+        .contains("stdout was cut at 1.0 MiB"));
+    h.assert_clean(&ran);
+}
+
+fn environment_and_metadata(h: &Harness) {
+    let meta = h.tmp().join("analysis.toml");
+    std::fs::write(
+        &meta,
+        "title = \"qc\"\nprofile = \"tool\"\n[limits]\nmemory = \"300M\"\npids = 40\n",
+    )
+    .unwrap();
+    let ran = h.run(
+        &[
+            "--limits-from",
+            meta.to_str().unwrap(),
+            "--pids",
+            "50",
+            "--cwd",
+            h.tmp().to_str().unwrap(),
+            "--clear-env",
+            "--env",
+            "PATH=/usr/bin:/bin",
+            "--env",
+            "ANALYSIS=qc",
+        ],
+        &["sh", "-c", "pwd; env | sort"],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let r = ran.rec();
+    assert_eq!(r["profile"], "tool");
+    // metadata over the profile, flags over the metadata
+    assert_eq!(r["limits"]["requested"]["memory_bytes"], 300 << 20);
+    assert_eq!(r["limits"]["requested"]["pids"], 50);
+    assert_eq!(r["limits"]["requested"]["cpus"], 0.5);
+    let mut lines = ran.stdout.lines();
+    assert_eq!(lines.next(), Some(h.tmp().to_str().unwrap()));
+    let env: Vec<&str> = lines
+        .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with('_'))
+        .collect();
+    assert_eq!(env, vec!["ANALYSIS=qc", "PATH=/usr/bin:/bin"]);
+}
+
 /// Starts a run of a small process tree (two children and a setsid escapee) that writes
 /// its pids to a file, and returns corral's child handle and the pids.
 // The caller waits for the child it gets back; the lint cannot see through the tuple.
@@ -424,4 +492,6 @@ scenarios!(
     cpu_quota,
     crash_guard,
     crash_gc,
+    output_cap,
+    environment_and_metadata,
 );
