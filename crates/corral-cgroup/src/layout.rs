@@ -58,6 +58,12 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The layout, detected once per process (mounts do not change under a run).
+    pub fn cached() -> &'static Layout {
+        static LAYOUT: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+        LAYOUT.get_or_init(Layout::detect)
+    }
+
     /// Reads `/proc/self/mountinfo`.
     pub fn detect() -> Layout {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -54,7 +54,7 @@ impl GuardEntry {
 
 /// The supervisor's end of its guard.
 pub struct Guard {
-    pipe: Mutex<std::process::ChildStdin>,
+    pipe: Mutex<std::fs::File>,
 }
 
 static GUARD: OnceLock<Option<Guard>> = OnceLock::new();
@@ -67,8 +67,8 @@ pub fn enable(corral_bin: &Path) {
     let _ = GUARD_BIN.set(corral_bin.to_path_buf());
 }
 
-/// The process-wide guard, started on first use; `None` when not enabled or it could
-/// not be started (logged).
+/// The process-wide guard, started on first use; `None` when not enabled or its pipe
+/// could not be made (logged).
 pub fn get() -> Option<&'static Guard> {
     GUARD
         .get_or_init(|| {
@@ -85,19 +85,30 @@ pub fn get() -> Option<&'static Guard> {
 }
 
 impl Guard {
+    /// Makes the pipe at once and starts the guard process on a helper thread, so the
+    /// run does not wait for the guard's exec: registrations queue in the pipe, and the
+    /// guard reads them whenever it is up, even if the supervisor is gone by then.
     fn start(bin: &Path) -> std::io::Result<Guard> {
-        let mut cmd = Command::new(bin);
-        cmd.arg("__guard")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn()?;
-        let pipe = child.stdin.take().expect("stdin is piped");
-        // The guard outlives us on purpose; it is reaped by init if we die first, and
-        // exits by itself on EOF when we exit normally.
-        std::mem::forget(child);
+        let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let bin = bin.to_path_buf();
+        std::thread::Builder::new()
+            .name("corral-guard-spawn".into())
+            .spawn(move || {
+                let spawned = Command::new(&bin)
+                    .arg("__guard")
+                    .stdin(Stdio::from(rx))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn();
+                match spawned {
+                    // The guard outlives us on purpose: it exits by itself on EOF, and
+                    // init reaps it if we die first.
+                    Ok(child) => std::mem::forget(child),
+                    Err(e) => tracing::warn!("cannot start the crash guard {}: {e}", bin.display()),
+                }
+            })?;
         Ok(Guard {
-            pipe: Mutex::new(pipe),
+            pipe: Mutex::new(std::fs::File::from(tx)),
         })
     }
 

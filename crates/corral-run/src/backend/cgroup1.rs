@@ -48,7 +48,7 @@ fn relative_root(layout: &Layout, root: Option<&Path>) -> PathBuf {
 impl Cgroup1Backend {
     /// Finds the v1 hierarchies and checks that corral may create groups there.
     pub fn new(root: Option<&Path>) -> Result<Self, BackendError> {
-        let layout = Layout::detect();
+        let layout = Layout::cached().clone();
         let mem = layout
             .v1
             .get("memory")

@@ -52,7 +52,7 @@ impl Cgroup2Backend {
     /// it. Fails with a precise message when the host has no usable cgroup v2 or corral
     /// may not write there.
     pub fn new(root: Option<&Path>) -> Result<Self, BackendError> {
-        let layout = Layout::detect();
+        let layout = Layout::cached().clone();
         let mount = layout
             .v2
             .clone()
