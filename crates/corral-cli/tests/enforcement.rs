@@ -234,24 +234,34 @@ fn limits_and_record(h: &Harness) {
 }
 
 fn cpu_quota(h: &Harness) {
-    let ran = h.run(
-        &["--cpus", "0.5", "--timeout", "3s", "--grace", "1s"],
-        &["sh", "-c", "while :; do :; done"],
-    );
-    assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
-    assert!(ran.num("/events/cpu_throttled") > 0.0, "{}", ran.rec());
-    assert_eq!(ran.rec()["limits"]["enforced"]["cpus"], 0.5);
-    if std::env::var_os("CORRAL_IN_VM").is_some() {
-        eprintln!("cpu_quota: accuracy not asserted: guest CPU time is distorted under TCG");
-    } else {
-        // 3 s of wall at half a CPU is 1.5 s of CPU, within 10 %.
+    // 3 s of wall at half a CPU is 1.5 s of CPU, within 10 %. The quota is a ceiling:
+    // more is a failure at once; less can only come from other load on a 2-core host,
+    // so that alone is retried (up to three runs).
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let ran = h.run(
+            &["--cpus", "0.5", "--timeout", "3s", "--grace", "1s"],
+            &["sh", "-c", "while :; do :; done"],
+        );
+        assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
+        assert!(ran.num("/events/cpu_throttled") > 0.0, "{}", ran.rec());
+        assert_eq!(ran.rec()["limits"]["enforced"]["cpus"], 0.5);
+        h.assert_clean(&ran);
+        if std::env::var_os("CORRAL_IN_VM").is_some() {
+            eprintln!("cpu_quota: accuracy not asserted: guest CPU time is distorted under TCG");
+            return;
+        }
         let used = ran.num("/usage/cpu_user_s") + ran.num("/usage/cpu_system_s");
         assert!(
-            (1.35..=1.65).contains(&used),
-            "used {used} s of CPU, expected 1.5 ± 10 %"
+            used <= 1.65,
+            "used {used} s of CPU: more than the 0.5-CPU quota allows"
         );
+        if used >= 1.35 {
+            return;
+        }
+        seen.push(used);
     }
-    h.assert_clean(&ran);
+    panic!("CPU use below 1.5 s - 10 % in every attempt: {seen:?}");
 }
 
 fn output_cap(h: &Harness) {
