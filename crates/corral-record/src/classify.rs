@@ -62,7 +62,11 @@ pub struct Verdict {
 ///    cause (the memory budget was hit first), if the main process was killed;
 /// 3. otherwise, when corral ended the run, its cause (`timeout`/`cpu_time` exit 124,
 ///    `cancelled` 128+signal, `oom` 137);
-/// 4. a main process killed by SIGKILL while the OOM counter moved is `oom` (137);
+/// 4. a main process killed by SIGKILL, or failing (non-zero exit) after the OOM
+///    counter moved, is `oom` (137): on cgroup v2 `memory.oom.group` kills the whole run
+///    anyway; on v1 the kernel kills one process and a shell above it exits with 137
+///    before corral ends the rest. A main process that exits 0 despite an OOM kill
+///    below it handled it: `exited`;
 /// 5. a CPU-rlimit `SIGXCPU` is `cpu_time` (124);
 /// 6. any other signal is `signaled` (128+N); an exit is `exited` with its code.
 pub fn classify(e: &Evidence) -> Verdict {
@@ -94,6 +98,7 @@ pub fn classify(e: &Evidence) -> Verdict {
     }
     match e.status {
         Some(WaitStatus::Signaled(9)) if e.oom_kills > 0 => v(Reason::Oom, 137),
+        Some(WaitStatus::Exited(c)) if c != 0 && e.oom_kills > 0 => v(Reason::Oom, 137),
         Some(WaitStatus::Signaled(24)) if e.cpu_rlimit_hit => v(Reason::CpuTime, 124),
         Some(WaitStatus::Signaled(s)) => v(Reason::Signaled, 128 + s),
         Some(WaitStatus::Exited(c)) => v(Reason::Exited, c),
@@ -130,9 +135,15 @@ mod tests {
         e.oom_kills = 1;
         let v = classify(&e);
         assert_eq!((v.reason, v.exit_code), (Reason::Oom, 137));
-        // A child was OOM-killed but the main process exited by itself.
-        let mut e = ev(WaitStatus::Exited(1));
+        // A child was OOM-killed and the main process failed because of it (a shell
+        // exits 137): oom; the main process handled it and exited 0: exited.
+        let mut e = ev(WaitStatus::Exited(137));
         e.oom_kills = 1;
+        assert_eq!(
+            (classify(&e).reason, classify(&e).process_exit_code),
+            (Reason::Oom, Some(137))
+        );
+        e.status = Some(WaitStatus::Exited(0));
         assert_eq!(classify(&e).reason, Reason::Exited);
     }
 

@@ -1,0 +1,438 @@
+//! Adversarial soak: a randomized mix of hostile workloads, several at once, through the
+//! library in one process (as the service runs them). After every run: the reason
+//! matches the workload's ground truth, its cgroup is gone and no process of it is
+//! alive; at the end, this process' memory has not grown.
+//!
+//! Short mode (the default, in CI): `CORRAL_SOAK_RUNS` runs (default 200 natively on
+//! cgroup1, 50 in the cgroup2 VM), 3 at a time. Long mode:
+//! `CORRAL_SOAK_RUNS=10000 cargo test --release -p corral-run --test soak -- --nocapture`.
+//! `CORRAL_SOAK_SEED` replays a mix. Needs root and a cgroup backend; skips otherwise.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corral_cgroup::layout::Layout;
+use corral_record::Record;
+use corral_run::backend::{select, Backend, BackendKind};
+use corral_run::{RunSpec, Stdio};
+use corral_spec::Limits;
+
+const PYTHON: &str = "/usr/bin/python3";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    Normal,
+    AnonHog,
+    PageCache,
+    TmpfsHog,
+    ForkBomb,
+    CpuHog,
+    Escapee,
+    TermIgnorer,
+    Flood,
+    Sleeper,
+    Stopped,
+    MoveSelf,
+}
+
+const ALL: [Work; 12] = [
+    Work::Normal,
+    Work::AnonHog,
+    Work::PageCache,
+    Work::TmpfsHog,
+    Work::ForkBomb,
+    Work::CpuHog,
+    Work::Escapee,
+    Work::TermIgnorer,
+    Work::Flood,
+    Work::Sleeper,
+    Work::Stopped,
+    Work::MoveSelf,
+];
+
+struct Case {
+    work: Work,
+    spec: RunSpec,
+    /// Files the workload writes its pids to.
+    pidfile: PathBuf,
+    /// A file outside the run to remove afterwards (tmpfs hog).
+    cleanup: Option<PathBuf>,
+}
+
+fn base_limits() -> Limits {
+    Limits {
+        memory: Some(64 << 20),
+        swap: Some(0),
+        pids: Some(64),
+        timeout: Some(Duration::from_secs(30)),
+        grace: Duration::from_millis(500),
+        ..Limits::default()
+    }
+}
+
+fn case(work: Work, n: usize, dir: &Path, token: &str, escape_to: &Path) -> Case {
+    let pidfile = dir.join(format!("{n}.pids"));
+    let p = pidfile.display().to_string();
+    let mut limits = base_limits();
+    let mut stdout = Stdio::Null;
+    let mut cleanup = None;
+    let sh = |s: String| vec!["sh".to_string(), "-c".to_string(), s];
+    let command = match work {
+        Work::Normal => sh(format!("echo $$ > {p}; echo analysis done")),
+        Work::AnonHog => vec![
+            PYTHON.into(),
+            "-c".into(),
+            format!("import os; open('{p}','w').write(str(os.getpid())); b = b'x' * (300 << 20)"),
+        ],
+        Work::PageCache => sh(format!(
+            "echo $$ > {p}; dd if=/dev/zero of={dir}/pc-{n} bs=1M count=150 status=none; rm -f {dir}/pc-{n}",
+            dir = dir.display()
+        )),
+        Work::TmpfsHog => {
+            let f = PathBuf::from(format!("/dev/shm/corral-soak-{token}-{n}"));
+            cleanup = Some(f.clone());
+            sh(format!(
+                "echo $$ > {p}; dd if=/dev/zero of={} bs=1M count=200 status=none",
+                f.display()
+            ))
+        }
+        Work::ForkBomb => {
+            limits.pids = Some(32);
+            limits.timeout = Some(Duration::from_secs(2));
+            // The bomb runs in a subshell started before the limit is full, and the main
+            // shell `exec`s: it never needs a fork the bomb could starve.
+            sh(format!("echo $$ > {p}; (f() {{ f | f & }}; f) 2>/dev/null & exec sleep 100"))
+        }
+        Work::CpuHog => {
+            limits.cpu_time = Some(Duration::from_millis(500));
+            sh(format!("echo $$ > {p}; while :; do :; done"))
+        }
+        Work::Escapee => sh(format!(
+            "setsid sh -c 'sleep 300 & echo $! >> {p}' & sleep 0.2; exit 0"
+        )),
+        Work::TermIgnorer => {
+            limits.timeout = Some(Duration::from_millis(500));
+            sh(format!("trap '' TERM; echo $$ > {p}; sleep 300 & echo $! >> {p}; wait"))
+        }
+        Work::Flood => {
+            limits.output_limit = Some(1 << 20);
+            stdout = Stdio::File(dir.join(format!("{n}.out")));
+            sh(format!("echo $$ > {p}; head -c 300000000 /dev/zero"))
+        }
+        Work::Sleeper => {
+            limits.timeout = Some(Duration::from_millis(300));
+            sh(format!("echo $$ > {p}; sleep 60"))
+        }
+        Work::Stopped => {
+            limits.timeout = Some(Duration::from_millis(300));
+            sh(format!("echo $$ > {p}; sleep 300 & echo $! >> {p}; kill -STOP $!; kill -STOP $$"))
+        }
+        Work::MoveSelf => sh(format!(
+            "echo $$ > {p}; sleep 300 & echo $! >> {p}; echo $! > {}/cgroup.procs 2>/dev/null; wait",
+            escape_to.display()
+        )),
+    };
+    Case {
+        work,
+        spec: RunSpec {
+            command,
+            env: vec![("CORRAL_SOAK".into(), token.into())],
+            stdin: Stdio::Null,
+            stdout,
+            stderr: Stdio::Null,
+            profile: "soak".into(),
+            limits,
+            ..RunSpec::default()
+        },
+        pidfile,
+        cleanup,
+    }
+}
+
+/// Checks a record against the workload's ground truth.
+fn verify(work: Work, r: &Record, backend: BackendKind) -> Result<(), String> {
+    let reason = r.outcome.reason.as_str();
+    let want: &[&str] = match work {
+        Work::Normal | Work::PageCache | Work::Flood => &["exited"],
+        Work::AnonHog | Work::TmpfsHog => &["oom"],
+        Work::ForkBomb | Work::TermIgnorer | Work::Sleeper | Work::Stopped => &["timeout"],
+        Work::CpuHog => &["cpu_time"],
+        Work::Escapee => &["exited"],
+        // On v2 the move is refused (delegation containment) and the run times out in
+        // `wait`... unless the sleeper is simply killed at the main's exit: either way
+        // corral ends it. See MoveSelf in `escape_target`.
+        Work::MoveSelf => &["exited", "timeout"],
+    };
+    if !want.contains(&reason) {
+        return Err(format!(
+            "{work:?}: reason {reason}, expected {want:?}: {}",
+            r.notes
+        ));
+    }
+    let ev = &r.events;
+    match work {
+        Work::Normal | Work::PageCache | Work::Flood if r.outcome.exit_code != 0 => {
+            return Err(format!("{work:?}: exit {}", r.outcome.exit_code))
+        }
+        Work::AnonHog | Work::TmpfsHog if ev.oom_kill == 0 || r.outcome.exit_code != 137 => {
+            return Err(format!(
+                "{work:?}: oom_kill {} exit {}",
+                ev.oom_kill, r.outcome.exit_code
+            ))
+        }
+        Work::ForkBomb if ev.pids_max == 0 => return Err("fork bomb: no refused fork".into()),
+        Work::TermIgnorer | Work::Stopped if !ev.grace_expired => {
+            return Err(format!("{work:?}: grace did not expire"))
+        }
+        Work::Escapee if ev.leftover_killed == 0 => return Err("escapee: not killed".into()),
+        Work::Flood => {
+            let o = r
+                .output
+                .as_ref()
+                .and_then(|o| o.stdout.as_ref())
+                .ok_or("flood: no output")?;
+            if o.bytes != 1 << 20 || o.dropped_bytes != 300_000_000 - (1 << 20) {
+                return Err(format!(
+                    "flood: kept {} dropped {}",
+                    o.bytes, o.dropped_bytes
+                ));
+            }
+        }
+        _ => {}
+    }
+    if let (Some(peak), Some(lim)) = (r.usage.memory_peak_bytes, r.limits.enforced.memory_bytes) {
+        // v1's max_usage may exceed the limit by a few pages of kernel memory.
+        if peak > lim + (1 << 20) {
+            return Err(format!(
+                "{work:?}: peak {peak} over the limit {lim} ({backend:?})"
+            ));
+        }
+    }
+    if let Some(cg) = &r.cgroup {
+        if Path::new(cg).exists() {
+            return Err(format!("{work:?}: cgroup {cg} left behind"));
+        }
+    }
+    Ok(())
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
+        .is_some_and(|st| st != 'Z' && st != 'X')
+}
+
+/// Processes anywhere on the host that carry this soak's token in their environment.
+fn tagged_processes(token: &str) -> Vec<i32> {
+    let needle = format!("CORRAL_SOAK={token}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+                && alive(*pid)
+        })
+        .collect()
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// A private root for this soak, and the cgroup a MoveSelf workload tries to escape to.
+fn roots(kind: BackendKind, token: &str) -> (PathBuf, PathBuf, Vec<PathBuf>) {
+    let layout = Layout::detect();
+    match kind {
+        BackendKind::Cgroup2 => {
+            let m = layout.v2.unwrap().mount_point;
+            let root = m.join(format!("corral-soak-{token}"));
+            let escape = m.join(format!("corral-soak-{token}-escape"));
+            (root.clone(), escape.clone(), vec![root, escape])
+        }
+        _ => {
+            let root = PathBuf::from(format!("/corral-soak-{token}"));
+            let escape = layout.v1["memory"]
+                .mount_point
+                .join(format!("corral-soak-{token}-escape"));
+            let mut dirs: Vec<PathBuf> = layout
+                .v1
+                .values()
+                .map(|m| m.mount_point.join(format!("corral-soak-{token}")))
+                .collect();
+            dirs.push(escape.clone());
+            (root, escape, dirs)
+        }
+    }
+}
+
+#[test]
+fn soak() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: soak: needs root to create cgroups");
+        return;
+    }
+    let layout = Layout::detect();
+    let kind = if layout.v2_controllers.iter().any(|c| c == "memory") {
+        BackendKind::Cgroup2
+    } else if layout.v1.contains_key("memory") {
+        BackendKind::Cgroup1
+    } else {
+        eprintln!("skipped: soak: no cgroup backend on this host");
+        return;
+    };
+    let in_vm = std::env::var_os("CORRAL_IN_VM").is_some();
+    let runs: usize = std::env::var("CORRAL_SOAK_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if in_vm { 50 } else { 200 });
+    let seed: u64 = std::env::var("CORRAL_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let token = format!("{}", std::process::id());
+    eprintln!("soak: {runs} runs on {kind:?}, seed {seed} (CORRAL_SOAK_SEED={seed} replays it)");
+    let (root, escape_to, cleanup_dirs) = roots(kind, &token);
+    std::fs::create_dir_all(&escape_to).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend: Arc<dyn Backend> = Arc::from(select(Some(kind), Some(&root)).expect("backend"));
+    // Workloads that need the v2 delegation rules to be contained run only there.
+    let works: Vec<Work> = ALL
+        .iter()
+        .copied()
+        .filter(|w| *w != Work::MoveSelf || kind == BackendKind::Cgroup2)
+        .collect();
+    let mut rng = Rng(seed);
+    let cases: Vec<Case> = (0..runs)
+        .map(|n| {
+            case(
+                works[(rng.next() % works.len() as u64) as usize],
+                n,
+                tmp.path(),
+                &token,
+                &escape_to,
+            )
+        })
+        .collect();
+
+    let t = Instant::now();
+    let mut rss_after_warmup = 0;
+    let mut failures = Vec::new();
+    let mut counts = std::collections::BTreeMap::new();
+    for (i, chunk) in cases.chunks(3).enumerate() {
+        let results: Vec<(Work, Result<Record, String>)> = rt.block_on(async {
+            let mut handles = Vec::new();
+            for c in chunk {
+                let b = backend.clone();
+                let spec = c.spec.clone();
+                let work = c.work;
+                handles.push(tokio::spawn(async move {
+                    let (_tx, rx) = tokio::sync::watch::channel(None);
+                    (
+                        work,
+                        corral_run::run(b.as_ref(), spec, rx)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    )
+                }));
+            }
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(h.await.unwrap());
+            }
+            out
+        });
+        for (c, (work, res)) in chunk.iter().zip(results) {
+            *counts.entry(format!("{work:?}")).or_insert(0) += 1;
+            let check = res.and_then(|r| verify(work, &r, kind));
+            if let Err(e) = check {
+                failures.push(e);
+            }
+            let pids: Vec<i32> = std::fs::read_to_string(&c.pidfile)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            let live: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
+            if !live.is_empty() {
+                failures.push(format!("{work:?}: processes {live:?} outlived the run"));
+            }
+            if let Some(f) = &c.cleanup {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        if i == 6 {
+            rss_after_warmup = rss_kib();
+        }
+    }
+    let rss_end = rss_kib();
+    let stray = tagged_processes(&token);
+    let run_dir = match kind {
+        BackendKind::Cgroup2 => root.clone(),
+        _ => layout.v1["memory"]
+            .mount_point
+            .join(root.strip_prefix("/").unwrap()),
+    };
+    let left: Vec<String> = std::fs::read_dir(run_dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for d in cleanup_dirs.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+    }
+    eprintln!(
+        "soak: {runs} runs in {:.1} s; mix {counts:?}; RSS {rss_after_warmup} KiB after warm-up, {rss_end} KiB at the end",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        stray.is_empty(),
+        "processes of the soak still alive: {stray:?}"
+    );
+    assert!(left.is_empty(), "run cgroups left: {left:?}");
+    assert!(
+        rss_end <= rss_after_warmup + 4096,
+        "memory grew from {rss_after_warmup} KiB to {rss_end} KiB"
+    );
+}
