@@ -91,12 +91,17 @@ def run_binary(opts: RunOptions, capture_output: bool = True) -> IsolatedResult:
                 message = corral_message(corral_stderr)
             else:
                 message = "corral failed before running the command; its message is on stderr"
-            if code != EXIT_CORRAL_FAILED:
+            if code < 0:
+                message = f"corral died of signal {-code} without a result record: {message}"
+                code = 128 - code
+            elif code != EXIT_CORRAL_FAILED:
                 message = f"corral exited {code} without a result record: {message}"
             raise _error(message, returncode=code, stderr=corral_stderr, argv=argv)
         stdout = _read_text(out_path) if capture_output else None
         stderr = _read_text(err_path) if capture_output else None
-        return IsolatedResult.from_record(record, stdout, stderr, returncode=code)
+        return IsolatedResult.from_record(
+            record, stdout, stderr, returncode=code if code >= 0 else None
+        )
 
 
 def _supervise(argv: List[str], capture_output: bool) -> Tuple[int, str]:
