@@ -45,7 +45,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check --quiet)
 rm -rf "$here/build" "$here"/src/*.egg-info
 
 cd "$here"
-echo "run-tests.sh: mypy --strict" >&2
+echo "run-tests.sh: mypy --strict (package and tests)" >&2
 "$venv/bin/python" -m mypy
 echo "run-tests.sh: pytest with CORRAL_BIN=$CORRAL_BIN" >&2
 # The src/ layout keeps the checkout off sys.path: the tests import the installed copy.

@@ -85,7 +85,15 @@ def run_binary(opts: RunOptions, capture_output: bool = True) -> IsolatedResult:
         record: Optional[Dict[str, Any]] = None
         text = _read_text(record_path)
         if text.strip():
-            record = json.loads(text)
+            try:
+                record = json.loads(text)
+            except ValueError as e:
+                raise CorralError(
+                    f"corral exited {code} with an unreadable record: {e}",
+                    returncode=code,
+                    stderr=corral_stderr,
+                    argv=argv,
+                ) from e
         if record is None:
             if capture_output:
                 message = corral_message(corral_stderr)

@@ -14,7 +14,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 Limit = Union[int, float, str]
 #: A command: a list of arguments, or a string split with :func:`shlex.split`.
 Command = Union[str, Sequence[str]]
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _number(v: Union[int, float]) -> str:
