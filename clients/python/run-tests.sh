@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Tests the corral Python client against this repository's corral binary.
+#
+#   clients/python/run-tests.sh [PYTEST ARGS...]
+#
+# Environment:
+#   CORRAL_PY_VENV  the virtualenv to create or reuse (default: clients/python/.venv)
+#   PYTHON          the interpreter that creates it (default: python3; Python >= 3.9)
+#   CORRAL_BIN      the corral binary to test against (default: <repo>/target/debug/corral,
+#                   built with `cargo build -p corral-cli` first)
+#
+# The tests that create cgroups need root and a cgroup hierarchy corral can use; where
+# that is missing they are skipped, and pytest's summary says why (-rs).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+venv="${CORRAL_PY_VENV:-$here/.venv}"
+python="${PYTHON:-python3}"
+
+if [ -z "${CORRAL_BIN:-}" ]; then
+    CORRAL_BIN="$repo/target/debug/corral"
+    if command -v cargo >/dev/null; then
+        echo "run-tests.sh: cargo build -p corral-cli" >&2
+        (cd "$repo" && cargo build --quiet -p corral-cli)
+    elif [ ! -x "$CORRAL_BIN" ]; then
+        echo "run-tests.sh: no $CORRAL_BIN and no cargo to build it; set CORRAL_BIN" >&2
+        exit 1
+    fi
+fi
+export CORRAL_BIN
+unset CORRAL_SERVER
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "run-tests.sh: creating the virtualenv $venv" >&2
+    "$python" -m venv "$venv" || {
+        echo "run-tests.sh: '$python -m venv' failed (on Debian: apt-get install python3-venv)" >&2
+        exit 1
+    }
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check --quiet)
+"${pip[@]}" install -r "$here/requirements-test.txt"
+# A real (non-editable) install, so the tests import what `pip install` would give.
+"${pip[@]}" install --force-reinstall --no-deps "$here"
+rm -rf "$here/build" "$here"/src/*.egg-info
+
+cd "$here"
+echo "run-tests.sh: mypy --strict (package and tests)" >&2
+"$venv/bin/python" -m mypy
+echo "run-tests.sh: pytest with CORRAL_BIN=$CORRAL_BIN" >&2
+# The src/ layout keeps the checkout off sys.path: the tests import the installed copy.
+exec "$venv/bin/python" -m pytest -rs -p no:cacheprovider "$@"

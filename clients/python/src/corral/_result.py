@@ -1,0 +1,93 @@
+"""The result of one run, built from corral's ``corral.result/v1`` record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+#: The reasons a run can end with, as written in ``record["outcome"]["reason"]``.
+REASONS = (
+    "exited",
+    "signaled",
+    "oom",
+    "timeout",
+    "cpu_time",
+    "cancelled",
+    "spawn_failed",
+    "lost",
+)
+
+#: The reasons that mean "corral stopped it because it went over a budget".
+LIMIT_REASONS = frozenset({"oom", "timeout", "cpu_time"})
+
+
+@dataclass
+class IsolatedResult:
+    """What happened to one run.
+
+    ``returncode`` is corral's exit status: the command's own status when it exited;
+    128+N when it died of signal N (an OOM kill is 137); 124 when corral stopped it at
+    its wall-clock or CPU-time limit; 125/126/127 when it could not be started.
+    """
+
+    returncode: int
+    #: Captured standard output (``None`` with ``capture_output=False``).
+    stdout: Optional[str]
+    #: Captured standard error (``None`` with ``capture_output=False``).
+    stderr: Optional[str]
+    #: Why the run ended: one of :data:`REASONS`.
+    reason: str
+    #: ``record["usage"]``: wall_s, cpu_user_s, cpu_system_s, memory_peak_bytes, ...
+    usage: Dict[str, Any]
+    #: ``record["notes"]``: what happened, in one or two sentences for a person.
+    completion_notes: str
+    #: The whole ``corral.result/v1`` record.
+    record: Dict[str, Any]
+    #: The backend that ran it (``cgroup2``, ``systemd``, ``cgroup1`` or ``rlimit``).
+    backend: str
+    #: ``record["limits"]["enforced"]``: the limits the host really enforced.
+    limits_enforced: Dict[str, Any]
+    #: ``record["limits"]["not_enforced"]``: ``[{"limit": ..., "why": ...}]``.
+    not_enforced: List[Dict[str, str]] = field(default_factory=list)
+    #: For notebook runs: where the executed notebook was written.
+    output_path: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited by itself with status 0."""
+        return self.reason == "exited" and self.returncode == 0
+
+    @property
+    def killed_by_limit(self) -> bool:
+        """True when corral ended the run at a budget: memory, wall clock or CPU time."""
+        return self.reason in LIMIT_REASONS
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (``record["id"]``)."""
+        return str(self.record.get("id", ""))
+
+    @classmethod
+    def from_record(
+        cls,
+        record: Dict[str, Any],
+        stdout: Optional[str] = None,
+        stderr: Optional[str] = None,
+        returncode: Optional[int] = None,
+    ) -> "IsolatedResult":
+        """Builds a result from a parsed ``corral.result/v1`` record."""
+        outcome = record.get("outcome") or {}
+        limits = record.get("limits") or {}
+        code = outcome.get("exit_code") if returncode is None else returncode
+        return cls(
+            returncode=int(code if code is not None else 125),
+            stdout=stdout,
+            stderr=stderr,
+            reason=str(outcome.get("reason", "lost")),
+            usage=dict(record.get("usage") or {}),
+            completion_notes=str(record.get("notes", "")),
+            record=record,
+            backend=str(record.get("backend", "")),
+            limits_enforced=dict(limits.get("enforced") or {}),
+            not_enforced=list(limits.get("not_enforced") or []),
+        )

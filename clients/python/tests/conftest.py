@@ -1,0 +1,57 @@
+"""Shared fixtures: the real corral binary (skipped with a reason when it cannot run
+here) and helpers to check that a run left nothing behind."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _binary() -> str:
+    return os.environ.get("CORRAL_BIN") or str(REPO / "target" / "debug" / "corral")
+
+
+@pytest.fixture(scope="session")
+def corral_bin() -> Iterator[str]:
+    """The real corral binary, exported as CORRAL_BIN for the whole test session.
+    Skips when it is missing, when we are not root, or when it cannot create a cgroup."""
+    path = _binary()
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"no corral binary at {path} (build it: cargo build -p corral-cli, or set CORRAL_BIN)")
+    if os.geteuid() != 0:
+        pytest.skip("these tests create cgroups and need root")
+    probe = subprocess.run([path, "run", "-q", "--", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"corral cannot run here (exit {probe.returncode}): {probe.stderr.strip()}")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CORRAL_BIN", path)
+    mp.delenv("CORRAL_SERVER", raising=False)
+    yield path
+    mp.undo()
+
+
+def run_cgroups(run_id: str) -> List[str]:
+    """The cgroup directories of one run that still exist (v1 hierarchies or v2)."""
+    patterns = [f"/sys/fs/cgroup/*/corral/{run_id}.*", f"/sys/fs/cgroup/corral/{run_id}.*"]
+    return [d for p in patterns for d in glob.glob(p)]
+
+
+def processes_with(marker: str) -> List[int]:
+    """Pids whose command line contains ``marker``."""
+    found = []
+    for d in glob.glob("/proc/[0-9]*"):
+        try:
+            with open(os.path.join(d, "cmdline"), "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and int(os.path.basename(d)) != os.getpid():
+            found.append(int(os.path.basename(d)))
+    return found

@@ -1,0 +1,115 @@
+"""Parts that need no cgroups: argument mapping, error parsing, binary lookup."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+import corral
+from corral._binary import corral_message
+from corral._options import RunOptions, seconds, size_mb, split_command
+
+
+def test_formatting() -> None:
+    assert size_mb(64) == "64M" and size_mb(0.5) == "0.5M" and size_mb("2G") == "2G"
+    assert seconds(30) == "30s" and seconds(2.5) == "2.5" and seconds("none") == "none"
+    assert split_command("python3 -c 'print(1)'") == ["python3", "-c", "print(1)"]
+    with pytest.raises(ValueError):
+        split_command([])
+
+
+def test_cli_flags() -> None:
+    opts = RunOptions(
+        command=["x"],
+        cwd="/w",
+        env={"A": "1"},
+        clear_env=True,
+        profile="tool",
+        limits={"memory": "64M", "cpus": "0.5", "output_limit": "1M", "cpu_time": "3s"},
+        require_isolation=True,
+        backend="cgroup1",
+        run_id="r1",
+    )
+    assert opts.cli_flags() == [
+        "--profile", "tool", "--memory", "64M", "--cpus", "0.5", "--cpu-time", "3s",
+        "--output-limit", "1M", "--cwd", "/w", "--env", "A=1", "--clear-env",
+        "--require-isolation", "--backend", "cgroup1", "--id", "r1",
+    ]  # fmt: skip
+
+
+def test_service_body_merges_metadata_under_arguments() -> None:
+    opts = RunOptions(
+        command=["x"],
+        limits={"cpus": "0.5", "pids": "64", "timeout": "30s"},
+        limits_from={"profile": "notebook", "memory_limit_mb": 100, "pids_limit": 8, "limits": {"grace": "1s"}},
+        require_isolation=True,
+    )
+    body = opts.service_body()
+    assert body["profile"] == "notebook"
+    assert body["limits"] == {
+        "memory": "100M", "pids": 64, "grace": "1s", "cpus": 0.5, "timeout": "30s",
+        "require_isolation": True,
+    }  # fmt: skip
+    assert body["command"] == ["x"] and body["clear_env"] is False and body["priority"] == 0
+
+
+def test_corral_message() -> None:
+    assert corral_message("corral: invalid CPU quota\n") == "invalid CPU quota"
+    clap = "error: unexpected argument '--x' found\n\nUsage: corral run\n"
+    assert corral_message(clap) == "unexpected argument '--x' found"
+    assert corral_message("") == "corral failed without a message"
+
+
+def fake_corral(tmp_path: Path, script: str) -> str:
+    path = tmp_path / "corral"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_refusal_is_corral_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    msg = "refusing to run: isolation is required but the rlimit backend cannot enforce: pids (no cgroup)"
+    monkeypatch.setenv("CORRAL_BIN", fake_corral(tmp_path, f"echo 'corral: {msg}' >&2\nexit 125\n"))
+    with pytest.raises(corral.CorralRefused) as e:
+        corral.isolated_run(["true"], require_isolation=True)
+    assert e.value.message == msg and e.value.returncode == 125
+    assert e.value.argv is not None and "--require-isolation" in e.value.argv
+
+
+def test_crash_without_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_BIN", fake_corral(tmp_path, "echo boom >&2\nkill -9 $$\n"))
+    with pytest.raises(corral.CorralError, match="corral died of signal 9 without a result record: boom"):
+        corral.isolated_run(["true"])
+
+
+def test_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_BIN", str(tmp_path / "missing"))
+    with pytest.raises(corral.CorralNotFound, match="CORRAL_BIN"):
+        corral.isolated_run(["true"])
+    monkeypatch.delenv("CORRAL_BIN")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(corral.CorralNotFound, match="not found"):
+        corral.profiles()
+    assert issubclass(corral.CorralNotFound, corral.CorralError)
+
+
+def test_nbconvert_command_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_NBCONVERT", "/opt/jupyter/bin/jupyter nbconvert")
+    assert corral.nbconvert_command() == ["/opt/jupyter/bin/jupyter", "nbconvert"]
+
+
+def test_result_properties() -> None:
+    rec = {
+        "id": "x",
+        "backend": "cgroup1",
+        "outcome": {"reason": "timeout", "exit_code": 124},
+        "usage": {"wall_s": 1.0},
+        "limits": {"enforced": {"pids": 1}, "not_enforced": [{"limit": "cpus", "why": "w"}]},
+        "notes": "Stopped.",
+    }
+    r = corral.IsolatedResult.from_record(rec, "o", "e")
+    assert (r.returncode, r.reason, r.ok, r.killed_by_limit, r.run_id) == (124, "timeout", False, True, "x")
+    assert r.not_enforced == [{"limit": "cpus", "why": "w"}] and r.completion_notes == "Stopped."
