@@ -40,7 +40,26 @@ pub fn backend_kind(s: &str) -> Result<Option<BackendKind>> {
     s.parse().map(Some).map_err(anyhow::Error::msg)
 }
 
+/// Runs `corral run`; when corral itself fails (exit 125) and `--json FILE` was given,
+/// the file gets `{"schema": "corral.error/v1", "error": ..., "exit_code": 125}` so a
+/// caller that does not read corral's stderr still learns why.
 pub fn main(cmd: RunCmd) -> Result<u8> {
+    let json = cmd.json.clone();
+    let res = run(cmd);
+    if let (Err(e), Some(dest)) = (&res, &json) {
+        if dest != "-" {
+            let v = serde_json::json!({
+                "schema": "corral.error/v1",
+                "error": format!("{e:#}"),
+                "exit_code": crate::EXIT_CORRAL_FAILED,
+            });
+            let _ = std::fs::write(dest, v.to_string() + "\n");
+        }
+    }
+    res
+}
+
+fn run(cmd: RunCmd) -> Result<u8> {
     let spec = cmd.run.to_spec()?;
     let kind = backend_kind(&cmd.backend)?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -197,7 +197,11 @@ fn bad_input(h: &Harness) {
             lines[0]
         );
         assert!(h.run_cgroups().is_empty(), "{args:?} left a cgroup");
-        if let Some(r) = &ran.record {
+        let r = ran.record.as_ref().expect("a record or an error file");
+        if *code == 125 && r["schema"] == "corral.error/v1" {
+            assert_eq!(r["exit_code"], 125);
+            assert!(r["error"].as_str().unwrap().contains(msg), "{r}");
+        } else {
             assert_eq!(r["outcome"]["reason"], "spawn_failed");
             assert!(r["cgroup"].is_null());
         }

@@ -68,7 +68,11 @@ fn require_isolation_refuses() {
     assert_eq!(ran.code, 125);
     assert!(ran.stderr.contains("refusing to run"), "{}", ran.stderr);
     assert!(ran.stderr.contains("cpus"), "{}", ran.stderr);
-    assert!(ran.record.is_none());
+    assert_eq!(ran.rec()["schema"], "corral.error/v1");
+    assert!(ran.rec()["error"]
+        .as_str()
+        .unwrap()
+        .contains("refusing to run"));
     // Nothing requested that it cannot do: it runs.
     let ran = h.run(
         &[

@@ -105,6 +105,14 @@ pub fn compose_notes(r: &Record) -> String {
             "Isolation is weaker without cgroups (rlimit backend): memory is limited per process, and processes that start their own session are not tracked.".to_string(),
         );
     }
+    if r.events.oom_kill > 0 && r.outcome.reason != Reason::Oom {
+        let n = r.events.oom_kill;
+        out.push(format!(
+            "{n} process{} of the run {} killed by the out-of-memory killer.",
+            if n == 1 { "" } else { "es" },
+            if n == 1 { "was" } else { "were" }
+        ));
+    }
     if r.events.grace_expired {
         out.push(format!(
             "It did not exit within {} of SIGTERM and was killed.",

@@ -208,7 +208,7 @@ async fn wait_empty(
         if Instant::now() >= until {
             return false;
         }
-        match events {
+        match events.as_ref().filter(|_| sandbox.notifies_empty()) {
             Some(fd) => {
                 tokio::select! {
                     r = fd.readable() => {

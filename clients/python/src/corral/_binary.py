@@ -94,6 +94,14 @@ def run_binary(opts: RunOptions, capture_output: bool = True) -> IsolatedResult:
                     stderr=corral_stderr,
                     argv=argv,
                 ) from e
+        if record is not None and record.get("schema") == "corral.error/v1":
+            # corral failed itself (exit 125) and said why in the record file.
+            raise _error(
+                str(record.get("error", "corral failed")),
+                returncode=code,
+                stderr=corral_stderr,
+                argv=argv,
+            )
         if record is None:
             if capture_output:
                 message = corral_message(corral_stderr)

@@ -252,18 +252,25 @@ impl Sandbox for Sandbox1 {
     }
 
     fn on_event(&mut self) -> Event {
-        if let Some(fd) = &self.oom_fd {
-            let _ = eventfd_take(fd.as_fd());
-        }
-        // The eventfd also fires at registration under OOM and at removal: trust the
-        // counter only.
+        let signalled = match &self.oom_fd {
+            Some(fd) => eventfd_take(fd.as_fd()).unwrap_or(0),
+            None => 0,
+        };
+        // The eventfd fires when the group hits OOM, which can be before the kernel's
+        // oom_kill counter moves; it also fires at removal, but the fd is closed before
+        // corral removes the group, and at registration only if the (new, empty) group
+        // were already under OOM. So a signal during the run is an OOM.
         let oom = self.oom_kills();
-        if oom > self.oom_seen {
+        if signalled > 0 || oom > self.oom_seen {
             self.oom_seen = oom;
             Event::Oom
         } else {
             Event::Changed
         }
+    }
+
+    fn notifies_empty(&self) -> bool {
+        false
     }
 
     fn kernel_kills_group_on_oom(&self) -> bool {

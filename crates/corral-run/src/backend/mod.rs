@@ -215,6 +215,12 @@ pub trait Sandbox: Send {
     fn event_fd(&self) -> Option<BorrowedFd<'_>>;
     /// Drains the event fd after it became readable, and says what happened.
     fn on_event(&mut self) -> Event;
+    /// True when the event fd also becomes readable as processes exit (cgroup2's
+    /// `cgroup.events`), so the supervisor can wait on it for an empty tree; otherwise
+    /// it checks [`Sandbox::process_count`] with a short backoff.
+    fn notifies_empty(&self) -> bool {
+        true
+    }
     /// True when the kernel kills the whole run on OOM (cgroup2's `memory.oom.group`);
     /// otherwise the supervisor ends the rest of the tree after an OOM event.
     fn kernel_kills_group_on_oom(&self) -> bool;
