@@ -246,6 +246,21 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
+/// Keeps a root-run analysis from leaving its cgroups: a private mount namespace in
+/// which the cgroup file systems are either a fresh cgroup2 mount rooted at the run's
+/// own cgroup (with a cgroup namespace, so the kernel also refuses moves outside it) or
+/// read-only (v1 hierarchies). Analyses still see their limits where runtimes look for
+/// them (`/sys/fs/cgroup/memory.max`, `/proc/self/cgroup`).
+#[derive(Debug, Default, Clone)]
+pub struct Containment {
+    /// Enter a new cgroup namespace rooted at the child's cgroup.
+    pub cgroup_namespace: bool,
+    /// Mount a fresh cgroup2 file system here (after the namespace is entered).
+    pub cgroup2_mount: Option<CString>,
+    /// Remount these mount points read-only.
+    pub readonly: Vec<CString>,
+}
+
 /// What the child does between clone and exec.
 #[derive(Debug, Default)]
 pub struct ChildSetup<'a> {
@@ -263,6 +278,8 @@ pub struct ChildSetup<'a> {
     pub parent_death_signal: Option<i32>,
     /// Block on this fd before exec until a byte arrives (EOF aborts the start).
     pub gate: Option<BorrowedFd<'a>>,
+    /// Namespaces that keep the child in its cgroups (root only).
+    pub contain: Option<Containment>,
 }
 
 /// A started child that has not yet been confirmed to exec.
@@ -349,6 +366,9 @@ struct ChildPlan {
     parent_pid: i32,
     gate: RawFd,
     err_tx: RawFd,
+    unshare_flags: libc::c_int,
+    cgroup2_mount: *const libc::c_char,
+    readonly: Vec<*const libc::c_char>,
 }
 
 /// Moves an fd to a number ≥ 3 (close-on-exec) so that dup2 onto 0/1/2 in the child
@@ -387,6 +407,21 @@ pub fn spawn(
         parent_pid: std::process::id() as i32,
         gate: setup.gate.map_or(-1, |g| g.as_raw_fd()),
         err_tx: err_tx.as_raw_fd(),
+        unshare_flags: match &setup.contain {
+            Some(c) if c.cgroup_namespace => libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP,
+            Some(_) => libc::CLONE_NEWNS,
+            None => 0,
+        },
+        cgroup2_mount: setup
+            .contain
+            .as_ref()
+            .and_then(|c| c.cgroup2_mount.as_ref())
+            .map_or(std::ptr::null(), |m| m.as_ptr()),
+        readonly: setup
+            .contain
+            .as_ref()
+            .map(|c| c.readonly.iter().map(|m| m.as_ptr()).collect())
+            .unwrap_or_default(),
     };
 
     let mut pidfd: libc::c_int = -1;
@@ -567,6 +602,54 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
         for &fd in &plan.procs {
             if libc::write(fd, buf.as_ptr().cast(), len) < 0 {
                 child_fail(plan, Stage::Cgroup);
+            }
+        }
+    }
+    if plan.unshare_flags != 0 {
+        // Now that the child is in its cgroup, a new cgroup namespace is rooted there.
+        if libc::unshare(plan.unshare_flags) != 0 {
+            child_fail(plan, Stage::Setup);
+        }
+        // Keep our mount changes private to this namespace.
+        let root = b"/\0".as_ptr().cast();
+        if libc::mount(
+            std::ptr::null(),
+            root,
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ) != 0
+        {
+            child_fail(plan, Stage::Setup);
+        }
+        let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if !plan.cgroup2_mount.is_null() {
+            // The same cgroup2 superblock cannot be mounted twice on one mount point:
+            // detach this namespace's copy of the host mount first.
+            libc::umount2(plan.cgroup2_mount, libc::MNT_DETACH);
+            let fs = b"cgroup2\0".as_ptr().cast();
+            if libc::mount(
+                fs,
+                plan.cgroup2_mount,
+                fs,
+                nodev | libc::MS_RELATIME,
+                std::ptr::null(),
+            ) != 0
+            {
+                child_fail(plan, Stage::Setup);
+            }
+        }
+        for &m in &plan.readonly {
+            let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | nodev;
+            if libc::mount(
+                std::ptr::null(),
+                m,
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            ) != 0
+            {
+                child_fail(plan, Stage::Setup);
             }
         }
     }

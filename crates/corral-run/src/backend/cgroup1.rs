@@ -19,7 +19,9 @@ use super::{
     Plan, Reaped, Sandbox, CPU_PERIOD_US,
 };
 use crate::guard::GuardEntry;
-use crate::spawn::Placement;
+use crate::spawn::{ChildSetup, Containment, Placement};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 
 /// The cgroup v1 backend.
 #[derive(Debug)]
@@ -146,7 +148,10 @@ impl Backend for Cgroup1Backend {
         let group = Group1::create(&self.layout, &self.root.join(name), &ctrls)
             .map_err(|e| BackendError(format!("cannot create the run's cgroups: {e}")))?;
         match Sandbox1::new(group.clone(), limits, self.plan(limits), self.memsw) {
-            Ok(s) => Ok(Box::new(s)),
+            Ok(mut s) => {
+                s.contain = containment(&self.layout);
+                Ok(Box::new(s))
+            }
             Err(e) => {
                 let _ = group.remove(Duration::from_millis(500));
                 Err(e)
@@ -155,9 +160,31 @@ impl Backend for Cgroup1Backend {
     }
 }
 
+/// Root can write any cgroup.procs, and v1 has no namespace check on moves: give
+/// root-run analyses a mount namespace in which every cgroup file system is read-only.
+/// They still read their own limits (`/proc/self/cgroup` names their groups).
+fn containment(layout: &Layout) -> Option<Containment> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let mut points: Vec<PathBuf> = layout.v1.values().map(|m| m.mount_point.clone()).collect();
+    points.extend(layout.v2.iter().map(|m| m.mount_point.clone()));
+    points.sort();
+    points.dedup();
+    Some(Containment {
+        cgroup_namespace: false,
+        cgroup2_mount: None,
+        readonly: points
+            .iter()
+            .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
+            .collect(),
+    })
+}
+
 /// One run's v1 groups.
 #[derive(Debug)]
 pub struct Sandbox1 {
+    contain: Option<Containment>,
     group: Group1,
     procs: Vec<OwnedFd>,
     oom_fd: Option<OwnedFd>,
@@ -214,6 +241,7 @@ impl Sandbox1 {
         }
         let procs = group.open_procs_files()?;
         Ok(Sandbox1 {
+            contain: None,
             group,
             procs,
             oom_fd,
@@ -245,6 +273,10 @@ impl Sandbox for Sandbox1 {
             procs: self.procs.iter().map(|f| f.as_fd()).collect(),
             fallback_procs: None,
         }
+    }
+
+    fn child_setup<'a>(&'a self, setup: &mut ChildSetup<'a>) {
+        setup.contain = self.contain.clone();
     }
 
     fn event_fd(&self) -> Option<BorrowedFd<'_>> {

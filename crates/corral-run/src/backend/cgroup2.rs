@@ -15,11 +15,14 @@ use super::{
     Plan, Reaped, Sandbox, CPU_PERIOD_US,
 };
 use crate::guard::GuardEntry;
-use crate::spawn::Placement;
+use crate::spawn::{ChildSetup, Containment, Placement};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 
 /// The cgroup v2 backend: corral's root cgroup with the controllers enabled.
 #[derive(Debug)]
 pub struct Cgroup2Backend {
+    mount_point: PathBuf,
     root: Cgroup2,
     controllers: Vec<String>,
     reason: String,
@@ -102,6 +105,7 @@ impl Cgroup2Backend {
             .enable_controllers(&wanted)
             .map_err(|e| perm_hint(e, &root))?;
         Ok(Cgroup2Backend {
+            mount_point: mount.mount_point.clone(),
             reason: format!(
                 "cgroup v2 at {} with controllers {}",
                 root.path().display(),
@@ -175,7 +179,10 @@ impl Backend for Cgroup2Backend {
             .create_child(name)
             .map_err(|e| BackendError(format!("cannot create the run's cgroup: {e}")))?;
         match Sandbox2::new(cg.clone(), limits, self.plan(limits)) {
-            Ok(s) => Ok(Box::new(s)),
+            Ok(mut s) => {
+                s.contain = containment(&self.mount_point);
+                Ok(Box::new(s))
+            }
             Err(e) => {
                 let _ = cg.remove(Duration::from_millis(500));
                 Err(e)
@@ -184,9 +191,24 @@ impl Backend for Cgroup2Backend {
     }
 }
 
+/// Root can write any cgroup.procs: give root-run analyses a cgroup namespace and a
+/// fresh cgroup2 mount rooted at their own cgroup (they cannot move out, and they see
+/// their own limits at `/sys/fs/cgroup`). Unprivileged runs cannot leave anyway.
+fn containment(mount_point: &Path) -> Option<Containment> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    Some(Containment {
+        cgroup_namespace: true,
+        cgroup2_mount: CString::new(mount_point.as_os_str().as_bytes()).ok(),
+        readonly: Vec::new(),
+    })
+}
+
 /// One run's cgroup v2.
 #[derive(Debug)]
 pub struct Sandbox2 {
+    contain: Option<Containment>,
     cg: Cgroup2,
     dir: OwnedFd,
     procs: OwnedFd,
@@ -237,6 +259,7 @@ impl Sandbox2 {
             }
         }
         Ok(Sandbox2 {
+            contain: None,
             cg,
             dir,
             procs,
@@ -267,6 +290,10 @@ impl Sandbox for Sandbox2 {
             procs: Vec::new(),
             fallback_procs: Some(self.procs.as_fd()),
         }
+    }
+
+    fn child_setup<'a>(&'a self, setup: &mut ChildSetup<'a>) {
+        setup.contain = self.contain.clone();
     }
 
     fn event_fd(&self) -> Option<BorrowedFd<'_>> {
