@@ -43,7 +43,13 @@ const KERNEL_META: &str = "linux-image-amd64";
 
 /// Modules loaded by the stage-1 init (their dependencies are added from
 /// `modules.dep`; built-in ones are skipped).
-const MODULES: &[&str] = &["virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay"];
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_console",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+];
 
 /// Stage-1 init script (PID 1 inside the initramfs).
 pub const INIT_SH: &str = include_str!("guest/init.sh");
@@ -134,7 +140,10 @@ fn lock(path: &Path) -> Result<Lock> {
         .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a valid, owned file descriptor.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        eprintln!("vm-setup: waiting for another setup to finish ({})", path.display());
+        eprintln!(
+            "vm-setup: waiting for another setup to finish ({})",
+            path.display()
+        );
         // SAFETY: as above.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(std::io::Error::last_os_error()).context("flock");
@@ -229,8 +238,8 @@ fn ensure_packages(stamp: &Path, pkg_line: &str) -> Result<()> {
             // apt would remove conflicting packages without asking (with
             // this image: the backported qemu-utils conflicts with bookworm's
             // qemu-system-x86); only allow that when asked to.
-            let allow_remove = std::env::var_os("CORRAL_VM_APT_ALLOW_REMOVE")
-                .is_some_and(|v| v == "1");
+            let allow_remove =
+                std::env::var_os("CORRAL_VM_APT_ALLOW_REMOVE").is_some_and(|v| v == "1");
             let sim = output(
                 Command::new("apt-get")
                     .args(["install", "-s", "-q", "--no-install-recommends"])
@@ -472,7 +481,10 @@ fn pipe_through(tool: &[&str], input: &[u8]) -> Result<Vec<u8>> {
 /// Whether a 64-bit ELF image has the Xen PVH entry note
 /// (`XEN_ELFNOTE_PHYS32_ENTRY`) that lets qemu boot it directly.
 fn has_pvh_note(elf: &[u8]) -> bool {
-    let rd16 = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let rd16 = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
     let rd32 = |o: usize| le32(elf, o).ok().map(|v| v as usize);
     let rd64 = |o: usize| {
         elf.get(o..o + 8)
@@ -591,9 +603,10 @@ fn ensure_initramfs(paths: &Paths, kdir: &Path, kver: &str) -> Result<PathBuf> {
     let bb_id = format!(
         "{} {:?}",
         bb_meta.len(),
-        bb_meta.modified().ok().map(|t| t
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default())
+        bb_meta
+            .modified()
+            .ok()
+            .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
     );
     let order_s = order.join("\n");
     let hash = format!(
@@ -614,8 +627,20 @@ fn ensure_initramfs(paths: &Paths, kdir: &Path, kver: &str) -> Result<PathBuf> {
     eprintln!("vm-setup: building {}", out.display());
     let mut w = CpioWriter::new();
     for d in [
-        "/bin", "/dev", "/proc", "/sys", "/lower", "/rw", "/newroot", "/modules", "/sbin", "/usr",
-        "/usr/bin", "/usr/sbin", "/etc", "/tmp",
+        "/bin",
+        "/dev",
+        "/proc",
+        "/sys",
+        "/lower",
+        "/rw",
+        "/newroot",
+        "/modules",
+        "/sbin",
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+        "/etc",
+        "/tmp",
     ] {
         w.dir(d);
     }
@@ -627,7 +652,11 @@ fn ensure_initramfs(paths: &Paths, kdir: &Path, kver: &str) -> Result<PathBuf> {
     let mut load = String::new();
     for m in &order {
         let name = format!("{}.ko", module_name(m));
-        w.file(&format!("/modules/{name}"), 0o644, &read_module(&moddir.join(m))?);
+        w.file(
+            &format!("/modules/{name}"),
+            0o644,
+            &read_module(&moddir.join(m))?,
+        );
         load.push_str(&name);
         load.push('\n');
     }
@@ -645,7 +674,10 @@ mod tests {
 
     #[test]
     fn module_names() {
-        assert_eq!(module_name("kernel/net/9p/9pnet_virtio.ko.xz"), "9pnet_virtio");
+        assert_eq!(
+            module_name("kernel/net/9p/9pnet_virtio.ko.xz"),
+            "9pnet_virtio"
+        );
         assert_eq!(module_name("kernel/fs/9p/9p.ko"), "9p");
         assert_eq!(module_name("kernel/x/virtio-pci.ko.zst"), "virtio_pci");
     }

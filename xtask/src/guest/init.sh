@@ -13,6 +13,10 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
+log() {
+	read -r up _ </proc/uptime
+	echo "corral-init [$up] $*" >/dev/console
+}
 fail() {
 	echo "corral-init: FAILED: $*" >/dev/console
 	reboot -f
@@ -23,6 +27,7 @@ fail() {
 while read -r m; do
 	insmod "/modules/$m" || fail "insmod $m"
 done </modules/load
+log "modules loaded"
 
 P9=trans=virtio,version=9p2000.L,msize=512000
 R=/newroot
@@ -40,6 +45,7 @@ mount -t 9p -o "$P9,cache=none" ctl $R/run/corral-vm/ctl || fail "mount ctl"
 mkdir -p "$R$CORRAL_REPO"
 mount -t 9p -o "$P9,cache=mmap" repo "$R$CORRAL_REPO" || fail "mount repo $CORRAL_REPO"
 
+log "9p and overlay mounted"
 mount -t proc -o nosuid,nodev,noexec proc $R/proc || fail "proc"
 mount -t sysfs -o nosuid,nodev,noexec sysfs $R/sys || fail "sysfs"
 mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate,memory_recursiveprot cgroup2 $R/sys/fs/cgroup ||
@@ -68,6 +74,7 @@ while [ -z "$OUT" ] || [ -z "$ERR" ]; do
 	[ -z "$OUT" ] || [ -z "$ERR" ] && usleep 10000
 done
 printf 'OUT=%s\nERR=%s\n' "$OUT" "$ERR" >$R/run/corral-vm/ports
+log "ports $OUT $ERR"
 
 cp /bin/busybox /wrapper.sh $R/run/corral-vm/ || fail "copy busybox"
 hostname "$CORRAL_HOSTNAME"
@@ -85,6 +92,7 @@ fi
 mkdir -p -m 0700 "$R/run/$CORRAL_TEST_USER"
 chown "$CORRAL_TEST_UID:$CORRAL_TEST_UID" "$R/run/$CORRAL_TEST_USER"
 
+log "switching root ($CORRAL_MODE)"
 if [ "$CORRAL_MODE" != systemd ]; then
 	exec switch_root $R /run/corral-vm/busybox sh /run/corral-vm/wrapper.sh plain
 	fail "switch_root"
@@ -93,16 +101,24 @@ fi
 # systemd mode: boot straight into corral.target, skipping sysinit.target.
 [ -x $R/lib/systemd/systemd ] || fail "/lib/systemd/systemd not found on the host"
 S=$R/etc/systemd/system
-mkdir -p $S $R/etc/systemd/system-generators
-for g in $R/lib/systemd/system-generators/* $R/usr/lib/systemd/system-generators/* \
-	$R/usr/local/lib/systemd/system-generators/*; do
-	[ -e "$g" ] && ln -sf /dev/null "$R/etc/systemd/system-generators/${g##*/}"
+mkdir -p $S
+# Mask every generator (system, user, environment): each is a process start
+# from 9p under TCG, and they would only add units we do not want.
+for kind in system-generators user-generators system-environment-generators \
+	user-environment-generators; do
+	mkdir -p "$R/etc/systemd/$kind"
+	for g in $R/lib/systemd/$kind/* $R/usr/lib/systemd/$kind/* \
+		$R/usr/local/lib/systemd/$kind/*; do
+		[ -e "$g" ] && ln -sf /dev/null "$R/etc/systemd/$kind/${g##*/}"
+	done
 done
 : >$R/etc/fstab
 # Pulling in sysinit.target over 9p costs ~90 s (tmpfiles, udev, ...): start
 # only the bus and the test user's manager, without their default dependencies.
+# systemd-user-runtime-dir asks logind (bus-activated) for the runtime dir
+# size, so logind must come up without sysinit.target too.
 for u in dbus.socket dbus.service user@.service user-runtime-dir@.service \
-	systemd-journald.socket systemd-journald.service; do
+	systemd-logind.service systemd-journald.socket systemd-journald.service; do
 	mkdir -p "$S/$u.d"
 	printf '[Unit]\nDefaultDependencies=no\n' >"$S/$u.d/corral.conf"
 done
