@@ -55,9 +55,7 @@ impl CpioWriter {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
-            self.buf.push(0);
-        }
+        self.buf.resize(self.buf.len().next_multiple_of(4), 0);
     }
 
     /// Adds a directory (parents must be added first).
@@ -79,9 +77,7 @@ impl CpioWriter {
     pub fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, &[], (0, 0));
         // Pad to a 512-byte boundary like cpio(1) does.
-        while self.buf.len() % 512 != 0 {
-            self.buf.push(0);
-        }
+        self.buf.resize(self.buf.len().next_multiple_of(512), 0);
         self.buf
     }
 }
