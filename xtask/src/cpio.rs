@@ -13,6 +13,7 @@ pub struct CpioWriter {
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
+const S_IFLNK: u32 = 0o120000;
 
 impl CpioWriter {
     /// Creates an empty archive.
@@ -71,6 +72,11 @@ impl CpioWriter {
     /// Adds a character device node.
     pub fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) {
         self.entry(name, S_IFCHR | perm, &[], (major, minor));
+    }
+
+    /// Adds a symbolic link `name` -> `target`.
+    pub fn symlink(&mut self, name: &str, target: &str) {
+        self.entry(name, S_IFLNK | 0o777, target.as_bytes(), (0, 0));
     }
 
     /// Appends the trailer and returns the archive bytes.

@@ -366,6 +366,20 @@ fn print_tail(what: &str, p: &Path, n: usize) {
     }
 }
 
+/// Firmware: qboot when qemu ships it (reaches the kernel ~0.4-1 s sooner
+/// than SeaBIOS under TCG and costs ~1 s less CPU per boot), else qemu's
+/// default SeaBIOS. `CORRAL_VM_BIOS=seabios` or `=PATH` overrides.
+fn firmware() -> Option<String> {
+    match std::env::var("CORRAL_VM_BIOS") {
+        Ok(b) if b == "seabios" || b.is_empty() => None,
+        Ok(b) => Some(b),
+        Err(_) => {
+            let qboot = Path::new("/usr/share/qemu/qboot.rom");
+            qboot.is_file().then(|| qemu_path(qboot))
+        }
+    }
+}
+
 /// Builds the qemu command line (without the fd plumbing).
 fn qemu_args(opts: &VmOptions, paths: &Paths, assets: &Assets, ctl: &Path) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -378,6 +392,9 @@ fn qemu_args(opts: &VmOptions, paths: &Paths, assets: &Assets, ctl: &Path) -> Ve
         "-no-reboot",
     ]);
     push(&["-machine", "pc"]);
+    if let Some(bios) = firmware() {
+        push(&["-bios", &bios]);
+    }
     if use_kvm() {
         push(&["-accel", "kvm", "-cpu", "host"]);
     } else {

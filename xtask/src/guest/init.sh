@@ -7,7 +7,6 @@
 #   plain mode:   busybox sh /run/corral-vm/wrapper.sh plain  (PID 1)
 #   systemd mode: the host's /lib/systemd/systemd --unit=corral.target
 # Any failure reboots at once: the host then reports "VM failed to boot".
-/bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
