@@ -226,8 +226,14 @@ fn guest_env(opts: &VmOptions) -> Vec<(OsString, OsString)> {
             "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".as_ref(),
         );
     }
+    // As a cargo runner (`cargo test` with
+    // CARGO_TARGET_<triple>_RUNNER=".../xtask vm --"), also pass what cargo
+    // sets for the test (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...), but not the
+    // values `cargo run -p xtask` sets for xtask itself.
+    let cargo_runner = std::env::var_os("CARGO_PKG_NAME").is_some_and(|n| n != "xtask");
     for (k, v) in std::env::vars_os() {
-        if k.as_bytes().starts_with(b"CORRAL_") {
+        let kb = k.as_bytes();
+        if kb.starts_with(b"CORRAL_") || (cargo_runner && kb.starts_with(b"CARGO_")) {
             set(&k, &v);
         }
     }
@@ -244,7 +250,13 @@ fn guest_env(opts: &VmOptions) -> Vec<(OsString, OsString)> {
 
 /// Writes `config.sh` (read by the stage-1 init) and `cmd.sh` (run by the
 /// wrapper) into the control directory.
-fn write_control_files(ctl: &Path, paths: &Paths, opts: &VmOptions, cwd: &Path) -> Result<()> {
+fn write_control_files(
+    ctl: &Path,
+    paths: &Paths,
+    assets: &Assets,
+    opts: &VmOptions,
+    cwd: &Path,
+) -> Result<()> {
     let mut config = Vec::new();
     let mode = if opts.systemd { "systemd" } else { "plain" };
     writeln!(config, "CORRAL_MODE={mode}")?;
@@ -252,6 +264,10 @@ fn write_control_files(ctl: &Path, paths: &Paths, opts: &VmOptions, cwd: &Path) 
     config.extend(shell_quote(paths.repo.as_os_str()));
     config.push(b'\n');
     writeln!(config, "CORRAL_HOSTNAME=corral-vm")?;
+    writeln!(config, "CORRAL_KVER={}", assets.kernel_version)?;
+    config.extend_from_slice(b"CORRAL_MODULES=");
+    config.extend(shell_quote(assets.modules.as_os_str()));
+    config.push(b'\n');
     writeln!(config, "CORRAL_TEST_USER={TEST_USER}")?;
     writeln!(config, "CORRAL_TEST_UID={TEST_UID}")?;
     fs::write(ctl.join("config.sh"), config)?;
@@ -452,7 +468,7 @@ pub fn run_vm(opts: &VmOptions) -> Result<u8> {
     let ctl = runs.join(std::process::id().to_string());
     let _ = fs::remove_dir_all(&ctl);
     fs::create_dir_all(&ctl)?;
-    write_control_files(&ctl, &paths, opts, &cwd)?;
+    write_control_files(&ctl, &paths, &assets, opts, &cwd)?;
     let console_log = ctl.join("console.log");
     let qemu_log = ctl.join("qemu.log");
 

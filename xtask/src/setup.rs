@@ -78,6 +78,9 @@ pub struct Assets {
     pub vmlinux: PathBuf,
     /// Uncompressed newc initramfs.
     pub initramfs: PathBuf,
+    /// The kernel's module tree (`.../lib/modules/<kver>`), bind-mounted at
+    /// `/lib/modules/<kver>` in the guest so that `modprobe` works there.
+    pub modules: PathBuf,
 }
 
 /// Makes sure packages, kernel and initramfs are present and current,
@@ -105,6 +108,7 @@ pub fn setup(paths: &Paths, mode: Mode) -> Result<Assets> {
                             kernel_version: kver.to_string(),
                             vmlinux: image,
                             initramfs,
+                            modules: modules_base(&kdir).join(kver),
                         });
                     }
                 }
@@ -121,11 +125,40 @@ pub fn setup(paths: &Paths, mode: Mode) -> Result<Assets> {
     let image = ensure_vmlinux(paths, &kdir, &kver)?;
     let initramfs = ensure_initramfs(paths, &kdir, &kver)?;
     fs::write(&current, format!("{pkg} {kver} {}\n", image.display()))?;
+    remove_stale_kernels(paths, &pkg, &kver);
     Ok(Assets {
+        modules: modules_base(&kdir).join(&kver),
         kernel_version: kver,
         vmlinux: image,
         initramfs,
     })
+}
+
+/// Deletes kernels and images of other kernel releases from the cache (after
+/// the meta package moved on to a new ABI).
+fn remove_stale_kernels(paths: &Paths, pkg: &str, kver: &str) {
+    if let Ok(rd) = fs::read_dir(paths.cache.join("kernel")) {
+        for e in rd.flatten() {
+            if e.file_name() != pkg {
+                eprintln!("vm-setup: removing old kernel {}", e.path().display());
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir(&paths.cache) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let versioned = ["vmlinux-", "initramfs-"]
+                .iter()
+                .find_map(|p| name.strip_prefix(p));
+            if let Some(rest) = versioned {
+                let v = rest.trim_end_matches(".cpio").trim_end_matches(".hash");
+                if v != kver {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
 }
 
 /// Holds an exclusive `flock` until dropped.

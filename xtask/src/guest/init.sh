@@ -39,12 +39,18 @@ mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay 
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs $R/run || fail "tmpfs /run"
 mkdir -p $R/run/corral-vm/ctl
 mount -t 9p -o "$P9,cache=none" ctl $R/run/corral-vm/ctl || fail "mount ctl"
-# CORRAL_MODE, CORRAL_REPO, CORRAL_HOSTNAME, CORRAL_TEST_USER, CORRAL_TEST_UID
+# CORRAL_MODE, CORRAL_REPO, CORRAL_HOSTNAME, CORRAL_KVER, CORRAL_MODULES,
+# CORRAL_TEST_USER, CORRAL_TEST_UID
 . $R/run/corral-vm/ctl/config.sh || fail "config.sh"
 mkdir -p "$R$CORRAL_REPO"
 mount -t 9p -o "$P9,cache=mmap" repo "$R$CORRAL_REPO" || fail "mount repo $CORRAL_REPO"
 
 log "9p and overlay mounted"
+# The guest kernel's modules (the host's /lib/modules is for the host kernel).
+if [ -d "/lower$CORRAL_MODULES" ]; then
+	mkdir -p "$R/lib/modules/$CORRAL_KVER"
+	mount --bind "/lower$CORRAL_MODULES" "$R/lib/modules/$CORRAL_KVER"
+fi
 mount -t proc -o nosuid,nodev,noexec proc $R/proc || fail "proc"
 mount -t sysfs -o nosuid,nodev,noexec sysfs $R/sys || fail "sysfs"
 mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate,memory_recursiveprot cgroup2 $R/sys/fs/cgroup ||
