@@ -34,6 +34,9 @@ vm options:
   --timeout SECS           kill the VM after SECS seconds (default 1200)
   --env K=V                set K=V for CMD (repeatable); --env K passes the host's K
   --console                also copy the guest console to stderr, live
+  --status-file PATH       write a one-line JSON summary: outcome (exited, timeout,
+                           guest_died, boot_failed, setup_failed), exit_code,
+                           command_status, boot_secs, command_secs, total_secs
   -h, --help               show this help
 
 exit status of `vm`: the exit status of CMD (0-255), or
@@ -41,8 +44,20 @@ exit status of `vm`: the exit status of CMD (0-255), or
   124  --timeout expired
   125  the VM could not be set up or did not boot
 
-environment: CORRAL_VM_CACHE overrides the cache directory (<repo>/.vm-cache);
-  CORRAL_VM_ACCEL=tcg|kvm forces the accelerator.
+CMD runs as root in the directory `vm` was started from, with PATH, HOME, TERM,
+RUST_BACKTRACE, RUST_LOG, RUST_TEST_THREADS, every CORRAL_* variable, the --env
+values and CORRAL_IN_VM=1, CORRAL_VM_MODE, CORRAL_VM_TEST_USER=corraltest,
+CORRAL_VM_TEST_UID=4242. The repository is shared read-write at its host path;
+the rest of the host's root is visible read-only (writes go to a tmpfs overlay).
+
+environment:
+  CORRAL_VM_CACHE           cache directory (default <repo>/.vm-cache)
+  CORRAL_VM_ACCEL=tcg|kvm   force the accelerator (default: kvm only with kvm_intel/kvm_amd)
+  CORRAL_VM_CPU             qemu -cpu model under TCG (default max,-erms,-fsrm)
+  CORRAL_VM_BIOS            seabios, or a firmware path (default qboot when installed)
+  CORRAL_VM_KERNEL_ARGS     extra kernel command line (e.g. loglevel=7)
+  CORRAL_VM_KERNEL_PACKAGE  kernel meta package for vm-setup (default linux-image-amd64)
+  CORRAL_VM_APT_ALLOW_REMOVE=1  let vm-setup's apt-get remove conflicting packages
 ";
 
 /// Entry point: dispatches to the task named by the first argument.
