@@ -12,6 +12,7 @@
 mod cpio;
 mod run;
 mod setup;
+mod test;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,9 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
+  test [--only STEP] [--skip STEP]
+                           the whole test suite: lint, host, python, vm (cgroup v2),
+                           systemd (see docs/testing.md)
   vm-setup                 install the VM packages, fetch the kernel, build the initramfs
   vm [OPTIONS] -- CMD...   run CMD as root in a fresh cgroup v2 VM and exit with its status
 
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     let task = args.remove(0);
     let result = match task.to_str() {
         Some("vm-setup") => run_setup(&args),
+        Some("test") => test::run_tests(&args).map(ExitCode::from),
         Some("vm") => match run::VmOptions::parse(&args) {
             Ok(Some(opts)) => run::run_vm(&opts).map(ExitCode::from),
             Ok(None) => {

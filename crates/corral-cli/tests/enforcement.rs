@@ -476,7 +476,18 @@ fn crash_guard(h: &Harness) {
 fn crash_gc(h: &Harness) {
     let (mut child, pids) = start_tree(h);
     let corral = child.id() as i32;
-    let guard = guard_of(corral).expect("corral has a guard process");
+    // The guard is started off the launch path: give a loaded host a moment.
+    let t = Instant::now();
+    let guard = loop {
+        if let Some(g) = guard_of(corral) {
+            break g;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "corral has no guard process"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     kill9(guard);
     kill9(corral);
     let _ = child.wait();

@@ -101,7 +101,8 @@ fn case(work: Work, n: usize, dir: &Path, token: &str, escape_to: &Path) -> Case
         }
         Work::ForkBomb => {
             limits.pids = Some(32);
-            limits.timeout = Some(Duration::from_secs(2));
+            // Long enough for the bomb to reach the limit even in the emulated VM.
+            limits.timeout = Some(Duration::from_secs(if in_vm() { 8 } else { 2 }));
             // The bomb runs in a subshell started before the limit is full, and the main
             // shell `exec`s: it never needs a fork the bomb could starve.
             sh(format!("echo $$ > {p}; (f() {{ f | f & }}; f) 2>/dev/null & exec sleep 100"))
@@ -158,9 +159,13 @@ fn case(work: Work, n: usize, dir: &Path, token: &str, escape_to: &Path) -> Case
     }
 }
 
+fn in_vm() -> bool {
+    std::env::var_os("CORRAL_IN_VM").is_some()
+}
+
 /// How much a flood writes: 1 GB natively, 50 MB in the (emulated, slow) VM.
 fn flood_bytes() -> u64 {
-    if std::env::var_os("CORRAL_IN_VM").is_some() {
+    if in_vm() {
         50_000_000
     } else {
         1_000_000_000
