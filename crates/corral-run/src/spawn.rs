@@ -611,7 +611,7 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
             child_fail(plan, Stage::Setup);
         }
         // Keep our mount changes private to this namespace.
-        let root = b"/\0".as_ptr().cast();
+        let root = c"/".as_ptr();
         if libc::mount(
             std::ptr::null(),
             root,
@@ -627,7 +627,7 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
             // The same cgroup2 superblock cannot be mounted twice on one mount point:
             // detach this namespace's copy of the host mount first.
             libc::umount2(plan.cgroup2_mount, libc::MNT_DETACH);
-            let fs = b"cgroup2\0".as_ptr().cast();
+            let fs = c"cgroup2".as_ptr();
             if libc::mount(
                 fs,
                 plan.cgroup2_mount,
