@@ -388,11 +388,35 @@ fn contained(h: &Harness) {
     h.assert_clean(&ran);
 }
 
+fn signals(h: &Harness) {
+    for (sig, code) in [
+        (rustix::process::Signal::TERM, 143),
+        (rustix::process::Signal::INT, 130),
+        (rustix::process::Signal::HUP, 129),
+    ] {
+        let (mut child, pids, json) = start_tree(h);
+        let corral = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(corral, sig).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{sig:?}");
+        let live = wait_dead(&pids, Duration::from_secs(1));
+        assert!(
+            live.is_empty(),
+            "{sig:?}: processes outlived the run: {live:?}"
+        );
+        assert_eq!(h.run_count(), 0, "{sig:?}: cgroup left");
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(rec["outcome"]["reason"], "cancelled", "{rec}");
+        assert_eq!(rec["outcome"]["exit_code"], code);
+    }
+}
+
 /// Starts a run of a small process tree (two children and a setsid escapee) that writes
 /// its pids to a file, and returns corral's child handle and the pids.
 // The caller waits for the child it gets back; the lint cannot see through the tuple.
 #[allow(clippy::zombie_processes)]
-fn start_tree(h: &Harness) -> (std::process::Child, Vec<i32>) {
+fn start_tree(h: &Harness) -> (std::process::Child, Vec<i32>, std::path::PathBuf) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let pids = h.tmp().join(format!("tree-{n}.pids"));
@@ -401,14 +425,14 @@ fn start_tree(h: &Harness) -> (std::process::Child, Vec<i32>) {
          setsid sh -c 'sleep 300 & echo $! >> {p}; wait' & echo $$ >> {p}; wait",
         p = pids.display()
     );
-    let (mut c, _json) = h.command(&["--timeout", "120s"], &["sh", "-c", &script]);
+    let (mut c, json) = h.command(&["--timeout", "120s"], &["sh", "-c", &script]);
     let child = c.spawn().unwrap();
     let t = Instant::now();
     loop {
         let text = std::fs::read_to_string(&pids).unwrap_or_default();
         let v: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
         if v.len() >= 4 {
-            return (child, v);
+            return (child, v, json);
         }
         assert!(
             t.elapsed() < Duration::from_secs(10),
@@ -453,7 +477,7 @@ fn guard_of(corral: i32) -> Option<i32> {
 }
 
 fn crash_guard(h: &Harness) {
-    let (mut child, pids) = start_tree(h);
+    let (mut child, pids, _) = start_tree(h);
     assert_eq!(h.run_count(), 1);
     kill9(child.id() as i32);
     let _ = child.wait();
@@ -474,7 +498,7 @@ fn crash_guard(h: &Harness) {
 }
 
 fn crash_gc(h: &Harness) {
-    let (mut child, pids) = start_tree(h);
+    let (mut child, pids, _) = start_tree(h);
     let corral = child.id() as i32;
     // The guard is started off the launch path: give a loaded host a moment.
     let t = Instant::now();
@@ -512,7 +536,7 @@ fn crash_gc(h: &Harness) {
         "gc left cgroups"
     );
     // A second gc finds nothing, and a live run of another corral is never reaped.
-    let (mut child, pids) = start_tree(h);
+    let (mut child, pids, _) = start_tree(h);
     let out = Command::new(common::corral_bin())
         .args(["gc", "--backend", h.backend, "--cgroup-root", &h.root_arg])
         .output()
@@ -572,4 +596,5 @@ scenarios!(
     output_cap,
     environment_and_metadata,
     contained,
+    signals,
 );
