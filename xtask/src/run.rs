@@ -364,10 +364,12 @@ fn clean_stale_runs(runs: &Path) {
     }
 }
 
+/// Modification time of `p`, if it exists.
 fn mtime(p: &Path) -> Option<SystemTime> {
     fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
+/// Seconds from `a` to `b` (0 if `b` is earlier).
 fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
     b.duration_since(a).unwrap_or_default().as_secs_f64()
 }
@@ -517,6 +519,8 @@ pub fn run_vm(opts: &VmOptions) -> Result<u8> {
     result.map(|o| o.exit_code)
 }
 
+/// Quick setup, control files, qemu with its fd plumbing, the wait (with the
+/// timeout), then the verdict from the `started`/`status` files.
 fn boot_and_run(opts: &VmOptions, t0: Instant) -> Result<Outcome> {
     let paths = Paths::discover()?;
     let assets = setup::setup(&paths, setup::Mode::Quick).context("VM setup failed")?;
