@@ -151,6 +151,8 @@ impl Paths {
     }
 }
 
+/// The repository root: the parent of this crate's manifest directory
+/// (compile time), else `git rev-parse --show-toplevel`.
 fn repo_root() -> Result<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     if let Some(parent) = manifest.parent() {

@@ -21,6 +21,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
@@ -363,10 +364,12 @@ fn clean_stale_runs(runs: &Path) {
     }
 }
 
+/// Modification time of `p`, if it exists.
 fn mtime(p: &Path) -> Option<SystemTime> {
     fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
+/// Seconds from `a` to `b` (0 if `b` is earlier).
 fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
     b.duration_since(a).unwrap_or_default().as_secs_f64()
 }
@@ -516,6 +519,8 @@ pub fn run_vm(opts: &VmOptions) -> Result<u8> {
     result.map(|o| o.exit_code)
 }
 
+/// Quick setup, control files, qemu with its fd plumbing, the wait (with the
+/// timeout), then the verdict from the `started`/`status` files.
 fn boot_and_run(opts: &VmOptions, t0: Instant) -> Result<Outcome> {
     let paths = Paths::discover()?;
     let assets = setup::setup(&paths, setup::Mode::Quick).context("VM setup failed")?;
@@ -562,13 +567,26 @@ fn boot_and_run(opts: &VmOptions, t0: Instant) -> Result<Outcome> {
         setup::find_in_path(setup::QEMU).ok_or_else(|| anyhow!("{} not found", setup::QEMU))?;
     let spawn_time = SystemTime::now();
     let t_spawn = Instant::now();
-    let mut child = Command::new(&qemu)
+    let mut qemu_cmd = Command::new(&qemu);
+    qemu_cmd
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(fs::File::create(&qemu_log)?))
         .stderr(Stdio::from(
             fs::File::options().append(true).open(&qemu_log)?,
-        ))
+        ));
+    // If xtask is killed (a harness timeout, SIGTERM), take qemu with it.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+    // memory of the parent.
+    unsafe {
+        qemu_cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = qemu_cmd
         .spawn()
         .with_context(|| format!("starting {}", qemu.display()))?;
     // Only qemu may hold the write ends, so that EOF ends the relays.

@@ -164,6 +164,7 @@ fn remove_stale_kernels(paths: &Paths, pkg: &str, kver: &str) {
 /// Holds an exclusive `flock` until dropped.
 struct Lock(#[allow(dead_code)] fs::File);
 
+/// Takes an exclusive `flock` on `path` (creating it), waiting if needed.
 fn lock(path: &Path) -> Result<Lock> {
     let f = fs::OpenOptions::new()
         .create(true)
@@ -204,6 +205,7 @@ fn cmd(prog: &str) -> Command {
     c
 }
 
+/// Runs `c` and fails unless it exits 0.
 fn run(c: &mut Command) -> Result<()> {
     let status = c
         .status()
@@ -214,6 +216,7 @@ fn run(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `c` and returns its stdout; fails unless it exits 0.
 fn output(c: &mut Command) -> Result<String> {
     let out = c
         .stderr(Stdio::inherit())
@@ -225,6 +228,7 @@ fn output(c: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether apt has package lists at all (a fresh container may have none).
 fn apt_lists_present() -> bool {
     fs::read_dir("/var/lib/apt/lists").is_ok_and(|d| {
         d.flatten()
@@ -232,6 +236,7 @@ fn apt_lists_present() -> bool {
     })
 }
 
+/// `apt-get update`.
 fn apt_update() -> Result<()> {
     eprintln!("vm-setup: apt-get update");
     run(cmd("apt-get").args(["update", "-q"]))
@@ -367,6 +372,7 @@ fn fetch_kernel(paths: &Paths, pkg: &str) -> Result<PathBuf> {
     Ok(kdir)
 }
 
+/// `usr/lib/modules` or `lib/modules` of the unpacked kernel package.
 fn modules_base(kdir: &Path) -> PathBuf {
     let usr = kdir.join("usr/lib/modules");
     if usr.is_dir() {
@@ -441,6 +447,7 @@ fn ensure_vmlinux(paths: &Paths, kdir: &Path, kver: &str) -> Result<PathBuf> {
     }
 }
 
+/// Little-endian u32 at `off`.
 fn le32(d: &[u8], off: usize) -> Result<u32> {
     let b = d
         .get(off..off + 4)
