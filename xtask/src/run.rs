@@ -325,10 +325,8 @@ fn use_kvm() -> bool {
 /// is copied by a thread.
 fn inheritable_pipe() -> Result<(io::PipeReader, io::PipeWriter)> {
     let (r, w) = io::pipe().context("creating a pipe")?;
-    // SAFETY: fcntl on a valid fd owned by `w`; clears FD_CLOEXEC only.
-    if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
-        return Err(io::Error::last_os_error()).context("fcntl(F_SETFD)");
-    }
+    // qemu must inherit the write end: clear FD_CLOEXEC.
+    rustix::io::fcntl_setfd(&w, rustix::io::FdFlags::empty()).context("fcntl(F_SETFD)")?;
     Ok((r, w))
 }
 

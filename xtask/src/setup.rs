@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -172,16 +172,13 @@ fn lock(path: &Path) -> Result<Lock> {
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a valid, owned file descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    use rustix::fs::{flock, FlockOperation};
+    if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
         eprintln!(
             "vm-setup: waiting for another setup to finish ({})",
             path.display()
         );
-        // SAFETY: as above.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("flock");
-        }
+        flock(&f, FlockOperation::LockExclusive).context("flock")?;
     }
     Ok(Lock(f))
 }
@@ -261,8 +258,7 @@ fn ensure_packages(stamp: &Path, pkg_line: &str) -> Result<()> {
         .filter(|p| !installed.contains(*p))
         .collect();
     if !missing.is_empty() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !rustix::process::geteuid().is_root() {
             bail!(
                 "missing packages {missing:?}; run as root or: sudo apt-get install -y --no-install-recommends {}",
                 missing.join(" ")
@@ -287,6 +283,47 @@ fn ensure_packages(stamp: &Path, pkg_line: &str) -> Result<()> {
                 .lines()
                 .filter_map(|l| l.strip_prefix("Remv "))
                 .collect();
+            // A package apt would remove only because a newer, conflicting version is
+            // installed (this image's backported qemu-utils) is replaced by the
+            // release's own version instead, so it stays available.
+            if !removals.is_empty() {
+                let names: Vec<String> = removals
+                    .iter()
+                    .filter_map(|r| r.split_whitespace().next())
+                    .map(|n| format!("{n}/{}", codename()))
+                    .collect();
+                let mut with: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
+                with.extend(names.iter().cloned());
+                let sim2 = output(
+                    Command::new("apt-get")
+                        .args([
+                            "install",
+                            "-s",
+                            "-q",
+                            "--no-install-recommends",
+                            "--allow-downgrades",
+                        ])
+                        .args(&with),
+                )?;
+                if !sim2.lines().any(|l| l.starts_with("Remv ")) {
+                    eprintln!(
+                        "vm-setup: replacing {} with the {} versions (they conflict with {})",
+                        removals.join("; "),
+                        codename(),
+                        missing.join(" ")
+                    );
+                    let mut c = cmd("apt-get");
+                    c.args([
+                        "install",
+                        "-y",
+                        "-q",
+                        "--no-install-recommends",
+                        "--allow-downgrades",
+                        "--no-remove",
+                    ]);
+                    return run(c.args(&with));
+                }
+            }
             if !removals.is_empty() && !allow_remove {
                 bail!(
                     "installing {} would REMOVE these packages: {}; re-run with \
@@ -312,6 +349,19 @@ fn ensure_packages(stamp: &Path, pkg_line: &str) -> Result<()> {
     }
     fs::write(stamp, format!("{pkg_line}\n"))?;
     Ok(())
+}
+
+/// The Debian release's code name (`bookworm`), from `/etc/os-release`.
+fn codename() -> String {
+    fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VERSION_CODENAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
+        .unwrap_or_else(|| "stable".into())
 }
 
 /// Resolves the kernel meta package to its ABI package with `apt-cache depends`.
