@@ -8,6 +8,7 @@
 mod args;
 mod profiles;
 mod run;
+mod service;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,20 @@ enum Command {
     Run(Box<run::RunCmd>),
     /// Print the effective profiles (built-in, then /etc/corral, then the user's file).
     Profiles(profiles::ProfilesArgs),
+    /// Run the corral service: queue runs under one cgroup budget, keep a ledger.
+    Serve(service::ServeArgs),
+    /// Submit a run to the corral service; prints its id (--wait: exits like `run`).
+    Submit(Box<service::SubmitCmd>),
+    /// List the service's runs.
+    Ps(service::PsCmd),
+    /// Wait for a run and exit with its status.
+    Wait(service::IdCmd),
+    /// Cancel a queued or running run.
+    Cancel(service::IdCmd),
+    /// Print a run's captured output.
+    Logs(service::LogsCmd),
+    /// Show a run's status and result (--json: the corral.result/v1 record).
+    Show(service::IdCmd),
 }
 
 /// Exit status for corral's own failures.
@@ -56,6 +71,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run::main(*a),
         Command::Profiles(a) => profiles::main(a),
+        Command::Serve(a) => service::serve(a),
+        Command::Submit(a) => service::submit(*a),
+        Command::Ps(a) => service::ps(a),
+        Command::Wait(a) => service::wait(a),
+        Command::Cancel(a) => service::cancel(a),
+        Command::Logs(a) => service::logs(a),
+        Command::Show(a) => service::show(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
