@@ -193,8 +193,9 @@ fn has_exited(pidfd: &OwnedFd) -> bool {
 }
 
 /// Waits until the sandbox has no process, or `until`. Uses the event fd where the
-/// backend has one (cgroup2's `cgroup.events` signals `populated 0`); otherwise checks
-/// with a backoff from 1 ms to 20 ms, which only runs while a tree is being torn down.
+/// backend has one (cgroup2's `cgroup.events` signals `populated 0`), and checks with a
+/// backoff from 1 ms to 20 ms as well, which only runs while a tree is being torn down:
+/// cgroup1's event fd reports OOM kills only, not the end of the tree.
 async fn wait_empty(
     sandbox: &mut dyn Sandbox,
     events: &Option<AsyncFd<OwnedFd>>,
@@ -208,6 +209,7 @@ async fn wait_empty(
         if Instant::now() >= until {
             return false;
         }
+        let nap = backoff.min(until.saturating_duration_since(Instant::now()));
         match events {
             Some(fd) => {
                 tokio::select! {
@@ -217,14 +219,11 @@ async fn wait_empty(
                         }
                         sandbox.on_event();
                     }
-                    _ = sleep_until(until.into()) => {}
+                    _ = tokio::time::sleep(nap) => {}
                 }
             }
-            None => {
-                tokio::time::sleep(backoff.min(until.saturating_duration_since(Instant::now())))
-                    .await;
-                backoff = (backoff * 2).min(Duration::from_millis(20));
-            }
+            None => tokio::time::sleep(nap).await,
         }
+        backoff = (backoff * 2).min(Duration::from_millis(20));
     }
 }
