@@ -73,7 +73,7 @@ enum Tree {
         origin: Option<PathBuf>,
     },
     V1 {
-        layout: Layout,
+        layout: Box<Layout>,
         ctrls: Vec<&'static str>,
         root_rel: PathBuf,
         supervisor: Group1,
@@ -300,7 +300,7 @@ impl ServiceTree {
         let runs = make("runs")?;
         Ok(ServiceTree {
             tree: Tree::V1 {
-                layout,
+                layout: Box::new(layout),
                 ctrls,
                 root_rel,
                 supervisor,

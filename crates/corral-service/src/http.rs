@@ -228,7 +228,10 @@ struct Tail {
 
 impl Tail {
     fn is_done(&self) -> bool {
-        self.done.as_ref().is_none_or(|d| *d.borrow())
+        match &self.done {
+            Some(d) => *d.borrow(),
+            None => true,
+        }
     }
 
     /// Waits a little for the file to grow or the run to end.
