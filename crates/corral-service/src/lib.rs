@@ -42,7 +42,7 @@ use crate::cgroups::{BudgetLimits, ServiceTree};
 use crate::ledger::Ledger;
 use crate::service::Service;
 
-/// Runs the service until SIGTERM or SIGINT, then drains it and returns. Errors are
+/// Runs the service until SIGTERM, SIGINT or SIGHUP, then drains it and returns. Errors are
 /// one sentence for the user (exit 125).
 pub fn serve(cfg: ServeConfig) -> Result<(), String> {
     let budget = cfg.budget()?;
@@ -94,9 +94,8 @@ pub fn serve(cfg: ServeConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let result = rt.block_on(run_server(svc.clone(), cfg.listen.clone()));
     rt.shutdown_timeout(Duration::from_secs(2));
-    if result.is_ok() {
-        svc.tree().remove();
-    }
+    // After a drain no run is left; after an early error none was started.
+    svc.tree().remove();
     result
 }
 
@@ -123,6 +122,7 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), String> {
     let sig_err = |e: std::io::Error| format!("cannot install signal handlers: {e}");
     let mut term = signal(SignalKind::terminate()).map_err(sig_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(sig_err)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(sig_err)?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let shutdown = async move {
         let _ = stop_rx.wait_for(|v| *v).await;
@@ -160,6 +160,7 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), String> {
     let sig = tokio::select! {
         _ = term.recv() => libc::SIGTERM,
         _ = int.recv() => libc::SIGINT,
+        _ = hup.recv() => libc::SIGHUP,
     };
     eprintln!(
         "corral serve: {} received: draining ({} running, {} queued stay queued)",
@@ -171,6 +172,7 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), String> {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            _ = hup.recv() => {}
         }
     };
     svc.drain(sig, hurry).await;

@@ -513,6 +513,7 @@ impl Service {
                 },
             );
         }
+        tracing::info!("run {id} accepted (priority {})", req.priority);
         self.pump();
         let state = self
             .lock()
@@ -573,6 +574,7 @@ impl Service {
                 None,
             ),
             Ok(Ok(())) => {
+                tracing::info!("run {id} admitted");
                 let spec = job.spec(&self.output_dir);
                 match corral_run::run(self.backend.as_ref(), spec, cancel).await {
                     Ok(rec) => {
@@ -613,6 +615,11 @@ impl Service {
         };
         let by = self.lock().active.get(&id).and_then(|a| a.cancelled_by);
         let record = self.explain_cancel(record, by);
+        tracing::info!(
+            "run {id} ended: {} (exit status {})",
+            record.outcome.reason,
+            record.outcome.exit_code
+        );
         self.store_final(&id, RunState::Done, record).await;
         {
             let mut g = self.lock();
