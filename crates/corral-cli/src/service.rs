@@ -142,6 +142,10 @@ pub struct LogsCmd {
     /// Keep streaming while the run runs.
     #[arg(short, long)]
     pub follow: bool,
+    /// Print {"id", "stream", "bytes", "text"} once the output is read (with --follow:
+    /// once the run has ended); text is the output decoded as UTF-8, lossily.
+    #[arg(long)]
+    pub json: bool,
     /// The run id.
     pub id: String,
 }
@@ -485,6 +489,17 @@ pub fn logs(c: LogsCmd) -> Result<u8> {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
+    if c.json {
+        let mut all = Vec::new();
+        body.read_to_end(&mut all).context("reading the output")?;
+        print_json(&serde_json::json!({
+            "id": c.id,
+            "stream": stream,
+            "bytes": all.len(),
+            "text": String::from_utf8_lossy(&all),
+        }))?;
+        return Ok(0);
+    }
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -450,6 +450,12 @@ fn client_commands() {
         assert_eq!((code, out.as_str()), (0, "out\n"));
         let (_, out, _) = corral(&s, &["logs", "--stderr", &id]);
         assert_eq!(out, "err\n");
+        let (_, out, _) = corral(&s, &["logs", "--json", &id]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["text"].as_str(), v["bytes"].as_u64()),
+            (Some("out\n"), Some(4))
+        );
         let (code, out, _) = corral(&s, &["show", &id]);
         assert_eq!(code, 0);
         assert!(
