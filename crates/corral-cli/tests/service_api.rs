@@ -33,6 +33,14 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
             ],
         );
         s.start();
+        // The service sits in its own leaf, beside (not inside) the runs' budget.
+        let m = corral_cgroup::layout::Membership::of_pid(s.pid());
+        let sup = std::path::PathBuf::from(&s.root_rel).join("supervisor");
+        let placed = match b {
+            "cgroup2" => m.v2.as_deref().is_some_and(|p| p.ends_with(&sup)),
+            _ => m.v1.get("memory").is_some_and(|p| p == &sup),
+        };
+        assert!(placed, "the service is not in {}: {m:?}", sup.display());
         let cases: Vec<(&str, Vec<u8>, u16, &str)> =
             vec![
             ("malformed", b"{\"command\": [\"true\"".to_vec(), 400, "invalid JSON"),
@@ -522,4 +530,20 @@ fn client_commands() {
         s.signal(libc::SIGTERM);
         assert!(s.wait_exit(Duration::from_secs(10)).success());
     });
+}
+
+#[test]
+fn tcp_only_on_loopback() {
+    // Refused before anything is created: no root or cgroups needed.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["serve", "--listen", "0.0.0.0:1"])
+        .arg("--ledger")
+        .arg(dir.path().join("l.db"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to listen on 0.0.0.0:1"), "{err}");
+    assert!(!dir.path().join("l.db").exists(), "nothing was created");
 }
