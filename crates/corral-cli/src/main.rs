@@ -10,6 +10,7 @@ mod check;
 mod gc;
 mod profiles;
 mod run;
+mod service;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,20 @@ enum Command {
     /// Internal: the crash guard of a supervising corral (see docs/architecture.md).
     #[command(name = "__guard", hide = true)]
     Guard,
+    /// Run the corral service: queue runs under one cgroup budget, keep a ledger.
+    Serve(service::ServeArgs),
+    /// Submit a run to the corral service; prints its id (--wait: exits like `run`).
+    Submit(Box<service::SubmitCmd>),
+    /// List the service's runs.
+    Ps(service::PsCmd),
+    /// Wait for a run and exit with its status.
+    Wait(service::IdCmd),
+    /// Cancel a queued or running run.
+    Cancel(service::IdCmd),
+    /// Print a run's captured output.
+    Logs(service::LogsCmd),
+    /// Show a run's status and result (--json: the corral.result/v1 record).
+    Show(service::IdCmd),
 }
 
 /// Exit status for corral's own failures.
@@ -68,6 +83,13 @@ fn main() -> ExitCode {
         Command::Gc(a) => gc::main(a),
         Command::Check(a) => check::main(a),
         Command::Guard => corral_run::guard::guard_main(),
+        Command::Serve(a) => service::serve(a),
+        Command::Submit(a) => service::submit(*a),
+        Command::Ps(a) => service::ps(a),
+        Command::Wait(a) => service::wait(a),
+        Command::Cancel(a) => service::cancel(a),
+        Command::Logs(a) => service::logs(a),
+        Command::Show(a) => service::show(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

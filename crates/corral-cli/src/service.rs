@@ -1,0 +1,619 @@
+//! `corral serve` and the commands that talk to it: `submit`, `ps`, `wait`, `cancel`,
+//! `logs`, `show`.
+//!
+//! Exit status of the client commands: as `corral run` for `submit --wait` and `wait`
+//! (the run's own status); 1 for an unknown run id; 125 when the service cannot be
+//! reached or refuses the request.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use corral_record::{Reason, Record};
+use corral_service::client::{Client, ClientError};
+use corral_service::config::{DEFAULT_LEDGER, DEFAULT_SOCKET, SERVER_ENV};
+use corral_service::wire::{RunState, RunStatus, SubmitRequest};
+use corral_service::{Addr, ServeConfig};
+use corral_spec::{
+    format_bytes, format_duration, load_metadata, parse_cpus, parse_duration, parse_pids,
+    parse_size, LimitsPatch, Setting,
+};
+use serde_json::{Map, Value};
+
+use crate::args::RunArgs;
+use crate::run::backend_kind;
+
+/// `corral serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen: a Unix socket path, or a loopback TCP address 127.0.0.1:PORT.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_SOCKET)]
+    pub listen: String,
+    /// The SQLite ledger of submissions and records; captured output goes to output/
+    /// beside it.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_LEDGER)]
+    pub ledger: PathBuf,
+    /// Backend: auto (cgroup2 where usable, else cgroup1), cgroup2 or cgroup1.
+    #[arg(long, value_name = "B", default_value = "auto")]
+    pub backend: String,
+    /// Runs at once (default: 2 × CPUs).
+    #[arg(long, value_name = "N")]
+    pub max_running: Option<usize>,
+    /// Memory shared by all runs (default: 75% of RAM).
+    #[arg(long, value_name = "SIZE")]
+    pub budget_memory: Option<String>,
+    /// CPUs shared by all runs (default: all CPUs less one, at least 1).
+    #[arg(long, value_name = "N")]
+    pub budget_cpus: Option<String>,
+    /// Tasks shared by all runs (default: 4096).
+    #[arg(long, value_name = "N")]
+    pub budget_pids: Option<String>,
+    /// The service's cgroup root (default: the unit's cgroup when started by systemd
+    /// in a "supervisor" subgroup, else corral-service under the cgroup mount).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// After SIGTERM, how long running runs may go on before they are cancelled.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub drain_timeout: String,
+}
+
+/// The service a client command talks to.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArg {
+    /// The corral service: a Unix socket path or 127.0.0.1:PORT.
+    #[arg(long, value_name = "ADDR", env = SERVER_ENV, default_value = DEFAULT_SOCKET)]
+    pub server: String,
+}
+
+impl ServerArg {
+    fn client(&self) -> Result<Client> {
+        let addr: Addr = self
+            .server
+            .parse()
+            .map_err(|e| anyhow!("invalid --server {:?}: {e}", self.server))?;
+        Ok(Client::new(addr))
+    }
+}
+
+/// `corral submit [RUN OPTIONS] -- COMMAND...`
+#[derive(Debug, Args)]
+pub struct SubmitCmd {
+    #[command(flatten)]
+    pub server: ServerArg,
+    /// Wait for the run and exit with its status, like `corral run`.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON: the submission answer, or with --wait the corral.result/v1 record.
+    #[arg(long)]
+    pub json: bool,
+    /// Higher runs first; FIFO within one priority.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub priority: i64,
+    /// Submitting again with the same key returns the existing run.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `corral ps`
+#[derive(Debug, Args)]
+pub struct PsCmd {
+    #[command(flatten)]
+    pub server: ServerArg,
+    /// Only runs in this state: queued, running, done or lost.
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+    /// At most this many (the most recent).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub limit: usize,
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `corral wait ID`, `corral cancel ID`, `corral show ID`
+#[derive(Debug, Args)]
+pub struct IdCmd {
+    #[command(flatten)]
+    pub server: ServerArg,
+    /// Print JSON (wait and show: the corral.result/v1 record; cancel: the run status).
+    #[arg(long)]
+    pub json: bool,
+    /// The run id.
+    pub id: String,
+}
+
+/// `corral logs ID`
+#[derive(Debug, Args)]
+pub struct LogsCmd {
+    #[command(flatten)]
+    pub server: ServerArg,
+    /// Show the standard error instead of the standard output.
+    #[arg(long)]
+    pub stderr: bool,
+    /// Keep streaming while the run runs.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Print {"id", "stream", "bytes", "text"} once the output is read (with --follow:
+    /// once the run has ended); text is the output decoded as UTF-8, lossily.
+    #[arg(long)]
+    pub json: bool,
+    /// The run id.
+    pub id: String,
+}
+
+fn parse_drain(s: &str) -> Result<Duration> {
+    if matches!(s.trim(), "0" | "0s") {
+        return Ok(Duration::ZERO);
+    }
+    Ok(parse_duration("drain timeout", s)?)
+}
+
+/// `corral serve`.
+pub fn serve(a: ServeArgs) -> Result<u8> {
+    let listen: Addr = a
+        .listen
+        .parse()
+        .map_err(|e| anyhow!("invalid --listen {:?}: {e}", a.listen))?;
+    let mut cfg = ServeConfig::new(listen, a.ledger);
+    cfg.backend = backend_kind(&a.backend)?;
+    cfg.cgroup_root = a.cgroup_root;
+    cfg.max_running = a.max_running;
+    if cfg.max_running == Some(0) {
+        bail!("--max-running must be at least 1");
+    }
+    cfg.budget_memory = a
+        .budget_memory
+        .as_deref()
+        .map(|s| parse_size("budget memory", s))
+        .transpose()?;
+    cfg.budget_cpus = a.budget_cpus.as_deref().map(parse_cpus).transpose()?;
+    cfg.budget_pids = a.budget_pids.as_deref().map(parse_pids).transpose()?;
+    cfg.drain_timeout = parse_drain(&a.drain_timeout)?;
+    corral_service::serve(cfg).map_err(|e| anyhow!(e))?;
+    Ok(0)
+}
+
+/// Turns a client error into an exit status: 1 for an unknown run, else 125.
+fn fail(e: ClientError) -> Result<u8> {
+    if e.status() == Some(404) {
+        eprintln!("corral: {e}");
+        return Ok(1);
+    }
+    Err(anyhow!(e))
+}
+
+fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
+    fn set<T>(
+        m: &mut Map<String, Value>,
+        k: &str,
+        s: &Option<Setting<T>>,
+        f: impl Fn(&T) -> Value,
+    ) {
+        if let Some(s) = s {
+            let v = match s {
+                Setting::Value(v) => f(v),
+                Setting::Unlimited => Value::from("max"),
+            };
+            m.insert(k.to_string(), v);
+        }
+    }
+    let secs = |d: &Duration| Value::from(d.as_secs_f64().to_string());
+    let mut m = Map::new();
+    set(&mut m, "memory", &p.memory, |v| Value::from(*v));
+    set(&mut m, "swap", &p.swap, |v| Value::from(v.to_string()));
+    set(&mut m, "cpus", &p.cpus, |v| Value::from(*v));
+    set(&mut m, "pids", &p.pids, |v| Value::from(*v));
+    set(&mut m, "timeout", &p.timeout, secs);
+    set(&mut m, "cpu_time", &p.cpu_time, secs);
+    set(&mut m, "output_limit", &p.output_limit, |v| Value::from(*v));
+    if let Some(g) = p.grace {
+        m.insert("grace".into(), secs(&g));
+    }
+    if let Some(r) = p.require_isolation {
+        m.insert("require_isolation".into(), Value::from(r));
+    }
+    m
+}
+
+/// The submission for `corral submit`: the profile name and the limits as given
+/// (metadata file, then flags) go to the service, which resolves them against its own
+/// profiles.
+fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
+    let a = &c.run;
+    if a.command.is_empty() || a.command[0].is_empty() {
+        bail!("no command given; use: corral submit [OPTIONS] -- COMMAND [ARGS...]");
+    }
+    let metadata = a.limits_from.as_deref().map(load_metadata).transpose()?;
+    let mut limits = metadata
+        .as_ref()
+        .map(|m| patch_json(&m.limits))
+        .unwrap_or_default();
+    let flags: [(&str, &Option<String>); 8] = [
+        ("memory", &a.memory),
+        ("swap", &a.swap),
+        ("cpus", &a.cpus),
+        ("pids", &a.pids),
+        ("timeout", &a.timeout),
+        ("cpu_time", &a.cpu_time),
+        ("grace", &a.grace),
+        ("output_limit", &a.output_limit),
+    ];
+    let mut given = Map::new();
+    for (k, v) in flags {
+        if let Some(v) = v {
+            given.insert(k.to_string(), Value::from(v.clone()));
+        }
+    }
+    if a.require_isolation {
+        given.insert("require_isolation".into(), Value::from(true));
+    }
+    // The same parsers as the service: a typo is reported here, precisely.
+    LimitsPatch::from_table(&given, "the command line")?;
+    limits.extend(given);
+    let env = a
+        .env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(anyhow!("invalid --env {kv:?}: use NAME=VALUE")),
+        })
+        .collect::<Result<_>>()?;
+    let here = std::env::current_dir().context("finding the current directory")?;
+    let cwd = match &a.cwd {
+        Some(p) => here.join(p),
+        None => here,
+    };
+    Ok(SubmitRequest {
+        command: a.command.clone(),
+        cwd: Some(cwd.display().to_string()),
+        env,
+        clear_env: a.clear_env,
+        profile: a
+            .profile
+            .clone()
+            .or_else(|| metadata.and_then(|m| m.profile)),
+        limits: (!limits.is_empty()).then_some(limits),
+        id: a.id.clone(),
+        idempotency_key: c.idempotency_key.clone(),
+        priority: c.priority,
+    })
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn record_of(st: &RunStatus) -> Result<&Record> {
+    st.record
+        .as_ref()
+        .ok_or_else(|| anyhow!("run {} is {} but has no record", st.id, st.state))
+}
+
+fn exit_of(rec: &Record) -> u8 {
+    rec.outcome.exit_code.clamp(0, 255) as u8
+}
+
+fn clean(rec: &Record) -> bool {
+    rec.outcome.reason == Reason::Exited && rec.outcome.exit_code == 0
+}
+
+/// `corral submit`.
+pub fn submit(c: SubmitCmd) -> Result<u8> {
+    if !c.wait && (c.run.stdout.is_some() || c.run.stderr.is_some()) {
+        bail!(
+            "the service captures the output itself: read it with `corral logs ID`, or use \
+             --wait to have --stdout/--stderr FILE written when the run ends"
+        );
+    }
+    let req = submit_request(&c)?;
+    let client = c.server.client()?;
+    let (code, resp) = match client.submit(&req) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    if !c.wait {
+        if c.json {
+            print_json(&resp)?;
+        } else {
+            if code == 200 {
+                eprintln!(
+                    "corral: the idempotency key was used before: run {} is {}",
+                    resp.id, resp.state
+                );
+            }
+            println!("{}", resp.id);
+        }
+        return Ok(0);
+    }
+    if !c.json {
+        println!("{}", resp.id);
+        let _ = std::io::stdout().flush();
+    }
+    let st = match client.wait_done(&resp.id) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let rec = record_of(&st)?;
+    for (file, stream) in [(&c.run.stdout, "stdout"), (&c.run.stderr, "stderr")] {
+        if let Some(path) = file {
+            let mut body = client
+                .output(&resp.id, stream, false)
+                .map_err(|e| anyhow!(e))?;
+            let mut f = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            std::io::copy(&mut body, &mut f)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    if c.json {
+        print_json(rec)?;
+    } else if !clean(rec) {
+        eprintln!("corral: {}", rec.notes);
+    }
+    Ok(exit_of(rec))
+}
+
+fn short(s: &Option<String>) -> String {
+    // 2026-11-27T13:05:01.123Z -> 2026-11-27 13:05:01
+    s.as_deref()
+        .map(|t| t.get(..19).unwrap_or(t).replace('T', " "))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn shell_words(cmd: &[String]) -> String {
+    cmd.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `corral ps`.
+pub fn ps(c: PsCmd) -> Result<u8> {
+    let state = c
+        .state
+        .as_deref()
+        .map(|s| s.parse::<RunState>())
+        .transpose()
+        .map_err(|e| anyhow!(e))?;
+    let list = match c.server.client()?.list(state, Some(c.limit)) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    if c.json {
+        print_json(&list)?;
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<28} {:<8} {:>4}  {:<19}  {:<12} {:>4}  COMMAND",
+        "ID", "STATE", "PRIO", "SUBMITTED", "REASON", "EXIT"
+    )?;
+    for r in &list.runs {
+        let (reason, exit) = match &r.record {
+            Some(rec) => (
+                rec.outcome.reason.as_str().to_string(),
+                rec.outcome.exit_code.to_string(),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let cmd = r
+            .record
+            .as_ref()
+            .map(|rec| shell_words(&rec.command))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{:<28} {:<8} {:>4}  {:<19}  {:<12} {:>4}  {}",
+            r.id,
+            r.state.as_str(),
+            r.priority,
+            short(&Some(r.submitted_at.clone())),
+            reason,
+            exit,
+            cmd
+        )?;
+    }
+    Ok(0)
+}
+
+/// `corral wait ID`.
+pub fn wait(c: IdCmd) -> Result<u8> {
+    let st = match c.server.client()?.wait_done(&c.id) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let rec = record_of(&st)?;
+    if c.json {
+        print_json(rec)?;
+    } else if clean(rec) {
+        println!("{}: {}", rec.id, rec.notes);
+    } else {
+        eprintln!("corral: {}: {}", rec.id, rec.notes);
+    }
+    Ok(exit_of(rec))
+}
+
+/// `corral cancel ID`.
+pub fn cancel(c: IdCmd) -> Result<u8> {
+    let (code, st) = match c.server.client()?.cancel(&c.id) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    if c.json {
+        print_json(&st)?;
+        return Ok(0);
+    }
+    let reason = st.record.as_ref().map(|r| r.outcome.reason);
+    match (code, reason) {
+        (202, _) => println!(
+            "{}: cancelling (SIGTERM, then SIGKILL after its grace period)",
+            st.id
+        ),
+        (_, Some(Reason::Cancelled)) => println!("{}: cancelled", st.id),
+        (_, Some(r)) => println!("{}: already finished ({r}); nothing to cancel", st.id),
+        _ => println!("{}: {}", st.id, st.state),
+    }
+    Ok(0)
+}
+
+/// `corral logs ID`.
+pub fn logs(c: LogsCmd) -> Result<u8> {
+    let mut client = c.server.client()?;
+    if c.follow {
+        client.read_timeout = None;
+    }
+    let stream = if c.stderr { "stderr" } else { "stdout" };
+    let mut body = match client.output(&c.id, stream, c.follow) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    if c.json {
+        let mut all = Vec::new();
+        body.read_to_end(&mut all).context("reading the output")?;
+        print_json(&serde_json::json!({
+            "id": c.id,
+            "stream": stream,
+            "bytes": all.len(),
+            "text": String::from_utf8_lossy(&all),
+        }))?;
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = body.read(&mut buf).context("reading the output")?;
+        if n == 0 {
+            break;
+        }
+        match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
+            Ok(()) => {}
+            // `corral logs ID | head` closes the pipe early.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(0)
+}
+
+/// `corral show ID`.
+pub fn show(c: IdCmd) -> Result<u8> {
+    let st = match c.server.client()?.status(&c.id) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if c.json {
+        return match &st.record {
+            Some(rec) => {
+                print_json(rec)?;
+                Ok(0)
+            }
+            None => {
+                eprintln!(
+                    "corral: run {} is {}: it has no result record yet",
+                    st.id, st.state
+                );
+                Ok(1)
+            }
+        };
+    }
+    let mut o = std::io::stdout().lock();
+    let Some(r) = &st.record else {
+        writeln!(o, "run {}: {}", st.id, st.state)?;
+        writeln!(o, "  priority:  {}", st.priority)?;
+        writeln!(o, "  submitted: {}", short(&Some(st.submitted_at.clone())))?;
+        writeln!(o, "  started:   {}", short(&st.started_at))?;
+        return Ok(0);
+    };
+    writeln!(
+        o,
+        "run {}: {} ({}, exit status {})",
+        st.id, st.state, r.outcome.reason, r.outcome.exit_code
+    )?;
+    writeln!(o, "  command:   {}", shell_words(&r.command))?;
+    if let Some(cwd) = &r.cwd {
+        writeln!(o, "  cwd:       {cwd}")?;
+    }
+    writeln!(
+        o,
+        "  times:     submitted {}, started {}, finished {}",
+        short(&Some(st.submitted_at.clone())),
+        short(&st.started_at),
+        short(&Some(r.finished_at.clone()))
+    )?;
+    let l = &r.limits.requested;
+    let mut lim = Vec::new();
+    if let Some(m) = l.memory_bytes {
+        lim.push(format!("memory {}", format_bytes(m)));
+    }
+    if let Some(c) = l.cpus {
+        lim.push(format!("{c} CPUs"));
+    }
+    if let Some(p) = l.pids {
+        lim.push(format!("{p} tasks"));
+    }
+    if let Some(t) = l.timeout_s {
+        lim.push(format!(
+            "timeout {}",
+            format_duration(Duration::from_secs_f64(t))
+        ));
+    }
+    if let Some(t) = l.cpu_time_s {
+        lim.push(format!(
+            "CPU time {}",
+            format_duration(Duration::from_secs_f64(t))
+        ));
+    }
+    writeln!(o, "  profile:   {}; limits: {}", r.profile, lim.join(", "))?;
+    let u = &r.usage;
+    let mut use_ = vec![
+        format!(
+            "wall {}",
+            format_duration(Duration::from_secs_f64(u.wall_s))
+        ),
+        format!("CPU {:.2} s", u.cpu_user_s + u.cpu_system_s),
+    ];
+    if let Some(p) = u.memory_peak_bytes {
+        use_.push(format!("peak memory {}", format_bytes(p)));
+    }
+    if let Some(p) = u.pids_peak {
+        use_.push(format!("peak tasks {p}"));
+    }
+    writeln!(o, "  usage:     {}", use_.join(", "))?;
+    writeln!(
+        o,
+        "  backend:   {} ({})",
+        r.backend,
+        r.cgroup.as_deref().unwrap_or("-")
+    )?;
+    if let Some(out) = &r.output {
+        for (name, c) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            if let Some(c) = c {
+                writeln!(o, "  {name}:    {} ({})", c.path, format_bytes(c.bytes))?;
+            }
+        }
+    }
+    writeln!(o, "  notes:     {}", r.notes)?;
+    Ok(0)
+}

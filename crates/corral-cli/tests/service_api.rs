@@ -1,0 +1,549 @@
+//! The service's API against a real `corral serve`: bad requests, admission under the
+//! budget, graceful shutdown, and the client commands. Each test runs once per cgroup
+//! backend this host offers and prints `skipped: ...` for the others (on the hybrid
+//! development hosts: cgroup1 natively, cgroup2 in the v2 VM).
+
+mod svc;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use corral_service::http::ROUTES;
+use serde_json::{json, Value};
+use svc::{alive, each_backend, eventually, reason, serial, Svc};
+
+fn small(cmd: &[&str]) -> Value {
+    json!({"command": cmd, "limits": {"memory": "64M", "cpus": 0.25, "timeout": "60s"}})
+}
+
+#[test]
+fn bad_requests_get_clear_4xx_and_queue_nothing() {
+    let _g = serial();
+    each_backend("bad_requests", |b| {
+        let mut s = Svc::new(
+            b,
+            "bad",
+            &[
+                "--budget-memory",
+                "1G",
+                "--budget-cpus",
+                "1",
+                "--max-running",
+                "2",
+            ],
+        );
+        s.start();
+        // The service sits in its own leaf, beside (not inside) the runs' budget.
+        let m = corral_cgroup::layout::Membership::of_pid(s.pid());
+        let sup = std::path::PathBuf::from(&s.root_rel).join("supervisor");
+        let placed = match b {
+            "cgroup2" => m.v2.as_deref().is_some_and(|p| p.ends_with(&sup)),
+            _ => m.v1.get("memory").is_some_and(|p| p == &sup),
+        };
+        assert!(placed, "the service is not in {}: {m:?}", sup.display());
+        let cases: Vec<(&str, Vec<u8>, u16, &str)> =
+            vec![
+            ("malformed", b"{\"command\": [\"true\"".to_vec(), 400, "invalid JSON"),
+            ("not an object", b"[1, 2]".to_vec(), 400, "invalid JSON"),
+            (
+                "unknown field",
+                br#"{"command": ["true"], "memory": "1G"}"#.to_vec(),
+                400,
+                "unknown field `memory`",
+            ),
+            ("no command", br#"{"command": []}"#.to_vec(), 400, "\"command\""),
+            (
+                "unknown profile",
+                br#"{"command": ["true"], "profile": "nope"}"#.to_vec(),
+                400,
+                "unknown profile \"nope\"",
+            ),
+            (
+                "bad limit",
+                br#"{"command": ["true"], "limits": {"memory": "lots", "cpus": 0.5}}"#.to_vec(),
+                400,
+                "invalid memory size \"lots\"",
+            ),
+            (
+                "unknown limit",
+                br#"{"command": ["true"], "limits": {"memmory": "1G"}}"#.to_vec(),
+                400,
+                "unknown limit",
+            ),
+            (
+                "bad id",
+                br#"{"command": ["true"], "id": "a/b", "limits": {"memory": "64M", "cpus": 0.5}}"#
+                    .to_vec(),
+                400,
+                "invalid run id",
+            ),
+            (
+                "relative cwd",
+                br#"{"command": ["true"], "cwd": "rel", "limits": {"memory": "64M", "cpus": 0.5}}"#
+                    .to_vec(),
+                400,
+                "absolute path",
+            ),
+            (
+                "over the memory budget",
+                br#"{"command": ["true"], "limits": {"memory": "2G", "cpus": 0.5}}"#.to_vec(),
+                422,
+                "exceeds the service's whole memory budget of 1.0 GiB",
+            ),
+            (
+                "over the CPU budget",
+                br#"{"command": ["true"], "limits": {"memory": "64M", "cpus": 2}}"#.to_vec(),
+                422,
+                "exceeds the service's whole CPU budget of 1",
+            ),
+            (
+                "unlimited memory",
+                br#"{"command": ["true"], "limits": {"memory": "max", "cpus": 0.5}}"#.to_vec(),
+                422,
+                "no memory limit",
+            ),
+            (
+                "unlimited CPU",
+                br#"{"command": ["true"], "limits": {"memory": "64M", "cpus": "max"}}"#.to_vec(),
+                422,
+                "no CPU limit",
+            ),
+        ];
+        for (what, body, code, msg) in &cases {
+            let (st, v) = s.post_raw(body);
+            assert_eq!(st, *code, "{what}: {v}");
+            let e = v["error"].as_str().unwrap_or_else(|| panic!("{what}: {v}"));
+            assert!(e.contains(msg), "{what}: {e:?} should mention {msg:?}");
+        }
+        // Oversized: 2 MiB of JSON.
+        let big = format!(
+            "{{\"command\": [\"true\"], \"env\": {{\"X\": \"{}\"}}}}",
+            "x".repeat(2 << 20)
+        );
+        let (st, v) = s.post_raw(big.as_bytes());
+        assert_eq!(st, 413, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("1024 KiB limit"),
+            "{v}"
+        );
+        // Unknown ids.
+        for (m, p) in [
+            ("GET", "/runs/nope"),
+            ("GET", "/runs/nope/wait?timeout=0"),
+            ("POST", "/runs/nope/cancel"),
+            ("GET", "/runs/nope/output"),
+            ("GET", "/runs/..%2F..%2Fetc%2Fpasswd/output"),
+        ] {
+            let (st, v) = s.call(m, p);
+            assert_eq!(st, 404, "{m} {p}: {v}");
+            assert!(
+                v["error"].as_str().unwrap().contains("no run with id"),
+                "{v}"
+            );
+        }
+        // Bad queries and routes.
+        for (m, p, code, msg) in [
+            ("GET", "/runs?state=sleeping", 400, "unknown state"),
+            ("GET", "/runs?colour=red", 400, "invalid query string"),
+            ("GET", "/nowhere", 404, "no such endpoint"),
+            ("DELETE", "/runs", 405, "not allowed"),
+        ] {
+            let (st, v) = s.call(m, p);
+            assert_eq!(st, code, "{m} {p}: {v}");
+            assert!(v["error"].as_str().unwrap().contains(msg), "{m} {p}: {v}");
+        }
+        // Nothing was queued or run.
+        let (st, v) = s.call("GET", "/runs");
+        assert_eq!(st, 200);
+        assert_eq!(v["runs"].as_array().unwrap().len(), 0, "{v}");
+        assert!(s.run_cgroups().is_empty());
+
+        // Ids and idempotency keys.
+        let mut r = small(&["true"]);
+        r["id"] = json!("fixed-1");
+        r["idempotency_key"] = json!("key-1");
+        let (st, v) = s.submit(&r);
+        assert_eq!(st, 201, "{v}");
+        assert_eq!(v["id"], "fixed-1");
+        let (st, v) = s.submit(&r);
+        assert_eq!(st, 200, "a repeated key returns the run: {v}");
+        assert_eq!(v["id"], "fixed-1");
+        r["idempotency_key"] = json!("key-2");
+        let (st, v) = s.submit(&r);
+        assert_eq!(st, 409, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("already exists"));
+        let (st, v) = s.call("GET", "/runs/fixed-1/wait?timeout=30");
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["state"], "done");
+        assert_eq!(reason(&v), "exited");
+        assert_eq!(v["record"]["schema"], "corral.result/v1");
+        for k in [
+            "id",
+            "state",
+            "submitted_at",
+            "started_at",
+            "priority",
+            "record",
+        ] {
+            assert!(v.get(k).is_some(), "{k} missing from {v}");
+        }
+        let (_, v) = s.call("GET", "/runs");
+        assert_eq!(v["runs"].as_array().unwrap().len(), 1, "{v}");
+
+        // Every route of the router answers (none falls through to the 404/405
+        // fallbacks), and /openapi.json documents exactly those routes.
+        for (m, p) in ROUTES {
+            if (*m, *p) == ("post", "/runs") {
+                continue; // exercised above
+            }
+            let path = p.replace("{id}", "fixed-1");
+            let (st, v) = s.call(&m.to_uppercase(), &path);
+            assert!(
+                (200..300).contains(&st),
+                "{} {path} answered {st}: {v}",
+                m.to_uppercase()
+            );
+        }
+        let (_, doc) = s.call("GET", "/openapi.json");
+        let paths = doc["paths"].as_object().unwrap();
+        for (m, p) in ROUTES {
+            assert!(paths[*p].get(*m).is_some(), "{m} {p} not in openapi.json");
+        }
+        let text = s
+            .client()
+            .request("GET", "/metrics", None)
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(
+            text.contains("corral_runs_finished{reason=\"exited\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("corral_service_info{{backend=\"{b}\"")),
+            "{text}"
+        );
+        assert!(
+            text.contains("corral_launch_latency_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("corral_submissions_total{outcome=\"refused\"}"),
+            "{text}"
+        );
+        s.signal(libc::SIGTERM);
+        assert!(s.wait_exit(Duration::from_secs(10)).success());
+        assert!(
+            s.root_gone(),
+            "the service removes its cgroup tree at a clean exit"
+        );
+    });
+}
+
+#[test]
+fn admission_keeps_reservations_inside_the_budget() {
+    let _g = serial();
+    each_backend("admission", |b| {
+        let mut s = Svc::new(
+            b,
+            "admission",
+            &[
+                "--budget-memory",
+                "1G",
+                "--budget-cpus",
+                "2",
+                "--max-running",
+                "8",
+            ],
+        );
+        s.start();
+        // A run larger than the whole budget is refused at once.
+        let (st, v) =
+            s.submit(&json!({"command": ["true"], "limits": {"memory": "2G", "cpus": 0.1}}));
+        assert_eq!(st, 422, "{v}");
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let (st, v) = s.submit(&json!({"command": ["sleep", "1"],
+                "limits": {"memory": "512M", "cpus": 0.1, "timeout": "60s"}}));
+            assert_eq!(st, 201, "{v}");
+            ids.push(v["id"].as_str().unwrap().to_string());
+        }
+        let client = s.client();
+        let t = Instant::now();
+        let (mut max_api, mut max_cg, mut max_reserved) = (0, 0, 0);
+        loop {
+            let running = client
+                .list(Some(corral_service::wire::RunState::Running), None)
+                .unwrap()
+                .runs
+                .len();
+            let cgroups = s.run_cgroups_memory();
+            let h = client.health().unwrap();
+            max_api = max_api.max(running);
+            max_cg = max_cg.max(cgroups);
+            max_reserved = max_reserved.max(h.budget.memory_reserved_bytes);
+            assert!(running <= 2, "{running} runs running at once (API)");
+            assert!(cgroups <= 2, "{cgroups} run cgroups at once");
+            assert!(h.budget.memory_reserved_bytes <= 1 << 30);
+            let done = client
+                .list(Some(corral_service::wire::RunState::Done), None)
+                .unwrap();
+            if done.runs.len() == 5 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "runs did not finish");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        assert_eq!(
+            (max_api, max_reserved),
+            (2, 1 << 30),
+            "the budget was used fully"
+        );
+        assert!(max_cg >= 1);
+        // Five one-second runs two at a time take at least three rounds.
+        assert!(
+            t.elapsed() >= Duration::from_millis(2900),
+            "{:?}",
+            t.elapsed()
+        );
+        for id in &ids {
+            let st = client.status(id).unwrap();
+            assert_eq!(st.record.unwrap().outcome.reason.as_str(), "exited");
+        }
+        s.signal(libc::SIGTERM);
+        assert!(s.wait_exit(Duration::from_secs(10)).success());
+    });
+}
+
+#[test]
+fn graceful_shutdown_drains_then_cancels() {
+    let _g = serial();
+    each_backend("shutdown", |b| {
+        // A run that ends within the drain timeout finishes normally.
+        let mut s = Svc::new(
+            b,
+            "shutdown",
+            &[
+                "--budget-memory",
+                "1G",
+                "--max-running",
+                "1",
+                "--drain-timeout",
+                "20s",
+            ],
+        );
+        s.start();
+        let (_, v) = s.submit(&small(&["sleep", "1"]));
+        let quick = v["id"].as_str().unwrap().to_string();
+        assert!(
+            eventually(Duration::from_secs(5), || (s.run_cgroups_memory() == 1)
+                .then_some(()))
+            .is_some()
+        );
+        let t = Instant::now();
+        s.signal(libc::SIGTERM);
+        let st = s.wait_exit(Duration::from_secs(15));
+        assert!(st.success(), "{st}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(!s.socket().exists(), "the socket is removed");
+
+        // A run that outlives the drain timeout is cancelled; a queued one stays queued.
+        s.args = [
+            "--budget-memory",
+            "1G",
+            "--max-running",
+            "1",
+            "--drain-timeout",
+            "1s",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        s.start();
+        assert_eq!(
+            reason(&s.call("GET", &format!("/runs/{quick}")).1),
+            "exited"
+        );
+        let pidfile = s.dir.path().join("sleeper.pid");
+        let (_, v) = s.submit(&small(&[
+            "sh",
+            "-c",
+            &format!("echo $$ > {}; exec sleep 60", pidfile.display()),
+        ]));
+        let sleeper = v["id"].as_str().unwrap().to_string();
+        let (st, v) = s.submit(&small(&["sh", "-c", "echo later"]));
+        assert_eq!((st, v["state"].as_str()), (201, Some("queued")), "{v}");
+        let queued = v["id"].as_str().unwrap().to_string();
+        let pid = svc::eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&pidfile)
+                .ok()?
+                .trim()
+                .parse::<i32>()
+                .ok()
+        })
+        .expect("the sleeper started");
+        let t = Instant::now();
+        s.signal(libc::SIGTERM);
+        // While draining: no new runs, reads still work.
+        eventually(Duration::from_secs(2), || {
+            (s.client().health().ok()?.status == "draining").then_some(())
+        })
+        .expect("the service reports draining");
+        let (st, v) = s.submit(&small(&["true"]));
+        assert_eq!(st, 503, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("shutting down"));
+        let st = s.wait_exit(Duration::from_secs(15));
+        assert!(st.success(), "{st}");
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+        assert!(!alive(pid), "the sleeper was ended");
+        assert!(!s.socket().exists());
+        assert!(s.procs_in_runs().is_empty());
+        // The ledger says so after a restart, and the queued run then runs.
+        s.start();
+        let (_, v) = s.call("GET", &format!("/runs/{sleeper}"));
+        assert_eq!(reason(&v), "cancelled", "{v}");
+        let notes = v["record"]["notes"].as_str().unwrap();
+        assert!(
+            notes.contains("received SIGTERM") && notes.contains("drain timeout"),
+            "{notes}"
+        );
+        let (st, v) = s.call("GET", &format!("/runs/{queued}/wait?timeout=30"));
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(reason(&v), "exited");
+        s.signal(libc::SIGINT);
+        assert!(s.wait_exit(Duration::from_secs(10)).success());
+    });
+}
+
+fn corral(s: &Svc, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(args)
+        .env("CORRAL_SERVER", s.socket())
+        .env("XDG_CONFIG_HOME", s.dir.path())
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn client_commands() {
+    let _g = serial();
+    each_backend("cli", |b| {
+        let mut s = Svc::new(b, "cli", &["--budget-memory", "1G", "--max-running", "2"]);
+        // Unreachable service: 125 with a clear message.
+        let (code, _, err) = corral(&s, &["ps"]);
+        assert_eq!(code, 125, "{err}");
+        assert!(err.contains("cannot reach the corral service at"), "{err}");
+        s.start();
+        let lim = ["-m", "64M", "-c", "0.25"];
+        let mut a = vec!["submit"];
+        a.extend(lim);
+        a.extend(["--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+        let (code, out, err) = corral(&s, &a);
+        assert_eq!(code, 0, "{err}");
+        let id = out.lines().last().unwrap().to_string();
+        let (code, out, _) = corral(&s, &["wait", &id]);
+        assert_eq!(code, 3, "wait exits with the run's status");
+        assert!(out.is_empty());
+        let (code, out, _) = corral(&s, &["logs", &id]);
+        assert_eq!((code, out.as_str()), (0, "out\n"));
+        let (_, out, _) = corral(&s, &["logs", "--stderr", &id]);
+        assert_eq!(out, "err\n");
+        let (_, out, _) = corral(&s, &["logs", "--json", &id]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["text"].as_str(), v["bytes"].as_u64()),
+            (Some("out\n"), Some(4))
+        );
+        let (code, out, _) = corral(&s, &["show", &id]);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("exited, exit status 3") && out.contains("Exited with code 3"),
+            "{out}"
+        );
+        let (_, out, _) = corral(&s, &["show", "--json", &id]);
+        let rec: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(rec["schema"], "corral.result/v1");
+        assert_eq!(rec["cwd"], s.dir.path().display().to_string());
+        // submit --wait: the id, then the run's status.
+        let mut a = vec!["submit", "--wait"];
+        a.extend(lim);
+        a.extend(["--", "sh", "-c", "exit 7"]);
+        let (code, out, _) = corral(&s, &a);
+        assert_eq!(code, 7);
+        assert_eq!(out.lines().count(), 1);
+        // Follow a running run's output, then cancel one.
+        let mut a = vec!["submit"];
+        a.extend(lim);
+        a.extend([
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo $i; sleep 0.3; done",
+        ]);
+        let (_, out, _) = corral(&s, &a);
+        let follow = out.trim().to_string();
+        let (code, out, _) = corral(&s, &["logs", "--follow", &follow]);
+        assert_eq!((code, out.as_str()), (0, "1\n2\n3\n"));
+        let mut a = vec!["submit"];
+        a.extend(lim);
+        a.extend(["--", "sleep", "60"]);
+        let (_, out, _) = corral(&s, &a);
+        let sleeper = out.trim().to_string();
+        eventually(Duration::from_secs(5), || {
+            (s.run_cgroups_memory() == 1).then_some(())
+        });
+        let (code, out, _) = corral(&s, &["cancel", &sleeper]);
+        assert_eq!(code, 0);
+        assert!(out.contains("cancelling"), "{out}");
+        let (code, _, err) = corral(&s, &["wait", &sleeper]);
+        assert_eq!(code, 143, "{err}");
+        assert!(err.contains("a client cancelled it"), "{err}");
+        let (code, out, _) = corral(&s, &["ps", "--json"]);
+        assert_eq!(code, 0);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["runs"].as_array().unwrap().len(), 4);
+        let (_, out, _) = corral(&s, &["ps", "--state", "done"]);
+        assert_eq!(out.lines().count(), 5, "{out}");
+        // Unknown id: 1.
+        for cmd in ["wait", "show", "cancel", "logs"] {
+            let (code, _, err) = corral(&s, &[cmd, "no-such-run"]);
+            assert_eq!(code, 1, "{cmd}: {err}");
+            assert!(err.contains("no run with id \"no-such-run\""), "{err}");
+        }
+        // Refused by the budget: 125 with the service's message.
+        let (code, _, err) = corral(&s, &["submit", "-m", "2G", "-c", "0.5", "--", "true"]);
+        assert_eq!(code, 125);
+        assert!(
+            err.contains("exceeds the service's whole memory budget"),
+            "{err}"
+        );
+        s.signal(libc::SIGTERM);
+        assert!(s.wait_exit(Duration::from_secs(10)).success());
+    });
+}
+
+#[test]
+fn tcp_only_on_loopback() {
+    // Refused before anything is created: no root or cgroups needed.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["serve", "--listen", "0.0.0.0:1"])
+        .arg("--ledger")
+        .arg(dir.path().join("l.db"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to listen on 0.0.0.0:1"), "{err}");
+    assert!(!dir.path().join("l.db").exists(), "nothing was created");
+}

@@ -1,0 +1,559 @@
+//! The service's own cgroup tree: one budget over all runs, the supervisor outside it.
+//!
+//! ```text
+//! <root>/                    the service root (default <mount>/corral-service)
+//!   supervisor/              the service process itself (a leaf)
+//!   runs/                    the budget: memory.max, cpu.max, pids.max
+//!     <id>.<boot>.<pid>.<start>/   one cgroup per run, made by the corral-run backend
+//! ```
+//!
+//! On cgroup v1 the same relative layout exists in each controller hierarchy and the
+//! budget is `memory.limit_in_bytes`, `cpu.cfs_quota_us` and `pids.max` of `runs`.
+//! Because the service sits in `supervisor`, an OOM kill inside `runs` (by a run's own
+//! limit or by the shared budget) never picks the service, and cgroup v2's rule that a
+//! cgroup with enabled controllers holds no processes is kept.
+//!
+//! Under systemd with `Delegate=yes` and `DelegateSubgroup=supervisor` the service
+//! starts inside `<unit cgroup>/supervisor`; the unit's cgroup is then the default root.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use corral_cgroup::layout::{join_rel, Layout, Membership};
+use corral_cgroup::v1::{Group1, RUN_CONTROLLERS as V1_CONTROLLERS};
+use corral_cgroup::v2::{Cgroup2, RUN_CONTROLLERS as V2_CONTROLLERS};
+use corral_run::backend::{cgroup1::Cgroup1Backend, cgroup2::Cgroup2Backend};
+use corral_run::backend::{cpu_quota_us, Backend, BackendKind, CPU_PERIOD_US};
+use corral_run::ident::{parse_cgroup_name, Owner};
+
+/// The name of the default service root under the cgroup mount.
+pub const DEFAULT_ROOT: &str = "corral-service";
+
+/// The budget written on `runs`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetLimits {
+    /// Memory in bytes.
+    pub memory: u64,
+    /// CPUs.
+    pub cpus: f64,
+    /// Tasks.
+    pub pids: u64,
+}
+
+/// What the runs' parent cgroup is charged now, and its peak where the kernel keeps one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeUsage {
+    /// Memory charged to `runs` now.
+    pub memory: Option<u64>,
+    /// The most memory `runs` was ever charged (v1 `max_usage_in_bytes`, v2 `peak`).
+    pub memory_peak: Option<u64>,
+    /// Tasks in `runs` now.
+    pub pids: Option<u64>,
+}
+
+/// A run cgroup left by an earlier service instance, and what was done to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// The cgroup's name under `runs`.
+    pub name: String,
+    /// The run id the name encodes (if it is a corral run cgroup).
+    pub id: Option<String>,
+    /// Processes that were still alive and were killed.
+    pub killed: usize,
+    /// Set when the cgroup could not be removed.
+    pub error: Option<String>,
+}
+
+enum Tree {
+    V2 {
+        root: Cgroup2,
+        supervisor: Cgroup2,
+        runs: Cgroup2,
+        origin: Option<PathBuf>,
+    },
+    V1 {
+        layout: Box<Layout>,
+        ctrls: Vec<&'static str>,
+        root_rel: PathBuf,
+        supervisor: Group1,
+        runs: Group1,
+        origin: Membership,
+    },
+}
+
+/// The service's cgroup tree.
+pub struct ServiceTree {
+    tree: Tree,
+    delegated: bool,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn v2_usable(layout: &Layout) -> Result<(), String> {
+    let m = layout
+        .v2
+        .as_ref()
+        .ok_or("no cgroup2 file system is mounted")?;
+    let missing: Vec<&str> = ["memory", "cpu", "pids"]
+        .into_iter()
+        .filter(|c| !layout.v2_controllers.iter().any(|x| x == c))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the cgroup2 mount at {} lacks the {} controller(s)",
+            m.mount_point.display(),
+            missing.join(", ")
+        ))
+    }
+}
+
+impl ServiceTree {
+    /// Creates (or adopts) the tree and moves this process into `supervisor`. `want`:
+    /// the backend (`None`: cgroup2 where usable, else cgroup1). Nothing is killed or
+    /// limited yet: call [`ServiceTree::reap_strays`] and then
+    /// [`ServiceTree::apply_budget`].
+    pub fn prepare(want: Option<BackendKind>, root: Option<&Path>) -> Result<ServiceTree, String> {
+        let layout = Layout::detect();
+        let kind = match want {
+            Some(k @ (BackendKind::Cgroup2 | BackendKind::Cgroup1)) => k,
+            Some(k) => {
+                return Err(format!(
+                    "the service needs a cgroup backend (cgroup2 or cgroup1) to hold its \
+                     budget; {} cannot",
+                    k.as_str()
+                ))
+            }
+            None => match v2_usable(&layout) {
+                Ok(()) => BackendKind::Cgroup2,
+                Err(why2) if layout.v1.contains_key("memory") => {
+                    tracing::info!("using cgroup1: {why2}");
+                    BackendKind::Cgroup1
+                }
+                Err(why2) => {
+                    return Err(format!(
+                        "no usable cgroup backend: {why2}, and no cgroup v1 memory hierarchy"
+                    ))
+                }
+            },
+        };
+        match kind {
+            BackendKind::Cgroup2 => Self::prepare_v2(layout, root),
+            _ => Self::prepare_v1(layout, root),
+        }
+    }
+
+    fn prepare_v2(layout: Layout, root: Option<&Path>) -> Result<ServiceTree, String> {
+        v2_usable(&layout)?;
+        let mount = layout.v2.clone().expect("checked");
+        let own = Membership::current().v2;
+        let mut delegated = false;
+        let root_path = match root {
+            Some(r) if r.starts_with(&mount.mount_point) => r.to_path_buf(),
+            Some(r) => mount.mount_point.join(r.strip_prefix("/").unwrap_or(r)),
+            None => match own.as_deref() {
+                Some(o) if o.file_name().is_some_and(|n| n == "supervisor") => {
+                    delegated = true;
+                    join_rel(&mount, o.parent().expect("has a name"))
+                }
+                _ => mount.mount_point.join(DEFAULT_ROOT),
+            },
+        };
+        let rel = root_path
+            .strip_prefix(&mount.mount_point)
+            .map_err(err)?
+            .to_path_buf();
+        if rel.as_os_str().is_empty() {
+            return Err("the service root must be below the cgroup2 mount".into());
+        }
+        let wanted: Vec<&str> = V2_CONTROLLERS.to_vec();
+        let hint = |e: corral_cgroup::CgroupError, at: &Path| {
+            format!(
+                "cannot prepare the service cgroup {}: {e} (run as root, or give a delegated \
+                 --cgroup-root)",
+                at.display()
+            )
+        };
+        let mut cur = Cgroup2::at(&mount.mount_point);
+        for comp in rel.components() {
+            cur.enable_controllers(&wanted)
+                .map_err(|e| hint(e, cur.path()))?;
+            cur = cur
+                .ensure_child(&comp.as_os_str().to_string_lossy())
+                .map_err(|e| hint(e, cur.path()))?;
+        }
+        let root = cur;
+        let supervisor = root
+            .ensure_child("supervisor")
+            .map_err(|e| hint(e, root.path()))?;
+        let me = std::process::id() as i32;
+        if supervisor.procs().map_err(err)?.contains(&me) {
+            delegated = true;
+        } else {
+            supervisor.add_pid(me).map_err(|e| {
+                format!(
+                    "cannot move the service into {}: {e}",
+                    supervisor.path().display()
+                )
+            })?;
+        }
+        let others: Vec<i32> = supervisor
+            .procs()
+            .map_err(err)?
+            .into_iter()
+            .filter(|&p| p != me)
+            .collect();
+        if !others.is_empty() {
+            return Err(format!(
+                "{} already holds processes {others:?}: is another corral service using \
+                 this cgroup root?",
+                supervisor.path().display()
+            ));
+        }
+        let inside = root.procs().map_err(err)?;
+        if !inside.is_empty() {
+            return Err(format!(
+                "the service root {} holds processes {inside:?}; choose an empty --cgroup-root",
+                root.path().display()
+            ));
+        }
+        root.enable_controllers(&wanted)
+            .map_err(|e| hint(e, root.path()))?;
+        let runs = root
+            .ensure_child("runs")
+            .map_err(|e| hint(e, root.path()))?;
+        // Where to go back to at a clean exit (the root cgroup `/` has no file name).
+        let origin = own
+            .filter(|o| !delegated && o.file_name() != Some(std::ffi::OsStr::new("supervisor")))
+            .map(|o| join_rel(&mount, &o));
+        Ok(ServiceTree {
+            tree: Tree::V2 {
+                root,
+                supervisor,
+                runs,
+                origin,
+            },
+            delegated,
+        })
+    }
+
+    fn prepare_v1(layout: Layout, root: Option<&Path>) -> Result<ServiceTree, String> {
+        if !layout.v1.contains_key("memory") {
+            return Err("no cgroup v1 memory hierarchy is mounted".into());
+        }
+        let root_rel = match root {
+            None => PathBuf::from(DEFAULT_ROOT),
+            Some(r) => layout
+                .v1
+                .values()
+                .find_map(|m| r.strip_prefix(&m.mount_point).ok())
+                .unwrap_or_else(|| r.strip_prefix("/").unwrap_or(r))
+                .to_path_buf(),
+        };
+        if root_rel.as_os_str().is_empty()
+            || root_rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!(
+                "the cgroup v1 service root must be a path below the hierarchy roots, got {}",
+                root_rel.display()
+            ));
+        }
+        let ctrls: Vec<&'static str> = V1_CONTROLLERS
+            .iter()
+            .copied()
+            .filter(|c| layout.v1.contains_key(*c))
+            .collect();
+        let make = |name: &str| -> Result<Group1, String> {
+            let g = Group1::open(&layout, &root_rel.join(name), &ctrls);
+            for d in g.dirs() {
+                std::fs::create_dir_all(d).map_err(|e| {
+                    format!(
+                        "cannot create {}: {e} (run as root, or give a writable --cgroup-root)",
+                        d.display()
+                    )
+                })?;
+            }
+            Ok(g)
+        };
+        let origin = Membership::current();
+        let supervisor = make("supervisor")?;
+        let me = std::process::id() as i32;
+        supervisor.add_pid(me).map_err(|e| {
+            format!(
+                "cannot move the service into {}: {e}",
+                root_rel.join("supervisor").display()
+            )
+        })?;
+        let others: Vec<i32> = supervisor.pids().into_iter().filter(|&p| p != me).collect();
+        if !others.is_empty() {
+            return Err(format!(
+                "/{}/supervisor already holds processes {others:?}: is another corral \
+                 service using this cgroup root?",
+                root_rel.display()
+            ));
+        }
+        let runs = make("runs")?;
+        Ok(ServiceTree {
+            tree: Tree::V1 {
+                layout: Box::new(layout),
+                ctrls,
+                root_rel,
+                supervisor,
+                runs,
+                origin,
+            },
+            delegated: false,
+        })
+    }
+
+    /// The backend kind of the tree.
+    pub fn kind(&self) -> BackendKind {
+        match self.tree {
+            Tree::V2 { .. } => BackendKind::Cgroup2,
+            Tree::V1 { .. } => BackendKind::Cgroup1,
+        }
+    }
+
+    /// The service root, as given to `--cgroup-root` (v2: a directory; v1: the path
+    /// inside each hierarchy).
+    pub fn root_display(&self) -> String {
+        match &self.tree {
+            Tree::V2 { root, .. } => root.path().display().to_string(),
+            Tree::V1 { root_rel, .. } => format!("/{}", root_rel.display()),
+        }
+    }
+
+    /// The directories of `runs` (one for v2; one per hierarchy for v1).
+    pub fn runs_dirs(&self) -> Vec<PathBuf> {
+        match &self.tree {
+            Tree::V2 { runs, .. } => vec![runs.path().to_path_buf()],
+            Tree::V1 { runs, .. } => runs.dirs().iter().map(|d| d.to_path_buf()).collect(),
+        }
+    }
+
+    /// Refuses to go on when a live process other than this one owns a run cgroup
+    /// under `runs` (two services on one root would kill each other's runs).
+    pub fn check_no_live_owner(&self) -> Result<(), String> {
+        let me = Owner::current();
+        for name in self.run_cgroups() {
+            if let Some((id, owner)) = parse_cgroup_name(&name) {
+                if owner != me && owner.is_alive() {
+                    return Err(format!(
+                        "run {id} under {} belongs to a live corral process (pid {}): is \
+                         another corral service using this cgroup root?",
+                        self.root_display(),
+                        owner.pid
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The names of the cgroups under `runs`.
+    pub fn run_cgroups(&self) -> Vec<String> {
+        let mut names = BTreeSet::new();
+        for d in self.runs_dirs() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        if let Ok(n) = e.file_name().into_string() {
+                            names.insert(n);
+                        }
+                    }
+                }
+            }
+        }
+        names.into_iter().collect()
+    }
+
+    /// Kills every process under `runs` and removes every cgroup there: at startup,
+    /// nothing under `runs` belongs to this instance, so all of it was in flight when an
+    /// earlier instance died. Blocks (bounded: a few seconds per cgroup at worst).
+    pub fn reap_strays(&self) -> Vec<Reaped> {
+        let mut out = Vec::new();
+        for name in self.run_cgroups() {
+            let id = parse_cgroup_name(&name).map(|(id, _)| id);
+            let (killed, error) = match &self.tree {
+                Tree::V2 { runs, .. } => reap_v2(&Cgroup2::at(runs.path().join(&name))),
+                Tree::V1 {
+                    layout,
+                    ctrls,
+                    root_rel,
+                    ..
+                } => reap_v1(&Group1::open(
+                    layout,
+                    &root_rel.join("runs").join(&name),
+                    ctrls,
+                )),
+            };
+            if let Some(e) = &error {
+                tracing::warn!("reaping {name}: {e}");
+            }
+            out.push(Reaped {
+                name,
+                id,
+                killed,
+                error,
+            });
+        }
+        out
+    }
+
+    /// Writes the budget on `runs`.
+    pub fn apply_budget(&self, b: &BudgetLimits) -> Result<(), String> {
+        let quota = cpu_quota_us(b.cpus);
+        let ctx = |what: &str, e: corral_cgroup::CgroupError| {
+            format!("cannot set the service's {what} budget: {e}")
+        };
+        match &self.tree {
+            Tree::V2 { runs, .. } => {
+                runs.set_memory_max(Some(b.memory))
+                    .map_err(|e| ctx("memory", e))?;
+                runs.set_cpu_max(Some(quota), CPU_PERIOD_US)
+                    .map_err(|e| ctx("CPU", e))?;
+                runs.set_pids_max(Some(b.pids))
+                    .map_err(|e| ctx("process", e))?;
+            }
+            Tree::V1 { runs, .. } => {
+                runs.set_memory_limit(Some(b.memory))
+                    .map_err(|e| ctx("memory", e))?;
+                if runs.dir("cpu").is_some() {
+                    runs.set_cpu_quota(Some(quota), CPU_PERIOD_US)
+                        .map_err(|e| ctx("CPU", e))?;
+                }
+                if runs.dir("pids").is_some() {
+                    runs.set_pids_max(Some(b.pids))
+                        .map_err(|e| ctx("process", e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The corral-run backend that creates run cgroups under `runs`.
+    pub fn backend(&self) -> Result<Box<dyn Backend>, String> {
+        match &self.tree {
+            Tree::V2 { runs, .. } => Cgroup2Backend::new(Some(runs.path()))
+                .map(|b| Box::new(b) as Box<dyn Backend>)
+                .map_err(|e| format!("cgroup2 backend: {e}")),
+            Tree::V1 { root_rel, .. } => {
+                let p = PathBuf::from("/").join(root_rel).join("runs");
+                Cgroup1Backend::new(Some(&p))
+                    .map(|b| Box::new(b) as Box<dyn Backend>)
+                    .map_err(|e| format!("cgroup1 backend: {e}"))
+            }
+        }
+    }
+
+    /// What `runs` is charged now.
+    pub fn usage(&self) -> TreeUsage {
+        let num = |p: PathBuf| corral_cgroup::util::read_u64(&p).ok().flatten();
+        match &self.tree {
+            Tree::V2 { runs, .. } => TreeUsage {
+                memory: num(runs.path().join("memory.current")),
+                memory_peak: num(runs.path().join("memory.peak")),
+                pids: num(runs.path().join("pids.current")),
+            },
+            Tree::V1 { runs, .. } => {
+                let f = |c: &str, n: &str| runs.dir(c).and_then(|d| num(d.join(n)));
+                TreeUsage {
+                    memory: f("memory", "memory.usage_in_bytes"),
+                    memory_peak: f("memory", "memory.max_usage_in_bytes"),
+                    pids: f("pids", "pids.current"),
+                }
+            }
+        }
+    }
+
+    /// At a clean exit: moves the service back where it started and removes the tree
+    /// (best effort; a tree delegated by systemd is left to systemd).
+    pub fn remove(&self) {
+        if self.delegated {
+            return;
+        }
+        let me = std::process::id() as i32;
+        match &self.tree {
+            Tree::V2 {
+                root,
+                supervisor,
+                runs,
+                origin,
+            } => {
+                let Some(origin) = origin else { return };
+                if Cgroup2::at(origin).add_pid(me).is_err() {
+                    return;
+                }
+                for cg in [runs, supervisor, root] {
+                    let _ = cg.remove(Duration::from_millis(200));
+                }
+            }
+            Tree::V1 {
+                layout,
+                ctrls,
+                root_rel,
+                supervisor,
+                runs,
+                origin,
+            } => {
+                for (c, rel) in &origin.v1 {
+                    if let Some(m) = layout.v1.get(c) {
+                        let _ = corral_cgroup::util::write(
+                            &join_rel(m, rel).join("cgroup.procs"),
+                            &me.to_string(),
+                        );
+                    }
+                }
+                if supervisor.pids().contains(&me) {
+                    return;
+                }
+                let _ = runs.remove(Duration::from_millis(200));
+                let _ = supervisor.remove(Duration::from_millis(200));
+                let root = Group1::open(layout, root_rel, ctrls);
+                for d in root.dirs() {
+                    let _ = std::fs::remove_dir(d);
+                }
+            }
+        }
+    }
+}
+
+fn reap_v2(cg: &Cgroup2) -> (usize, Option<String>) {
+    let killed: usize = cg
+        .subtree()
+        .iter()
+        .map(|c| c.procs().map(|p| p.len()).unwrap_or(0))
+        .sum();
+    if killed > 0 {
+        match cg.kill() {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Err(e) = cg.kill_by_freezing() {
+                    return (killed, Some(e.to_string()));
+                }
+            }
+            Err(e) => return (killed, Some(e.to_string())),
+        }
+        let t = Instant::now();
+        while cg.populated().unwrap_or(false) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    (killed, cg.remove(Duration::from_secs(2)).err().map(err))
+}
+
+fn reap_v1(g: &Group1) -> (usize, Option<String>) {
+    let killed = g.pids().len();
+    if killed > 0 {
+        if let Err(e) = g.kill_all(Duration::from_secs(10)) {
+            return (killed, Some(e.to_string()));
+        }
+    }
+    (killed, g.remove(Duration::from_secs(2)).err().map(err))
+}

@@ -1,0 +1,360 @@
+//! The HTTP/JSON API (axum): routes, error bodies, output streaming.
+//!
+//! Every route is declared once in [`routes!`], which builds both the router and
+//! [`ROUTES`], the list a test compares with `openapi.json`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use crate::config::MAX_BODY;
+use crate::service::{ApiError, Service};
+use crate::wire::{ErrorBody, RunState};
+
+/// The OpenAPI 3 document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+type App = Arc<Service>;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+macro_rules! routes {
+    ($( $method:ident $path:literal => $handler:path ),* $(,)?) => {
+        /// Every route of the API as (method, path), in the order declared.
+        pub const ROUTES: &[(&str, &str)] = &[ $( (stringify!($method), $path) ),* ];
+
+        fn declared_routes() -> Router<App> {
+            Router::new() $( .route($path, axum::routing::$method($handler)) )*
+        }
+    };
+}
+
+routes! {
+    get "/health" => health,
+    get "/metrics" => metrics,
+    get "/openapi.json" => openapi,
+    post "/runs" => submit,
+    get "/runs" => list,
+    get "/runs/{id}" => status,
+    get "/runs/{id}/wait" => wait,
+    post "/runs/{id}/cancel" => cancel,
+    get "/runs/{id}/output" => output,
+}
+
+/// The router of the service.
+pub fn router(svc: Arc<Service>) -> Router {
+    declared_routes()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(svc)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such endpoint: {method} {}; the API is described at /openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on {}; see /openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!("invalid query string: {}", e.body_text()),
+    )
+}
+
+async fn health(State(s): State<App>) -> Response {
+    Json(s.health()).into_response()
+}
+
+async fn metrics(State(s): State<App>) -> Result<Response, ApiError> {
+    let snap = s.snapshot().await?;
+    let text = crate::metrics::render(&s.metrics, &snap);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn submit(
+    State(s): State<App>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                format!(
+                    "the request body is larger than the {} KiB limit",
+                    MAX_BODY / 1024
+                ),
+            )
+        } else {
+            ApiError::new(
+                status,
+                format!("cannot read the request body: {}", e.body_text()),
+            )
+        }
+    })?;
+    let (code, resp) = s.submit(&body).await?;
+    Ok((code, Json(resp)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(s): State<App>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(query_error)?;
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(st) => Some(
+            st.parse::<RunState>()
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?,
+        ),
+    };
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    Ok(Json(s.list(state, limit).await?).into_response())
+}
+
+async fn status(State(s): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(s.status(&id).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    timeout: Option<f64>,
+}
+
+/// The default and the largest `timeout` of `/wait`, in seconds.
+pub const WAIT_DEFAULT_S: f64 = 30.0;
+/// See [`WAIT_DEFAULT_S`].
+pub const WAIT_MAX_S: f64 = 3600.0;
+
+async fn wait(
+    State(s): State<App>,
+    Path(id): Path<String>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(query_error)?;
+    let t = q.timeout.unwrap_or(WAIT_DEFAULT_S);
+    if !(t.is_finite() && t >= 0.0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "timeout must be a number of seconds >= 0",
+        ));
+    }
+    let (done, st) = s
+        .wait(&id, Duration::from_secs_f64(t.min(WAIT_MAX_S)))
+        .await?;
+    let code = if done {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((code, Json(st)).into_response())
+}
+
+async fn cancel(State(s): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (code, st) = s.cancel(&id).await?;
+    Ok((code, Json(st)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputQuery {
+    stream: Option<String>,
+    #[serde(default)]
+    follow: bool,
+}
+
+struct Tail {
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+    done: Option<watch::Receiver<bool>>,
+    follow: bool,
+    finishing: bool,
+}
+
+impl Tail {
+    fn is_done(&self) -> bool {
+        match &self.done {
+            Some(d) => *d.borrow(),
+            None => true,
+        }
+    }
+
+    /// Waits a little for the file to grow or the run to end.
+    async fn pause(&mut self) {
+        let tick = tokio::time::sleep(Duration::from_millis(100));
+        match &mut self.done {
+            Some(rx) => {
+                tokio::select! {
+                    _ = tick => {}
+                    _ = rx.changed() => {}
+                }
+            }
+            None => tick.await,
+        }
+    }
+
+    async fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
+        loop {
+            if self.file.is_none() {
+                match tokio::fs::File::open(&self.path).await {
+                    Ok(f) => self.file = Some(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        if !self.follow || self.is_done() {
+                            return None;
+                        }
+                        self.pause().await;
+                        continue;
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            let f = self.file.as_mut().expect("opened");
+            let mut buf = vec![0u8; 64 * 1024];
+            match f.read(&mut buf).await {
+                Ok(0) => {
+                    if !self.follow || self.finishing {
+                        return None;
+                    }
+                    if self.is_done() {
+                        // The record is stored after the output is complete: one more
+                        // pass reads whatever was written last.
+                        self.finishing = true;
+                        continue;
+                    }
+                    self.pause().await;
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Some(Ok(Bytes::from(buf)));
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+async fn output(
+    State(s): State<App>,
+    Path(id): Path<String>,
+    q: Result<Query<OutputQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(query_error)?;
+    let stream = q.stream.as_deref().unwrap_or("stdout");
+    if stream != "stdout" && stream != "stderr" {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown stream {stream:?}; use stdout or stderr"),
+        ));
+    }
+    let done = s.done_signal(&id);
+    // 404 for an unknown id (and the id is checked before it becomes a file name).
+    s.status(&id).await?;
+    let tail = Tail {
+        path: s.output_path(&id, stream),
+        file: None,
+        done,
+        follow: q.follow,
+        finishing: false,
+    };
+    let body =
+        futures_util::stream::unfold(
+            tail,
+            |mut t| async move { t.next_chunk().await.map(|c| (c, t)) },
+        );
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route of the router is in the OpenAPI document with its method, and the
+    /// document lists no route the router lacks.
+    #[test]
+    fn openapi_matches_the_router() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = doc["paths"].as_object().expect("paths");
+        for (m, p) in ROUTES {
+            let ops = paths
+                .get(*p)
+                .unwrap_or_else(|| panic!("{p} missing from openapi.json"));
+            assert!(
+                ops.get(*m).is_some(),
+                "{} {p} missing from openapi.json",
+                m.to_uppercase()
+            );
+        }
+        for (p, ops) in paths {
+            for m in ops.as_object().unwrap().keys() {
+                if m == "parameters" {
+                    continue;
+                }
+                assert!(
+                    ROUTES.contains(&(m.as_str(), p.as_str())),
+                    "openapi.json documents {} {p}, which the router does not serve",
+                    m.to_uppercase()
+                );
+            }
+        }
+    }
+}
