@@ -29,7 +29,9 @@ const VM_TARGETS: &[(&str, &[&str])] = &[
     ("enforcement", &["cgroup2"]),
     ("check", &[]),
     ("soak", &["--nocapture"]),
-    ("service", &[]),
+    ("service_api", &[]),
+    ("service_restart", &[]),
+    ("service_load", &[]),
 ];
 
 /// Test targets run in the systemd VM.

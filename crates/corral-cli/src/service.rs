@@ -178,6 +178,11 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
     cfg.budget_cpus = a.budget_cpus.as_deref().map(parse_cpus).transpose()?;
     cfg.budget_pids = a.budget_pids.as_deref().map(parse_pids).transpose()?;
     cfg.drain_timeout = parse_drain(&a.drain_timeout)?;
+    // If the service is killed, its guard ends the runs in flight at once; the restart
+    // then records them as lost.
+    if let Ok(exe) = std::env::current_exe() {
+        corral_run::guard::enable(&exe);
+    }
     corral_service::serve(cfg).map_err(|e| anyhow!(e))?;
     Ok(0)
 }

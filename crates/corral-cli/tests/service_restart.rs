@@ -57,15 +57,14 @@ fn kill_9_then_restart_reaps_and_resumes() {
             .collect();
         assert_eq!(s.run_cgroups_memory(), 3);
         s.kill9();
-        // The grandchildren outlive the service: only the restart can end them.
-        std::thread::sleep(Duration::from_millis(200));
-        for p in &grandchildren {
-            assert!(alive(*p), "grandchild {p} died with the service");
-        }
-        assert_eq!(
-            s.run_cgroups_memory(),
-            3,
-            "the dead service's run cgroups remain"
+        // The service's crash guard ends the runs in flight (PR_SET_PDEATHSIG alone
+        // would reach only their main processes) and removes their cgroups.
+        let gone = eventually(Duration::from_secs(10), || {
+            (grandchildren.iter().all(|p| !alive(*p)) && s.run_cgroups_memory() == 0).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "the guard did not end the runs of the killed service"
         );
 
         s.start();
@@ -78,12 +77,7 @@ fn kill_9_then_restart_reaps_and_resumes() {
             assert_eq!(st.state.as_str(), "lost");
             let rec = st.record.unwrap();
             assert_eq!(rec.outcome.reason.as_str(), "lost");
-            assert!(
-                rec.notes
-                    .contains("killed the 1 process still left in its cgroup"),
-                "{}",
-                rec.notes
-            );
+            assert!(rec.notes.contains("crash guard"), "{}", rec.notes);
         }
         for id in &queued {
             let (st, v) = s.call("GET", &format!("/runs/{id}/wait?timeout=60"));
@@ -105,6 +99,68 @@ fn kill_9_then_restart_reaps_and_resumes() {
             .unwrap();
         assert!(text.contains("corral_runs{state=\"lost\"} 3"), "{text}");
         assert!(text.contains("corral_runs{state=\"done\"} 12"), "{text}");
+        s.signal(libc::SIGTERM);
+        assert!(s.wait_exit(Duration::from_secs(10)).success());
+    });
+}
+
+/// The service's guard process (its child running `corral __guard`).
+fn guard_of(service: i32) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.split(' ').nth(1)?.parse::<i32>().ok());
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(service) && String::from_utf8_lossy(&cmd).contains("__guard") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn restart_reaps_what_even_the_guard_missed() {
+    each_backend("reap", |b| {
+        let mut s = Svc::new(b, "reap", &["--budget-memory", "1G", "--budget-cpus", "2"]);
+        s.start();
+        let lim = json!({"memory": "64M", "cpus": 0.25, "timeout": "120s"});
+        let pidfile = s.dir.path().join("grandchild");
+        let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let (st, v) = s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim}));
+        assert_eq!(st, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let grandchild: i32 = eventually(Duration::from_secs(10), || {
+            std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+        })
+        .expect("the run started its grandchild");
+        let guard = eventually(Duration::from_secs(10), || guard_of(s.pid()))
+            .expect("the service has a crash guard");
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(guard).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        s.kill9();
+        // Without service and guard, the grandchild lives on in the run's cgroup...
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(alive(grandchild), "grandchild died with the service");
+        assert_eq!(s.run_cgroups_memory(), 1);
+        // ...until the restart reaps it.
+        s.start();
+        assert!(!alive(grandchild), "grandchild survived the restart");
+        let rec = s.client().status(&id).unwrap().record.unwrap();
+        assert_eq!(rec.outcome.reason.as_str(), "lost");
+        assert!(
+            rec.notes
+                .contains("killed the 1 process still left in its cgroup"),
+            "{}",
+            rec.notes
+        );
+        assert!(s.run_cgroups().is_empty(), "{:?}", s.run_cgroups());
         s.signal(libc::SIGTERM);
         assert!(s.wait_exit(Duration::from_secs(10)).success());
     });

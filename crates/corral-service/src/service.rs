@@ -246,7 +246,10 @@ impl Service {
                     if r.killed == 1 { "" } else { "es" }
                 )),
                 Some(_) => note.push_str(" and removed its empty cgroup"),
-                None => note.push_str("; its cgroup was already gone"),
+                None => note.push_str(
+                    "; its processes had already been ended and its cgroup removed (by the \
+                     dead service's crash guard)",
+                ),
             }
             if let Some(err) = found.and_then(|r| r.error.as_ref()) {
                 note.push_str(&format!(" (cleanup problem: {err})"));

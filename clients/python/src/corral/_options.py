@@ -103,7 +103,8 @@ class RunOptions:
             limits["require_isolation"] = True
         return {
             "command": self.command,
-            "cwd": self.cwd,
+            # Like `corral submit`: the caller's directory, not the service's.
+            "cwd": os.path.abspath(self.cwd) if self.cwd is not None else os.getcwd(),
             "env": dict(self.env),
             "clear_env": self.clear_env,
             "profile": profile,
