@@ -180,8 +180,11 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
     cfg.drain_timeout = parse_drain(&a.drain_timeout)?;
     // If the service is killed, its guard ends the runs in flight at once; the restart
     // then records them as lost.
+    // The guard starts before the service moves itself into its `supervisor` cgroup, so
+    // it does not keep that cgroup busy when the service removes its tree at exit.
     if let Ok(exe) = std::env::current_exe() {
         corral_run::guard::enable(&exe);
+        corral_run::guard::start_now();
     }
     corral_service::serve(cfg).map_err(|e| anyhow!(e))?;
     Ok(0)

@@ -70,10 +70,21 @@ pub fn enable(corral_bin: &Path) {
 /// The process-wide guard, started on first use; `None` when not enabled or its pipe
 /// could not be made (logged).
 pub fn get() -> Option<&'static Guard> {
+    guard(true)
+}
+
+/// Starts the guard now and waits until its process exists. A supervisor that is about
+/// to move itself into another cgroup (the service) calls this first, so the guard
+/// stays outside the cgroup tree the supervisor may want to remove later.
+pub fn start_now() -> Option<&'static Guard> {
+    guard(false)
+}
+
+fn guard(background: bool) -> Option<&'static Guard> {
     GUARD
         .get_or_init(|| {
             let bin = GUARD_BIN.get()?;
-            match Guard::start(bin) {
+            match Guard::start(bin, background) {
                 Ok(g) => Some(g),
                 Err(e) => {
                     tracing::warn!("cannot start the crash guard {}: {e}", bin.display());
@@ -85,28 +96,34 @@ pub fn get() -> Option<&'static Guard> {
 }
 
 impl Guard {
-    /// Makes the pipe at once and starts the guard process on a helper thread, so the
-    /// run does not wait for the guard's exec: registrations queue in the pipe, and the
-    /// guard reads them whenever it is up, even if the supervisor is gone by then.
-    fn start(bin: &Path) -> std::io::Result<Guard> {
+    /// Makes the pipe at once and starts the guard process, on a helper thread when
+    /// `background` (so a run does not wait for the guard's exec: registrations queue in
+    /// the pipe, and the guard reads them whenever it is up, even if the supervisor is
+    /// gone by then).
+    fn start(bin: &Path, background: bool) -> std::io::Result<Guard> {
         let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let bin = bin.to_path_buf();
-        std::thread::Builder::new()
-            .name("corral-guard-spawn".into())
-            .spawn(move || {
-                let spawned = Command::new(&bin)
-                    .arg("__guard")
-                    .stdin(Stdio::from(rx))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .spawn();
-                match spawned {
-                    // The guard outlives us on purpose: it exits by itself on EOF, and
-                    // init reaps it if we die first.
-                    Ok(child) => std::mem::forget(child),
-                    Err(e) => tracing::warn!("cannot start the crash guard {}: {e}", bin.display()),
-                }
-            })?;
+        let spawn = move || {
+            let spawned = Command::new(&bin)
+                .arg("__guard")
+                .stdin(Stdio::from(rx))
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn();
+            match spawned {
+                // The guard outlives us on purpose: it exits by itself on EOF, and init
+                // reaps it if we die first.
+                Ok(child) => std::mem::forget(child),
+                Err(e) => tracing::warn!("cannot start the crash guard {}: {e}", bin.display()),
+            }
+        };
+        if background {
+            std::thread::Builder::new()
+                .name("corral-guard-spawn".into())
+                .spawn(spawn)?;
+        } else {
+            spawn();
+        }
         Ok(Guard {
             pipe: Mutex::new(std::fs::File::from(tx)),
         })

@@ -22,6 +22,20 @@ pub use units::{
     parse_duration_setting, parse_pids, parse_pids_setting, parse_size, parse_size_setting,
 };
 
+/// Formats a TOML parse error as one line: `line L, column C: what`.
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
 /// A precise, user-facing error about a limit, a profile or a metadata file.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum SpecError {

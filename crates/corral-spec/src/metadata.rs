@@ -49,7 +49,7 @@ pub fn load_metadata(path: &Path) -> Result<Metadata, SpecError> {
 }
 
 fn toml_to_json(text: &str) -> Result<Value, String> {
-    let v: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+    let v: toml::Value = toml::from_str(text).map_err(|e| crate::toml_error(text, &e))?;
     serde_json::to_value(v).map_err(|e| e.to_string())
 }
 

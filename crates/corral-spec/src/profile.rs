@@ -116,8 +116,8 @@ impl ProfileSet {
             path: src.clone(),
             why,
         };
-        let value: toml::Value =
-            toml::from_str(text).map_err(|e| file_err(format!("not valid TOML: {e}")))?;
+        let value: toml::Value = toml::from_str(text)
+            .map_err(|e| file_err(format!("not valid TOML: {}", crate::toml_error(text, &e))))?;
         let json = serde_json::to_value(value).map_err(|e| file_err(e.to_string()))?;
         let top = json.as_object().cloned().unwrap_or_default();
         for key in top.keys() {

@@ -251,7 +251,7 @@ impl Sandbox2 {
         let procs = cg.open_procs()?;
         let inotify = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
             .map_err(|e| BackendError(format!("inotify_init: {e}")))?;
-        for f in ["cgroup.events", "memory.events"] {
+        for f in ["cgroup.events", "memory.events", "pids.events"] {
             let p = cg.events_file(f);
             if p.exists() {
                 inotify::add_watch(&inotify, &p, inotify::WatchFlags::MODIFY)
