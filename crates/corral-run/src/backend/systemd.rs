@@ -4,7 +4,7 @@
 //!
 //! For non-root users on cgroup v2 (who cannot create cgroups of their own), and for
 //! root hosts that want systemd to own the cgroups. Root talks to the system manager,
-//! everyone else to their user manager (`user@UID.service`).
+//! everyone else to their user manager (`user@UID.service`), each through its bus.
 //!
 //! One run's layout:
 //!
@@ -59,7 +59,7 @@ use super::{
 use crate::guard::GuardEntry;
 use crate::ident::parse_cgroup_name;
 use crate::spawn::{self, ChildSetup, Exec, Placement, Spawned};
-use bus::{is_no_such_unit, Manager, Scope, Transport};
+use bus::{is_no_such_unit, Manager, Scope};
 
 /// The slice corral's scopes go into.
 pub const SLICE: &str = "corral.slice";
@@ -455,10 +455,7 @@ impl Backend for SystemdBackend {
             Scope::System => "the system manager".to_string(),
             Scope::User(uid) => format!("the user manager of uid {uid}"),
         };
-        let how = match &self.mgr.transport {
-            Transport::Bus(_) => "over D-Bus".to_string(),
-            t @ Transport::Private(_) => format!("over {t}"),
-        };
+        let how = format!("over D-Bus at {}", self.mgr.address);
         let d = self.delegated();
         format!(
             "systemd {} ({who} {how}): transient scopes in {SLICE} with Delegate=yes; \
@@ -489,14 +486,26 @@ impl Backend for SystemdBackend {
 
     fn create(&self, name: &str, limits: &Limits) -> Result<Box<dyn Sandbox>, BackendError> {
         let unit = unit_name(name);
+        let t0 = Instant::now();
         let keeper = Keeper::spawn()?;
         if let Err(e) = self.start_scope(&unit, name, &keeper, limits) {
             keeper.end();
             let _ = stop_unit(&self.mgr, &unit);
             return Err(e);
         }
+        let t1 = Instant::now();
         match self.build(&unit, &keeper, limits) {
             Ok(b) => {
+                tracing::debug!(
+                    "{unit}: scope started in {:?}, layout built in {:?} ({})",
+                    t1 - t0,
+                    t1.elapsed(),
+                    if b.direct {
+                        "corral places the child"
+                    } else {
+                        "the manager attaches the child"
+                    }
+                );
                 let gate = if b.direct {
                     None
                 } else {
@@ -667,6 +676,7 @@ impl Sandbox for SandboxSd {
             return Ok(());
         };
         drop(rx);
+        let t = Instant::now();
         self.mgr
             .attach_processes(&self.unit, "/payload", &[pid as u32])
             .and_then(|()| wait_in_cgroup(pid, &self.payload_rel, Duration::from_secs(5)))
@@ -678,6 +688,7 @@ impl Sandbox for SandboxSd {
             })?;
         rustix::io::write(&tx, b"g")
             .map_err(|e| BackendError(format!("releasing the run: {e}")))?;
+        tracing::debug!("{}: child attached in {:?}", self.unit, t.elapsed());
         Ok(())
     }
 
@@ -734,12 +745,14 @@ impl Sandbox for SandboxSd {
     }
 
     fn teardown(mut self: Box<Self>) -> Result<(), BackendError> {
+        let t = Instant::now();
         let inner = self.inner.take().expect("teardown once");
         let removed = Box::new(inner).teardown();
         if let Some(k) = self.keeper.take() {
             k.end();
         }
         let collected = await_collected(&self.mgr, &self.unit, self.scope.path());
+        tracing::debug!("{}: collected in {:?}", self.unit, t.elapsed());
         removed?;
         collected.map_err(BackendError)
     }

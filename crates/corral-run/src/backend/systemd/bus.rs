@@ -7,13 +7,19 @@
 //! block (it is corral's own, for a few milliseconds), and zbus' reader task keeps
 //! running on the worker meanwhile. One connection per backend, reused by every run.
 //!
+//! Only the D-Bus brokers are used (the system bus for root, the user bus otherwise).
+//! systemd's private sockets (`/run/systemd/private`, `$XDG_RUNTIME_DIR/systemd/private`)
+//! are not: sd-bus puts the well-known name `org.freedesktop.systemd1` into the sender
+//! field of messages on those peer-to-peer connections, and zbus 5 takes the sender for
+//! a unique name and panics in its socket reader (seen with systemd 252 and zbus 5.12).
+//!
 //! `JobRemoved` signals are dispatched by one long-lived task to waiters keyed by unit
 //! name. A waiter is registered *before* the call that enqueues the job, so a signal
 //! that arrives before the method reply is never missed.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -37,24 +43,6 @@ pub enum Scope {
     User(u32),
 }
 
-/// How corral reached the manager.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transport {
-    /// Through the D-Bus broker (system or user bus), at this address.
-    Bus(String),
-    /// Peer to peer on the manager's private socket (no broker involved).
-    Private(PathBuf),
-}
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Transport::Bus(a) => write!(f, "D-Bus at {a}"),
-            Transport::Private(p) => write!(f, "its private socket {}", p.display()),
-        }
-    }
-}
-
 type Waiters = Arc<Mutex<HashMap<String, SyncSender<String>>>>;
 
 /// A connected, subscribed manager.
@@ -64,8 +52,8 @@ pub struct Manager {
     waiters: Waiters,
     /// System or user manager.
     pub scope: Scope,
-    /// How it was reached.
-    pub transport: Transport,
+    /// The bus address it was reached at.
+    pub address: String,
     /// Its `Version` property (e.g. `252.39-1~deb12u2`).
     pub version: String,
 }
@@ -74,7 +62,7 @@ impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
             .field("scope", &self.scope)
-            .field("transport", &self.transport)
+            .field("address", &self.address)
             .field("version", &self.version)
             .finish()
     }
@@ -114,65 +102,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The candidate transports for `scope`, in the order corral tries them, and an
-/// optional preference from `CORRAL_SYSTEMD_BUS` (`private` or `bus`).
-fn candidates(scope: Scope, prefer: Option<&str>) -> Vec<Transport> {
-    let (private, bus) = match scope {
-        Scope::System => (
-            PathBuf::from("/run/systemd/private"),
-            std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
-                .ok()
-                .filter(|a| !a.is_empty())
-                .unwrap_or_else(|| "unix:path=/run/dbus/system_bus_socket".to_string()),
-        ),
-        Scope::User(uid) => {
-            let runtime = std::env::var("XDG_RUNTIME_DIR")
-                .ok()
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| format!("/run/user/{uid}"));
-            (
-                Path::new(&runtime).join("systemd/private"),
-                std::env::var("DBUS_SESSION_BUS_ADDRESS")
-                    .ok()
-                    .filter(|a| !a.is_empty())
-                    .unwrap_or_else(|| format!("unix:path={runtime}/bus")),
-            )
-        }
-    };
-    // The private socket first, as systemctl does: one hop less, and no broker needed.
-    let private = Transport::Private(private);
-    let bus = Transport::Bus(bus);
-    match prefer {
-        Some("bus") => vec![bus],
-        Some("private") => vec![private],
-        _ => vec![private, bus],
+/// The bus address for `scope`: `$DBUS_SYSTEM_BUS_ADDRESS` or the standard system bus
+/// socket; `$DBUS_SESSION_BUS_ADDRESS` or `$XDG_RUNTIME_DIR/bus` (default
+/// `/run/user/UID/bus`) for a user.
+pub fn address(scope: Scope) -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match scope {
+        Scope::System => env("DBUS_SYSTEM_BUS_ADDRESS")
+            .unwrap_or_else(|| "unix:path=/run/dbus/system_bus_socket".to_string()),
+        Scope::User(uid) => env("DBUS_SESSION_BUS_ADDRESS").unwrap_or_else(|| {
+            let runtime = env("XDG_RUNTIME_DIR").unwrap_or_else(|| format!("/run/user/{uid}"));
+            format!("unix:path={runtime}/bus")
+        }),
     }
 }
 
-fn socket_path(t: &Transport) -> Option<PathBuf> {
-    match t {
-        Transport::Private(p) => Some(p.clone()),
-        Transport::Bus(a) => a
-            .strip_prefix("unix:path=")
-            .map(|p| PathBuf::from(p.split(',').next().unwrap_or(p))),
-    }
-}
-
-async fn connect_one(t: &Transport) -> zbus::Result<Connection> {
-    match t {
-        Transport::Private(p) => {
-            let s = tokio::net::UnixStream::connect(p).await?;
-            zbus::connection::Builder::unix_stream(s)
-                .p2p()
-                .build()
-                .await
-        }
-        Transport::Bus(a) => {
-            zbus::connection::Builder::address(a.as_str())?
-                .build()
-                .await
-        }
-    }
+/// The socket path of a `unix:path=` address.
+fn socket_path(address: &str) -> Option<PathBuf> {
+    address
+        .strip_prefix("unix:path=")
+        .map(|p| PathBuf::from(p.split(',').next().unwrap_or(p)))
 }
 
 /// Formats a zbus error; D-Bus errors as `Name: message`.
@@ -193,12 +142,12 @@ impl Manager {
     /// Connects to the manager of `scope`, subscribes to its signals and reads its
     /// version. Fails with every transport tried and why.
     pub fn connect(scope: Scope) -> Result<Manager, String> {
-        let prefer = std::env::var("CORRAL_SYSTEMD_BUS").ok();
-        let tried = candidates(scope, prefer.as_deref());
-        // No socket at all: say so without starting anything.
-        if !tried.iter().any(|t| socket_path(t).is_none_or_exists()) {
-            let list: Vec<String> = tried.iter().map(|t| t.to_string()).collect();
-            return Err(format!("no socket found ({})", list.join(", ")));
+        let address = address(scope);
+        // No socket: say so without starting anything.
+        if let Some(p) = socket_path(&address) {
+            if !p.exists() {
+                return Err(format!("no D-Bus socket at {}", p.display()));
+            }
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -208,26 +157,27 @@ impl Manager {
             .map_err(|e| format!("cannot start the D-Bus thread: {e}"))?;
         let waiters: Waiters = Arc::default();
         let w = waiters.clone();
+        let a = address.clone();
         let (tx, rx) = sync_channel(1);
         rt.spawn(async move {
-            let _ = tx.send(setup(tried, w).await);
+            let _ = tx.send(setup(&a, w).await);
         });
         let res = rx
             .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| "connecting to systemd timed out after 10 s".to_string())
+            .map_err(|_| format!("connecting to {address} timed out after 10 s"))
             .and_then(|r| r);
         match res {
-            Ok((conn, transport, version)) => Ok(Manager {
+            Ok((conn, version)) => Ok(Manager {
                 rt: Some(rt),
                 conn,
                 waiters,
                 scope,
-                transport,
+                address,
                 version,
             }),
             Err(e) => {
                 rt.shutdown_background();
-                Err(e)
+                Err(format!("{address}: {e}"))
             }
         }
     }
@@ -351,52 +301,20 @@ impl Drop for Manager {
     }
 }
 
-trait ExistsExt {
-    fn is_none_or_exists(&self) -> bool;
-}
-
-impl ExistsExt for Option<PathBuf> {
-    /// An address that is not a plain socket path (abstract, tcp) might work: try it.
-    fn is_none_or_exists(&self) -> bool {
-        match self {
-            None => true,
-            Some(p) => p.exists(),
-        }
-    }
-}
-
-/// Connects (first transport that works), starts the `JobRemoved` dispatcher,
-/// subscribes, and reads the version.
-async fn setup(
-    tried: Vec<Transport>,
-    waiters: Waiters,
-) -> Result<(Connection, Transport, String), String> {
-    let mut errors = Vec::new();
-    for t in tried {
-        if !socket_path(&t).is_none_or_exists() {
-            errors.push(format!("{t}: no such socket"));
-            continue;
-        }
-        match setup_on(&t, waiters.clone()).await {
-            Ok((c, v)) => return Ok((c, t, v)),
-            Err(e) => errors.push(format!("{t}: {e}")),
-        }
-    }
-    Err(errors.join("; "))
-}
-
-async fn setup_on(t: &Transport, waiters: Waiters) -> Result<(Connection, String), String> {
-    let conn = connect_one(t).await.map_err(|e| err_text(&e))?;
-    let mut rule = MatchRule::builder()
+/// Connects, starts the `JobRemoved` dispatcher, subscribes, and reads the version.
+async fn setup(address: &str, waiters: Waiters) -> Result<(Connection, String), String> {
+    let conn = zbus::connection::Builder::address(address)
+        .map_err(|e| err_text(&e))?
+        .build()
+        .await
+        .map_err(|e| err_text(&e))?;
+    let rule = MatchRule::builder()
         .msg_type(Type::Signal)
-        .interface(MANAGER)
+        .sender(DEST)
+        .and_then(|r| r.interface(MANAGER))
         .and_then(|r| r.member("JobRemoved"))
         .and_then(|r| r.path(PATH))
         .map_err(|e| err_text(&e))?;
-    // Peer-to-peer messages carry no sender.
-    if conn.is_bus() {
-        rule = rule.sender(DEST).map_err(|e| err_text(&e))?;
-    }
     let stream = MessageStream::for_match_rule(rule.build(), &conn, Some(1024))
         .await
         .map_err(|e| err_text(&e))?;
@@ -444,23 +362,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transports() {
-        let v = candidates(Scope::System, None);
-        assert_eq!(v[0], Transport::Private("/run/systemd/private".into()));
-        assert!(matches!(v[1], Transport::Bus(_)));
-        assert_eq!(candidates(Scope::System, Some("bus")).len(), 1);
-        assert!(matches!(
-            candidates(Scope::System, Some("bus"))[0],
-            Transport::Bus(_)
-        ));
-        assert_eq!(candidates(Scope::User(4242), Some("private")).len(), 1);
+    fn addresses() {
         assert_eq!(
-            socket_path(&Transport::Bus("unix:path=/run/x/bus,guid=00".into())),
+            socket_path("unix:path=/run/x/bus,guid=00"),
             Some(PathBuf::from("/run/x/bus"))
         );
-        assert_eq!(
-            socket_path(&Transport::Bus("unix:abstract=/x".into())),
-            None
-        );
+        assert_eq!(socket_path("unix:abstract=/x"), None);
+        assert!(address(Scope::User(4242)).starts_with("unix:"));
     }
 }
