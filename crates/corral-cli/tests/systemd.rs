@@ -395,6 +395,48 @@ fn not_delegated(h: &Harness) {
     assert!(h.run_cgroups().is_empty());
 }
 
+/// corral started inside the user's own manager tree (as from a desktop terminal, or a
+/// `systemd-run --user` service) shares a user-owned ancestor with the payload, so it
+/// places the child itself with clone3 instead of asking the manager to attach it.
+fn direct_placement(h: &Harness) {
+    let uid = h.user.expect("user manager only");
+    let json = h.tmp().join("direct.json");
+    let out = common::as_user(uid)
+        .args([
+            "systemd-run",
+            "--user",
+            "--wait",
+            "--pipe",
+            "--quiet",
+            "--collect",
+            "-E",
+            "CORRAL_LOG=corral_run=debug",
+            common::corral_bin(),
+            "run",
+            "--backend",
+            "systemd",
+            "--json",
+            json.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout} {stderr}");
+    assert!(stderr.contains("corral places the child"), "{stderr}");
+    let ran = common::finish(out.clone(), &json, Duration::ZERO);
+    assert_eq!(ran.reason(), "exited", "{}", ran.rec());
+    let cg = ran.rec()["cgroup"].as_str().unwrap();
+    let own = stdout.trim().strip_prefix("0::").unwrap().to_string();
+    assert!(cg.ends_with(&own), "record {cg}, process in {own}");
+    assert_gone(h, &ran);
+}
+
 macro_rules! scenarios {
     ($module:ident, $backend:expr, $($name:ident),* $(,)?) => {
         mod $module {
@@ -427,5 +469,6 @@ scenarios!(
     limits_and_record,
     escapee,
     crash_gc,
+    direct_placement,
     not_delegated
 );
