@@ -254,11 +254,17 @@ impl SystemdBackend {
 
     /// Builds the run's layout inside a started scope.
     fn build(&self, unit: &str, keeper: &Keeper, limits: &Limits) -> Result<Built, BackendError> {
+        let t = Instant::now();
         let rel = wait_in_unit(keeper.pid(), unit, Duration::from_secs(5))?;
+        let in_scope = t.elapsed();
         let scope = Cgroup2::at(join_rel(&self.mount, &rel));
         let kcg = scope.create_child("keeper")?;
         kcg.add_pid(keeper.pid())
             .map_err(|e| BackendError(format!("cannot move the keeper into its cgroup: {e}")))?;
+        tracing::debug!(
+            "{unit}: keeper seen in the scope after {in_scope:?}, moved to keeper/ in {:?}",
+            t.elapsed() - in_scope
+        );
         let have = scope.controllers()?;
         let wanted: Vec<&str> = ["memory", "pids"]
             .into_iter()
