@@ -10,7 +10,7 @@ use crate::run::backend_kind;
 /// `corral gc [--backend B] [--cgroup-root PATH] [--json]`
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// Backend whose root to clean: auto, cgroup2, cgroup1.
+    /// Backend whose root to clean: auto, cgroup2, systemd, cgroup1.
     #[arg(long, value_name = "B", default_value = "auto")]
     pub backend: String,
     /// The cgroup root to clean (as for `corral run`).

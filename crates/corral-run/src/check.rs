@@ -130,7 +130,8 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
     let systemd = vec![
         Manager {
             scope: "system".into(),
-            socket: ["/run/systemd/private", "/run/dbus/system_bus_socket"]
+            // The systemd backend uses the buses only (see backend/systemd/bus.rs).
+            socket: ["/run/dbus/system_bus_socket"]
                 .iter()
                 .find(|p| Path::new(p).exists())
                 .map(|s| s.to_string()),
@@ -140,12 +141,9 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
             let uid = rustix::process::getuid().as_raw();
             let runtime =
                 std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| format!("/run/user/{uid}"));
-            let socket = [
-                format!("{runtime}/systemd/private"),
-                format!("{runtime}/bus"),
-            ]
-            .into_iter()
-            .find(|p| Path::new(p).exists());
+            let socket = [format!("{runtime}/bus")]
+                .into_iter()
+                .find(|p| Path::new(p).exists());
             let delegated = layout.v2.as_ref().and_then(|m| {
                 let p = m.mount_point.join(format!(
                     "user.slice/user-{uid}.slice/user@{uid}.service/cgroup.controllers"

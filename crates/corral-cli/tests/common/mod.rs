@@ -17,8 +17,14 @@ pub fn corral_bin() -> &'static str {
 
 /// A backend under test, with a private cgroup root.
 pub struct Harness {
-    /// `cgroup2` or `cgroup1`.
+    /// `cgroup2`, `cgroup1`, `rlimit` or `systemd`.
     pub backend: &'static str,
+    /// systemd: the uid corral runs as on that user's manager (None: root on the
+    /// system manager).
+    pub user: Option<u32>,
+    /// systemd: the manager's `corral.slice` directory (shared with systemd, never
+    /// removed by the harness).
+    pub slice: Option<PathBuf>,
     /// The value for `--cgroup-root`.
     pub root_arg: String,
     /// The directories that make up the root (one for v2, one per hierarchy for v1).
@@ -52,6 +58,8 @@ pub fn harness(backend: &'static str, test: &str) -> Result<Harness, String> {
             let dir = m.mount_point.join(&name);
             Ok(Harness {
                 backend,
+                user: None,
+                slice: None,
                 root_arg: dir.display().to_string(),
                 root_dirs: vec![dir],
                 tmp,
@@ -69,6 +77,8 @@ pub fn harness(backend: &'static str, test: &str) -> Result<Harness, String> {
             dirs.dedup();
             Ok(Harness {
                 backend,
+                user: None,
+                slice: None,
                 root_arg: format!("/{name}"),
                 root_dirs: dirs,
                 tmp,
@@ -76,10 +86,13 @@ pub fn harness(backend: &'static str, test: &str) -> Result<Harness, String> {
         }
         "rlimit" => Ok(Harness {
             backend,
+            user: None,
+            slice: None,
             root_arg: String::new(),
             root_dirs: Vec::new(),
             tmp,
         }),
+        "systemd" | "systemd-user" => systemd_harness(backend == "systemd-user", &layout, tmp),
         other => Err(format!("unknown backend {other}")),
     }
 }
@@ -141,7 +154,7 @@ impl Harness {
     /// Starts `corral run --backend B --cgroup-root R --json F <args> -- <cmd>`.
     pub fn command(&self, args: &[&str], cmd: &[&str]) -> (Command, PathBuf) {
         let json = self.tmp().join(format!("rec-{}.json", unique()));
-        let mut c = Command::new(corral_bin());
+        let mut c = self.corral();
         c.arg("run").args(["--backend", self.backend]);
         if !self.root_arg.is_empty() {
             c.args(["--cgroup-root", &self.root_arg]);
@@ -166,9 +179,31 @@ impl Harness {
         finish(out, &json, t.elapsed())
     }
 
+    /// A `corral` command, run as the test user for a user-manager harness.
+    pub fn corral(&self) -> Command {
+        match self.user {
+            None => Command::new(corral_bin()),
+            Some(uid) => {
+                let mut c = as_user(uid);
+                c.arg(corral_bin());
+                c
+            }
+        }
+    }
+
     /// The run cgroups currently under the root (should be none between runs).
     pub fn run_cgroups(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();
+        if let Some(slice) = &self.slice {
+            // Only corral's scopes: the slice is systemd's.
+            for e in std::fs::read_dir(slice).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("corral-") && n.ends_with(".scope") {
+                    v.push(e.path());
+                }
+            }
+            return v;
+        }
         for d in &self.root_dirs {
             if let Ok(rd) = std::fs::read_dir(d) {
                 for e in rd.flatten() {
@@ -232,6 +267,12 @@ impl Drop for Harness {
     /// processes first (they are ours: created under our private root).
     fn drop(&mut self) {
         for cg in self.run_cgroups() {
+            if self.slice.is_some() {
+                // A scope left by a failed test: end its processes; systemd then
+                // removes it.
+                kill_cgroup(&cg);
+                continue;
+            }
             kill_cgroup(&cg);
             let _ = std::fs::remove_dir(&cg);
         }
@@ -285,3 +326,75 @@ pub fn read_pid(path: &Path, within: Duration) -> Option<i32> {
 
 /// The Python interpreter the tests use for memory hogs.
 pub const PYTHON: &str = "/usr/bin/python3";
+
+/// A command that runs as `uid` (its own groups, its manager's runtime directory).
+pub fn as_user(uid: u32) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--init-groups".to_string(),
+        "env".to_string(),
+        format!("XDG_RUNTIME_DIR=/run/user/{uid}"),
+        format!("DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/bus"),
+    ]);
+    c
+}
+
+/// The uid of the unprivileged test user, if this machine has one with a running
+/// manager (the VM: `CORRAL_VM_TEST_UID`).
+pub fn test_uid() -> Option<u32> {
+    std::env::var("CORRAL_VM_TEST_UID").ok()?.parse().ok()
+}
+
+fn systemd_harness(user: bool, layout: &Layout, tmp: tempfile::TempDir) -> Result<Harness, String> {
+    if !Path::new("/run/systemd/system").exists() {
+        return Err(
+            "no systemd manager here: PID 1 is not systemd (the VM runs these: \
+                    cargo xtask vm --systemd)"
+                .into(),
+        );
+    }
+    let m = layout.v2.as_ref().ok_or("no cgroup2 mount")?;
+    if layout.kind() != corral_cgroup::layout::LayoutKind::Unified {
+        return Err(format!(
+            "systemd runs a {} cgroup layout here; the systemd backend needs cgroup v2",
+            layout.kind().as_str()
+        ));
+    }
+    let (uid, slice, socket) = if user {
+        let uid =
+            test_uid().ok_or("no test user with a running user manager (CORRAL_VM_TEST_UID)")?;
+        let mgr = m
+            .mount_point
+            .join(format!("user.slice/user-{uid}.slice/user@{uid}.service"));
+        (
+            Some(uid),
+            mgr.join("corral.slice"),
+            PathBuf::from(format!("/run/user/{uid}/bus")),
+        )
+    } else {
+        (
+            None,
+            m.mount_point.join("corral.slice"),
+            PathBuf::from("/run/dbus/system_bus_socket"),
+        )
+    };
+    if !socket.exists() {
+        return Err(format!("no D-Bus socket at {}", socket.display()));
+    }
+    if uid.is_some() {
+        // The user writes its records and reads its scripts here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(Harness {
+        backend: "systemd",
+        user: uid,
+        slice: Some(slice),
+        root_arg: String::new(),
+        root_dirs: Vec::new(),
+        tmp,
+    })
+}

@@ -219,7 +219,7 @@ pub struct Sandbox2 {
 }
 
 impl Sandbox2 {
-    fn new(cg: Cgroup2, limits: &Limits, mut plan: Plan) -> Result<Self, BackendError> {
+    pub(crate) fn new(cg: Cgroup2, limits: &Limits, mut plan: Plan) -> Result<Self, BackendError> {
         let ctx = |what: &str, e: corral_cgroup::CgroupError| {
             BackendError(format!("cannot set the {what} limit: {e}"))
         };

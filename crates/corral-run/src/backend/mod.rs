@@ -18,6 +18,7 @@ use crate::spawn::{ChildSetup, Placement};
 pub mod cgroup1;
 pub mod cgroup2;
 pub mod rlimit;
+pub mod systemd;
 
 /// The kinds of backend, strongest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -302,11 +303,8 @@ pub fn select(
         match k {
             BackendKind::Cgroup2 => Ok(Box::new(cgroup2::Cgroup2Backend::new(cgroup_root)?)),
             BackendKind::Cgroup1 => Ok(Box::new(cgroup1::Cgroup1Backend::new(cgroup_root)?)),
+            BackendKind::Systemd => Ok(Box::new(systemd::SystemdBackend::new()?)),
             BackendKind::Rlimit => Ok(Box::new(rlimit::RlimitBackend)),
-            other => Err(BackendError(format!(
-                "the {} backend is not available in this build",
-                other.as_str()
-            ))),
         }
     };
     if let Some(k) = want {

@@ -1,0 +1,373 @@
+//! The connection to a systemd manager's D-Bus API.
+//!
+//! corral's run path is synchronous (`Backend::create` is a plain function called from
+//! inside the run's async task), while zbus is async. So the connection lives on its
+//! own small tokio runtime (one worker thread, `corral-dbus`); a call is spawned there
+//! and its reply comes back over a std channel with a deadline. The calling thread may
+//! block (it is corral's own, for a few milliseconds), and zbus' reader task keeps
+//! running on the worker meanwhile. One connection per backend, reused by every run.
+//!
+//! Only the D-Bus brokers are used (the system bus for root, the user bus otherwise).
+//! systemd's private sockets (`/run/systemd/private`, `$XDG_RUNTIME_DIR/systemd/private`)
+//! are not: sd-bus puts the well-known name `org.freedesktop.systemd1` into the sender
+//! field of messages on those peer-to-peer connections, and zbus 5 takes the sender for
+//! a unique name and panics in its socket reader (seen with systemd 252 and zbus 5.12).
+//!
+//! `JobRemoved` signals are dispatched by one long-lived task to waiters keyed by unit
+//! name. A waiter is registered *before* the call that enqueues the job, so a signal
+//! that arrives before the method reply is never missed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use zbus::export::futures_core::Stream;
+use zbus::message::Type;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+use zbus::{Connection, MatchRule, MessageStream};
+
+const DEST: &str = "org.freedesktop.systemd1";
+const PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+/// Which manager corral talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The system manager (PID 1), for root.
+    System,
+    /// The calling user's manager (`user@UID.service`).
+    User(u32),
+}
+
+type Waiters = Arc<Mutex<HashMap<String, SyncSender<String>>>>;
+
+/// A connected, subscribed manager.
+pub struct Manager {
+    rt: Option<tokio::runtime::Runtime>,
+    conn: Connection,
+    waiters: Waiters,
+    /// System or user manager.
+    pub scope: Scope,
+    /// The bus address it was reached at.
+    pub address: String,
+    /// Its `Version` property (e.g. `252.39-1~deb12u2`).
+    pub version: String,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("scope", &self.scope)
+            .field("address", &self.address)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// A job that is being waited for (see [`Manager::expect_job`]).
+pub struct JobWait {
+    unit: String,
+    rx: Receiver<String>,
+    waiters: Waiters,
+}
+
+impl JobWait {
+    /// Waits for the unit's job to be removed and returns systemd's result (`done`,
+    /// `failed`, `canceled`, `timeout`, `dependency`, `skipped`).
+    pub fn wait(self, within: Duration) -> Result<String, String> {
+        match self.rx.recv_timeout(within) {
+            Ok(r) => Ok(r),
+            Err(RecvTimeoutError::Timeout) => Err(format!(
+                "systemd did not finish the job for {} within {within:?}",
+                self.unit
+            )),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err("the connection to systemd was lost".to_string())
+            }
+        }
+    }
+}
+
+impl Drop for JobWait {
+    fn drop(&mut self) {
+        lock(&self.waiters).remove(&self.unit);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The bus address for `scope`: `$DBUS_SYSTEM_BUS_ADDRESS` or the standard system bus
+/// socket; `$DBUS_SESSION_BUS_ADDRESS` or `$XDG_RUNTIME_DIR/bus` (default
+/// `/run/user/UID/bus`) for a user.
+pub fn address(scope: Scope) -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match scope {
+        Scope::System => env("DBUS_SYSTEM_BUS_ADDRESS")
+            .unwrap_or_else(|| "unix:path=/run/dbus/system_bus_socket".to_string()),
+        Scope::User(uid) => env("DBUS_SESSION_BUS_ADDRESS").unwrap_or_else(|| {
+            let runtime = env("XDG_RUNTIME_DIR").unwrap_or_else(|| format!("/run/user/{uid}"));
+            format!("unix:path={runtime}/bus")
+        }),
+    }
+}
+
+/// The socket path of a `unix:path=` address.
+fn socket_path(address: &str) -> Option<PathBuf> {
+    address
+        .strip_prefix("unix:path=")
+        .map(|p| PathBuf::from(p.split(',').next().unwrap_or(p)))
+}
+
+/// Formats a zbus error; D-Bus errors as `Name: message`.
+pub fn err_text(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, Some(msg), _) => format!("{name}: {msg}"),
+        zbus::Error::MethodError(name, None, _) => name.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// True for the D-Bus error systemd returns for an unknown unit.
+pub fn is_no_such_unit(text: &str) -> bool {
+    text.starts_with("org.freedesktop.systemd1.NoSuchUnit")
+}
+
+impl Manager {
+    /// Connects to the manager of `scope`, subscribes to its signals and reads its
+    /// version. Fails with every transport tried and why.
+    pub fn connect(scope: Scope) -> Result<Manager, String> {
+        let address = address(scope);
+        // No socket: say so without starting anything.
+        if let Some(p) = socket_path(&address) {
+            if !p.exists() {
+                return Err(format!("no D-Bus socket at {}", p.display()));
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("corral-dbus")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the D-Bus thread: {e}"))?;
+        let waiters: Waiters = Arc::default();
+        let w = waiters.clone();
+        let a = address.clone();
+        let (tx, rx) = sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(setup(&a, w).await);
+        });
+        let res = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| format!("connecting to {address} timed out after 10 s"))
+            .and_then(|r| r);
+        match res {
+            Ok((conn, version)) => Ok(Manager {
+                rt: Some(rt),
+                conn,
+                waiters,
+                scope,
+                address,
+                version,
+            }),
+            Err(e) => {
+                rt.shutdown_background();
+                Err(format!("{address}: {e}"))
+            }
+        }
+    }
+
+    /// The major version number (`252` of `252.39-1~deb12u2`), 0 if unknown.
+    pub fn major(&self) -> u32 {
+        self.version
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Runs `fut` on the D-Bus thread and waits up to `within` for its result.
+    fn block<T: Send + 'static>(
+        &self,
+        within: Duration,
+        fut: impl Future<Output = Result<T, String>> + Send + 'static,
+    ) -> Result<T, String> {
+        let rt = self
+            .rt
+            .as_ref()
+            .expect("runtime lives as long as the manager");
+        let (tx, rx) = sync_channel(1);
+        rt.spawn(async move {
+            let r = match tokio::time::timeout(within, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer from systemd within {within:?}")),
+            };
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(within + Duration::from_secs(1))
+            .map_err(|_| format!("no answer from systemd within {within:?}"))?
+    }
+
+    /// Calls a method of the manager object and returns the reply.
+    fn call<B>(
+        &self,
+        method: &'static str,
+        body: B,
+        within: Duration,
+    ) -> Result<zbus::Message, String>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType + Send + Sync + 'static,
+    {
+        let conn = self.conn.clone();
+        self.block(within, async move {
+            conn.call_method(Some(DEST), PATH, Some(MANAGER), method, &body)
+                .await
+                .map_err(|e| err_text(&e))
+        })
+    }
+
+    /// Registers interest in the next job of `unit`; call before enqueuing it.
+    pub fn expect_job(&self, unit: &str) -> JobWait {
+        let (tx, rx) = sync_channel(1);
+        lock(&self.waiters).insert(unit.to_string(), tx);
+        JobWait {
+            unit: unit.to_string(),
+            rx,
+            waiters: self.waiters.clone(),
+        }
+    }
+
+    /// `StartTransientUnit(name, "fail", props, [])`; returns the job path.
+    pub fn start_transient_unit(
+        &self,
+        name: &str,
+        props: Vec<(String, Value<'static>)>,
+    ) -> Result<String, String> {
+        let aux: Vec<(String, Vec<(String, Value<'static>)>)> = Vec::new();
+        let reply = self.call(
+            "StartTransientUnit",
+            (name.to_string(), "fail".to_string(), props, aux),
+            Duration::from_secs(10),
+        )?;
+        reply
+            .body()
+            .deserialize::<OwnedObjectPath>()
+            .map(|p| p.to_string())
+            .map_err(|e| err_text(&e))
+    }
+
+    /// `AttachProcessesToUnit(unit, subcgroup, pids)` (systemd ≥ 238).
+    pub fn attach_processes(
+        &self,
+        unit: &str,
+        subcgroup: &str,
+        pids: &[u32],
+    ) -> Result<(), String> {
+        self.call(
+            "AttachProcessesToUnit",
+            (unit.to_string(), subcgroup.to_string(), pids.to_vec()),
+            Duration::from_secs(10),
+        )
+        .map(drop)
+    }
+
+    /// `StopUnit(unit, "replace")`; returns the job path.
+    pub fn stop_unit(&self, unit: &str) -> Result<String, String> {
+        let reply = self.call(
+            "StopUnit",
+            (unit.to_string(), "replace".to_string()),
+            Duration::from_secs(10),
+        )?;
+        reply
+            .body()
+            .deserialize::<OwnedObjectPath>()
+            .map(|p| p.to_string())
+            .map_err(|e| err_text(&e))
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        // The backend may be dropped inside corral's own runtime, where a blocking
+        // shutdown would panic.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Connects, starts the `JobRemoved` dispatcher, subscribes, and reads the version.
+async fn setup(address: &str, waiters: Waiters) -> Result<(Connection, String), String> {
+    let conn = zbus::connection::Builder::address(address)
+        .map_err(|e| err_text(&e))?
+        .build()
+        .await
+        .map_err(|e| err_text(&e))?;
+    let rule = MatchRule::builder()
+        .msg_type(Type::Signal)
+        .sender(DEST)
+        .and_then(|r| r.interface(MANAGER))
+        .and_then(|r| r.member("JobRemoved"))
+        .and_then(|r| r.path(PATH))
+        .map_err(|e| err_text(&e))?;
+    let stream = MessageStream::for_match_rule(rule.build(), &conn, Some(1024))
+        .await
+        .map_err(|e| err_text(&e))?;
+    tokio::spawn(dispatch(stream, waiters));
+    conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &())
+        .await
+        .map_err(|e| format!("Subscribe: {}", err_text(&e)))?;
+    let reply = conn
+        .call_method(
+            Some(DEST),
+            PATH,
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &(MANAGER, "Version"),
+        )
+        .await
+        .map_err(|e| format!("reading Version: {}", err_text(&e)))?;
+    let v: OwnedValue = reply.body().deserialize().map_err(|e| err_text(&e))?;
+    let version = String::try_from(v).unwrap_or_default();
+    Ok((conn, version))
+}
+
+/// Hands each `JobRemoved(id, job, unit, result)` to the waiter for that unit.
+async fn dispatch(mut stream: MessageStream, waiters: Waiters) {
+    loop {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await;
+        let Some(msg) = next else { break };
+        let Ok(msg) = msg else { continue };
+        let Ok((_id, _job, unit, result)) = msg
+            .body()
+            .deserialize::<(u32, OwnedObjectPath, String, String)>()
+        else {
+            continue;
+        };
+        if let Some(tx) = lock(&waiters).remove(&unit) {
+            let _ = tx.try_send(result);
+        }
+    }
+    // The connection is gone: wake every waiter with an error.
+    lock(&waiters).clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            socket_path("unix:path=/run/x/bus,guid=00"),
+            Some(PathBuf::from("/run/x/bus"))
+        );
+        assert_eq!(socket_path("unix:abstract=/x"), None);
+        assert!(address(Scope::User(4242)).starts_with("unix:"));
+    }
+}
