@@ -10,7 +10,6 @@ use corral_cgroup::layout::{join_rel, Layout, V1_CONTROLLERS};
 use corral_run::backend::{select, Backend, BackendKind};
 use corral_spec::Limits;
 
-
 /// Options common to all subcommands.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Opts {
@@ -165,7 +164,10 @@ impl Ctx {
         let name = root_name();
         let (root, root_arg, root_dirs) = match kind {
             BackendKind::Cgroup2 => {
-                let m = layout.v2.as_ref().ok_or_else(|| anyhow!("no cgroup2 mount"))?;
+                let m = layout
+                    .v2
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("no cgroup2 mount"))?;
                 let dir = m.mount_point.join(&name);
                 (
                     Some(dir.clone()),

@@ -59,8 +59,18 @@ fn measure(pid: u32, window: f64) -> Result<Measured> {
 
 fn rows_for(label: &str, config: &str, m: &Measured, window: f64) -> Vec<Row> {
     let mut v = vec![
-        Row::single(&format!("{label}: VmRSS"), config.into(), "KiB", m.rss_kib as f64),
-        Row::single(&format!("{label}: VmHWM"), config.into(), "KiB", m.hwm_kib as f64),
+        Row::single(
+            &format!("{label}: VmRSS"),
+            config.into(),
+            "KiB",
+            m.rss_kib as f64,
+        ),
+        Row::single(
+            &format!("{label}: VmHWM"),
+            config.into(),
+            "KiB",
+            m.hwm_kib as f64,
+        ),
         Row::single(
             &format!("{label}: CPU over {window} s idle"),
             format!("{config}; {} threads", m.threads),
@@ -155,7 +165,12 @@ pub fn footprint(ctx: &Ctx) -> Result<Report> {
     let one = library(ctx, 1).context("library, 1 run")?;
     rows.extend(rows_for("library, 1 run", &lib_cfg(1), &one, w));
     let many = library(ctx, big).with_context(|| format!("library, {big} runs"))?;
-    rows.extend(rows_for(&format!("library, {big} runs"), &lib_cfg(big), &many, w));
+    rows.extend(rows_for(
+        &format!("library, {big} runs"),
+        &lib_cfg(big),
+        &many,
+        w,
+    ));
     if big > 1 {
         rows.push(Row::single(
             "library: RSS per extra run",
@@ -175,7 +190,11 @@ pub fn footprint(ctx: &Ctx) -> Result<Report> {
             &m,
             w,
         )),
-        Err(e) => rows.push(Row::skipped("corral run, 1 run", "corral run -- sleep 60".into(), format!("{e:#}"))),
+        Err(e) => rows.push(Row::skipped(
+            "corral run, 1 run",
+            "corral run -- sleep 60".into(),
+            format!("{e:#}"),
+        )),
     }
     Ok(Report {
         name: "footprint".into(),
@@ -205,7 +224,10 @@ pub fn footprint_child(opts: Opts, n: usize) -> Result<()> {
         let rx = rx.clone();
         let mut spec = crate::launch::true_spec(&["/bin/sleep", "60"]);
         spec.limits.timeout = Some(Duration::from_secs(300));
-        handles.push(ctx.rt.spawn(async move { corral_run::run(b.as_ref(), spec, rx).await }));
+        handles.push(
+            ctx.rt
+                .spawn(async move { corral_run::run(b.as_ref(), spec, rx).await }),
+        );
     }
     let me = std::process::id();
     let t = Instant::now();

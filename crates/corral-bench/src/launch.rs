@@ -68,8 +68,9 @@ pub fn launch_lib(ctx: &Ctx) -> Result<Report> {
                     bare_ms = bare_true()?;
                 } else {
                     let t = Instant::now();
-                    let r = corral_run::run(backend.as_ref(), true_spec(&["/bin/true"]), rx.clone())
-                        .await?;
+                    let r =
+                        corral_run::run(backend.as_ref(), true_spec(&["/bin/true"]), rx.clone())
+                            .await?;
                     corral_ms = t.elapsed().as_secs_f64() * 1e3;
                     if r.outcome.reason != Reason::Exited || r.outcome.exit_code != 0 {
                         bail!("corral run of /bin/true did not exit 0: {}", r.notes);
@@ -163,7 +164,10 @@ pub fn launch_cli(ctx: &Ctx) -> Result<Report> {
         rl.extend(&corral_args);
         variants.push(Peer::cmd(
             "corral run --backend rlimit",
-            format!("corral {} (no cgroup: process start + guard only)", rl.join(" ")),
+            format!(
+                "corral {} (no cgroup; after the exit this backend scans /proc for the process group)",
+                rl.join(" ")
+            ),
             ctx.corral.clone().map(|c| {
                 let mut cmd = Command::new(c);
                 cmd.args(&rl);

@@ -126,7 +126,10 @@ fn benches(cmd: Cmd, opts: Opts) -> ExitCode {
         eprintln!("corral-bench: {name} ...");
         let t = Instant::now();
         match f(&ctx).and_then(|r| r.emit(&ctx.opts.out)) {
-            Ok(()) => eprintln!("corral-bench: {name} done in {:.1} s", t.elapsed().as_secs_f64()),
+            Ok(()) => eprintln!(
+                "corral-bench: {name} done in {:.1} s",
+                t.elapsed().as_secs_f64()
+            ),
             Err(e) => {
                 failed += 1;
                 eprintln!("corral-bench: {name} FAILED: {e:#}");

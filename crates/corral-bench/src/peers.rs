@@ -25,8 +25,25 @@ pub struct Peer {
     steps: Result<Vec<Argv>, String>,
     setup: Vec<Argv>,
     teardown: Vec<Argv>,
+    /// Directories removed (untimed) after every repetition and at tear-down, where
+    /// they still exist: what `cgdelete` leaves behind (see [`launch_peers`]).
+    leftovers: Vec<String>,
     counter: usize,
     torn_down: bool,
+}
+
+/// Removes the leftovers: with `Some(n)` the per-repetition ones (patterns with
+/// `{n}`), with `None` the fixed ones.
+fn remove_leftovers(dirs: &[String], n: Option<usize>) {
+    for d in dirs.iter().filter(|d| d.contains("{n}") == n.is_some()) {
+        let n = n.unwrap_or(0);
+        let d = d.replace("{n}", &n.to_string());
+        if Path::new(&d).exists() {
+            if let Err(e) = std::fs::remove_dir(&d) {
+                eprintln!("corral-bench: cannot remove {d}: {e}");
+            }
+        }
+    }
 }
 
 fn argv(c: &Command) -> Argv {
@@ -56,6 +73,7 @@ impl Peer {
             steps: c.map(|c| vec![argv(&c)]),
             setup: Vec::new(),
             teardown: Vec::new(),
+            leftovers: Vec::new(),
             counter: 0,
             torn_down: true,
         }
@@ -71,10 +89,12 @@ impl Peer {
         self.torn_down = false;
         for s in &steps {
             if let Err(e) = probe(&mut command(s, usize::MAX), ctx.cmd_limit()) {
+                remove_leftovers(&self.leftovers, Some(usize::MAX));
                 self.teardown();
                 return Err(format!("{e:#}"));
             }
         }
+        remove_leftovers(&self.leftovers, Some(usize::MAX));
         Ok(())
     }
 
@@ -86,10 +106,13 @@ impl Peer {
         for s in steps {
             let (_, st) = time_cmd(&mut command(s, self.counter), ctx.cmd_limit())?;
             if !st.success() {
+                remove_leftovers(&self.leftovers, Some(self.counter));
                 bail!("{}: {:?} failed: {st}", self.name, s);
             }
         }
-        Ok(t.elapsed().as_secs_f64() * 1e3)
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        remove_leftovers(&self.leftovers, Some(self.counter));
+        Ok(ms)
     }
 
     /// Runs the tear-down (once).
@@ -103,6 +126,7 @@ impl Peer {
                 eprintln!("corral-bench: {} tear-down: {e:#}", self.name);
             }
         }
+        remove_leftovers(&self.leftovers, None);
     }
 }
 
@@ -113,9 +137,17 @@ impl Drop for Peer {
 }
 
 /// The cgroup-tools controller list and limit settings for this backend.
-fn cgexec_settings(ctx: &Ctx) -> Result<(String, Vec<String>), String> {
+fn cgexec_settings(ctx: &Ctx) -> Result<(String, Vec<String>, Vec<std::path::PathBuf>), String> {
     let layout = corral_cgroup::layout::Layout::cached();
-    match ctx.kind {
+    let mounts: Vec<std::path::PathBuf> = match ctx.kind {
+        BackendKind::Cgroup1 => ["memory", "pids", "cpu"]
+            .iter()
+            .filter_map(|c| layout.v1.get(*c))
+            .map(|m| m.mount_point.clone())
+            .collect(),
+        _ => layout.v2.iter().map(|m| m.mount_point.clone()).collect(),
+    };
+    let (ctrl, sets) = match ctx.kind {
         BackendKind::Cgroup1 => {
             let mut r = vec!["memory.limit_in_bytes=1073741824".to_string()];
             let memsw = layout
@@ -126,18 +158,19 @@ fn cgexec_settings(ctx: &Ctx) -> Result<(String, Vec<String>), String> {
                 r.push("memory.memsw.limit_in_bytes=1073741824".into());
             }
             r.push("pids.max=512".into());
-            Ok(("memory,pids,cpu".into(), r))
+            Ok(("memory,pids,cpu".to_string(), r))
         }
         BackendKind::Cgroup2 => Ok((
-            "memory,pids,cpu".into(),
+            "memory,pids,cpu".to_string(),
             vec![
                 "memory.max=1073741824".into(),
                 "memory.swap.max=0".into(),
                 "pids.max=512".into(),
             ],
         )),
-        _ => Err("the rlimit backend has no cgroup to compare with".into()),
-    }
+        _ => Err("the rlimit backend has no cgroup to compare with".to_string()),
+    }?;
+    Ok((ctrl, sets, mounts))
 }
 
 /// The launch peers: cgexec (a pre-made group, and create+set+exec+delete per run),
@@ -145,10 +178,19 @@ fn cgexec_settings(ctx: &Ctx) -> Result<(String, Vec<String>), String> {
 pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
     let mut out = Vec::new();
     let group = format!("{}-cgexec", crate::ctx::root_name());
-    let tools = find_tool("cgexec", "apt-get install cgroup-tools, or bench/prepare-peers.sh")
-        .and_then(|_| cgexec_settings(ctx));
+    let tools = find_tool(
+        "cgexec",
+        "apt-get install cgroup-tools, or bench/prepare-peers.sh",
+    )
+    .and_then(|_| cgexec_settings(ctx));
     match tools {
-        Ok((ctrl, sets)) => {
+        Ok((ctrl, sets, mounts)) => {
+            let dirs = |name: &str| -> Vec<String> {
+                mounts
+                    .iter()
+                    .map(|m| m.join(name).display().to_string())
+                    .collect()
+            };
             let mut cgset = words(&["cgset"]);
             for s in &sets {
                 cgset.push("-r".into());
@@ -167,6 +209,7 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
                 steps: Ok(vec![words(&["cgexec", "-g", &spec, "/bin/true"])]),
                 setup: vec![words(&["cgcreate", "-g", &spec]), pre_set],
                 teardown: vec![words(&["cgdelete", "-g", &spec])],
+                leftovers: dirs(&group),
                 counter: 0,
                 torn_down: true,
             });
@@ -177,7 +220,9 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
                 name: "cgcreate+cgset+cgexec+cgdelete".into(),
                 config: format!(
                     "per run, timed together: cgcreate -g {spec_n}; {}; cgexec -g {spec_n} \
-                     /bin/true; cgdelete -g {spec_n} (4 processes, like corral's per-run cgroup)",
+                     /bin/true; cgdelete -g {spec_n} (4 processes, like corral's per-run \
+                     cgroup); untimed: rmdir of what cgdelete left (libcgroup 2.0.2 removes only \
+                     the first hierarchy's group when given several controllers)",
                     set_n.join(" ")
                 ),
                 steps: Ok(vec![
@@ -188,6 +233,7 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
                 ]),
                 setup: Vec::new(),
                 teardown: Vec::new(),
+                leftovers: dirs(&format!("{group}-{{n}}")),
                 counter: 0,
                 torn_down: true,
             });
@@ -208,9 +254,11 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
         "/bin/true",
     ]);
     let sd_ok = if !Path::new("/run/systemd/system").is_dir() {
-        Err("systemd is not the init system here (no /run/systemd/system); measured in \
+        Err(
+            "systemd is not the init system here (no /run/systemd/system); measured in \
              `cargo xtask vm --systemd`"
-            .to_string())
+                .to_string(),
+        )
     } else {
         find_tool("systemd-run", "systemd").map(|_| ())
     };
@@ -220,6 +268,7 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
         steps: sd_ok.map(|_| vec![sd.clone()]),
         setup: Vec::new(),
         teardown: Vec::new(),
+        leftovers: Vec::new(),
         counter: 0,
         torn_down: true,
     });
@@ -255,6 +304,7 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
             steps: cmd.map(|a| vec![a]),
             setup: Vec::new(),
             teardown: Vec::new(),
+            leftovers: Vec::new(),
             counter: 0,
             torn_down: true,
         });

@@ -150,7 +150,12 @@ impl Stopwatch {
             return Err(std::io::Error::last_os_error()).context("mkfifo");
         }
         // SAFETY: a valid C string; the fd returned is ours.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
         if fd < 0 {
             return Err(std::io::Error::last_os_error()).context("opening the FIFO");
         }
@@ -179,8 +184,9 @@ impl Stopwatch {
                 match f.read(&mut chunk) {
                     Ok(0) => {
                         let died = mono_ns();
-                        let started_ns =
-                            started.ok_or_else(|| anyhow!("the workload closed the FIFO without a start stamp"))?;
+                        let started_ns = started.ok_or_else(|| {
+                            anyhow!("the workload closed the FIFO without a start stamp")
+                        })?;
                         return Ok(Lifetime {
                             started_ns,
                             died_ns: died,
@@ -257,13 +263,13 @@ pub fn cpu_sample(pid: u32) -> CpuSample {
             }
             Err(_) => {
                 if let Ok(st) = std::fs::read_to_string(p.join("stat")) {
-                    let f: Vec<&str> = st.rsplit_once(") ").map_or(vec![], |(_, r)| {
-                        r.split_whitespace().collect()
-                    });
+                    let f: Vec<&str> = st
+                        .rsplit_once(") ")
+                        .map_or(vec![], |(_, r)| r.split_whitespace().collect());
                     // utime, stime are fields 14, 15 (index 11, 12 after the comm).
-                    let ticks: u64 = f.get(11..13).map_or(0, |x| {
-                        x.iter().filter_map(|v| v.parse::<u64>().ok()).sum()
-                    });
+                    let ticks: u64 = f
+                        .get(11..13)
+                        .map_or(0, |x| x.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
                     s.cpu_ns += ticks * 10_000_000;
                 }
             }
@@ -290,7 +296,10 @@ pub fn children(pid: u32) -> Vec<(u32, String)> {
     };
     for t in rd.flatten() {
         let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for c in list.split_whitespace().filter_map(|x| x.parse::<u32>().ok()) {
+        for c in list
+            .split_whitespace()
+            .filter_map(|x| x.parse::<u32>().ok())
+        {
             let comm = std::fs::read_to_string(format!("/proc/{c}/comm"))
                 .unwrap_or_default()
                 .trim()

@@ -51,7 +51,8 @@ fn corral_rate(ctx: &Ctx, k: usize, secs: f64) -> Result<f64> {
                 let (_tx, rx) = tokio::sync::watch::channel(None);
                 let mut n = 0u64;
                 while Instant::now() < end {
-                    let r = corral_run::run(b.as_ref(), true_spec(&["/bin/true"]), rx.clone()).await?;
+                    let r =
+                        corral_run::run(b.as_ref(), true_spec(&["/bin/true"]), rx.clone()).await?;
                     if r.outcome.reason != Reason::Exited || r.outcome.exit_code != 0 {
                         bail!("a run of /bin/true did not exit 0: {}", r.notes);
                     }
@@ -72,9 +73,11 @@ fn corral_rate(ctx: &Ctx, k: usize, secs: f64) -> Result<f64> {
 /// concurrent runs of `true` through its API for T seconds and return runs/s. Until
 /// then it says why it cannot run.
 pub fn service_throughput(_ctx: &Ctx, _k: usize, _secs: f64) -> Result<f64, String> {
-    Err("HOOK: the corral service does not exist on this branch yet \
+    Err(
+        "HOOK: the corral service does not exist on this branch yet \
          (crates/corral-bench/src/throughput.rs: service_throughput)"
-        .into())
+            .into(),
+    )
 }
 
 /// `throughput`.
