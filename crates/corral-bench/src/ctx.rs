@@ -208,6 +208,28 @@ impl Ctx {
                 }
             }
         };
+        let tmp = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&tmp)?;
+        // In the test VM the repository (and so target/release/corral) is a 9p share
+        // without page cache, while /bin/true and the peers come from the cached host
+        // root: loading corral from there would cost ~1 s per start. Run a copy from
+        // the guest's tmpfs instead, like an installed binary.
+        let corral = match corral {
+            Ok(c) if std::env::var_os("CORRAL_IN_VM").is_some() => {
+                let copy = tmp.join("corral");
+                std::fs::copy(&c, &copy)
+                    .with_context(|| format!("copying {} to {}", c.display(), copy.display()))?;
+                Ok(copy)
+            }
+            other => other,
+        };
+        let self_exe = if std::env::var_os("CORRAL_IN_VM").is_some() {
+            let copy = tmp.join("corral-bench");
+            std::fs::copy(&self_exe, &copy)?;
+            copy
+        } else {
+            self_exe
+        };
         if let (Ok(c), false) = (&corral, opts.no_guard) {
             corral_run::guard::enable(c);
         }
@@ -227,8 +249,6 @@ impl Ctx {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let tmp = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&tmp)?;
         Ok(Ctx {
             opts,
             backend,

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use corral_record::{Reason, Record};
 use serde_json::json;
 
@@ -35,6 +35,8 @@ struct Series {
     own: Vec<f64>,
     own_label: &'static str,
     skipped: Option<String>,
+    /// Runs whose workload was ended before it could even report its start.
+    not_started: usize,
 }
 
 impl Series {
@@ -46,6 +48,7 @@ impl Series {
             own: Vec::new(),
             own_label,
             skipped: None,
+            not_started: 0,
         }
     }
 }
@@ -149,12 +152,15 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
                 let (_tx, rx) = tokio::sync::watch::channel(None);
                 corral_run::run(backend.as_ref(), spec, rx).await
             }))??;
-            let life = h.join().map_err(|_| anyhow!("stopwatch thread"))??;
+            let life = h.finish();
             if rec.outcome.reason != Reason::Timeout {
                 bail!("corral library run did not time out: {}", rec.notes);
             }
             if keep {
-                lib.ext.push(lateness(&life, WALL_MS));
+                match life {
+                    Ok(l) => lib.ext.push(lateness(&l, WALL_MS)),
+                    Err(_) => lib.not_started += 1,
+                }
                 lib.own.push(rec.usage.wall_s * 1e3 - WALL_MS);
             }
         }
@@ -173,13 +179,16 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
             cmd.args(sleeper(&fifo));
             let h = sw.watch(watch_limit);
             let (code, _) = run_cmd(ctx, cmd, None)?;
-            let life = h.join().map_err(|_| anyhow!("stopwatch thread"))??;
+            let life = h.finish();
             let rec = read_record(&rec_path)?;
             if code != 124 || rec.outcome.reason != Reason::Timeout {
                 bail!("corral run did not time out (exit {code}): {}", rec.notes);
             }
             if keep {
-                cli.ext.push(lateness(&life, WALL_MS));
+                match life {
+                    Ok(l) => cli.ext.push(lateness(&l, WALL_MS)),
+                    Err(_) => cli.not_started += 1,
+                }
                 cli.own.push(rec.usage.wall_s * 1e3 - WALL_MS);
             }
         }
@@ -190,12 +199,15 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
             cmd.arg("0.2").args(sleeper(&fifo));
             let h = sw.watch(watch_limit);
             let (code, _) = run_cmd(ctx, cmd, None)?;
-            let life = h.join().map_err(|_| anyhow!("stopwatch thread"))??;
+            let life = h.finish();
             if code != 124 {
                 bail!("timeout 0.2 exited {code}, not 124");
             }
             if keep {
-                tmo.ext.push(lateness(&life, WALL_MS));
+                match life {
+                    Ok(l) => tmo.ext.push(lateness(&l, WALL_MS)),
+                    Err(_) => tmo.not_started += 1,
+                }
             }
         }
         // runexec
@@ -215,7 +227,7 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
             cmd.args(sleeper(&fifo));
             let h = sw.watch(watch_limit);
             let (code, out) = run_cmd(ctx, cmd, Some(&out_path))?;
-            match h.join().map_err(|_| anyhow!("stopwatch thread"))? {
+            match h.finish() {
                 Ok(life) => {
                     if keep {
                         rx.ext.push(lateness(&life, 1000.0));
@@ -416,9 +428,17 @@ fn series_rows(s: &Series, ext_label: &str, unit: &str) -> Vec<Row> {
     if let Some(why) = &s.skipped {
         return vec![Row::skipped(&s.name, s.config.clone(), why.clone())];
     }
+    let config = if s.not_started > 0 {
+        format!(
+            "{}; {} run(s) ended before the workload could report its start (not in the samples)",
+            s.config, s.not_started
+        )
+    } else {
+        s.config.clone()
+    };
     let mut v = vec![Row::sampled(
         &format!("{} ({ext_label})", s.name),
-        s.config.clone(),
+        config,
         unit,
         s.ext.clone(),
     )];

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -167,44 +168,78 @@ impl Stopwatch {
     }
 
     /// Waits (on a thread of its own, so the caller can supervise meanwhile) for the
-    /// start stamp and then for EOF, each at most `limit`.
-    pub fn watch(self, limit: Duration) -> std::thread::JoinHandle<Result<Lifetime>> {
+    /// start stamp and then for EOF, each at most `limit`. Call [`Watch::finish`] once
+    /// the workload is known to be dead.
+    pub fn watch(self, limit: Duration) -> Watch {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = self.path.clone();
         std::thread::spawn(move || {
-            let fd = self.fd.as_raw_fd();
-            let mut f = File::from(self.fd.try_clone()?);
-            let mut buf = Vec::new();
-            let mut started = None;
-            let deadline = Instant::now() + limit;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if !poll_fd(fd, libc::POLLIN, left)? {
-                    bail!("the workload did not report/die within {limit:?}");
+            let _ = tx.send(self.read_until_eof(limit));
+        });
+        Watch { rx, path }
+    }
+
+    fn read_until_eof(self, limit: Duration) -> Result<Lifetime> {
+        let fd = self.fd.as_raw_fd();
+        let mut f = File::from(self.fd.try_clone()?);
+        let mut buf = Vec::new();
+        let mut started = None;
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !poll_fd(fd, libc::POLLIN, left)? {
+                bail!("the workload did not report/die within {limit:?}");
+            }
+            let mut chunk = [0u8; 64];
+            match f.read(&mut chunk) {
+                Ok(0) => {
+                    let died = mono_ns();
+                    let started_ns = started.ok_or_else(|| {
+                        anyhow!("the workload was ended before it reported its start")
+                    })?;
+                    return Ok(Lifetime {
+                        started_ns,
+                        died_ns: died,
+                    });
                 }
-                let mut chunk = [0u8; 64];
-                match f.read(&mut chunk) {
-                    Ok(0) => {
-                        let died = mono_ns();
-                        let started_ns = started.ok_or_else(|| {
-                            anyhow!("the workload closed the FIFO without a start stamp")
-                        })?;
-                        return Ok(Lifetime {
-                            started_ns,
-                            died_ns: died,
-                        });
-                    }
-                    Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        if started.is_none() {
-                            if let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                                started = std::str::from_utf8(&buf[..i])?.trim().parse().ok();
-                            }
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if started.is_none() {
+                        if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                            started = std::str::from_utf8(&buf[..i])?.trim().parse().ok();
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e.into()),
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
             }
-        })
+        }
+    }
+}
+
+/// A running [`Stopwatch`].
+pub struct Watch {
+    rx: std::sync::mpsc::Receiver<Result<Lifetime>>,
+    path: PathBuf,
+}
+
+impl Watch {
+    /// The workload's lifetime. Call after the tool returned (the workload is dead):
+    /// when it died before it even opened the FIFO (killed before it started), a
+    /// writer is opened and closed here so the reader sees EOF and says so.
+    pub fn finish(self) -> Result<Lifetime> {
+        match self.rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&self.path);
+                self.rx
+                    .recv()
+                    .map_err(|_| anyhow!("stopwatch thread died"))?
+            }
+        }
     }
 }
 
