@@ -181,6 +181,20 @@ fn containment(layout: &Layout) -> Option<Containment> {
     })
 }
 
+/// v1's user/system times are sampled at the scheduler tick (4 ms at 250 Hz), while
+/// `cpuacct.usage` is exact: split the exact total in the sampled proportion, as the
+/// kernel itself does for v2's `cpu.stat` and for `/proc/PID/stat` (`cputime_adjust`).
+fn split_usage(total: Option<u64>, user: Option<u64>, system: Option<u64>) -> (u64, u64) {
+    match (total, user, system) {
+        (Some(t), Some(u), Some(s)) if u + s > 0 => {
+            let u2 = (t as u128 * u as u128 / (u + s) as u128) as u64;
+            (u2, t - u2)
+        }
+        (Some(t), _, _) => (t, 0),
+        (None, u, s) => (u.unwrap_or(0), s.unwrap_or(0)),
+    }
+}
+
 /// One run's v1 groups.
 #[derive(Debug)]
 pub struct Sandbox1 {
@@ -318,7 +332,10 @@ impl Sandbox for Sandbox1 {
     }
 
     fn process_count(&self) -> usize {
-        self.group.pids().len()
+        // Every process of a run is in every hierarchy (the child joins them all before
+        // exec, descendants inherit, and root-run analyses see the cgroup mounts
+        // read-only), so one hierarchy counts them all.
+        self.group.pids_in("memory").len()
     }
 
     fn signal_all(&self, sig: Signal) -> usize {
@@ -333,14 +350,15 @@ impl Sandbox for Sandbox1 {
 
     fn collect(&self) -> Collected {
         let s = self.group.stats();
+        let (user, system) = split_usage(s.cpu_usage_ns, s.cpu_user_ns, s.cpu_system_ns);
         Collected {
             oom_kill: s.oom_kill.unwrap_or(0),
             pids_max: s.pids_max_events.unwrap_or(0),
             cpu_throttled: s.nr_throttled.unwrap_or(0),
             cpu_throttled_us: s.throttled_ns.unwrap_or(0) / 1000,
             memory_max: s.memory_failcnt.unwrap_or(0),
-            cpu_user: Duration::from_nanos(s.cpu_user_ns.unwrap_or(0)),
-            cpu_system: Duration::from_nanos(s.cpu_system_ns.unwrap_or(0)),
+            cpu_user: Duration::from_nanos(user),
+            cpu_system: Duration::from_nanos(system),
             memory_peak: s.memory_max_usage,
             pids_peak: s.pids_peak,
             io_read: s.io_read_bytes,
