@@ -140,8 +140,10 @@ fn cli(ctx: &Ctx) -> Result<Measured> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let m = measure(pid, ctx.opts.window);
-    // SAFETY: SIGTERM to our own child: corral ends the run (cancelled) and exits 143.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    // SIGTERM to our own child: corral ends the run (cancelled) and exits 143.
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+    }
     let st = wait_limited(&mut child, ctx.cmd_limit())?;
     let m = m?;
     if st.code() != Some(143) {

@@ -416,12 +416,7 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
 /// CPU time of this process' reaped children so far (corral reaps the library
 /// workload in this process, so the delta over one run is that workload's CPU time).
 fn children_cpu_ms() -> f64 {
-    // SAFETY: rusage is plain data that getrusage fills.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    crate::procs::children_cpu_ms()
 }
 
 fn series_rows(s: &Series, ext_label: &str, unit: &str) -> Vec<Row> {

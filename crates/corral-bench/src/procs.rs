@@ -1,5 +1,6 @@
 //! Process helpers: timed spawn+wait with a watchdog, the FIFO that tells when a
-//! workload started and died, and readers of `/proc`.
+//! workload started and died, and readers of `/proc`. The harness' few raw system
+//! calls (poll, mkfifo, getrusage, wait4) live here and nowhere else.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -16,23 +17,30 @@ use anyhow::{anyhow, bail, Context, Result};
 /// `CLOCK_MONOTONIC` in nanoseconds (the clock behind `std::time::Instant` on Linux),
 /// comparable between processes.
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// User + system CPU time of this process' reaped children, in ms.
+pub fn children_cpu_ms() -> f64 {
+    // SAFETY: rusage is plain data that getrusage fills; the pointer is valid. (The
+    // harness' only unsafe block: rustix has no getrusage.)
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this fd; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let p = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    Ok(rustix::process::pidfd_open(
+        p,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// Polls `fd` for `events` up to `limit`; true when ready.

@@ -114,7 +114,7 @@ pub async fn supervise(
         Some(_) => {
             sandbox.signal_all(Signal::TERM);
             let grace_end = Instant::now() + limits.grace;
-            if !wait_empty(sandbox, &events, grace_end).await {
+            if !wait_empty(sandbox, &events, &main, grace_end).await {
                 grace_expired = true;
                 kill(sandbox);
             }
@@ -129,7 +129,7 @@ pub async fn supervise(
         }
     }
     let mut tries = 0;
-    while !wait_empty(sandbox, &events, Instant::now() + EMPTY_WAIT).await {
+    while !wait_empty(sandbox, &events, &main, Instant::now() + EMPTY_WAIT).await {
         tries += 1;
         tracing::warn!("run still has processes {EMPTY_WAIT:?} after being killed; killing again");
         kill(sandbox);
@@ -193,14 +193,18 @@ fn has_exited(pidfd: &OwnedFd) -> bool {
 }
 
 /// Waits until the sandbox has no process, or `until`. Uses the event fd where the
-/// backend has one (cgroup2's `cgroup.events` signals `populated 0`); otherwise checks
-/// with a backoff from 1 ms to 20 ms, which only runs while a tree is being torn down.
+/// backend has one that reports exits (cgroup2's `cgroup.events` signals `populated
+/// 0`); otherwise it wakes when the main process exits (usually the last one) and
+/// checks with a backoff from 1 ms to 20 ms, which only runs while a tree of several
+/// processes is being torn down.
 async fn wait_empty(
     sandbox: &mut dyn Sandbox,
     events: &Option<AsyncFd<OwnedFd>>,
+    main: &AsyncFd<OwnedFd>,
     until: Instant,
 ) -> bool {
     let mut backoff = Duration::from_millis(1);
+    let mut main_gone = has_exited(main.get_ref());
     loop {
         if sandbox.process_count() == 0 {
             return true;
@@ -221,9 +225,18 @@ async fn wait_empty(
                 }
             }
             None => {
-                tokio::time::sleep(backoff.min(until.saturating_duration_since(Instant::now())))
-                    .await;
-                backoff = (backoff * 2).min(Duration::from_millis(20));
+                let nap = backoff.min(until.saturating_duration_since(Instant::now()));
+                tokio::select! {
+                    r = main.readable(), if !main_gone => {
+                        if let Ok(mut g) = r {
+                            g.retain_ready();
+                        }
+                        main_gone = true;
+                    }
+                    _ = tokio::time::sleep(nap) => {
+                        backoff = (backoff * 2).min(Duration::from_millis(20));
+                    }
+                }
             }
         }
     }
