@@ -109,15 +109,15 @@ pub fn launch_lib(ctx: &Ctx) -> Result<Report> {
     );
     lib.ratio_to(&base, "corral/bare");
     let mut inner = Row::sampled(
-        "… of which spawn→tree gone",
-        "record usage.wall_s: from just before clone3 to populated 0".into(),
+        "… of which exec→tree gone",
+        "record usage.wall_s: from the exec of the command to populated 0".into(),
         "ms",
         inside,
     );
     inner.ratio_to(&base, "/bare");
     let mut outer = Row::sampled(
-        "… of which setup+teardown",
-        "total − usage.wall_s: cgroup create, limits, read-back, collect, rmdir, record".into(),
+        "… of which setup, placement, teardown",
+        "total − usage.wall_s: cgroup create, limits, read-back, placement of the child, collect, rmdir, record".into(),
         "ms",
         outside,
     );

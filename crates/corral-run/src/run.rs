@@ -207,8 +207,6 @@ pub async fn run(
         ..Default::default()
     };
     sandbox.child_setup(&mut setup);
-    let started_at = SystemTime::now();
-    let started = Instant::now();
     let spawned = spawn::spawn(&exec, &setup, &sandbox.placement());
     drop(setup);
     drop((in_fd, out_fd, err_fd));
@@ -237,6 +235,11 @@ pub async fn run(
         }
         Err(e) => Err(e),
     };
+    // The analysis' clock starts when its command runs: placing the child (v1's
+    // cgroup.procs writes can stall for a kernel RCU grace period) is corral's cost, not
+    // the analysis' wall-clock budget.
+    let started_at = SystemTime::now();
+    let started = Instant::now();
     let pidfd = match confirmed {
         Ok((_pid, pidfd, _)) => pidfd,
         Err(e) => {

@@ -4,8 +4,9 @@
 //! alive; at the end, this process' memory has not grown.
 //!
 //! Short mode (the default, in CI): `CORRAL_SOAK_RUNS` runs (default 200 natively on
-//! cgroup1, 50 in the cgroup2 VM), 3 at a time. Long mode:
-//! `CORRAL_SOAK_RUNS=10000 cargo test --release -p corral-run --test soak -- --nocapture`.
+//! cgroup1, 50 in the cgroup2 VM), `CORRAL_SOAK_PARALLEL` (default 3) at a time. Long
+//! mode: `CORRAL_SOAK_RUNS=10000 cargo test --release -p corral-run --test soak --
+//! --nocapture`.
 //! `CORRAL_SOAK_SEED` replays a mix. Needs root and a cgroup backend; skips otherwise.
 
 use std::path::{Path, PathBuf};
@@ -370,7 +371,12 @@ fn soak() {
     let mut rss_after_warmup = 0;
     let mut failures = Vec::new();
     let mut counts = std::collections::BTreeMap::new();
-    for (i, chunk) in cases.chunks(3).enumerate() {
+    let parallel: usize = std::env::var("CORRAL_SOAK_PARALLEL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3);
+    for (i, chunk) in cases.chunks(parallel).enumerate() {
         let results: Vec<(Work, Result<Record, String>)> = rt.block_on(async {
             let mut handles = Vec::new();
             for c in chunk {
