@@ -4,7 +4,7 @@
 //! runtime, the backend, the crash guard, N runs of `sleep 60`, nothing else) is
 //! measured from outside: VmRSS/VmHWM, and CPU time and context switches summed over
 //! its threads during an idle window. CLI: one `corral run -- sleep 60` process, the
-//! same way. The crash guard (`corral __guard`) is a separate process; its RSS is
+//! same way. The crash guard (`corral-guard`/`corral __guard`) is a separate process; its RSS is
 //! reported on its own row.
 
 use std::io::{BufRead, BufReader};
@@ -45,7 +45,7 @@ fn measure(pid: u32, window: f64) -> Result<Measured> {
     let secs = t.elapsed().as_secs_f64();
     let guard = children(pid)
         .into_iter()
-        .find(|(_, comm)| comm == "corral")
+        .find(|(_, comm)| comm == "corral" || comm == "corral-guard")
         .and_then(|(g, _)| status_kib(g, "VmRSS"));
     Ok(Measured {
         rss_kib: status_kib(pid, "VmRSS").ok_or_else(|| anyhow!("no VmRSS for {pid}"))?,
@@ -87,7 +87,7 @@ fn rows_for(label: &str, config: &str, m: &Measured, window: f64) -> Vec<Row> {
     if let Some(g) = m.guard_rss_kib {
         v.push(Row::single(
             &format!("{label}: crash guard VmRSS"),
-            "corral __guard (separate process, one per supervisor)".into(),
+            "the crash guard (separate process, one per supervisor: forked as corral-guard by corral run, re-executed as corral __guard by library users)".into(),
             "KiB",
             g as f64,
         ));

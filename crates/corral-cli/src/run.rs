@@ -62,17 +62,20 @@ pub fn main(cmd: RunCmd) -> Result<u8> {
 fn run(cmd: RunCmd) -> Result<u8> {
     let spec = cmd.run.to_spec()?;
     let kind = backend_kind(&cmd.backend)?;
+    // The crash guard is forked while corral is still single-threaded (no exec of a
+    // second corral), before the runtime exists.
+    if let Ok(exe) = std::env::current_exe() {
+        corral_run::guard::enable(&exe);
+        corral_run::guard::fork_now();
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let record = rt.block_on(async {
         let backend = select(kind, cmd.cgroup_root.as_deref())?;
-        // Reap what crashed corrals left behind, then guard our own run.
+        // Reap what crashed corrals left behind.
         crate::gc::reap_quietly(backend.as_ref());
-        if let Ok(exe) = std::env::current_exe() {
-            corral_run::guard::enable(&exe);
-        }
         let (tx, rx) = tokio::sync::watch::channel(None);
         // SIGINT, SIGTERM and SIGHUP end the run the same clean way as a limit.
         for (kind, num) in [

@@ -469,7 +469,11 @@ fn guard_of(corral: i32) -> Option<i32> {
             .rsplit_once(") ")
             .and_then(|(_, r)| r.split(' ').nth(1)?.parse::<i32>().ok());
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == Some(corral) && String::from_utf8_lossy(&cmd).contains("__guard") {
+        if ppid == Some(corral)
+            && (String::from_utf8_lossy(&cmd).contains("__guard")
+                || std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "corral-guard"))
+        {
             return Some(pid);
         }
     }

@@ -2,9 +2,10 @@
 //!
 //! The child of a run gets `PR_SET_PDEATHSIG(SIGKILL)`, but that reaches only the main
 //! process; its children and escapees would live on in the run's cgroup. So each
-//! supervising corral process starts one guard: the corral binary itself, re-executed
-//! as `corral __guard`, in its own session (terminal signals do not reach it) and
-//! outside every run's cgroup. The supervisor registers each run's cgroup with it over
+//! supervising corral process starts one guard: a fork of corral made while it is
+//! still single-threaded ([`fork_now`], `corral-guard` in `ps`), or the corral binary
+//! re-executed as `corral __guard` ([`get`], [`start_now`]). It runs in its own
+//! session (terminal signals do not reach it), outside every run's cgroup. The supervisor registers each run's cgroup with it over
 //! a pipe before the run starts and unregisters it after teardown. When the pipe hits
 //! EOF without a goodbye, the supervisor is gone: the guard kills every registered run
 //! and removes its cgroups, then exits. Whatever even the guard misses, `corral gc`
@@ -73,6 +74,36 @@ pub fn get() -> Option<&'static Guard> {
     guard(true)
 }
 
+/// Starts the guard as a fork of this process, without an exec: much cheaper than
+/// re-executing the corral binary. Only possible while the process is single-threaded
+/// (call it first thing, before any runtime or thread exists); otherwise, or if
+/// [`enable`] was not called, it does what [`get`] does.
+pub fn fork_now() -> Option<&'static Guard> {
+    if GUARD_BIN.get().is_none() || GUARD.get().is_some() || !single_threaded() {
+        return get();
+    }
+    GUARD
+        .get_or_init(|| match Guard::fork() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!("cannot fork the crash guard ({e}); starting it by exec");
+                GUARD_BIN.get().and_then(|bin| Guard::start(bin, true).ok())
+            }
+        })
+        .as_ref()
+}
+
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .map(|n| n.trim() == "1")
+        })
+        .unwrap_or(false)
+}
+
 /// Starts the guard now and waits until its process exists. A supervisor that is about
 /// to move itself into another cgroup (the service) calls this first, so the guard
 /// stays outside the cgroup tree the supervisor may want to remove later.
@@ -129,6 +160,34 @@ impl Guard {
         })
     }
 
+    fn fork() -> std::io::Result<Guard> {
+        let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?;
+        match crate::spawn::fork_single_threaded()? {
+            0 => {
+                // `ps` and tests know it as corral-guard (an exec'd guard shows
+                // `corral __guard`).
+                let _ = rustix::thread::set_name(c"corral-guard");
+                // The guard: keep no end of the supervisor's stdin or stdout (a caller
+                // reading them waits for EOF), nor the pipe's write end.
+                let _ = rustix::stdio::dup2_stdin(&null);
+                let _ = rustix::stdio::dup2_stdout(&null);
+                drop(null);
+                drop(tx);
+                guard_loop(std::io::BufReader::new(std::fs::File::from(rx)))
+            }
+            _child => {
+                drop(rx);
+                Ok(Guard {
+                    pipe: Mutex::new(std::fs::File::from(tx)),
+                })
+            }
+        }
+    }
+
     fn send(&self, line: &str) {
         let mut p = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = p.write_all(line.as_bytes()) {
@@ -155,11 +214,15 @@ impl Guard {
 /// The guard process: `corral __guard`. Reads registrations from stdin until EOF, then
 /// ends and removes whatever is still registered.
 pub fn guard_main() -> ! {
+    guard_loop(std::io::stdin().lock())
+}
+
+/// The guard's work: read registrations until EOF, then end what is left and exit.
+fn guard_loop(input: impl BufRead) -> ! {
     // SIGINT from the terminal must not take the guard down with its supervisor.
     let _ = rustix::process::setsid();
     let mut live: Vec<GuardEntry> = Vec::new();
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
+    for line in input.lines() {
         let Ok(line) = line else { break };
         if let Some(rest) = line.strip_prefix('+') {
             if let Some(e) = GuardEntry::decode(rest) {

@@ -505,6 +505,19 @@ pub fn watch_fd(
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into())
 }
 
+/// Forks this process. Returns 0 in the child and the child's pid in the parent. The
+/// caller must be single-threaded (checked by the caller), so the child is a complete
+/// copy in which any code may run, not only async-signal-safe calls.
+pub fn fork_single_threaded() -> std::io::Result<i32> {
+    // SAFETY: in a single-threaded process no lock can be held by another thread at
+    // the fork, so the child may allocate and run ordinary code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
 /// True when the kernel has `clone3` (5.3+). The probe passes no arguments: a kernel
 /// with clone3 answers EINVAL, one without ENOSYS. CLONE_INTO_CGROUP needs 5.7.
 pub fn clone3_available() -> bool {
