@@ -262,6 +262,8 @@ fn admission_keeps_reservations_inside_the_budget() {
             s.submit(&json!({"command": ["true"], "limits": {"memory": "2G", "cpus": 0.1}}));
         assert_eq!(st, 422, "{v}");
         let mut ids = Vec::new();
+        // The clock starts before the first submission: no run can start earlier.
+        let t = Instant::now();
         for _ in 0..5 {
             let (st, v) = s.submit(&json!({"command": ["sleep", "1"],
                 "limits": {"memory": "512M", "cpus": 0.1, "timeout": "60s"}}));
@@ -269,7 +271,6 @@ fn admission_keeps_reservations_inside_the_budget() {
             ids.push(v["id"].as_str().unwrap().to_string());
         }
         let client = s.client();
-        let t = Instant::now();
         let (mut max_api, mut max_cg, mut max_reserved) = (0, 0, 0);
         loop {
             let running = client
@@ -300,7 +301,8 @@ fn admission_keeps_reservations_inside_the_budget() {
             "the budget was used fully"
         );
         assert!(max_cg >= 1);
-        // Five one-second runs two at a time take at least three rounds.
+        // Five one-second runs two at a time take at least three rounds after the first
+        // submission (a lower bound by causality, not a speed assertion).
         assert!(
             t.elapsed() >= Duration::from_millis(2900),
             "{:?}",

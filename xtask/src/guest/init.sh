@@ -37,6 +37,8 @@ mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay 
 	fail "mount overlay"
 
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs $R/run || fail "tmpfs /run"
+# /tmp before the repository: a checkout under /tmp must stay visible.
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs $R/tmp || fail "/tmp"
 mkdir -p $R/run/corral-vm/ctl
 mount -t 9p -o "$P9,cache=none" ctl $R/run/corral-vm/ctl || fail "mount ctl"
 # CORRAL_MODE, CORRAL_REPO, CORRAL_HOSTNAME, CORRAL_KVER, CORRAL_MODULES,
@@ -59,7 +61,6 @@ mount -t devtmpfs -o nosuid devtmpfs $R/dev || fail "devtmpfs"
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=0666 devpts $R/dev/pts || fail "devpts"
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs $R/dev/shm || fail "/dev/shm"
-mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs $R/tmp || fail "/tmp"
 # What systemd would otherwise mount by running mount(8) per unit (~2 s of
 # CPU each under TCG).
 mkdir -p $R/dev/hugepages $R/dev/mqueue
