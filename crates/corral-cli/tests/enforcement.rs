@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{alive, read_pid, Harness, PYTHON};
+use common::{alive, guard_of, read_pid, Harness, PYTHON};
 
 fn oom(h: &Harness) {
     let ran = h.run(
@@ -456,28 +456,6 @@ fn wait_dead(pids: &[i32], within: Duration) -> Vec<i32> {
 fn kill9(pid: i32) {
     let p = rustix::process::Pid::from_raw(pid).unwrap();
     rustix::process::kill_process(p, rustix::process::Signal::KILL).unwrap();
-}
-
-/// The guard process of a corral: its child running `corral __guard`.
-fn guard_of(corral: i32) -> Option<i32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, r)| r.split(' ').nth(1)?.parse::<i32>().ok());
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == Some(corral)
-            && (String::from_utf8_lossy(&cmd).contains("__guard")
-                || std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == "corral-guard"))
-        {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 fn crash_guard(h: &Harness) {

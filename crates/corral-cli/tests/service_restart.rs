@@ -2,7 +2,10 @@
 //! run is still in the ledger, the runs that were in flight are `lost` (their processes
 //! killed, their cgroups removed), and the queued ones run to completion.
 
+mod common;
 mod svc;
+
+use common::guard_of;
 
 use std::time::Duration;
 
@@ -102,28 +105,6 @@ fn kill_9_then_restart_reaps_and_resumes() {
         s.signal(libc::SIGTERM);
         assert!(s.wait_exit(Duration::from_secs(10)).success());
     });
-}
-
-/// The service's guard process (its child running `corral __guard`).
-fn guard_of(service: i32) -> Option<i32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, r)| r.split(' ').nth(1)?.parse::<i32>().ok());
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == Some(service)
-            && (String::from_utf8_lossy(&cmd).contains("__guard")
-                || std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == "corral-guard"))
-        {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 #[test]

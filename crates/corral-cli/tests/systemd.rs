@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{alive, read_pid, Harness, PYTHON};
+use common::{alive, guard_of, read_pid, Harness, PYTHON};
 
 /// The tests share the manager's `corral.slice` (and the user test restarts the user
 /// manager): one at a time.
@@ -270,24 +270,6 @@ fn crash_gc(h: &Harness) {
     }
     assert_eq!(h.run_cgroups(), Vec::<std::path::PathBuf>::new());
     assert_eq!(units(h), Vec::<String>::new());
-}
-
-/// The guard process of a corral: its child running `corral __guard`.
-fn guard_of(corral: i32) -> Option<i32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, r)| r.split(' ').nth(1)?.parse::<i32>().ok());
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == Some(corral) && String::from_utf8_lossy(&cmd).contains("__guard") {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 /// Restricts what the system manager delegates to `user@UID.service` to memory and

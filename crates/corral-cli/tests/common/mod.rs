@@ -398,3 +398,26 @@ fn systemd_harness(user: bool, layout: &Layout, tmp: tempfile::TempDir) -> Resul
         tmp,
     })
 }
+
+/// The crash guard of a supervisor (`corral run` or `corral serve`): its child named
+/// `corral-guard` (forked) or running `corral __guard` (exec'd).
+pub fn guard_of(parent: i32) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.split(' ').nth(1)?.parse::<i32>().ok());
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent)
+            && (String::from_utf8_lossy(&cmd).contains("__guard")
+                || std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "corral-guard"))
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
