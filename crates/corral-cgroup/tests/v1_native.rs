@@ -138,10 +138,10 @@ impl Proc {
 /// Spawns `cmd` (stdin/stdout null) with the child moving itself into `g` between fork
 /// and exec through the pre-opened `cgroup.procs` fds.
 fn spawn(g: &Group1, cmd: &mut Command) -> Proc {
-    let fds = g.open_procs_files().expect("open cgroup.procs");
+    let fds = g.open_tasks_files().expect("open cgroup.procs");
     // SAFETY: the closure only calls getpid and write.
     unsafe {
-        cmd.pre_exec(move || v1::enter_procs_files(&fds).map_err(Into::into));
+        cmd.pre_exec(move || v1::enter_tasks_files(&fds).map_err(Into::into));
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     let mut reg = lock(&SPAWNED);

@@ -253,7 +253,7 @@ impl Sandbox1 {
                 .map_err(|e| ctx("process", e))?;
             plan.enforced.pids = group.pids_max().ok().flatten();
         }
-        let procs = group.open_procs_files()?;
+        let procs = group.open_tasks_files()?;
         Ok(Sandbox1 {
             contain: None,
             group,
