@@ -393,8 +393,7 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
              own start stamp − the limit; it does not include the tool's start-up before the \
              workload exec'd. It is negative when the tool's clock started before the \
              workload could run. corral starts its clock once the command has exec'd (the \
-             placement, which on cgroup1 writes cgroup.procs in each hierarchy, is corral's \
-             cost, not the workload's budget). The record's wall_s view ends when the cgroup \
+             placement into the cgroup is corral's cost, not the workload's budget). The record's wall_s view ends when the cgroup \
              is empty, so it includes the detection of the death. corral and timeout(1) send \
              SIGTERM at the deadline (the workload dies on it). Targets (issue #5): p99 lateness ≤ 5 ms, CPU overshoot \
              ≤ 10 ms."

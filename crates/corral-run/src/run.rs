@@ -235,9 +235,8 @@ pub async fn run(
         }
         Err(e) => Err(e),
     };
-    // The analysis' clock starts when its command runs: placing the child (v1's
-    // cgroup.procs writes can stall for a kernel RCU grace period) is corral's cost, not
-    // the analysis' wall-clock budget.
+    // The analysis' clock starts when its command runs: placing the child (and on v1 its
+    // mount namespace) is corral's cost, not the analysis' wall-clock budget.
     let started_at = SystemTime::now();
     let started = Instant::now();
     let pidfd = match confirmed {

@@ -6,8 +6,8 @@
 //! with `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` so it is born inside its cgroup and
 //! never runs outside its limits; where the kernel refuses clone3 (ENOSYS, EPERM under
 //! seccomp, E2BIG), it falls back to `fork` and the child moves itself into the
-//! cgroup (`cgroup.procs`; on v1 each hierarchy's `tasks`) before it execs. Errors in the child reach the parent
-//! through a close-on-exec pipe: EOF means exec succeeded.
+//! cgroup (`cgroup.procs`; on v1 each hierarchy's `tasks`) before it execs. Errors in
+//! the child reach the parent through a close-on-exec pipe: EOF means exec succeeded.
 //!
 //! The one other unsafe operation, [`watch_fd`], registers an owned fd with tokio.
 //!
