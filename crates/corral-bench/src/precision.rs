@@ -40,6 +40,13 @@ struct Series {
 }
 
 impl Series {
+    /// Adds a wall-clock lateness sample, or counts a run whose workload never started.
+    fn push_lateness(&mut self, life: Result<Lifetime>) {
+        match life {
+            Ok(l) => self.ext.push(lateness(&l, WALL_MS)),
+            Err(_) => self.not_started += 1,
+        }
+    }
     fn new(name: &str, config: String, own_label: &'static str) -> Series {
         Series {
             name: name.into(),
@@ -157,22 +164,13 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
                 bail!("corral library run did not time out: {}", rec.notes);
             }
             if keep {
-                match life {
-                    Ok(l) => lib.ext.push(lateness(&l, WALL_MS)),
-                    Err(_) => lib.not_started += 1,
-                }
+                lib.push_lateness(life);
                 lib.own.push(rec.usage.wall_s * 1e3 - WALL_MS);
             }
         }
         // corral, CLI
-        if let Ok(c) = &corral_ok {
+        if let Ok(mut cmd) = ctx.corral_cmd(&CORRAL_LIMIT_FLAGS[..8]) {
             let sw = Stopwatch::new(&fifo)?;
-            let mut cmd = Command::new(c);
-            cmd.args(["run", "-q", "--backend", ctx.kind.as_str()]);
-            if let Some(r) = &ctx.root_arg {
-                cmd.args(["--cgroup-root", r]);
-            }
-            cmd.args(&CORRAL_LIMIT_FLAGS[..8]);
             cmd.args(["--timeout", "200ms", "--json"])
                 .arg(&rec_path)
                 .arg("--");
@@ -185,10 +183,7 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
                 bail!("corral run did not time out (exit {code}): {}", rec.notes);
             }
             if keep {
-                match life {
-                    Ok(l) => cli.ext.push(lateness(&l, WALL_MS)),
-                    Err(_) => cli.not_started += 1,
-                }
+                cli.push_lateness(life);
                 cli.own.push(rec.usage.wall_s * 1e3 - WALL_MS);
             }
         }
@@ -204,10 +199,7 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
                 bail!("timeout 0.2 exited {code}, not 124");
             }
             if keep {
-                match life {
-                    Ok(l) => tmo.ext.push(lateness(&l, WALL_MS)),
-                    Err(_) => tmo.not_started += 1,
-                }
+                tmo.push_lateness(life);
             }
         }
         // runexec
@@ -309,13 +301,7 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
                     .push((rec.usage.cpu_user_s + rec.usage.cpu_system_s) * 1e3 - CPU_MS);
             }
         }
-        if let Ok(c) = &corral_ok {
-            let mut cmd = Command::new(c);
-            cmd.args(["run", "-q", "--backend", ctx.kind.as_str()]);
-            if let Some(r) = &ctx.root_arg {
-                cmd.args(["--cgroup-root", r]);
-            }
-            cmd.args(CORRAL_LIMIT_FLAGS);
+        if let Ok(mut cmd) = ctx.corral_cmd(CORRAL_LIMIT_FLAGS) {
             cmd.args(["--cpu-time", "500ms", "--json"])
                 .arg(&rec_path)
                 .arg("--");

@@ -249,16 +249,10 @@ impl Manager {
         props: Vec<(String, Value<'static>)>,
     ) -> Result<String, String> {
         let aux: Vec<(String, Vec<(String, Value<'static>)>)> = Vec::new();
-        let reply = self.call(
+        self.call_job(
             "StartTransientUnit",
             (name.to_string(), "fail".to_string(), props, aux),
-            Duration::from_secs(10),
-        )?;
-        reply
-            .body()
-            .deserialize::<OwnedObjectPath>()
-            .map(|p| p.to_string())
-            .map_err(|e| err_text(&e))
+        )
     }
 
     /// `AttachProcessesToUnit(unit, subcgroup, pids)` (systemd ≥ 238).
@@ -278,12 +272,15 @@ impl Manager {
 
     /// `StopUnit(unit, "replace")`; returns the job path.
     pub fn stop_unit(&self, unit: &str) -> Result<String, String> {
-        let reply = self.call(
-            "StopUnit",
-            (unit.to_string(), "replace".to_string()),
-            Duration::from_secs(10),
-        )?;
-        reply
+        self.call_job("StopUnit", (unit.to_string(), "replace".to_string()))
+    }
+
+    /// A manager method that queues a job: calls it and returns the job's object path.
+    fn call_job<B>(&self, method: &'static str, body: B) -> Result<String, String>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType + Send + Sync + 'static,
+    {
+        self.call(method, body, Duration::from_secs(10))?
             .body()
             .deserialize::<OwnedObjectPath>()
             .map(|p| p.to_string())
