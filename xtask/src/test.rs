@@ -95,7 +95,10 @@ pub fn run_tests(args: &[OsString]) -> Result<u8> {
             "warnings",
         ])
     });
-    step("host", &mut || cargo(&["test", "--workspace"]));
+    // --no-fail-fast: one failing test binary must not hide the others' results.
+    step("host", &mut || {
+        cargo(&["test", "--workspace", "--no-fail-fast"])
+    });
     step("python", &mut || {
         sh(Command::new("clients/python/run-tests.sh")
             .env("CORRAL_BIN", paths.repo.join("target/debug/corral")))
