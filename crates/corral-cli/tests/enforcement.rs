@@ -356,21 +356,42 @@ fn environment_and_metadata(h: &Harness) {
 }
 
 fn contained(h: &Harness) {
-    // A root-run analysis tries to move itself out of its cgroup.
+    // A root-run analysis tries to move itself out of its cgroup: straight through the
+    // cgroup files, through pid 1's view of them, after remounting them read-write,
+    // and after entering pid 1's cgroup and mount namespaces.
     let script = match h.backend {
         "cgroup2" => {
             "cat /proc/self/cgroup; cat /sys/fs/cgroup/memory.max; \
-                      echo $$ > /proc/1/root/sys/fs/cgroup/cgroup.procs && echo escaped; \
-                      grep -q '^0::/$' /proc/self/cgroup && echo still-inside"
+             grep ^CapBnd /proc/self/status; \
+             echo $$ > /proc/1/root/sys/fs/cgroup/cgroup.procs && echo escaped; \
+             nsenter -t 1 -m -C sh -c 'echo $PPID > /sys/fs/cgroup/cgroup.procs' && echo escaped; \
+             grep -q '^0::/$' /proc/self/cgroup && echo still-inside"
         }
         _ => {
-            "echo $$ > /sys/fs/cgroup/memory/cgroup.procs && echo escaped; \
-              grep memory /proc/self/cgroup"
+            "grep ^CapBnd /proc/self/status; \
+             echo $$ > /sys/fs/cgroup/memory/cgroup.procs && echo escaped; \
+             echo $$ > /proc/1/root/sys/fs/cgroup/memory/cgroup.procs && echo escaped; \
+             mount -o remount,bind,rw /sys/fs/cgroup/memory && echo escaped; \
+             echo $$ > /sys/fs/cgroup/memory/cgroup.procs && echo escaped; \
+             grep memory /proc/self/cgroup"
         }
     };
     let ran = h.run(&["--memory", "100M"], &["sh", "-c", script]);
     assert_eq!(ran.reason(), "exited", "{}", ran.rec());
     assert!(!ran.stdout.contains("escaped"), "{}", ran.stdout);
+    let bounding = ran
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .expect("CapBnd printed");
+    for cap in corral_run::spawn::DROPPED_CAPABILITIES {
+        assert_eq!(
+            bounding & (1 << cap),
+            0,
+            "capability {cap} kept: {bounding:x}"
+        );
+    }
     if h.backend == "cgroup2" {
         let mut l = ran.stdout.lines();
         assert_eq!(l.next(), Some("0::/"), "{}", ran.stdout);

@@ -166,7 +166,11 @@ fn limits_and_record(h: &Harness) {
             "--timeout",
             "30s",
         ],
-        &["sh", "-c", "cat /proc/self/cgroup; exit 3"],
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup; cat /sys/fs/cgroup/memory.max 2>/dev/null; exit 3",
+        ],
     );
     assert_eq!(ran.reason(), "exited", "{}", ran.rec());
     assert_eq!(ran.code, 3);
@@ -184,12 +188,50 @@ fn limits_and_record(h: &Harness) {
     assert_eq!(r["limits"]["enforced"]["cpus"], 0.5);
     assert_eq!(r["limits"]["enforced"]["pids"], 32);
     assert_eq!(r["limits"]["not_enforced"], serde_json::json!([]));
-    // The command ran in the scope's payload cgroup, which the record names.
+    // The command ran in the scope's payload cgroup, which the record names. Root
+    // sees it as the root of its own cgroup namespace, with the payload's limits.
     let cg = r["cgroup"].as_str().unwrap();
-    let own = ran.stdout.trim().strip_prefix("0::").unwrap().to_string();
-    assert!(cg.ends_with(&own), "record {cg}, process in {own}");
+    assert!(cg.ends_with("/payload"), "{cg}");
+    let mut lines = ran.stdout.lines();
+    let own = lines.next().unwrap().strip_prefix("0::").unwrap();
+    match h.user {
+        None => {
+            assert_eq!(own, "/", "{}", ran.stdout);
+            assert_eq!(lines.next(), Some("104857600"), "{}", ran.stdout);
+        }
+        Some(_) => assert!(cg.ends_with(own), "record {cg}, process in {own}"),
+    }
     // Only the command's own processes are counted (not the scope's keeper).
     assert!(ran.num("/usage/pids_peak") <= 2.0, "{r}");
+    assert_gone(h, &ran);
+}
+
+/// Root in a system scope cannot climb out of its payload cgroup: a cgroup namespace
+/// rooted there, and no CAP_SYS_ADMIN or CAP_SYS_PTRACE to remount, `setns` into pid
+/// 1's namespaces or reach the host's mounts through `/proc/1/root`.
+fn contained(h: &Harness) {
+    let script = "grep ^CapBnd /proc/self/status; \
+        echo $$ > /sys/fs/cgroup/cgroup.procs && echo moved-within; \
+        echo $$ > /proc/1/root/sys/fs/cgroup/cgroup.procs && echo escaped; \
+        nsenter -t 1 -m -C sh -c 'echo $PPID > /sys/fs/cgroup/cgroup.procs' && echo escaped; \
+        cat /proc/self/cgroup";
+    let ran = h.run(&["--memory", "100M"], &["sh", "-c", script]);
+    assert_eq!(ran.reason(), "exited", "{}", ran.rec());
+    assert!(!ran.stdout.contains("escaped"), "{}", ran.stdout);
+    let bounding = ran
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .expect("CapBnd printed");
+    for cap in corral_run::spawn::DROPPED_CAPABILITIES {
+        assert_eq!(
+            bounding & (1 << cap),
+            0,
+            "capability {cap} kept: {bounding:x}"
+        );
+    }
+    assert_eq!(ran.stdout.lines().last(), Some("0::/"), "{}", ran.stdout);
     assert_gone(h, &ran);
 }
 
@@ -439,6 +481,7 @@ scenarios!(
     fork_bomb,
     timeout,
     limits_and_record,
+    contained,
     escapee,
     crash_gc
 );

@@ -251,6 +251,11 @@ pub struct Rlimit {
 /// own cgroup (with a cgroup namespace, so the kernel also refuses moves outside it) or
 /// read-only (v1 hierarchies). Analyses still see their limits where runtimes look for
 /// them (`/sys/fs/cgroup/memory.max`, `/proc/self/cgroup`).
+///
+/// The child then drops [`DROPPED_CAPABILITIES`] from its bounding, permitted,
+/// effective and inheritable sets before exec: without them root could remount the
+/// cgroup file systems read-write, `setns` into the host's cgroup and mount
+/// namespaces, reach the host's mounts through `/proc/1/root`, or load a module.
 #[derive(Debug, Default, Clone)]
 pub struct Containment {
     /// Enter a new cgroup namespace rooted at the child's cgroup.
@@ -260,6 +265,31 @@ pub struct Containment {
     /// Remount these mount points read-only.
     pub readonly: Vec<CString>,
 }
+
+/// Capabilities a contained (root-run) analysis runs without: `CAP_SYS_MODULE` (16),
+/// `CAP_SYS_PTRACE` (19: `/proc/<host pid>/root` and `/ns/*` of processes with more
+/// capabilities) and `CAP_SYS_ADMIN` (21: mount, remount, setns). Docker's default set
+/// lacks all three too.
+pub const DROPPED_CAPABILITIES: [u32; 3] = [16, 19, 21];
+
+/// `struct __user_cap_header_struct` of capget(2)/capset(2).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// One half of `struct __user_cap_data_struct[2]` (capabilities 0-31, 32-63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// What the child does between clone and exec.
 #[derive(Debug, Default)]
@@ -369,6 +399,7 @@ struct ChildPlan {
     unshare_flags: libc::c_int,
     cgroup2_mount: *const libc::c_char,
     readonly: Vec<*const libc::c_char>,
+    drop_caps: bool,
 }
 
 /// Moves an fd to a number ≥ 3 (close-on-exec) so that dup2 onto 0/1/2 in the child
@@ -422,6 +453,7 @@ pub fn spawn(
             .as_ref()
             .map(|c| c.readonly.iter().map(|m| m.as_ptr()).collect())
             .unwrap_or_default(),
+        drop_caps: setup.contain.is_some(),
     };
 
     let mut pidfd: libc::c_int = -1;
@@ -663,6 +695,44 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
             {
                 child_fail(plan, Stage::Setup);
             }
+        }
+    }
+    if plan.drop_caps {
+        // Last of the privileged steps: the mounts above needed CAP_SYS_ADMIN. Out of
+        // the bounding set, exec cannot give them back to root; out of the other
+        // sets, this process has lost them already.
+        for &cap in &DROPPED_CAPABILITIES {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                child_fail(plan, Stage::Setup);
+            }
+        }
+        let mut header = CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let mut data = [CapData::default(); 2];
+        if libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        ) != 0
+        {
+            child_fail(plan, Stage::Setup);
+        }
+        for &cap in &DROPPED_CAPABILITIES {
+            let d = &mut data[(cap / 32) as usize];
+            let keep = !(1u32 << (cap % 32));
+            d.effective &= keep;
+            d.permitted &= keep;
+            d.inheritable &= keep;
+        }
+        if libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        ) != 0
+        {
+            child_fail(plan, Stage::Setup);
         }
     }
     for r in &plan.rlimits {

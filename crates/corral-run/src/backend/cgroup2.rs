@@ -194,7 +194,7 @@ impl Backend for Cgroup2Backend {
 /// Root can write any cgroup.procs: give root-run analyses a cgroup namespace and a
 /// fresh cgroup2 mount rooted at their own cgroup (they cannot move out, and they see
 /// their own limits at `/sys/fs/cgroup`). Unprivileged runs cannot leave anyway.
-fn containment(mount_point: &Path) -> Option<Containment> {
+pub(super) fn containment(mount_point: &Path) -> Option<Containment> {
     if !rustix::process::geteuid().is_root() {
         return None;
     }
@@ -208,7 +208,7 @@ fn containment(mount_point: &Path) -> Option<Containment> {
 /// One run's cgroup v2.
 #[derive(Debug)]
 pub struct Sandbox2 {
-    contain: Option<Containment>,
+    pub(super) contain: Option<Containment>,
     cg: Cgroup2,
     dir: OwnedFd,
     procs: OwnedFd,

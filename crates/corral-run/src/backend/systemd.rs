@@ -279,7 +279,10 @@ impl SystemdBackend {
             self.mgr.scope,
             scope.has_file("memory.swap.max"),
         );
-        let inner = Sandbox2::new(payload.clone(), limits, plan)?;
+        let mut inner = Sandbox2::new(payload.clone(), limits, plan)?;
+        // Root placed straight into the payload gets what the cgroup2 backend gives it:
+        // a cgroup namespace rooted there and no capability to climb out.
+        inner.contain = super::cgroup2::containment(&self.mount.mount_point);
         // Enforced: the payload's own limits, bounded by what systemd wrote on S.
         let mut plan = inner.plan();
         let e = &mut plan.enforced;
@@ -672,8 +675,10 @@ impl Sandbox for SandboxSd {
     }
 
     fn child_setup<'a>(&'a self, setup: &mut ChildSetup<'a>) {
-        if let Some((rx, _)) = &self.gate {
-            setup.gate = Some(rx.as_fd());
+        match &self.gate {
+            // Moved by systemd after the start: no namespace may be rooted before that.
+            Some((rx, _)) => setup.gate = Some(rx.as_fd()),
+            None => self.inner().child_setup(setup),
         }
     }
 
