@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// After SIGTERM, how long running runs may go on before they are cancelled.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub drain_timeout: String,
+    /// How long runs' captured stdout/stderr files are kept after they were last
+    /// written (the records stay in the ledger); "forever" (or "none") keeps them.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub keep_output: String,
 }
 
 /// The service a client command talks to.
@@ -178,6 +182,10 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
     cfg.budget_cpus = a.budget_cpus.as_deref().map(parse_cpus).transpose()?;
     cfg.budget_pids = a.budget_pids.as_deref().map(parse_pids).transpose()?;
     cfg.drain_timeout = parse_drain(&a.drain_timeout)?;
+    cfg.keep_output = match a.keep_output.trim() {
+        "forever" | "none" => None,
+        s => Some(parse_duration("--keep-output", s)?),
+    };
     // If the service is killed, its guard ends the runs in flight at once; the restart
     // then records them as lost.
     // The guard starts before the service moves itself into its `supervisor` cgroup, so

@@ -549,3 +549,104 @@ fn tcp_only_on_loopback() {
     assert!(err.contains("refusing to listen on 0.0.0.0:1"), "{err}");
     assert!(!dir.path().join("l.db").exists(), "nothing was created");
 }
+
+/// Raw `GET`: (status, body).
+fn get_raw(s: &Svc, path: &str) -> (u16, String) {
+    let r = s.client().request("GET", path, None).unwrap();
+    let status = r.status;
+    (
+        status,
+        String::from_utf8_lossy(&r.bytes().unwrap()).into_owned(),
+    )
+}
+
+#[test]
+fn old_output_is_pruned_but_records_and_running_runs_stay() {
+    let _g = serial();
+    each_backend("prune", |b| {
+        let mut s = Svc::new(
+            b,
+            "prune",
+            &["--budget-memory", "1G", "--keep-output", "2s"],
+        );
+        // A file no run accounts for, written an hour ago: removed at start.
+        let out_dir = s.dir.path().join("output");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let orphan = out_dir.join("orphan-run.stdout");
+        std::fs::write(&orphan, "old").unwrap();
+        let touched = Command::new("touch")
+            .args(["-d", "1 hour ago"])
+            .arg(&orphan)
+            .status()
+            .unwrap();
+        assert!(touched.success());
+        s.start();
+        eventually(Duration::from_secs(5), || (!orphan.exists()).then_some(()))
+            .expect("the orphan file is removed at start");
+
+        let (_, v) = s.submit(&small(&["sh", "-c", "echo hello; echo oops >&2"]));
+        let done = v["id"].as_str().unwrap().to_string();
+        let (st, v) = s.call("GET", &format!("/runs/{done}/wait?timeout=30"));
+        assert_eq!((st, reason(&v)), (200, "exited"), "{v}");
+        assert_eq!(
+            get_raw(&s, &format!("/runs/{done}/output")),
+            (200, "hello\n".to_string())
+        );
+        // A run that prints once and then stays quiet for longer than --keep-output.
+        let (_, v) = s.submit(&small(&["sh", "-c", "echo early; sleep 5; echo late"]));
+        let quiet = v["id"].as_str().unwrap().to_string();
+        let quiet_out = out_dir.join(format!("{quiet}.stdout"));
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&quiet_out)
+                .ok()
+                .filter(|t| t == "early\n")
+        })
+        .expect("the quiet run printed");
+
+        // The finished run's files go within --keep-output plus one pass (1 s).
+        let done_out = out_dir.join(format!("{done}.stdout"));
+        eventually(Duration::from_secs(8), || {
+            (!done_out.exists()).then_some(())
+        })
+        .expect("the finished run's output is removed");
+        let (st, body) = get_raw(&s, &format!("/runs/{done}/output?stream=stderr"));
+        assert_eq!(st, 410, "{body}");
+        assert!(
+            body.contains("no longer kept") && body.contains("--keep-output"),
+            "{body}"
+        );
+        let (code, _, err) = corral(&s, &["logs", &done]);
+        assert_eq!(code, 125);
+        assert!(err.contains("no longer kept"), "{err}");
+        // The record stays, and says what was captured.
+        let (_, v) = s.call("GET", &format!("/runs/{done}"));
+        assert_eq!(reason(&v), "exited");
+        assert_eq!(v["record"]["output"]["stdout"]["bytes"], 6, "{v}");
+
+        // Still running, its file older than --keep-output: kept.
+        let (_, v) = s.call("GET", &format!("/runs/{quiet}"));
+        assert_eq!(v["state"], "running", "{v}");
+        assert!(quiet_out.exists(), "a running run's output was removed");
+        let (st, v) = s.call("GET", &format!("/runs/{quiet}/wait?timeout=30"));
+        assert_eq!((st, reason(&v)), (200, "exited"), "{v}");
+        assert_eq!(
+            get_raw(&s, &format!("/runs/{quiet}/output")),
+            (200, "early\nlate\n".to_string())
+        );
+        eventually(Duration::from_secs(8), || {
+            (!quiet_out.exists()).then_some(())
+        })
+        .expect("once finished, it goes too");
+
+        let (_, metrics) = get_raw(&s, "/metrics");
+        let pruned: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("corral_output_files_pruned_total "))
+            .expect("the counter is exported")
+            .parse()
+            .unwrap();
+        assert!(pruned >= 4, "{pruned}");
+        s.signal(libc::SIGTERM);
+        assert!(s.wait_exit(Duration::from_secs(10)).success());
+    });
+}

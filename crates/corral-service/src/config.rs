@@ -20,6 +20,8 @@ pub const DEFAULT_OUTPUT_LIMIT: u64 = 64 << 20;
 pub const MAX_BODY: usize = 1 << 20;
 /// The default `--drain-timeout`.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+/// The default `--keep-output`: a week.
+pub const DEFAULT_KEEP_OUTPUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The default `--budget-pids`.
 pub const DEFAULT_BUDGET_PIDS: u64 = 4096;
 
@@ -95,6 +97,8 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// The output cap for runs that set none.
     pub output_limit: u64,
+    /// How long captured output outlives its finished run (`None`: for ever).
+    pub keep_output: Option<Duration>,
 }
 
 impl ServeConfig {
@@ -111,6 +115,7 @@ impl ServeConfig {
             budget_pids: None,
             drain_timeout: DEFAULT_DRAIN,
             output_limit: DEFAULT_OUTPUT_LIMIT,
+            keep_output: Some(DEFAULT_KEEP_OUTPUT),
         }
     }
 

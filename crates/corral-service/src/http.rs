@@ -303,7 +303,10 @@ async fn output(
     }
     let done = s.done_signal(&id);
     // 404 for an unknown id (and the id is checked before it becomes a file name).
-    s.status(&id).await?;
+    let status = s.status(&id).await?;
+    if let Some(why) = s.output_gone(&status, stream) {
+        return Err(ApiError::new(StatusCode::GONE, why));
+    }
     let tail = Tail {
         path: s.output_path(&id, stream),
         file: None,

@@ -77,15 +77,7 @@ pub fn serve(cfg: ServeConfig) -> Result<(), String> {
             return Err(e);
         }
     };
-    let svc = Service::new(
-        ledger,
-        tree,
-        backend,
-        budget,
-        reaped,
-        cfg.output_limit,
-        cfg.drain_timeout,
-    )?;
+    let svc = Service::new(ledger, tree, backend, budget, reaped, &cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads((budget.max_running + 2).clamp(4, 64))
         .thread_name("corral-serve")
@@ -143,6 +135,19 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), String> {
         }
     };
     svc.pump();
+    if let Some(keep) = svc.keep_output() {
+        // At start, then often enough that nothing stays much longer than asked.
+        let every = (keep / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let s = svc.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let s = s.clone();
+                let _ = tokio::task::spawn_blocking(move || s.prune_outputs()).await;
+            }
+        });
+    }
     let h = svc.health();
     eprintln!(
         "corral serve: listening on {listen} (pid {}); backend {} at {}; budget {}, {} CPUs, \

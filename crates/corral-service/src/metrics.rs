@@ -75,6 +75,8 @@ pub struct Metrics {
     pub idempotent: AtomicU64,
     /// Submissions refused (4xx, 503).
     pub refused: AtomicU64,
+    /// Output files removed after `--keep-output`.
+    pub outputs_pruned: AtomicU64,
 }
 
 /// Everything a scrape shows, gathered by the caller.
@@ -222,6 +224,17 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             v.load(Ordering::Relaxed)
         );
     }
+    family(
+        &mut o,
+        "corral_output_files_pruned_total",
+        "counter",
+        "Captured output files removed after --keep-output.",
+    );
+    let _ = writeln!(
+        o,
+        "corral_output_files_pruned_total {}",
+        m.outputs_pruned.load(Ordering::Relaxed)
+    );
     family(
         &mut o,
         "corral_launch_latency_seconds",

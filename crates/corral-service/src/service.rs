@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::admission::{Admission, Budget, Need};
 use crate::cgroups::{Reaped, ServiceTree};
+use crate::config::ServeConfig;
 use crate::ledger::{Inserted, Ledger, NewRun, Row};
 use crate::metrics::{Metrics, Snapshot};
 use crate::wire::{
@@ -154,6 +155,7 @@ pub struct Service {
     profiles: ProfileSet,
     output_dir: PathBuf,
     output_limit: u64,
+    keep_output: Option<Duration>,
     drain_timeout: Duration,
     owner: String,
     facts: Facts,
@@ -186,8 +188,7 @@ impl Service {
         backend: Box<dyn Backend>,
         budget: Budget,
         reaped: Vec<Reaped>,
-        output_limit: u64,
-        drain_timeout: Duration,
+        cfg: &ServeConfig,
     ) -> Result<Arc<Service>, String> {
         let output_dir = ledger
             .path()
@@ -207,8 +208,9 @@ impl Service {
             tree: Arc::new(tree),
             profiles,
             output_dir,
-            output_limit,
-            drain_timeout,
+            output_limit: cfg.output_limit,
+            keep_output: cfg.keep_output,
+            drain_timeout: cfg.drain_timeout,
             owner: owner_tag(),
             facts,
             inner: Mutex::new(Inner {
@@ -365,6 +367,95 @@ impl Service {
     /// Where a run's captured stream goes.
     pub fn output_path(&self, id: &str, stream: &str) -> PathBuf {
         self.output_dir.join(format!("{id}.{stream}"))
+    }
+
+    /// How long captured output outlives its run (`--keep-output`; `None`: for ever).
+    pub fn keep_output(&self) -> Option<Duration> {
+        self.keep_output
+    }
+
+    /// Removes captured output last written more than `--keep-output` ago, unless its
+    /// run is still queued or running (a quiet run keeps its files however long it
+    /// runs). Files no ledger row accounts for go too. The records stay in the ledger.
+    /// Returns how many files were removed.
+    pub fn prune_outputs(&self) -> usize {
+        let Some(keep) = self.keep_output else {
+            return 0;
+        };
+        let entries = match std::fs::read_dir(&self.output_dir) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("cannot list {}: {e}", self.output_dir.display());
+                return 0;
+            }
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| {
+                n.strip_suffix(".stdout")
+                    .or_else(|| n.strip_suffix(".stderr"))
+            }) else {
+                continue;
+            };
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok());
+            if age.is_none_or(|a| a <= keep) {
+                continue;
+            }
+            match self.ledger.get(id) {
+                Ok(Some(row)) if !row.state.is_final() => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("pruning output: cannot look up run {id}: {e}");
+                    continue;
+                }
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+        if removed > 0 {
+            self.metrics
+                .outputs_pruned
+                .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                "removed {removed} output file(s) older than {} (--keep-output)",
+                format_duration(keep)
+            );
+        }
+        removed
+    }
+
+    /// Why a finished run's captured `stream` cannot be shown any more: it was captured
+    /// (the record says so) and its file is gone, removed after `--keep-output`.
+    pub fn output_gone(&self, status: &RunStatus, stream: &str) -> Option<String> {
+        let out = status.record.as_ref()?.output.as_ref()?;
+        let captured = match stream {
+            "stdout" => out.stdout.as_ref(),
+            _ => out.stderr.as_ref(),
+        }?;
+        if !status.state.is_final() || self.output_path(&status.id, stream).exists() {
+            return None;
+        }
+        let kept = match self.keep_output {
+            Some(k) => format!(
+                "this service keeps captured output for {} after it was last written",
+                format_duration(k)
+            ),
+            None => "it was removed from the output directory".to_string(),
+        };
+        Some(format!(
+            "the {stream} of run {} ({} bytes) is no longer kept: {kept} (corral serve \
+             --keep-output); the run's record is still available",
+            status.id, captured.bytes
+        ))
     }
 
     fn resolve(&self, req: &SubmitRequest) -> Result<(String, Limits), ApiError> {

@@ -140,7 +140,15 @@ class ServiceClient:
         if status == 404:
             return ""
         if status != 200:
-            raise CorralError(f"corral service: output of {run_id}: HTTP {status}", returncode=status)
+            # 410: captured, then removed after the service's --keep-output.
+            try:
+                why = str(json.loads(raw).get("error") or "")
+            except (ValueError, AttributeError):
+                why = ""
+            raise CorralError(
+                f"corral service: output of {run_id}: {why or f'HTTP {status}'}",
+                returncode=status,
+            )
         return raw.decode("utf-8", errors="replace")
 
     def cancel(self, run_id: str) -> None:
