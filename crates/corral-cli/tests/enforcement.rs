@@ -379,19 +379,7 @@ fn contained(h: &Harness) {
     let ran = h.run(&["--memory", "100M"], &["sh", "-c", script]);
     assert_eq!(ran.reason(), "exited", "{}", ran.rec());
     assert!(!ran.stdout.contains("escaped"), "{}", ran.stdout);
-    let bounding = ran
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-        .expect("CapBnd printed");
-    for cap in corral_run::spawn::DROPPED_CAPABILITIES {
-        assert_eq!(
-            bounding & (1 << cap),
-            0,
-            "capability {cap} kept: {bounding:x}"
-        );
-    }
+    common::assert_capabilities_dropped(&ran.stdout);
     if h.backend == "cgroup2" {
         let mut l = ran.stdout.lines();
         assert_eq!(l.next(), Some("0::/"), "{}", ran.stdout);

@@ -421,3 +421,20 @@ pub fn guard_of(parent: i32) -> Option<i32> {
     }
     None
 }
+
+/// Asserts that the `CapBnd:` line a contained run printed (from `/proc/self/status`)
+/// lacks every capability corral drops for root-run analyses.
+pub fn assert_capabilities_dropped(stdout: &str) {
+    let bounding = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .expect("CapBnd printed");
+    for cap in corral_run::spawn::DROPPED_CAPABILITIES {
+        assert_eq!(
+            bounding & (1 << cap),
+            0,
+            "capability {cap} kept: {bounding:x}"
+        );
+    }
+}
