@@ -18,7 +18,7 @@ use corral_service::wire::{RunState, RunStatus, SubmitRequest};
 use corral_service::{Addr, ServeConfig};
 use corral_spec::{
     format_bytes, format_duration, load_metadata, parse_cpus, parse_duration, parse_pids,
-    parse_size, LimitsPatch, Setting,
+    parse_size, parse_size_setting, LimitsPatch, Setting,
 };
 use serde_json::{Map, Value};
 
@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Tasks shared by all runs (default: 4096).
     #[arg(long, value_name = "N")]
     pub budget_pids: Option<String>,
+    /// Swap shared by all runs ("max" for no cap). A run asking for more swap than
+    /// this is refused.
+    #[arg(long, value_name = "SIZE", default_value = "0")]
+    pub budget_swap: String,
     /// The service's cgroup root (default: the unit's cgroup when started by systemd
     /// in a "supervisor" subgroup, else corral-service under the cgroup mount).
     #[arg(long, value_name = "PATH")]
@@ -181,6 +185,13 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
         .transpose()?;
     cfg.budget_cpus = a.budget_cpus.as_deref().map(parse_cpus).transpose()?;
     cfg.budget_pids = a.budget_pids.as_deref().map(parse_pids).transpose()?;
+    cfg.budget_swap = match a.budget_swap.trim() {
+        "0" => Some(0),
+        s => match parse_size_setting("budget swap", s)? {
+            Setting::Unlimited => None,
+            Setting::Value(v) => Some(v),
+        },
+    };
     cfg.drain_timeout = parse_drain(&a.drain_timeout)?;
     cfg.keep_output = match a.keep_output.trim() {
         "forever" | "none" => None,

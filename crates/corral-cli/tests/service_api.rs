@@ -41,6 +41,8 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
             _ => m.v1.get("memory").is_some_and(|p| p == &sup),
         };
         assert!(placed, "the service is not in {}: {m:?}", sup.display());
+        // The runs' swap budget (default 0) is on their parent, where the kernel keeps it.
+        assert_eq!(s.runs_swap_cap(), Some(0), "swap budget not applied");
         let cases: Vec<(&str, Vec<u8>, u16, &str)> =
             vec![
             ("malformed", b"{\"command\": [\"true\"".to_vec(), 400, "invalid JSON"),
@@ -95,6 +97,13 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
                 br#"{"command": ["true"], "limits": {"memory": "64M", "cpus": 2}}"#.to_vec(),
                 422,
                 "exceeds the service's whole CPU budget of 1",
+            ),
+            (
+                "over the swap budget",
+                br#"{"command": ["true"], "limits": {"memory": "64M", "cpus": 0.5, "swap": "1G"}}"#
+                    .to_vec(),
+                422,
+                "exceeds the service's whole swap budget of 0 B",
             ),
             (
                 "unlimited memory",

@@ -8,6 +8,11 @@
 //! A run whose reservation could never fit (its limit exceeds the whole budget, or it
 //! has no memory or CPU limit at all) is refused at submission instead.
 //!
+//! Tasks and swap are shared, not reserved: the runs' parent cgroup caps their sum.
+//! A run asking for more swap than the whole swap budget (or for unlimited swap under
+//! a finite one) is refused, so the parent never silently gives a run less than its
+//! own limit says.
+//!
 //! CPU amounts are kept in microseconds of quota per 100 ms period (the unit the kernel
 //! takes), so sums are exact.
 
@@ -26,6 +31,9 @@ pub struct Budget {
     pub cpus: f64,
     /// Tasks shared by all runs (enforced by the parent cgroup, not reserved).
     pub pids: u64,
+    /// Swap shared by all runs in bytes, `None` for no cap (enforced by the parent
+    /// cgroup, not reserved).
+    pub swap: Option<u64>,
     /// Runs at once.
     pub max_running: usize,
 }
@@ -90,6 +98,26 @@ impl Budget {
             }
             Some(c) => cpu_quota_us(c),
         };
+        if let Some(budget_swap) = self.swap {
+            match limits.swap {
+                None => {
+                    return Err(format!(
+                        "the run's swap is unlimited, but the service's whole swap budget is \
+                         {}; give it a swap limit (e.g. \"limits\": {{\"swap\": \"0\"}})",
+                        format_bytes(budget_swap)
+                    ))
+                }
+                Some(s) if s > budget_swap => {
+                    return Err(format!(
+                        "the run's swap limit {} exceeds the service's whole swap budget of {} \
+                         (corral serve --budget-swap)",
+                        format_bytes(s),
+                        format_bytes(budget_swap)
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         Ok(Need { memory, cpu_quota })
     }
 }
@@ -213,6 +241,7 @@ mod tests {
             memory: G,
             cpus: 2.0,
             pids: 4096,
+            swap: Some(0),
             max_running: 8,
         }
     }
@@ -221,6 +250,7 @@ mod tests {
         Limits {
             memory: mem,
             cpus,
+            swap: Some(0),
             ..Limits::default()
         }
     }
@@ -243,6 +273,33 @@ mod tests {
             e.contains("2.5 CPUs exceeds") && e.contains("budget of 2"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn swap_within_the_swap_budget() {
+        let with_swap = |s: Option<u64>| Limits {
+            swap: s,
+            ..limits(Some(G / 4), Some(0.5))
+        };
+        let b = budget();
+        assert!(b.need(&with_swap(Some(0))).is_ok());
+        let e = b.need(&with_swap(Some(G))).unwrap_err();
+        assert!(
+            e.contains("swap limit 1.0 GiB exceeds") && e.contains("--budget-swap"),
+            "{e}"
+        );
+        let e = b.need(&with_swap(None)).unwrap_err();
+        assert!(e.contains("swap is unlimited"), "{e}");
+        let b = Budget {
+            swap: Some(2 * G),
+            ..budget()
+        };
+        assert!(b.need(&with_swap(Some(G))).is_ok());
+        let b = Budget {
+            swap: None,
+            ..budget()
+        };
+        assert!(b.need(&with_swap(None)).is_ok());
     }
 
     #[test]

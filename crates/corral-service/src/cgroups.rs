@@ -39,6 +39,8 @@ pub struct BudgetLimits {
     pub cpus: f64,
     /// Tasks.
     pub pids: u64,
+    /// Swap (`None`: no cap).
+    pub swap: Option<u64>,
 }
 
 /// What the runs' parent cgroup is charged now, and its peak where the kernel keeps one.
@@ -420,9 +422,15 @@ impl ServiceTree {
                     .map_err(|e| ctx("CPU", e))?;
                 runs.set_pids_max(Some(b.pids))
                     .map_err(|e| ctx("process", e))?;
+                // Without swap accounting there is no file, and no run can swap-limit
+                // either (their records say so).
+                if runs.has_file("memory.swap.max") {
+                    runs.set_swap_max(b.swap).map_err(|e| ctx("swap", e))?;
+                }
             }
             Tree::V1 { runs, .. } => {
-                runs.set_memory_limit(Some(b.memory))
+                // v1 caps memory + swap together.
+                runs.set_memory_limits(Some(b.memory), b.swap.map(|s| b.memory + s))
                     .map_err(|e| ctx("memory", e))?;
                 if runs.dir("cpu").is_some() {
                     runs.set_cpu_quota(Some(quota), CPU_PERIOD_US)

@@ -93,6 +93,8 @@ pub struct ServeConfig {
     pub budget_cpus: Option<f64>,
     /// The runs' shared task limit (default 4096).
     pub budget_pids: Option<u64>,
+    /// The runs' shared swap (default 0; `None`: no cap).
+    pub budget_swap: Option<u64>,
     /// How long running runs may go on after SIGTERM before they are cancelled.
     pub drain_timeout: Duration,
     /// The output cap for runs that set none.
@@ -113,6 +115,7 @@ impl ServeConfig {
             budget_memory: None,
             budget_cpus: None,
             budget_pids: None,
+            budget_swap: Some(0),
             drain_timeout: DEFAULT_DRAIN,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             keep_output: Some(DEFAULT_KEEP_OUTPUT),
@@ -132,6 +135,7 @@ impl ServeConfig {
             memory,
             cpus: self.budget_cpus.unwrap_or((cpus - 1.0).max(1.0)),
             pids: self.budget_pids.unwrap_or(DEFAULT_BUDGET_PIDS),
+            swap: self.budget_swap,
             max_running: self.max_running.unwrap_or((2.0 * cpus) as usize).max(1),
         };
         if b.memory < (1 << 20) {

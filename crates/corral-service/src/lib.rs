@@ -66,6 +66,7 @@ pub fn serve(cfg: ServeConfig) -> Result<(), String> {
             memory: budget.memory,
             cpus: budget.cpus,
             pids: budget.pids,
+            swap: budget.swap,
         })?;
         let backend = tree.backend()?;
         Ok::<_, String>((reaped, backend))
@@ -151,13 +152,16 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), String> {
     let h = svc.health();
     eprintln!(
         "corral serve: listening on {listen} (pid {}); backend {} at {}; budget {}, {} CPUs, \
-         {} tasks, {} runs at once; ledger {}; {} queued",
+         {} tasks, swap {}, {} runs at once; ledger {}; {} queued",
         h.pid,
         h.backend,
         h.cgroup_root,
         format_bytes(h.budget.memory_bytes),
         h.budget.cpus,
         h.budget.pids,
+        h.budget
+            .swap_bytes
+            .map_or_else(|| "uncapped".to_string(), format_bytes),
         h.budget.max_running,
         h.ledger,
         h.queued

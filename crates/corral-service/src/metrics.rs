@@ -146,7 +146,7 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             .map_or(0, |(_, n)| *n);
         let _ = writeln!(o, "corral_runs_finished{{reason=\"{r}\"}} {n}");
     }
-    let gauges: [(&str, &str, f64); 11] = [
+    let gauges: [(&str, &str, f64); 12] = [
         (
             "corral_queue_depth",
             "Runs waiting for budget.",
@@ -191,6 +191,11 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             "corral_budget_pids",
             "The runs' shared task limit.",
             s.budget.pids as f64,
+        ),
+        (
+            "corral_budget_swap_bytes",
+            "The runs' shared swap (-1: no cap).",
+            s.budget.swap_bytes.map_or(-1.0, |b| b as f64),
         ),
         (
             "corral_budget_pids_current",

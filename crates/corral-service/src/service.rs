@@ -1000,6 +1000,7 @@ impl Service {
             cpus: b.cpus,
             cpus_reserved: reserved.cpus(),
             pids: b.pids,
+            swap_bytes: b.swap,
             pids_current: u.pids,
             max_running: b.max_running,
         }

@@ -153,6 +153,8 @@ pub struct BudgetStatus {
     pub cpus_reserved: f64,
     /// The runs' shared task limit.
     pub pids: u64,
+    /// The runs' shared swap in bytes; null for no cap.
+    pub swap_bytes: Option<u64>,
     /// Tasks in the runs' parent cgroup now.
     pub pids_current: Option<u64>,
     /// How many runs may run at once.

@@ -279,6 +279,22 @@ impl Svc {
         self.probe().runs_pids()
     }
 
+    /// The swap `runs` may use together, as the kernel holds it: v2 `memory.swap.max`,
+    /// v1 `memory.memsw.limit_in_bytes` − `memory.limit_in_bytes`. `None` where swap
+    /// accounting is off (no file) or uncapped.
+    pub fn runs_swap_cap(&self) -> Option<u64> {
+        let p = self.probe();
+        let n = |name: &str| {
+            std::fs::read_to_string(p.runs_file("memory", name))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        match self.backend {
+            "cgroup2" => n("memory.swap.max"),
+            _ => Some(n("memory.memsw.limit_in_bytes")? - n("memory.limit_in_bytes")?),
+        }
+    }
+
     /// Live processes anywhere under the root's `runs` (by `/proc/PID/cgroup`).
     pub fn procs_in_runs(&self) -> Vec<i32> {
         let prefix = PathBuf::from(&self.root_rel).join("runs");
@@ -333,7 +349,7 @@ impl Probe {
         }
     }
 
-    fn runs_file(&self, controller: &str, name: &str) -> PathBuf {
+    pub fn runs_file(&self, controller: &str, name: &str) -> PathBuf {
         match self.backend {
             "cgroup2" => self.root_dirs[0].join("runs").join(name),
             _ => {
