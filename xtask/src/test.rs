@@ -93,7 +93,12 @@ pub fn run_tests(args: &[OsString]) -> Result<u8> {
             "--",
             "-D",
             "warnings",
-        ])
+        ])?;
+        // Broken or ambiguous intra-doc links fail too: the API docs must build clean.
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        sh(Command::new(cargo)
+            .args(["doc", "--workspace", "--no-deps", "-q"])
+            .env("RUSTDOCFLAGS", "-D warnings"))
     });
     // --no-fail-fast: one failing test binary must not hide the others' results.
     step("host", &mut || {

@@ -13,7 +13,7 @@
 //! * [`spawn`]: the only unsafe code: `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)`.
 //! * [`supervise`]: the event loop of one run (pidfd, timers, inotify/eventfd), the
 //!   SIGTERM → grace → kill sequence, and the wait until the tree is gone.
-//! * [`run`]: ties it together and builds the [`corral_record::Record`].
+//! * [`mod@run`]: ties it together and builds the [`corral_record::Record`].
 
 pub mod backend;
 pub mod check;

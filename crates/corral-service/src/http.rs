@@ -1,6 +1,6 @@
 //! The HTTP/JSON API (axum): routes, error bodies, output streaming.
 //!
-//! Every route is declared once in [`routes!`], which builds both the router and
+//! Every route is declared once in `routes!`, which builds both the router and
 //! [`ROUTES`], the list a test compares with `openapi.json`.
 
 use std::path::PathBuf;

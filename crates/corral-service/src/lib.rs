@@ -2,7 +2,7 @@
 //!
 //! The service accepts runs over an HTTP/JSON API (on a Unix socket or a loopback TCP
 //! port), keeps every submission and result record in a SQLite ledger, and starts each
-//! run through the same library call as `corral run` ([`corral_run::run`]) once its
+//! run through the same library call as `corral run` ([`corral_run::run()`]) once its
 //! memory and CPU reservation fits the service budget. All runs live under one parent
 //! cgroup whose own limits are that budget, so even runs that each stay inside their
 //! limits cannot starve the host; the service itself sits in a sibling leaf cgroup.

@@ -6,7 +6,7 @@
 //! what only this instance needs: the admission queue and reservations, each active
 //! run's cancel switch, and a "done" signal that `wait` and `follow` block on.
 //!
-//! Runs are started with `tokio::spawn`, so [`corral_run::run`] always runs on a worker
+//! Runs are started with `tokio::spawn`, so [`corral_run::run()`] always runs on a worker
 //! thread of the multi-threaded runtime (never on the blocking pool: the child's
 //! `PR_SET_PDEATHSIG` is tied to the thread that created it). Ledger calls go to the
 //! blocking pool.

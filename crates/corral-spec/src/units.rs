@@ -48,7 +48,7 @@ pub fn parse_size(what: &'static str, s: &str) -> Result<u64, SpecError> {
     Ok(n)
 }
 
-/// Like [`parse_size`], but also accepts `max`/`none`/`infinity` for "no limit".
+/// Like [`parse_size()`], but also accepts `max`/`none`/`infinity` for "no limit".
 pub fn parse_size_setting(what: &'static str, s: &str) -> Result<Setting<u64>, SpecError> {
     if is_unlimited(s.trim()) {
         return Ok(Setting::Unlimited);
