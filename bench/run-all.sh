@@ -9,8 +9,9 @@
 #   bench/run-all.sh            # full counts: launch N=200, precision N=100
 #   QUICK=1 bench/run-all.sh    # smoke test with small counts
 # Knobs: RUNS, PRECISION_RUNS (native), VM_RUNS, VM_PRECISION_RUNS (in the VMs,
-# where every process start costs 30-90 ms under TCG), VM_TIMEOUT (seconds per VM),
-# SKIP_NATIVE=1, SKIP_VM=1, SKIP_SYSTEMD=1.
+# where every process start costs 30-90 ms under TCG), VM_RUNEXEC_RUNS (runexec's
+# measured starts in the systemd VM, ~5 s each under TCG; default 30), VM_TIMEOUT
+# (seconds per VM), SKIP_NATIVE=1, SKIP_VM=1, SKIP_SYSTEMD=1.
 # Output: target/bench/{native-cgroup1,vm-cgroup2,vm-systemd}/*.json|*.md and
 # target/bench/tables.md (all tables, for pasting into docs/BENCHMARKS.md).
 # Measure on a quiet machine: every figure is a ratio to a baseline of the same run,
@@ -22,6 +23,7 @@ RUNS=${RUNS:-200}
 PRECISION_RUNS=${PRECISION_RUNS:-100}
 VM_RUNS=${VM_RUNS:-200}
 VM_PRECISION_RUNS=${VM_PRECISION_RUNS:-100}
+VM_RUNEXEC_RUNS=${VM_RUNEXEC_RUNS:-30}
 VM_TIMEOUT=${VM_TIMEOUT:-7200}
 ARGS=""
 if [ "${QUICK:-0}" = 1 ]; then
@@ -48,7 +50,8 @@ fi
 if [ "${SKIP_SYSTEMD:-0}" != 1 ]; then
     echo "== VM, systemd (cgroup2 + systemd-run) ==" >&2
     $X vm --systemd --timeout "$VM_TIMEOUT" -- $B --backend cgroup2 \
-        --out target/bench/vm-systemd --runs "$VM_RUNS" $ARGS launch-cli || status=1
+        --out target/bench/vm-systemd --runs "$VM_RUNS" --runexec-runs "$VM_RUNEXEC_RUNS" \
+        $ARGS launch-cli || status=1
 fi
 
 {

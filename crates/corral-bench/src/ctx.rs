@@ -38,6 +38,11 @@ pub struct Opts {
     /// BenchExec's runexec (default: target/bench/venv/bin/runexec, then PATH).
     #[arg(long, global = true)]
     pub runexec: Option<PathBuf>,
+    /// Launch: measured repetitions of each runexec variant, when fewer than --runs
+    /// (under TCG one runexec start takes ~5 s). Its rounds come first, interleaved
+    /// with the others as usual.
+    #[arg(long, global = true)]
+    pub runexec_runs: Option<usize>,
     /// Throughput: seconds per measurement.
     #[arg(long, default_value_t = 5.0, global = true)]
     pub seconds: f64,

@@ -191,6 +191,9 @@ pub fn launch_cli(ctx: &Ctx) -> Result<Report> {
         for j in 0..k {
             let idx = (i + j) % k;
             let (v, samples) = &mut live[idx];
+            if v.max_runs.is_some_and(|m| i >= warm + m) {
+                continue;
+            }
             let ms = v.time_once(ctx)?;
             if i >= warm {
                 samples.push(ms);

@@ -30,6 +30,8 @@ pub struct Peer {
     leftovers: Vec<String>,
     counter: usize,
     torn_down: bool,
+    /// Measured repetitions at most (`None`: as many as the others).
+    pub max_runs: Option<usize>,
 }
 
 /// Removes the leftovers: with `Some(n)` the per-repetition ones (patterns with
@@ -76,6 +78,7 @@ impl Peer {
             leftovers: Vec::new(),
             counter: 0,
             torn_down: true,
+            max_runs: None,
         }
     }
 
@@ -212,6 +215,7 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
                 leftovers: dirs(&group),
                 counter: 0,
                 torn_down: true,
+                max_runs: None,
             });
             let spec_n = format!("{ctrl}:{group}-{{n}}");
             let mut set_n = cgset;
@@ -236,6 +240,7 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
                 leftovers: dirs(&format!("{group}-{{n}}")),
                 counter: 0,
                 torn_down: true,
+                max_runs: None,
             });
         }
         Err(why) => out.push(Peer::cmd("cgexec", "cgroup-tools".into(), Err(why))),
@@ -271,7 +276,28 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
         leftovers: Vec::new(),
         counter: 0,
         torn_down: true,
+        max_runs: None,
     });
+
+    // On cgroup v2 BenchExec puts each run into a systemd scope of its own, which it
+    // asks the *user* manager for (through pystemd), root included: with systemd as
+    // PID 1 the harness starts root's user manager (untimed, once) and points runexec
+    // at its bus, as BenchExec's installation guide has users do.
+    let user_manager = Path::new("/run/systemd/system").is_dir()
+        && ctx.kind == BackendKind::Cgroup2
+        && rustix::process::geteuid().is_root();
+    let (env_prefix, setup): (Vec<String>, Vec<Argv>) = if user_manager {
+        (
+            words(&[
+                "env",
+                "XDG_RUNTIME_DIR=/run/user/0",
+                "DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/0/bus",
+            ]),
+            vec![words(&["systemctl", "start", "user@0.service"])],
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
 
     for (name, mode) in [
         ("runexec --no-container", vec!["--no-container"]),
@@ -281,7 +307,8 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
         ),
     ] {
         let cmd = ctx.runexec.clone().map(|r| {
-            let mut a = vec![r.display().to_string()];
+            let mut a = env_prefix.clone();
+            a.push(r.display().to_string());
             a.extend(mode.iter().map(|s| s.to_string()));
             a.extend(words(&[
                 "--quiet",
@@ -295,18 +322,27 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
             a
         });
         let config = match &cmd {
-            Ok(a) => format!("{} (no pids limit: BenchExec has none)", a.join(" ")),
+            Ok(a) => format!(
+                "{}{} (no pids limit: BenchExec has none)",
+                if setup.is_empty() {
+                    ""
+                } else {
+                    "systemctl start user@0.service (once, untimed); timed: "
+                },
+                a.join(" ")
+            ),
             Err(_) => "runexec".into(),
         };
         out.push(Peer {
             name: name.into(),
             config,
             steps: cmd.map(|a| vec![a]),
-            setup: Vec::new(),
+            setup: setup.clone(),
             teardown: Vec::new(),
             leftovers: Vec::new(),
             counter: 0,
             torn_down: true,
+            max_runs: ctx.opts.runexec_runs,
         });
     }
     out
