@@ -18,7 +18,7 @@ use corral_service::wire::{RunState, RunStatus, SubmitRequest};
 use corral_service::{Addr, ServeConfig};
 use corral_spec::{
     format_bytes, format_duration, load_metadata, parse_cpus, parse_duration, parse_pids,
-    parse_size, parse_size_setting, LimitsPatch, Setting,
+    parse_size, parse_swap, LimitsPatch, Setting,
 };
 use serde_json::{Map, Value};
 
@@ -185,12 +185,10 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
         .transpose()?;
     cfg.budget_cpus = a.budget_cpus.as_deref().map(parse_cpus).transpose()?;
     cfg.budget_pids = a.budget_pids.as_deref().map(parse_pids).transpose()?;
-    cfg.budget_swap = match a.budget_swap.trim() {
-        "0" => Some(0),
-        s => match parse_size_setting("budget swap", s)? {
-            Setting::Unlimited => None,
-            Setting::Value(v) => Some(v),
-        },
+    // The same syntax as a run's --swap: "0" allowed, "max" for no cap.
+    cfg.budget_swap = match parse_swap(&a.budget_swap).map_err(|e| anyhow!("--budget-swap: {e}"))? {
+        Setting::Unlimited => None,
+        Setting::Value(v) => Some(v),
     };
     cfg.drain_timeout = parse_drain(&a.drain_timeout)?;
     cfg.keep_output = match a.keep_output.trim() {
