@@ -129,6 +129,23 @@ pub struct LimitsRecord {
     pub grace_s: f64,
 }
 
+impl LimitsRecord {
+    /// The `requested` limits next to what a backend's plan enforces of them
+    /// (`enforced`) and what it cannot (`not_enforced`).
+    pub fn new(
+        requested: &corral_spec::Limits,
+        enforced: LimitValues,
+        not_enforced: Vec<Gap>,
+    ) -> LimitsRecord {
+        LimitsRecord {
+            requested: LimitValues::from_limits(requested),
+            enforced,
+            not_enforced,
+            grace_s: requested.grace.as_secs_f64(),
+        }
+    }
+}
+
 /// How the run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -243,7 +260,62 @@ pub struct Record {
     pub corral_version: String,
 }
 
+/// What a record says of a run before it has run: the request, and which backend
+/// takes it under which limits. [`Record::new`] builds the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordHead {
+    /// The run's id.
+    pub id: String,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// The working directory.
+    pub cwd: Option<String>,
+    /// The profile the limits started from.
+    pub profile: String,
+    /// The backend that runs it (`cgroup2`, `systemd`, `cgroup1` or `rlimit`).
+    pub backend: String,
+    /// Why this backend was chosen.
+    pub backend_reason: String,
+    /// Requested and enforced limits.
+    pub limits: LimitsRecord,
+}
+
 impl Record {
+    /// The one place a record is made: the record of a run that has not run (yet).
+    ///
+    /// Until its end is known the outcome is `spawn_failed` with exit status 125
+    /// (corral failed), so a record cut short never claims more than happened. Both
+    /// times are now; there are no events, usage, output, cgroup or notes: the caller
+    /// fills in what it learns and composes the notes last ([`compose_notes`]).
+    pub fn new(head: RecordHead) -> Record {
+        let now = rfc3339(std::time::SystemTime::now());
+        Record {
+            schema: SCHEMA.to_string(),
+            id: head.id,
+            command: head.command,
+            cwd: head.cwd,
+            profile: head.profile,
+            backend: head.backend,
+            backend_reason: head.backend_reason,
+            cgroup: None,
+            limits: head.limits,
+            outcome: Outcome {
+                reason: Reason::SpawnFailed,
+                exit_code: 125,
+                signal: None,
+                process_exit_code: None,
+                error: None,
+            },
+            events: Events::default(),
+            usage: Usage::default(),
+            output: None,
+            started_at: now.clone(),
+            finished_at: now,
+            notes: String::new(),
+            corral_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
     /// Serializes the record as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a record always serializes")
@@ -278,4 +350,38 @@ pub fn signal_name(sig: i32) -> String {
         _ => return format!("signal {sig}"),
     };
     n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_record_says_corral_failed_until_told_otherwise() {
+        let limits = corral_spec::Limits {
+            memory: Some(1 << 20),
+            grace: std::time::Duration::from_millis(1500),
+            ..corral_spec::Limits::default()
+        };
+        let rec = Record::new(RecordHead {
+            id: "r1".into(),
+            command: vec!["true".into()],
+            cwd: Some("/".into()),
+            profile: "default".into(),
+            backend: "cgroup1".into(),
+            backend_reason: "why".into(),
+            limits: LimitsRecord::new(&limits, LimitValues::default(), Vec::new()),
+        });
+        assert_eq!(rec.schema, SCHEMA);
+        assert_eq!(rec.outcome.reason, Reason::SpawnFailed);
+        assert_eq!(rec.outcome.exit_code, 125);
+        assert_eq!(rec.started_at, rec.finished_at);
+        assert_eq!(rec.limits.requested.memory_bytes, Some(1 << 20));
+        assert_eq!(rec.limits.enforced.memory_bytes, None);
+        assert_eq!(rec.limits.grace_s, 1.5);
+        assert_eq!(rec.corral_version, env!("CARGO_PKG_VERSION"));
+        assert!(rec.notes.is_empty() && rec.cgroup.is_none() && rec.output.is_none());
+        let back: Record = serde_json::from_str(&rec.to_json()).unwrap();
+        assert_eq!(back, rec);
+    }
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use corral_record::{
-    classify, compose_notes, Events, Evidence, LimitValues, LimitsRecord, Outcome, Output, Record,
-    Usage, SCHEMA,
+    classify, compose_notes, Events, Evidence, LimitsRecord, Outcome, Output, Record, RecordHead,
+    Usage,
 };
 use corral_spec::Limits;
 use tokio::sync::watch;
@@ -334,9 +334,7 @@ fn effective_env(spec: &RunSpec) -> Vec<(String, String)> {
 }
 
 fn base_record(backend: &dyn Backend, spec: &RunSpec, id: &str, plan: &Plan) -> Record {
-    let now = corral_record::rfc3339(SystemTime::now());
-    Record {
-        schema: SCHEMA.to_string(),
+    Record::new(RecordHead {
         id: id.to_string(),
         command: spec.command.clone(),
         cwd: spec
@@ -347,28 +345,8 @@ fn base_record(backend: &dyn Backend, spec: &RunSpec, id: &str, plan: &Plan) -> 
         profile: spec.profile.clone(),
         backend: backend.kind().as_str().to_string(),
         backend_reason: backend.reason(),
-        cgroup: None,
-        limits: LimitsRecord {
-            requested: LimitValues::from_limits(&spec.limits),
-            enforced: plan.enforced.clone(),
-            not_enforced: plan.gaps.clone(),
-            grace_s: spec.limits.grace.as_secs_f64(),
-        },
-        outcome: Outcome {
-            reason: corral_record::Reason::SpawnFailed,
-            exit_code: 125,
-            signal: None,
-            process_exit_code: None,
-            error: None,
-        },
-        events: Events::default(),
-        usage: Usage::default(),
-        output: None,
-        started_at: now.clone(),
-        finished_at: now,
-        notes: String::new(),
-        corral_version: env!("CARGO_PKG_VERSION").to_string(),
-    }
+        limits: LimitsRecord::new(&spec.limits, plan.enforced.clone(), plan.gaps.clone()),
+    })
 }
 
 fn spawn_failed(mut rec: Record, code: i32, why: String) -> Record {
