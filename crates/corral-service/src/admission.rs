@@ -59,61 +59,111 @@ fn cpus_text(c: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// Why a run could never be admitted under a budget (the message of a 422).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NeedError {
+    /// The run has no memory limit.
+    #[error(
+        "the run has no memory limit, so it could use the service's whole {} budget; give it \
+         a memory limit (e.g. \"limits\": {{\"memory\": \"512M\"}})",
+        format_bytes(*.budget)
+    )]
+    NoMemoryLimit {
+        /// The memory budget in bytes.
+        budget: u64,
+    },
+    /// The run's memory limit is larger than the whole memory budget.
+    #[error(
+        "the run's memory limit {} exceeds the service's whole memory budget of {}",
+        format_bytes(*.limit),
+        format_bytes(*.budget)
+    )]
+    MemoryOverBudget {
+        /// The run's limit in bytes.
+        limit: u64,
+        /// The memory budget in bytes.
+        budget: u64,
+    },
+    /// The run has no CPU limit.
+    #[error(
+        "the run has no CPU limit, so it could use all of the service's {} CPU budget; give \
+         it a CPU limit (e.g. \"limits\": {{\"cpus\": 0.5}})",
+        cpus_text(*.budget)
+    )]
+    NoCpuLimit {
+        /// The CPU budget.
+        budget: f64,
+    },
+    /// The run's CPU limit is larger than the whole CPU budget.
+    #[error(
+        "the run's CPU limit of {} CPUs exceeds the service's whole CPU budget of {}",
+        cpus_text(*.limit),
+        cpus_text(*.budget)
+    )]
+    CpuOverBudget {
+        /// The run's limit in CPUs.
+        limit: f64,
+        /// The CPU budget.
+        budget: f64,
+    },
+    /// The run's swap is unlimited under a finite swap budget.
+    #[error(
+        "the run's swap is unlimited, but the service's whole swap budget is {}; give it a \
+         swap limit (e.g. \"limits\": {{\"swap\": \"0\"}})",
+        format_bytes(*.budget)
+    )]
+    UnlimitedSwap {
+        /// The swap budget in bytes.
+        budget: u64,
+    },
+    /// The run's swap limit is larger than the whole swap budget.
+    #[error(
+        "the run's swap limit {} exceeds the service's whole swap budget of {} (corral serve \
+         --budget-swap)",
+        format_bytes(*.limit),
+        format_bytes(*.budget)
+    )]
+    SwapOverBudget {
+        /// The run's limit in bytes.
+        limit: u64,
+        /// The swap budget in bytes.
+        budget: u64,
+    },
+}
+
 impl Budget {
-    /// What a run with `limits` would reserve, or why it can never be admitted (the
-    /// message of a 422).
-    pub fn need(&self, limits: &Limits) -> Result<Need, String> {
+    /// What a run with `limits` would reserve, or why it can never be admitted.
+    pub fn need(&self, limits: &Limits) -> Result<Need, NeedError> {
         let memory = match limits.memory {
             None => {
-                return Err(format!(
-                    "the run has no memory limit, so it could use the service's whole {} \
-                     budget; give it a memory limit (e.g. \"limits\": {{\"memory\": \"512M\"}})",
-                    format_bytes(self.memory)
-                ))
+                return Err(NeedError::NoMemoryLimit {
+                    budget: self.memory,
+                })
             }
             Some(m) if m > self.memory => {
-                return Err(format!(
-                    "the run's memory limit {} exceeds the service's whole memory budget of {}",
-                    format_bytes(m),
-                    format_bytes(self.memory)
-                ))
+                return Err(NeedError::MemoryOverBudget {
+                    limit: m,
+                    budget: self.memory,
+                })
             }
             Some(m) => m,
         };
         let budget_quota = cpu_quota_us(self.cpus);
         let cpu_quota = match limits.cpus {
-            None => {
-                return Err(format!(
-                    "the run has no CPU limit, so it could use all of the service's {} CPU \
-                     budget; give it a CPU limit (e.g. \"limits\": {{\"cpus\": 0.5}})",
-                    cpus_text(self.cpus)
-                ))
-            }
+            None => return Err(NeedError::NoCpuLimit { budget: self.cpus }),
             Some(c) if cpu_quota_us(c) > budget_quota => {
-                return Err(format!(
-                    "the run's CPU limit of {} CPUs exceeds the service's whole CPU budget of {}",
-                    cpus_text(c),
-                    cpus_text(self.cpus)
-                ))
+                return Err(NeedError::CpuOverBudget {
+                    limit: c,
+                    budget: self.cpus,
+                })
             }
             Some(c) => cpu_quota_us(c),
         };
-        if let Some(budget_swap) = self.swap {
+        if let Some(budget) = self.swap {
             match limits.swap {
-                None => {
-                    return Err(format!(
-                        "the run's swap is unlimited, but the service's whole swap budget is \
-                         {}; give it a swap limit (e.g. \"limits\": {{\"swap\": \"0\"}})",
-                        format_bytes(budget_swap)
-                    ))
-                }
-                Some(s) if s > budget_swap => {
-                    return Err(format!(
-                        "the run's swap limit {} exceeds the service's whole swap budget of {} \
-                         (corral serve --budget-swap)",
-                        format_bytes(s),
-                        format_bytes(budget_swap)
-                    ))
+                None => return Err(NeedError::UnlimitedSwap { budget }),
+                Some(s) if s > budget => {
+                    return Err(NeedError::SwapOverBudget { limit: s, budget })
                 }
                 Some(_) => {}
             }
@@ -259,20 +309,72 @@ mod tests {
     fn refusals() {
         let b = budget();
         assert!(b.need(&limits(Some(G), Some(2.0))).is_ok());
-        let e = b.need(&limits(Some(2 * G), Some(1.0))).unwrap_err();
+        let e = b
+            .need(&limits(Some(2 * G), Some(1.0)))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("2.0 GiB exceeds") && e.contains("1.0 GiB"),
             "{e}"
         );
-        let e = b.need(&limits(None, Some(1.0))).unwrap_err();
+        let e = b.need(&limits(None, Some(1.0))).unwrap_err().to_string();
         assert!(e.contains("no memory limit"), "{e}");
-        let e = b.need(&limits(Some(G), None)).unwrap_err();
+        let e = b.need(&limits(Some(G), None)).unwrap_err().to_string();
         assert!(e.contains("no CPU limit"), "{e}");
-        let e = b.need(&limits(Some(G), Some(2.5))).unwrap_err();
+        let e = b.need(&limits(Some(G), Some(2.5))).unwrap_err().to_string();
         assert!(
             e.contains("2.5 CPUs exceeds") && e.contains("budget of 2"),
             "{e}"
         );
+    }
+
+    /// The refusals are what a client reads in a 422: the same sentences as before
+    /// they were typed.
+    #[test]
+    fn refusal_messages() {
+        let cases = [
+            (
+                NeedError::NoMemoryLimit { budget: G },
+                "the run has no memory limit, so it could use the service's whole 1.0 GiB \
+                 budget; give it a memory limit (e.g. \"limits\": {\"memory\": \"512M\"})",
+            ),
+            (
+                NeedError::MemoryOverBudget {
+                    limit: 2 * G,
+                    budget: G,
+                },
+                "the run's memory limit 2.0 GiB exceeds the service's whole memory budget of \
+                 1.0 GiB",
+            ),
+            (
+                NeedError::NoCpuLimit { budget: 2.0 },
+                "the run has no CPU limit, so it could use all of the service's 2 CPU budget; \
+                 give it a CPU limit (e.g. \"limits\": {\"cpus\": 0.5})",
+            ),
+            (
+                NeedError::CpuOverBudget {
+                    limit: 2.5,
+                    budget: 2.0,
+                },
+                "the run's CPU limit of 2.5 CPUs exceeds the service's whole CPU budget of 2",
+            ),
+            (
+                NeedError::UnlimitedSwap { budget: 0 },
+                "the run's swap is unlimited, but the service's whole swap budget is 0 B; give \
+                 it a swap limit (e.g. \"limits\": {\"swap\": \"0\"})",
+            ),
+            (
+                NeedError::SwapOverBudget {
+                    limit: G,
+                    budget: 0,
+                },
+                "the run's swap limit 1.0 GiB exceeds the service's whole swap budget of 0 B \
+                 (corral serve --budget-swap)",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
     }
 
     #[test]
@@ -283,12 +385,12 @@ mod tests {
         };
         let b = budget();
         assert!(b.need(&with_swap(Some(0))).is_ok());
-        let e = b.need(&with_swap(Some(G))).unwrap_err();
+        let e = b.need(&with_swap(Some(G))).unwrap_err().to_string();
         assert!(
             e.contains("swap limit 1.0 GiB exceeds") && e.contains("--budget-swap"),
             "{e}"
         );
-        let e = b.need(&with_swap(None)).unwrap_err();
+        let e = b.need(&with_swap(None)).unwrap_err().to_string();
         assert!(e.contains("swap is unlimited"), "{e}");
         let b = Budget {
             swap: Some(2 * G),

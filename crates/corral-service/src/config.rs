@@ -34,14 +34,28 @@ pub enum Addr {
     Tcp(SocketAddr),
 }
 
+/// Why an address does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    /// Nothing was given.
+    #[error("empty address")]
+    Empty,
+    /// `localhost:PORT` with a port that is not a number from 0 to 65535.
+    #[error("invalid port in {0:?}")]
+    Port(String),
+    /// `tcp://…` or `http://…` without a usable host and port.
+    #[error("invalid TCP address {0:?}; use 127.0.0.1:PORT")]
+    Tcp(String),
+}
+
 impl std::str::FromStr for Addr {
-    type Err = String;
+    type Err = AddrError;
     /// `127.0.0.1:PORT`, `[::1]:PORT`, `localhost:PORT`, `tcp://…` or `http://…` are
     /// TCP; `unix:PATH` or anything else is a socket path.
-    fn from_str(s: &str) -> Result<Addr, String> {
+    fn from_str(s: &str) -> Result<Addr, AddrError> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("empty address".into());
+            return Err(AddrError::Empty);
         }
         if let Some(p) = s.strip_prefix("unix:") {
             return Ok(Addr::Unix(PathBuf::from(p.trim_start_matches("//"))));
@@ -55,11 +69,11 @@ impl std::str::FromStr for Addr {
             return Ok(Addr::Tcp(a));
         }
         if let Some(port) = hostport.strip_prefix("localhost:") {
-            let port: u16 = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
+            let port: u16 = port.parse().map_err(|_| AddrError::Port(s.to_string()))?;
             return Ok(Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
         }
         if hostport != s {
-            return Err(format!("invalid TCP address {s:?}; use 127.0.0.1:PORT"));
+            return Err(AddrError::Tcp(s.to_string()));
         }
         Ok(Addr::Unix(PathBuf::from(s)))
     }
@@ -72,6 +86,23 @@ impl std::fmt::Display for Addr {
             Addr::Tcp(a) => write!(f, "{a}"),
         }
     }
+}
+
+/// Why the budget flags cannot make a budget.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    /// No `--budget-memory` and no `MemTotal` to take 75% of.
+    #[error("cannot read MemTotal from /proc/meminfo; give --budget-memory")]
+    NoMemTotal,
+    /// `--budget-memory` below 1 MiB.
+    #[error("--budget-memory must be at least 1M")]
+    MemoryTooSmall,
+    /// `--budget-cpus` below 0.01 (or not a number).
+    #[error("--budget-cpus must be at least 0.01")]
+    CpusTooSmall,
+    /// `--budget-pids 0`.
+    #[error("--budget-pids must be at least 1")]
+    PidsTooSmall,
 }
 
 /// Everything `corral serve` is told.
@@ -123,13 +154,13 @@ impl ServeConfig {
     }
 
     /// The budget with defaults filled in, checked.
-    pub fn budget(&self) -> Result<Budget, String> {
+    pub fn budget(&self) -> Result<Budget, BudgetError> {
         let cpus = online_cpus();
         let memory = match self.budget_memory {
             Some(m) => m,
             None => mem_total()
                 .map(|t| t / 4 * 3)
-                .ok_or("cannot read MemTotal from /proc/meminfo; give --budget-memory")?,
+                .ok_or(BudgetError::NoMemTotal)?,
         };
         let b = Budget {
             memory,
@@ -139,13 +170,13 @@ impl ServeConfig {
             max_running: self.max_running.unwrap_or((2.0 * cpus) as usize).max(1),
         };
         if b.memory < (1 << 20) {
-            return Err("--budget-memory must be at least 1M".into());
+            return Err(BudgetError::MemoryTooSmall);
         }
         if !(b.cpus.is_finite() && b.cpus >= 0.01) {
-            return Err("--budget-cpus must be at least 0.01".into());
+            return Err(BudgetError::CpusTooSmall);
         }
         if b.pids < 1 {
-            return Err("--budget-pids must be at least 1".into());
+            return Err(BudgetError::PidsTooSmall);
         }
         Ok(b)
     }
@@ -182,6 +213,15 @@ mod tests {
             Addr::Unix("rel.sock".into())
         );
         assert!("tcp://nohost".parse::<Addr>().is_err());
+        assert_eq!(
+            "tcp://nohost".parse::<Addr>().unwrap_err().to_string(),
+            "invalid TCP address \"tcp://nohost\"; use 127.0.0.1:PORT"
+        );
+        assert_eq!(
+            "localhost:99999".parse::<Addr>().unwrap_err(),
+            AddrError::Port("localhost:99999".into())
+        );
+        assert_eq!(" ".parse::<Addr>().unwrap_err(), AddrError::Empty);
     }
 
     #[test]
@@ -192,5 +232,12 @@ mod tests {
         let mut c = c;
         c.budget_cpus = Some(0.0);
         assert!(c.budget().is_err());
+        assert_eq!(c.budget().unwrap_err(), BudgetError::CpusTooSmall);
+        c.budget_cpus = None;
+        c.budget_memory = Some(1000);
+        assert_eq!(
+            c.budget().unwrap_err().to_string(),
+            "--budget-memory must be at least 1M"
+        );
     }
 }

@@ -18,13 +18,56 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::config::MAX_BODY;
-use crate::service::{ApiError, Service};
+use crate::service::{Cancelled, Service, ServiceError, Submitted};
 use crate::wire::{ErrorBody, RunState};
 
 /// The OpenAPI 3 document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 type App = Arc<Service>;
+
+/// An error answer: a status code and one clear message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The message for `{"error": ...}`.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `status`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// The status code of a core error: the one place the core's errors meet HTTP.
+pub fn status_for(e: &ServiceError) -> StatusCode {
+    match e {
+        ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ServiceError::Refused(_) | ServiceError::OverBudget(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ServiceError::Conflict(_) => StatusCode::CONFLICT,
+        ServiceError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::Gone(_) => StatusCode::GONE,
+        ServiceError::Ledger(_)
+        | ServiceError::LedgerTask(_)
+        | ServiceError::Encode(_)
+        | ServiceError::NoUniqueId
+        | ServiceError::OutputDir { .. }
+        | ServiceError::Profiles(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        ApiError::new(status_for(&e), e.to_string())
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -139,7 +182,11 @@ async fn submit(
             )
         }
     })?;
-    let (code, resp) = s.submit(&body).await?;
+    let (how, resp) = s.submit(&body).await?;
+    let code = match how {
+        Submitted::New => StatusCode::CREATED,
+        Submitted::Repeated => StatusCode::OK,
+    };
     Ok((code, Json(resp)).into_response())
 }
 
@@ -159,7 +206,7 @@ async fn list(
         None | Some("") => None,
         Some(st) => Some(
             st.parse::<RunState>()
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?,
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
         ),
     };
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
@@ -206,7 +253,11 @@ async fn wait(
 }
 
 async fn cancel(State(s): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let (code, st) = s.cancel(&id).await?;
+    let (how, st) = s.cancel(&id).await?;
+    let code = match how {
+        Cancelled::Dequeued | Cancelled::NotActive => StatusCode::OK,
+        Cancelled::Signalled => StatusCode::ACCEPTED,
+    };
     Ok((code, Json(st)).into_response())
 }
 
@@ -301,14 +352,9 @@ async fn output(
             format!("unknown stream {stream:?}; use stdout or stderr"),
         ));
     }
-    let done = s.done_signal(&id);
-    // 404 for an unknown id (and the id is checked before it becomes a file name).
-    let status = s.status(&id).await?;
-    if let Some(why) = s.output_gone(&status, stream) {
-        return Err(ApiError::new(StatusCode::GONE, why));
-    }
+    let (path, done) = s.output(&id, stream).await?;
     let tail = Tail {
-        path: s.output_path(&id, stream),
+        path,
         file: None,
         done,
         follow: q.follow,
@@ -329,6 +375,78 @@ async fn output(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::NeedError;
+    use crate::ledger::LedgerError;
+    use crate::service::validate::Invalid;
+    use crate::service::OutputGone;
+
+    /// Each kind of core error gets its status here, and its message unchanged.
+    #[test]
+    fn core_errors_map_to_statuses() {
+        let cases: Vec<(ServiceError, StatusCode, &str)> = vec![
+            (
+                ServiceError::NotFound("r1".into()),
+                StatusCode::NOT_FOUND,
+                "no run with id \"r1\"",
+            ),
+            (
+                Invalid::IdempotencyKey.into(),
+                StatusCode::BAD_REQUEST,
+                "\"idempotency_key\" must be 1-256 characters",
+            ),
+            (
+                NeedError::NoCpuLimit { budget: 1.0 }.into(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the run has no CPU limit, so it could use all of the service's 1 CPU budget; \
+                 give it a CPU limit (e.g. \"limits\": {\"cpus\": 0.5})",
+            ),
+            (
+                ServiceError::Conflict("r1".into()),
+                StatusCode::CONFLICT,
+                "a run with id \"r1\" already exists",
+            ),
+            (
+                ServiceError::Draining,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the corral service is shutting down and accepts no new runs",
+            ),
+            (
+                OutputGone {
+                    id: "r1".into(),
+                    stream: "stderr".into(),
+                    bytes: 3,
+                    keep: None,
+                }
+                .into(),
+                StatusCode::GONE,
+                "the stderr of run r1 (3 bytes) is no longer kept: it was removed from the \
+                 output directory (corral serve --keep-output); the run's record is still \
+                 available",
+            ),
+            (
+                LedgerError::Other("disk full".into()).into(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ledger: disk full",
+            ),
+            (
+                ServiceError::NoUniqueId,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not generate a unique run id",
+            ),
+        ];
+        for (e, status, message) in cases {
+            let a = ApiError::from(e);
+            assert_eq!((a.status, a.message.as_str()), (status, message));
+        }
+        let e = serde_json::from_str::<u8>("x").unwrap_err();
+        let a = ApiError::from(ServiceError::from(Invalid::Json(e)));
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(
+            a.message.starts_with("invalid JSON body: "),
+            "{}",
+            a.message
+        );
+    }
 
     /// Every route of the router is in the OpenAPI document with its method, and the
     /// document lists no route the router lacks.

@@ -141,8 +141,8 @@ fn row(r: &SqlRow<'_>) -> rusqlite::Result<Row> {
         seq: r.get(0)?,
         id: r.get(1)?,
         idempotency_key: r.get(2)?,
-        state: state.parse().map_err(|e: String| {
-            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+        state: state.parse().map_err(|e: crate::wire::UnknownState| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
         })?,
         priority: r.get(4)?,
         request: r.get(5)?,

@@ -12,8 +12,10 @@
 //! * [`cgroups`]: the service's cgroup tree (supervisor, runs + budget), reaping;
 //! * [`admission`]: reservations, the priority/FIFO queue;
 //! * [`ledger`]: SQLite storage, schema migrations;
-//! * [`service`]: the core (submit, run, cancel, wait, recovery, drain);
-//! * [`http`]: the axum router and `openapi.json`;
+//! * [`service`]: the core, one concern per file (lifecycle, recovery, retention,
+//!   validation, made-up records, queries) and its typed [`service::ServiceError`];
+//! * [`http`]: the axum router and `openapi.json`; the only place errors become status
+//!   codes;
 //! * [`metrics`]: the Prometheus text;
 //! * [`client`]: a small blocking HTTP/1.1 client for the `corral` commands and tests.
 
@@ -27,103 +29,205 @@ pub mod metrics;
 pub mod service;
 pub mod wire;
 
+use std::error::Error as StdError;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_spec::format_bytes;
+use corral_spec::{format_bytes, ProfileSet};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 pub use config::{Addr, ServeConfig};
 
 use crate::cgroups::{BudgetLimits, ServiceTree};
-use crate::ledger::Ledger;
-use crate::service::Service;
+use crate::config::BudgetError;
+use crate::ledger::{Ledger, LedgerError};
+use crate::service::{Parts, Service, ServiceError};
+
+/// Which step of setting up the service's cgroup tree failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeStage {
+    /// Finding or making the service root and its `supervisor` and `runs` groups.
+    Prepare,
+    /// Checking that no live service owns the tree.
+    Owner,
+    /// Writing the budget on `runs`.
+    Budget,
+    /// Setting up the backend under `runs`.
+    Backend,
+}
+
+/// Why `corral serve` could not start or keep serving. Each message is the one
+/// sentence the user reads (exit 125), its cause included; the cause is also kept
+/// typed in a field. They are not chained as `source()`, so a printer that walks the
+/// chain (`anyhow`'s `{:#}`) does not repeat them.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The budget flags do not make a budget.
+    #[error("{0}")]
+    Budget(BudgetError),
+    /// `--listen` names a TCP address that is not loopback.
+    #[error(
+        "refusing to listen on {0}: anyone who can reach the service can run commands as \
+         its user; listen on a Unix socket or a loopback address (127.0.0.1:PORT)"
+    )]
+    NotLoopback(std::net::SocketAddr),
+    /// Another service answers on the socket.
+    #[error("another service is already listening on {}", .0.display())]
+    SocketInUse(PathBuf),
+    /// A stale socket file cannot be removed.
+    #[error("cannot remove the stale socket {}: {err}", path.display())]
+    StaleSocket {
+        /// The socket file.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The socket's directory cannot be created.
+    #[error("cannot create {}: {err}", path.display())]
+    SocketDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The ledger cannot be opened.
+    #[error("{0}")]
+    Ledger(LedgerError),
+    /// The profile files cannot be read.
+    #[error("{0}")]
+    Profiles(corral_spec::SpecError),
+    /// The cgroup tree cannot be set up.
+    #[error("{err}")]
+    Tree {
+        /// The step that failed.
+        stage: TreeStage,
+        /// Why.
+        err: Box<dyn StdError + Send + Sync>,
+    },
+    /// The core failed to start (output directory, recovery).
+    #[error("{0}")]
+    Service(ServiceError),
+    /// The async runtime cannot be built.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The signal handlers cannot be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The listening socket cannot be bound.
+    #[error("cannot listen on {addr}: {err}")]
+    Listen {
+        /// The address.
+        addr: Addr,
+        /// Why.
+        err: std::io::Error,
+    },
+}
+
+fn tree_err(stage: TreeStage) -> impl Fn(String) -> ServeError {
+    move |e| ServeError::Tree {
+        stage,
+        err: e.into(),
+    }
+}
 
 /// Runs the service until SIGTERM, SIGINT or SIGHUP, then drains it and returns. Errors are
 /// one sentence for the user (exit 125).
-pub fn serve(cfg: ServeConfig) -> Result<(), String> {
-    let budget = cfg.budget()?;
+pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    let budget = cfg.budget().map_err(ServeError::Budget)?;
     if let Addr::Tcp(a) = &cfg.listen {
         if !a.ip().is_loopback() {
-            return Err(format!(
-                "refusing to listen on {a}: anyone who can reach the service can run commands \
-                 as its user; listen on a Unix socket or a loopback address (127.0.0.1:PORT)"
-            ));
+            return Err(ServeError::NotLoopback(*a));
         }
     }
     if let Addr::Unix(p) = &cfg.listen {
         check_socket_free(p)?;
     }
-    let ledger = Ledger::open(&cfg.ledger).map_err(|e| e.to_string())?;
-    let tree = ServiceTree::prepare(cfg.backend, cfg.cgroup_root.as_deref())?;
+    let ledger = Ledger::open(&cfg.ledger).map_err(ServeError::Ledger)?;
+    let tree = Arc::new(
+        ServiceTree::prepare(cfg.backend, cfg.cgroup_root.as_deref())
+            .map_err(tree_err(TreeStage::Prepare))?,
+    );
     let started = (|| {
-        tree.check_no_live_owner()?;
+        tree.check_no_live_owner()
+            .map_err(tree_err(TreeStage::Owner))?;
         let reaped = tree.reap_strays();
         tree.apply_budget(&BudgetLimits {
             memory: budget.memory,
             cpus: budget.cpus,
             pids: budget.pids,
             swap: budget.swap,
-        })?;
-        let backend = tree.backend()?;
-        Ok::<_, String>((reaped, backend))
+        })
+        .map_err(tree_err(TreeStage::Budget))?;
+        let backend = tree.backend().map_err(tree_err(TreeStage::Backend))?;
+        let profiles = ProfileSet::load_default().map_err(ServeError::Profiles)?;
+        Ok::<_, ServeError>((reaped, backend, profiles))
     })();
-    let (reaped, backend) = match started {
+    let (reaped, backend, profiles) = match started {
         Ok(v) => v,
         Err(e) => {
             tree.remove();
             return Err(e);
         }
     };
-    let svc = Service::new(ledger, tree, backend, budget, reaped, &cfg)?;
+    let parts = Parts {
+        ledger,
+        tree: tree.clone(),
+        backend,
+        budget,
+        profiles,
+        reaped,
+    };
+    let svc = Service::new(parts, &cfg).map_err(ServeError::Service)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads((budget.max_running + 2).clamp(4, 64))
         .thread_name("corral-serve")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let result = rt.block_on(run_server(svc.clone(), cfg.listen.clone()));
+        .map_err(ServeError::Runtime)?;
+    let result = rt.block_on(run_server(svc, cfg.listen.clone()));
     rt.shutdown_timeout(Duration::from_secs(2));
     // After a drain no run is left; after an early error none was started.
-    svc.tree().remove();
+    tree.remove();
     result
 }
 
-fn check_socket_free(p: &Path) -> Result<(), String> {
+fn check_socket_free(p: &Path) -> Result<(), ServeError> {
     if p.exists() {
         if std::os::unix::net::UnixStream::connect(p).is_ok() {
-            return Err(format!(
-                "another service is already listening on {}",
-                p.display()
-            ));
+            return Err(ServeError::SocketInUse(p.to_path_buf()));
         }
-        std::fs::remove_file(p)
-            .map_err(|e| format!("cannot remove the stale socket {}: {e}", p.display()))?;
+        std::fs::remove_file(p).map_err(|err| ServeError::StaleSocket {
+            path: p.to_path_buf(),
+            err,
+        })?;
     }
     if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|err| ServeError::SocketDir {
+            path: dir.to_path_buf(),
+            err,
+        })?;
     }
     Ok(())
 }
 
-async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), String> {
+async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), ServeError> {
     let app = http::router(svc.clone());
-    let sig_err = |e: std::io::Error| format!("cannot install signal handlers: {e}");
-    let mut term = signal(SignalKind::terminate()).map_err(sig_err)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(sig_err)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(sig_err)?;
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let shutdown = async move {
         let _ = stop_rx.wait_for(|v| *v).await;
     };
     let mut server = match &listen {
         Addr::Unix(p) => {
-            let l = tokio::net::UnixListener::bind(p)
-                .map_err(|e| format!("cannot listen on {}: {e}", p.display()))?;
+            let l = tokio::net::UnixListener::bind(p).map_err(|err| ServeError::Listen {
+                addr: listen.clone(),
+                err,
+            })?;
             // Whoever may connect may run commands as the service: root and its group.
             let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660));
             tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(shutdown).await })
@@ -131,7 +235,10 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), String> {
         Addr::Tcp(a) => {
             let l = tokio::net::TcpListener::bind(a)
                 .await
-                .map_err(|e| format!("cannot listen on {a}: {e}"))?;
+                .map_err(|err| ServeError::Listen {
+                    addr: listen.clone(),
+                    err,
+                })?;
             tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(shutdown).await })
         }
     };

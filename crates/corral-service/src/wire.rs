@@ -91,13 +91,18 @@ impl RunState {
     }
 }
 
+/// A state name that is not one of [`RunState::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {0:?}; use queued, running, done or lost")]
+pub struct UnknownState(pub String);
+
 impl std::str::FromStr for RunState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, UnknownState> {
         RunState::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown state {s:?}; use queued, running, done or lost"))
+            .ok_or_else(|| UnknownState(s.to_string()))
     }
 }
 
@@ -217,5 +222,9 @@ mod tests {
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
         }
         assert!("cancelled".parse::<RunState>().is_err());
+        assert_eq!(
+            "cancelled".parse::<RunState>().unwrap_err().to_string(),
+            "unknown state \"cancelled\"; use queued, running, done or lost"
+        );
     }
 }

@@ -1,0 +1,423 @@
+//! The run lifecycle: submit (validate, admit, store, queue), pump (start what fits),
+//! run (one run from `running` to its record), cancel, and the drain after a signal.
+//!
+//! The ledger is written first at each step: the submission before its 201, `running`
+//! before the run's cgroup exists, the record before anyone is told the run is done.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use corral_record::{rfc3339, Reason, Record};
+use corral_run::ident::new_run_id;
+use corral_run::Cancel;
+use tokio::sync::watch;
+
+use crate::ledger::{Inserted, NewRun};
+use crate::service::records::{explain_cancel, CancelBy, Never};
+use crate::service::validate;
+use crate::service::{Active, Job, Service, ServiceError};
+use crate::wire::{RunState, RunStatus, SubmitResponse};
+
+/// What `POST /runs` did with a valid submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new run was stored and queued (or started at once).
+    New,
+    /// The idempotency key was used before: the answer is that run.
+    Repeated,
+}
+
+/// What `POST /runs/{id}/cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The run was queued: it is cancelled and done now.
+    Dequeued,
+    /// The run is running: it was told to stop, and its record will say `cancelled`.
+    Signalled,
+    /// The run is not active here (finished, or between two ledger steps): nothing
+    /// was done.
+    NotActive,
+}
+
+impl Service {
+    /// `POST /runs`: validates, stores and queues a submission; starts it at once when
+    /// it fits.
+    pub async fn submit(
+        self: &Arc<Self>,
+        body: &[u8],
+    ) -> Result<(Submitted, SubmitResponse), ServiceError> {
+        let r = self.submit_inner(body).await;
+        let m = &self.metrics;
+        let c = match &r {
+            Ok((Submitted::New, _)) => &m.accepted,
+            Ok((Submitted::Repeated, _)) => &m.idempotent,
+            Err(_) => &m.refused,
+        };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    async fn submit_inner(
+        self: &Arc<Self>,
+        body: &[u8],
+    ) -> Result<(Submitted, SubmitResponse), ServiceError> {
+        if self.lock().draining {
+            return Err(ServiceError::Draining);
+        }
+        let validate::Resolved {
+            request: req,
+            profile,
+            limits,
+        } = validate::parse(body, &self.profiles, self.output_limit)?;
+        corral_run::run::check_isolation(self.backend.as_ref(), &limits)
+            .map_err(ServiceError::Refused)?;
+        let need = self.lock().adm.budget().need(&limits)?;
+        let request_json = serde_json::to_string(&req).map_err(ServiceError::Encode)?;
+        let limits_json = serde_json::to_string(&limits).map_err(ServiceError::Encode)?;
+        let mut tries = 0;
+        let job = loop {
+            let id = req.id.clone().unwrap_or_else(new_run_id);
+            let job = Job {
+                id: id.clone(),
+                request: req.clone(),
+                profile: profile.clone(),
+                limits: limits.clone(),
+                submitted_at: rfc3339(SystemTime::now()),
+            };
+            let new = NewRun {
+                id,
+                idempotency_key: req.idempotency_key.clone(),
+                priority: req.priority,
+                request: request_json.clone(),
+                profile: profile.clone(),
+                limits: limits_json.clone(),
+                submitted_at: job.submitted_at.clone(),
+            };
+            match self.db(move |l| l.insert(&new)).await? {
+                Inserted::New => break job,
+                Inserted::Existing(row) => {
+                    return Ok((
+                        Submitted::Repeated,
+                        SubmitResponse {
+                            id: row.id.clone(),
+                            state: row.state,
+                        },
+                    ))
+                }
+                Inserted::IdTaken if req.id.is_some() => {
+                    return Err(ServiceError::Conflict(job.id));
+                }
+                Inserted::IdTaken if tries < 5 => tries += 1,
+                Inserted::IdTaken => return Err(ServiceError::NoUniqueId),
+            }
+        };
+        let id = job.id.clone();
+        {
+            let mut g = self.lock();
+            g.adm.push(&id, req.priority, need);
+            g.active.insert(
+                id.clone(),
+                Active {
+                    job: Arc::new(job),
+                    state: RunState::Queued,
+                    need,
+                    cancel: None,
+                    cancelled_by: None,
+                    done: watch::channel(false).0,
+                },
+            );
+        }
+        tracing::info!("run {id} accepted (priority {})", req.priority);
+        self.pump();
+        let state = self
+            .lock()
+            .active
+            .get(&id)
+            .map_or(RunState::Running, |a| a.state);
+        Ok((Submitted::New, SubmitResponse { id, state }))
+    }
+
+    /// Starts every queued run that fits, in queue order.
+    pub fn pump(self: &Arc<Self>) {
+        let mut launch = Vec::new();
+        {
+            let mut g = self.lock();
+            if g.draining {
+                return;
+            }
+            while let Some((id, need)) = g.adm.admit_next() {
+                let (tx, rx) = watch::channel(None);
+                match g.active.get_mut(&id) {
+                    Some(a) => {
+                        a.state = RunState::Running;
+                        a.cancel = Some(tx);
+                        launch.push((id, a.job.clone(), rx));
+                    }
+                    None => g.adm.release(&need),
+                }
+            }
+        }
+        let admitted = SystemTime::now();
+        for (id, job, rx) in launch {
+            tokio::spawn(self.clone().run_one(id, job, rx, admitted));
+        }
+    }
+
+    async fn run_one(
+        self: Arc<Self>,
+        id: String,
+        job: Arc<Job>,
+        cancel: watch::Receiver<Option<Cancel>>,
+        admitted: SystemTime,
+    ) {
+        let started_at = rfc3339(SystemTime::now());
+        let (l, i, s, o) = (
+            self.ledger.clone(),
+            id.clone(),
+            started_at.clone(),
+            self.owner.clone(),
+        );
+        let marked = tokio::task::spawn_blocking(move || l.mark_running(&i, &s, &o)).await;
+        let failed = |why: String| Never::Failed {
+            why,
+            started_at: Some(started_at.clone()),
+        };
+        let record = match marked {
+            Ok(Ok(())) if cancel.borrow().is_some() => self.synth(
+                &job,
+                Never::Cancelled {
+                    started_at: Some(started_at.clone()),
+                },
+            ),
+            Ok(Ok(())) => {
+                tracing::info!("run {id} admitted");
+                let spec = job.spec(&self.output_dir);
+                match corral_run::run(self.backend.as_ref(), spec, cancel).await {
+                    Ok(rec) => {
+                        if rec.outcome.reason != Reason::SpawnFailed {
+                            if let Ok(t) = humantime::parse_rfc3339(&rec.started_at) {
+                                let d = t.duration_since(admitted).unwrap_or_default();
+                                self.metrics.launch_latency.observe(d);
+                            }
+                        }
+                        rec
+                    }
+                    Err(e) => self.synth(&job, failed(format!("corral could not run it: {e}"))),
+                }
+            }
+            Ok(Err(e)) => self.synth(
+                &job,
+                failed(format!("the ledger could not record its start: {e}")),
+            ),
+            Err(e) => self.synth(&job, failed(format!("the ledger task failed: {e}"))),
+        };
+        let by = self.lock().active.get(&id).and_then(|a| a.cancelled_by);
+        let record = explain_cancel(record, by, self.drain_timeout);
+        tracing::info!(
+            "run {id} ended: {} (exit status {})",
+            record.outcome.reason,
+            record.outcome.exit_code
+        );
+        self.store_final(&id, RunState::Done, record).await;
+        {
+            let mut g = self.lock();
+            if let Some(a) = g.active.remove(&id) {
+                g.adm.release(&a.need);
+                let _ = a.done.send(true);
+            }
+        }
+        self.pump();
+    }
+
+    /// Stores a final record, retrying a failing ledger a few times.
+    async fn store_final(&self, id: &str, state: RunState, rec: Record) {
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=5 {
+            let (l, i, r) = (self.ledger.clone(), id.to_string(), rec.clone());
+            match tokio::task::spawn_blocking(move || l.finish(&i, state, &r)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => tracing::error!("storing the record of {id} (try {attempt}): {e}"),
+                Err(e) => tracing::error!("storing the record of {id} (try {attempt}): {e}"),
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 4;
+        }
+    }
+
+    /// `POST /runs/{id}/cancel`: a queued run is cancelled at once; a running run is
+    /// told to stop; a finished run is left as it is. Returns what was done and the
+    /// run's status after.
+    pub async fn cancel(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<(Cancelled, RunStatus), ServiceError> {
+        enum Act {
+            Queued(Arc<Job>),
+            Signalled,
+            NotActive,
+        }
+        let act = {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            match inner.active.get_mut(id) {
+                Some(a) if a.state == RunState::Queued && inner.adm.remove(id) => {
+                    a.cancelled_by = Some(CancelBy::Api);
+                    Act::Queued(a.job.clone())
+                }
+                Some(a) => {
+                    a.cancelled_by.get_or_insert(CancelBy::Api);
+                    if let Some(tx) = &a.cancel {
+                        tx.send_replace(Some(Cancel { signal: None }));
+                    }
+                    Act::Signalled
+                }
+                None => Act::NotActive,
+            }
+        };
+        match act {
+            Act::Queued(job) => {
+                let rec = self.synth(&job, Never::Cancelled { started_at: None });
+                self.store_final(id, RunState::Done, rec).await;
+                {
+                    let mut g = self.lock();
+                    if let Some(a) = g.active.remove(id) {
+                        let _ = a.done.send(true);
+                    }
+                }
+                self.pump();
+                Ok((Cancelled::Dequeued, self.status(id).await?))
+            }
+            Act::Signalled => Ok((Cancelled::Signalled, self.status(id).await?)),
+            Act::NotActive => Ok((Cancelled::NotActive, self.status(id).await?)),
+        }
+    }
+
+    fn running_count(&self) -> usize {
+        self.lock()
+            .active
+            .values()
+            .filter(|a| a.state == RunState::Running)
+            .count()
+    }
+
+    /// True after SIGTERM.
+    pub fn draining(&self) -> bool {
+        self.lock().draining
+    }
+
+    /// The graceful shutdown: stops admitting (submissions are refused as
+    /// [`ServiceError::Draining`]), lets running runs go on for the drain timeout (or
+    /// until `hurry` completes, e.g. a second signal), then cancels what still runs
+    /// and waits for their records. Queued runs stay queued in the ledger.
+    pub async fn drain(
+        self: &Arc<Self>,
+        signal: i32,
+        hurry: impl std::future::Future<Output = ()>,
+    ) {
+        self.lock().draining = true;
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        tokio::pin!(hurry);
+        while self.running_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+                _ = &mut hurry => break,
+            }
+        }
+        let mut longest_grace = Duration::ZERO;
+        {
+            let mut g = self.lock();
+            for a in g.active.values_mut() {
+                if a.state != RunState::Running {
+                    continue;
+                }
+                a.cancelled_by.get_or_insert(CancelBy::Drain(signal));
+                longest_grace = longest_grace.max(a.job.limits.grace);
+                if let Some(tx) = &a.cancel {
+                    tx.send_replace(Some(Cancel {
+                        signal: Some(signal),
+                    }));
+                }
+            }
+        }
+        let bound = Instant::now() + longest_grace + Duration::from_secs(30);
+        while self.running_count() > 0 && Instant::now() < bound {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::testing::{block_on, test_service};
+
+    const BODY: &[u8] =
+        br#"{"command": ["true"], "limits": {"memory": "1M", "cpus": 0.1, "swap": "0"}}"#;
+
+    /// With no room to run (max_running 0), a submission is stored and queued; a
+    /// cancel takes it out of the queue and records it as cancelled.
+    #[test]
+    fn submit_queue_and_cancel_without_cgroups() {
+        let t = test_service(|_| {});
+        let svc = t.svc.clone();
+        block_on(async move {
+            let (how, resp) = svc.submit(BODY).await.unwrap();
+            assert_eq!(how, Submitted::New);
+            assert_eq!(resp.state, RunState::Queued);
+            let (how, st) = svc.cancel(&resp.id).await.unwrap();
+            assert_eq!(how, Cancelled::Dequeued);
+            assert_eq!(st.state, RunState::Done);
+            let rec = st.record.unwrap();
+            assert_eq!(rec.outcome.reason, Reason::Cancelled);
+            assert!(rec.notes.starts_with("Cancelled before it started"));
+            let (how, st) = svc.cancel(&resp.id).await.unwrap();
+            assert_eq!(how, Cancelled::NotActive);
+            assert_eq!(st.state, RunState::Done);
+            assert!(matches!(
+                svc.cancel("nope").await,
+                Err(ServiceError::NotFound(id)) if id == "nope"
+            ));
+        });
+    }
+
+    #[test]
+    fn refusals_are_typed() {
+        let t = test_service(|_| {});
+        let svc = t.svc.clone();
+        block_on(async move {
+            let body = br#"{"command": ["true"], "id": "mine", "idempotency_key": "k",
+                            "limits": {"memory": "1M", "cpus": 0.1, "swap": "0"}}"#;
+            assert_eq!(svc.submit(body).await.unwrap().0, Submitted::New);
+            let (how, resp) = svc.submit(body).await.unwrap();
+            assert_eq!((how, resp.id.as_str()), (Submitted::Repeated, "mine"));
+            let other = br#"{"command": ["true"], "id": "mine",
+                             "limits": {"memory": "1M", "cpus": 0.1, "swap": "0"}}"#;
+            assert!(matches!(
+                svc.submit(other).await,
+                Err(ServiceError::Conflict(id)) if id == "mine"
+            ));
+            assert!(matches!(
+                svc.submit(br#"{"command": []}"#).await,
+                Err(ServiceError::Invalid(validate::Invalid::NoCommand))
+            ));
+            assert!(matches!(
+                svc.submit(br#"{"command": ["true"], "limits": {"memory": "2G", "cpus": 0.1}}"#)
+                    .await,
+                Err(ServiceError::OverBudget(
+                    crate::admission::NeedError::MemoryOverBudget { .. }
+                ))
+            ));
+            let m = &svc.metrics;
+            let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!((n(&m.accepted), n(&m.idempotent), n(&m.refused)), (1, 1, 3));
+            svc.drain(libc::SIGTERM, async {}).await;
+            assert!(svc.draining());
+            assert!(matches!(
+                svc.submit(BODY).await,
+                Err(ServiceError::Draining)
+            ));
+            // A drain leaves queued runs queued.
+            assert_eq!(svc.status("mine").await.unwrap().state, RunState::Queued);
+        });
+    }
+}

@@ -1,0 +1,304 @@
+//! The service core: submissions, the queue, runs, cancels, recovery and the drain.
+//!
+//! State lives in two places. The ledger is the truth about every run and is written
+//! first at each step (a submission before its 201, `running` before the run's cgroup
+//! exists, the record before anyone is told the run is done). The in-memory part holds
+//! what only this instance needs: the admission queue and reservations, each active
+//! run's cancel switch, and a "done" signal that `wait` and `follow` block on.
+//!
+//! Runs are started with `tokio::spawn`, so [`corral_run::run()`] always runs on a worker
+//! thread of the multi-threaded runtime (never on the blocking pool: the child's
+//! `PR_SET_PDEATHSIG` is tied to the thread that created it). Ledger calls go to the
+//! blocking pool.
+//!
+//! One concern per file, each a part of `impl Service` or pure functions beside it:
+//!
+//! * this file: the [`Service`] and its shared state, construction, the [`RunsTree`]
+//!   seam;
+//! * [`lifecycle`]: submit, pump, run, cancel, drain;
+//! * [`recovery`]: what a restart does with the runs the last instance left;
+//! * [`retention`]: removing captured output after `--keep-output`, and the 410;
+//! * [`validate`]: from a request body to a request and its effective limits;
+//! * [`records`]: the records of runs that never ran, and who cancelled a run;
+//! * [`query`]: status, list, wait, health, metrics;
+//! * [`error`]: [`ServiceError`]; only `http.rs` maps it to status codes.
+//!
+//! The core knows no HTTP and needs no root: a fake backend and tree
+//! (`testing.rs`) run it on a temporary ledger in the unit tests.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use corral_record::Record;
+use corral_run::ident::Owner;
+use corral_run::{Backend, Cancel, RunSpec, Stdio};
+use corral_spec::{Limits, ProfileSet};
+use tokio::sync::watch;
+
+use crate::admission::{Admission, Budget, Need};
+use crate::cgroups::{Reaped, ServiceTree, TreeUsage};
+use crate::config::ServeConfig;
+use crate::ledger::{Ledger, LedgerError, Row};
+use crate::metrics::Metrics;
+use crate::wire::{RunState, SubmitRequest};
+
+pub mod error;
+pub mod lifecycle;
+pub mod query;
+pub mod records;
+pub mod recovery;
+pub mod retention;
+#[cfg(test)]
+mod testing;
+pub mod validate;
+
+pub use error::ServiceError;
+pub use lifecycle::{Cancelled, Submitted};
+pub use query::status_of;
+pub use records::LOST_EXIT_CODE;
+pub use retention::OutputGone;
+
+use records::{CancelBy, Never};
+
+/// A run as submitted and resolved: what is needed to start it, fixed at submission.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The run id.
+    pub id: String,
+    /// The submission.
+    pub request: SubmitRequest,
+    /// The profile name.
+    pub profile: String,
+    /// The effective limits.
+    pub limits: Limits,
+    /// When it was accepted.
+    pub submitted_at: String,
+}
+
+/// A ledger row whose stored request or limits no longer parse.
+#[derive(Debug, thiserror::Error)]
+#[error("run {id}: bad {what} in the ledger: {source}")]
+pub struct BadRow {
+    /// The run.
+    pub id: String,
+    /// `request` or `limits`.
+    pub what: &'static str,
+    /// Why it does not parse.
+    pub source: serde_json::Error,
+}
+
+impl Job {
+    /// The job a ledger row stores.
+    pub fn from_row(row: &Row) -> Result<Job, BadRow> {
+        let bad = |what| {
+            move |source| BadRow {
+                id: row.id.clone(),
+                what,
+                source,
+            }
+        };
+        let request: SubmitRequest = serde_json::from_str(&row.request).map_err(bad("request"))?;
+        let limits: Limits = serde_json::from_str(&row.limits).map_err(bad("limits"))?;
+        Ok(Job {
+            id: row.id.clone(),
+            request,
+            profile: row.profile.clone(),
+            limits,
+            submitted_at: row.submitted_at.clone(),
+        })
+    }
+
+    fn spec(&self, out: &Path) -> RunSpec {
+        RunSpec {
+            id: Some(self.id.clone()),
+            command: self.request.command.clone(),
+            cwd: self.request.cwd.as_ref().map(PathBuf::from),
+            env: self
+                .request
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            clear_env: self.request.clear_env,
+            stdin: Stdio::Null,
+            stdout: Stdio::File(out.join(format!("{}.stdout", self.id))),
+            stderr: Stdio::File(out.join(format!("{}.stderr", self.id))),
+            profile: self.profile.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// What the core needs of the service's cgroup tree. [`ServiceTree`] is the real one;
+/// the unit tests use a fake, so the core runs without root or cgroups.
+pub trait RunsTree: Send + Sync {
+    /// The service root, for `/health`.
+    fn root_display(&self) -> String;
+    /// The runs' parent directories (one per hierarchy on cgroup1; the first is the
+    /// one a record names).
+    fn runs_dirs(&self) -> Vec<PathBuf>;
+    /// What the runs' parent is charged now.
+    fn usage(&self) -> TreeUsage;
+}
+
+impl RunsTree for ServiceTree {
+    fn root_display(&self) -> String {
+        ServiceTree::root_display(self)
+    }
+    fn runs_dirs(&self) -> Vec<PathBuf> {
+        ServiceTree::runs_dirs(self)
+    }
+    fn usage(&self) -> TreeUsage {
+        ServiceTree::usage(self)
+    }
+}
+
+struct Active {
+    job: Arc<Job>,
+    state: RunState,
+    need: Need,
+    cancel: Option<watch::Sender<Option<Cancel>>>,
+    cancelled_by: Option<CancelBy>,
+    done: watch::Sender<bool>,
+}
+
+struct Inner {
+    adm: Admission,
+    active: HashMap<String, Active>,
+    draining: bool,
+}
+
+/// Static facts about the service for `/health`.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// The service root.
+    pub cgroup_root: String,
+    /// The ledger path.
+    pub ledger: String,
+}
+
+/// What a [`Service`] is built from.
+pub struct Parts {
+    /// The open ledger.
+    pub ledger: Ledger,
+    /// The prepared cgroup tree (or a fake).
+    pub tree: Arc<dyn RunsTree>,
+    /// The backend that runs under the tree.
+    pub backend: Box<dyn Backend>,
+    /// The budget and the concurrency bound.
+    pub budget: Budget,
+    /// The profiles submissions may name.
+    pub profiles: ProfileSet,
+    /// What [`ServiceTree::reap_strays`] did to the run cgroups an earlier instance
+    /// left.
+    pub reaped: Vec<Reaped>,
+}
+
+/// The running service.
+pub struct Service {
+    ledger: Arc<Ledger>,
+    backend: Arc<dyn Backend>,
+    tree: Arc<dyn RunsTree>,
+    profiles: ProfileSet,
+    output_dir: PathBuf,
+    output_limit: u64,
+    keep_output: Option<Duration>,
+    drain_timeout: Duration,
+    owner: String,
+    facts: Facts,
+    inner: Mutex<Inner>,
+    /// The service's counters.
+    pub metrics: Metrics,
+}
+
+fn owner_tag() -> String {
+    let o = Owner::current();
+    format!("{}.{}.{}", o.boot, o.pid, o.start)
+}
+
+impl Service {
+    /// Builds the service and recovers from an earlier instance: runs the ledger says
+    /// were running are recorded as `lost` (their cgroups were reaped by
+    /// [`ServiceTree::reap_strays`], whose result is `parts.reaped`), and queued runs
+    /// are queued again in their order. Captured output goes to `output/` beside the
+    /// ledger.
+    pub fn new(parts: Parts, cfg: &ServeConfig) -> Result<Arc<Service>, ServiceError> {
+        let Parts {
+            ledger,
+            tree,
+            backend,
+            budget,
+            profiles,
+            reaped,
+        } = parts;
+        let output_dir = ledger
+            .path()
+            .parent()
+            .map(|p| p.join("output"))
+            .unwrap_or_else(|| PathBuf::from("output"));
+        std::fs::create_dir_all(&output_dir).map_err(|source| ServiceError::OutputDir {
+            path: output_dir.clone(),
+            source,
+        })?;
+        let facts = Facts {
+            cgroup_root: tree.root_display(),
+            ledger: ledger.path().display().to_string(),
+        };
+        let svc = Service {
+            ledger: Arc::new(ledger),
+            backend: Arc::from(backend),
+            tree,
+            profiles,
+            output_dir,
+            output_limit: cfg.output_limit,
+            keep_output: cfg.keep_output,
+            drain_timeout: cfg.drain_timeout,
+            owner: owner_tag(),
+            facts,
+            inner: Mutex::new(Inner {
+                adm: Admission::new(budget),
+                active: HashMap::new(),
+                draining: false,
+            }),
+            metrics: Metrics::default(),
+        };
+        svc.recover(reaped)?;
+        Ok(Arc::new(svc))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls the ledger on the blocking pool.
+    async fn db<T, F>(&self, f: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ledger) -> Result<T, LedgerError> + Send + 'static,
+    {
+        let l = self.ledger.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&l)).await??)
+    }
+
+    /// The record of a run that never ran under a sandbox.
+    fn synth(&self, job: &Job, never: Never) -> Record {
+        records::synth(
+            self.backend.as_ref(),
+            job,
+            |stream| self.output_path(&job.id, stream),
+            never,
+        )
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Where a run's captured stream goes.
+    pub fn output_path(&self, id: &str, stream: &str) -> PathBuf {
+        self.output_dir.join(format!("{id}.{stream}"))
+    }
+}

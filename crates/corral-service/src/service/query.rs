@@ -1,0 +1,191 @@
+//! What clients read: a run's status, the list, `wait`, `/health` and the metrics
+//! snapshot. Nothing here changes a run.
+
+use std::time::Duration;
+
+use corral_record::Record;
+use tokio::sync::watch;
+
+use crate::ledger::Row;
+use crate::metrics::Snapshot;
+use crate::service::{Service, ServiceError};
+use crate::wire::{BudgetStatus, Health, RunList, RunState, RunStatus};
+
+impl Service {
+    /// `GET /runs/{id}`.
+    pub async fn status(&self, id: &str) -> Result<RunStatus, ServiceError> {
+        let i = id.to_string();
+        match self.db(move |l| l.get(&i)).await? {
+            Some(row) => Ok(status_of(&row)),
+            None => Err(ServiceError::NotFound(id.to_string())),
+        }
+    }
+
+    /// `GET /runs`.
+    pub async fn list(
+        &self,
+        state: Option<RunState>,
+        limit: usize,
+    ) -> Result<RunList, ServiceError> {
+        let rows = self.db(move |l| l.list(state, limit)).await?;
+        Ok(RunList {
+            runs: rows.iter().map(status_of).collect(),
+        })
+    }
+
+    /// The "done" signal of an active run (`None` when the run is not active here).
+    pub fn done_signal(&self, id: &str) -> Option<watch::Receiver<bool>> {
+        self.lock().active.get(id).map(|a| a.done.subscribe())
+    }
+
+    /// `GET /runs/{id}/wait`: the status once final (true), or after `timeout` (false).
+    pub async fn wait(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(bool, RunStatus), ServiceError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let rx = self.done_signal(id);
+            let st = self.status(id).await?;
+            if st.state.is_final() {
+                return Ok((true, st));
+            }
+            match rx {
+                Some(mut rx) => {
+                    let done = tokio::time::timeout_at(deadline, rx.wait_for(|d| *d))
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                    if !done {
+                        let st = self.status(id).await?;
+                        return Ok((st.state.is_final(), st));
+                    }
+                }
+                // Not active but not final: it is between two ledger steps.
+                None => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok((false, st));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn budget_status(&self) -> BudgetStatus {
+        let (b, reserved) = {
+            let g = self.lock();
+            (*g.adm.budget(), g.adm.reserved())
+        };
+        let u = self.tree.usage();
+        BudgetStatus {
+            memory_bytes: b.memory,
+            memory_reserved_bytes: reserved.memory,
+            memory_used_bytes: u.memory,
+            cpus: b.cpus,
+            cpus_reserved: reserved.cpus(),
+            pids: b.pids,
+            swap_bytes: b.swap,
+            pids_current: u.pids,
+            max_running: b.max_running,
+        }
+    }
+
+    /// `GET /health`.
+    pub fn health(&self) -> Health {
+        let (queued, running, draining) = {
+            let g = self.lock();
+            (g.adm.queued(), g.adm.running(), g.draining)
+        };
+        Health {
+            status: if draining { "draining" } else { "ok" }.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            backend: self.backend.kind().as_str().to_string(),
+            backend_reason: self.backend.reason(),
+            cgroup_root: self.facts.cgroup_root.clone(),
+            queued,
+            running,
+            budget: self.budget_status(),
+            ledger: self.facts.ledger.clone(),
+            pid: std::process::id(),
+        }
+    }
+
+    /// What `GET /metrics` shows.
+    pub async fn snapshot(&self) -> Result<Snapshot, ServiceError> {
+        let (by_state, by_reason) = self
+            .db(|l| Ok((l.count_by_state()?, l.count_by_reason()?)))
+            .await?;
+        let (queued, running, draining) = {
+            let g = self.lock();
+            (g.adm.queued(), g.adm.running(), g.draining)
+        };
+        Ok(Snapshot {
+            backend: self.backend.kind().as_str().to_string(),
+            by_state,
+            by_reason,
+            queued,
+            running,
+            budget: self.budget_status(),
+            draining,
+        })
+    }
+}
+
+/// A ledger row as the API shows it.
+pub fn status_of(row: &Row) -> RunStatus {
+    let record = row
+        .record
+        .as_deref()
+        .and_then(|r| match serde_json::from_str::<Record>(r) {
+            Ok(rec) => Some(rec),
+            Err(e) => {
+                tracing::error!("run {}: unreadable record in the ledger: {e}", row.id);
+                None
+            }
+        });
+    RunStatus {
+        id: row.id.clone(),
+        state: row.state,
+        submitted_at: row.submitted_at.clone(),
+        started_at: row.started_at.clone(),
+        priority: row.priority,
+        record,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::testing::{block_on, finish, insert, test_service};
+
+    #[test]
+    fn status_list_wait_and_health() {
+        let t = test_service(|_| {});
+        insert(&t.svc, "a");
+        insert(&t.svc, "b");
+        finish(&t.svc, "b");
+        let svc = t.svc.clone();
+        block_on(async move {
+            assert!(matches!(
+                svc.status("zz").await,
+                Err(ServiceError::NotFound(_))
+            ));
+            let ids = |l: RunList| l.runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+            assert_eq!(ids(svc.list(None, 10).await.unwrap()), ["a", "b"]);
+            assert_eq!(
+                ids(svc.list(Some(RunState::Done), 10).await.unwrap()),
+                ["b"]
+            );
+            let (done, st) = svc.wait("b", Duration::ZERO).await.unwrap();
+            assert!(done && st.record.is_some());
+            let (done, st) = svc.wait("a", Duration::from_millis(30)).await.unwrap();
+            assert!(!done && st.state == RunState::Queued);
+            let h = svc.health();
+            assert_eq!((h.status.as_str(), h.backend.as_str()), ("ok", "cgroup1"));
+            assert_eq!(h.cgroup_root, "fake");
+            let snap = svc.snapshot().await.unwrap();
+            assert!(snap.by_state.contains(&("done".to_string(), 1)));
+        });
+    }
+}
