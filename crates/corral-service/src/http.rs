@@ -424,9 +424,9 @@ mod tests {
                  available",
             ),
             (
-                LedgerError::Other("disk full".into()).into(),
+                LedgerError::NoRun("r1".into()).into(),
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "ledger: disk full",
+                "ledger: no run r1 in the ledger",
             ),
             (
                 ServiceError::NoUniqueId,

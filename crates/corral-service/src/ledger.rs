@@ -52,9 +52,68 @@ pub enum LedgerError {
     /// An SQLite error.
     #[error("ledger: {0}")]
     Sql(#[from] rusqlite::Error),
-    /// Anything else (file access, locking, a newer schema, bad content).
-    #[error("ledger: {0}")]
-    Other(String),
+    /// The ledger's directory cannot be created.
+    #[error("ledger: cannot create {}: {source}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The lock file beside the ledger cannot be opened.
+    #[error("ledger: cannot open {}: {source}", lock.display())]
+    OpenLock {
+        /// The lock file.
+        lock: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another service holds the ledger's lock.
+    #[error(
+        "ledger: {} is in use by another corral service (lock {} is held)",
+        path.display(),
+        lock.display()
+    )]
+    InUse {
+        /// The ledger.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// `flock` failed for another reason.
+    #[error("ledger: cannot lock {}: {errno}", lock.display())]
+    Lock {
+        /// The lock file.
+        lock: PathBuf,
+        /// The errno.
+        errno: rustix::io::Errno,
+    },
+    /// SQLite would not use WAL mode.
+    #[error("ledger: {}: cannot switch to WAL mode (got {mode})", path.display())]
+    NotWal {
+        /// The ledger.
+        path: PathBuf,
+        /// The journal mode SQLite kept.
+        mode: String,
+    },
+    /// The database was written by a newer corral.
+    #[error(
+        "ledger: the ledger has schema version {found}, newer than this corral knows \
+         ({SCHEMA_VERSION}); use a newer corral or another --ledger"
+    )]
+    Newer {
+        /// The version found.
+        found: i32,
+    },
+    /// A run to be marked running is not queued.
+    #[error("ledger: run {0} is not queued")]
+    NotQueued(String),
+    /// No row has this id.
+    #[error("ledger: no run {0} in the ledger")]
+    NoRun(String),
+    /// A record cannot be serialized.
+    #[error("ledger: cannot serialize the record: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 type Result<T> = std::result::Result<T, LedgerError>;
@@ -163,10 +222,7 @@ fn row(r: &SqlRow<'_>) -> rusqlite::Result<Row> {
 pub fn migrate(conn: &mut Connection) -> Result<i32> {
     let found: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if found > SCHEMA_VERSION {
-        return Err(LedgerError::Other(format!(
-            "the ledger has schema version {found}, newer than this corral knows \
-             ({SCHEMA_VERSION}); use a newer corral or another --ledger"
-        )));
+        return Err(LedgerError::Newer { found });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
         let tx = conn.transaction()?;
@@ -182,18 +238,20 @@ impl Ledger {
     /// and migrates it.
     pub fn open(path: &Path) -> Result<Ledger> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| LedgerError::Other(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|source| LedgerError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         let lock = lock_file(path)?;
         let mut conn = Connection::open(path)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(LedgerError::Other(format!(
-                "{}: cannot switch to WAL mode (got {mode})",
-                path.display()
-            )));
+            return Err(LedgerError::NotWal {
+                path: path.to_path_buf(),
+                mode,
+            });
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -280,7 +338,7 @@ impl Ledger {
             params![id, started_at, owner],
         )?;
         if n != 1 {
-            return Err(LedgerError::Other(format!("run {id} is not queued")));
+            return Err(LedgerError::NotQueued(id.to_string()));
         }
         Ok(())
     }
@@ -288,8 +346,7 @@ impl Ledger {
     /// Stores a run's final state (`done` or `lost`) and its record.
     pub fn finish(&self, id: &str, state: RunState, record: &corral_record::Record) -> Result<()> {
         debug_assert!(state.is_final());
-        let json = serde_json::to_string(record)
-            .map_err(|e| LedgerError::Other(format!("cannot serialize the record: {e}")))?;
+        let json = serde_json::to_string(record).map_err(LedgerError::Encode)?;
         let n = self.conn().execute(
             "UPDATE runs SET state = ?2, finished_at = ?3, reason = ?4, exit_code = ?5,
                              record = ?6, started_at = COALESCE(started_at, ?7)
@@ -305,7 +362,7 @@ impl Ledger {
             ],
         )?;
         if n != 1 {
-            return Err(LedgerError::Other(format!("no run {id} in the ledger")));
+            return Err(LedgerError::NoRun(id.to_string()));
         }
         Ok(())
     }
@@ -379,18 +436,17 @@ fn lock_file(path: &Path) -> Result<File> {
         .truncate(false)
         .write(true)
         .open(&lp)
-        .map_err(|e| LedgerError::Other(format!("cannot open {}: {e}", lp.display())))?;
+        .map_err(|source| LedgerError::OpenLock {
+            lock: lp.clone(),
+            source,
+        })?;
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(f),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(LedgerError::Other(format!(
-            "{} is in use by another corral service (lock {} is held)",
-            path.display(),
-            lp.display()
-        ))),
-        Err(e) => Err(LedgerError::Other(format!(
-            "cannot lock {}: {e}",
-            lp.display()
-        ))),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(LedgerError::InUse {
+            path: path.to_path_buf(),
+            lock: lp,
+        }),
+        Err(errno) => Err(LedgerError::Lock { lock: lp, errno }),
     }
 }
 
@@ -412,34 +468,18 @@ mod tests {
     }
 
     fn record(id: &str, reason: Reason, code: i32) -> corral_record::Record {
-        let mut v = serde_json::json!({
-            "schema": corral_record::SCHEMA, "id": id, "command": ["true"], "cwd": null,
-            "profile": "default", "backend": "cgroup1", "backend_reason": "",
-            "cgroup": null,
-            "limits": {"requested": {}, "enforced": {}, "not_enforced": [], "grace_s": 5.0},
-            "outcome": {"reason": reason.as_str(), "exit_code": code, "signal": null,
-                        "process_exit_code": null},
-            "events": {"oom_kill": 0, "pids_max": 0, "cpu_throttled": 0,
-                       "cpu_throttled_us": 0, "memory_max": 0, "leftover_killed": 0,
-                       "grace_expired": false},
-            "usage": {"wall_s": 0.0, "cpu_user_s": 0.0, "cpu_system_s": 0.0,
-                      "memory_peak_bytes": null, "pids_peak": null, "io_read_bytes": null,
-                      "io_write_bytes": null},
-            "started_at": "2026-01-01T00:00:01.000Z",
-            "finished_at": "2026-01-01T00:00:02.000Z", "notes": "", "corral_version": "0"
+        let mut rec = corral_record::Record::new(corral_record::RecordHead {
+            id: id.into(),
+            command: vec!["true".into()],
+            cwd: None,
+            profile: "default".into(),
+            backend: "cgroup1".into(),
+            backend_reason: String::new(),
+            limits: Default::default(),
         });
-        for k in [
-            "memory_bytes",
-            "swap_bytes",
-            "cpus",
-            "pids",
-            "timeout_s",
-            "cpu_time_s",
-        ] {
-            v["limits"]["requested"][k] = serde_json::Value::Null;
-            v["limits"]["enforced"][k] = serde_json::Value::Null;
-        }
-        serde_json::from_value(v).unwrap()
+        rec.outcome.reason = reason;
+        rec.outcome.exit_code = code;
+        rec
     }
 
     #[test]
@@ -459,7 +499,12 @@ mod tests {
         // A newer database is refused.
         c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
-        let e = migrate(&mut c).unwrap_err().to_string();
+        let e = migrate(&mut c).unwrap_err();
+        assert!(
+            matches!(e, LedgerError::Newer { found } if found == SCHEMA_VERSION + 1),
+            "{e}"
+        );
+        let e = e.to_string();
         assert!(e.contains("newer than this corral"), "{e}");
     }
 
@@ -481,7 +526,12 @@ mod tests {
             l.finish("b", RunState::Done, &record("b", Reason::Exited, 0))
                 .unwrap();
             // A second service cannot use the same ledger.
-            let e = Ledger::open(&p).unwrap_err().to_string();
+            let e = Ledger::open(&p).unwrap_err();
+            assert!(
+                matches!(&e, LedgerError::InUse { path, .. } if path == &p),
+                "{e}"
+            );
+            let e = e.to_string();
             assert!(e.contains("in use by another corral service"), "{e}");
         }
         let l = Ledger::open(&p).unwrap();
@@ -520,6 +570,10 @@ mod tests {
         assert_eq!(q, ["high", "low", "low2"]);
         assert!(l.mark_running("low", "t", "o").is_ok());
         assert!(l.mark_running("low", "t", "o").is_err(), "only once");
+        assert!(matches!(
+            l.mark_running("low", "t", "o"),
+            Err(LedgerError::NotQueued(id)) if id == "low"
+        ));
         l.finish("low", RunState::Lost, &record("low", Reason::Lost, 125))
             .unwrap();
         let by_state = l.count_by_state().unwrap();
