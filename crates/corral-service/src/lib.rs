@@ -126,7 +126,11 @@ pub enum ServeError {
     },
 }
 
-fn tree_err(stage: TreeStage) -> impl Fn(String) -> ServeError {
+/// Wraps whatever error a step of the cgroup tree returns (text or a typed error).
+fn tree_err<E>(stage: TreeStage) -> impl Fn(E) -> ServeError
+where
+    E: Into<Box<dyn StdError + Send + Sync>>,
+{
     move |e| ServeError::Tree {
         stage,
         err: e.into(),
@@ -304,4 +308,67 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), ServeError> {
     }
     eprintln!("corral serve: stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn socket_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a").join("s.sock");
+        check_socket_free(&p).unwrap();
+        assert!(
+            p.parent().unwrap().is_dir(),
+            "the socket's directory is made"
+        );
+        let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let e = check_socket_free(&p).unwrap_err();
+        assert!(matches!(&e, ServeError::SocketInUse(q) if q == &p), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("another service is already listening on {}", p.display())
+        );
+        drop(l);
+        // A socket nobody listens on is stale and removed.
+        check_socket_free(&p).unwrap();
+        assert!(!p.exists());
+    }
+
+    /// Each message already holds its cause, so the chain stops at the top: `corral`
+    /// prints errors with `{:#}`, which would repeat a chained cause.
+    #[test]
+    fn serve_errors_carry_their_cause_once() {
+        let io = || std::io::Error::from_raw_os_error(libc::EACCES);
+        let e = ServeError::SocketDir {
+            path: "/x".into(),
+            err: io(),
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot create /x: {}",
+                std::io::Error::from_raw_os_error(13)
+            )
+        );
+        assert!(e.source().is_none());
+        let e = ServeError::Tree {
+            stage: TreeStage::Budget,
+            err: "cannot write memory.limit_in_bytes".into(),
+        };
+        assert_eq!(e.to_string(), "cannot write memory.limit_in_bytes");
+        assert!(e.source().is_none());
+        let e = ServeError::NotLoopback("0.0.0.0:80".parse().unwrap());
+        assert!(e
+            .to_string()
+            .starts_with("refusing to listen on 0.0.0.0:80: anyone who can reach"));
+        let mut cfg = ServeConfig::new(Addr::Unix("s".into()), "l".into());
+        cfg.budget_pids = Some(0);
+        assert!(matches!(
+            serve(cfg),
+            Err(ServeError::Budget(BudgetError::PidsTooSmall))
+        ));
+    }
 }
