@@ -58,8 +58,7 @@ pub fn status_for(e: &ServiceError) -> StatusCode {
         | ServiceError::LedgerTask(_)
         | ServiceError::Encode(_)
         | ServiceError::NoUniqueId
-        | ServiceError::OutputDir { .. }
-        | ServiceError::Profiles(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | ServiceError::OutputDir { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use corral_run::run::RunError;
-use corral_spec::SpecError;
 
 use crate::admission::NeedError;
 use crate::ledger::LedgerError;
@@ -59,7 +58,4 @@ pub enum ServiceError {
         /// Why.
         source: std::io::Error,
     },
-    /// The profile files cannot be read (at start).
-    #[error(transparent)]
-    Profiles(SpecError),
 }
