@@ -376,4 +376,95 @@ mod tests {
         );
         assert!(e.to_string().contains("/nonexistent-dir"), "{e}");
     }
+
+    fn true_exec() -> Exec {
+        Exec::new(
+            &["true".into()],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            None,
+        )
+        .unwrap()
+    }
+
+    fn failed_stage(e: &SpawnError) -> Option<(Stage, Option<i32>)> {
+        match e {
+            SpawnError::Child { stage, source, .. } => Some((*stage, source.raw_os_error())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_failed_step_reports_its_stage() {
+        let exec = true_exec();
+        // A soft limit above the hard one.
+        let setup = ChildSetup {
+            rlimits: vec![Rlimit {
+                resource: libc::RLIMIT_NOFILE,
+                soft: 10,
+                hard: 5,
+            }],
+            ..Default::default()
+        };
+        let e = spawn(&exec, &setup, &Placement::default())
+            .unwrap()
+            .confirm(&exec)
+            .unwrap_err();
+        assert_eq!(failed_stage(&e), Some((Stage::Rlimit, Some(libc::EINVAL))));
+        assert!(
+            e.to_string().starts_with("cannot set a resource limit: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_released_gate_lets_the_child_exec() {
+        let exec = true_exec();
+        let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let setup = ChildSetup {
+            gate: Some(rx.as_fd()),
+            ..Default::default()
+        };
+        let s = spawn(&exec, &setup, &Placement::default()).unwrap();
+        rustix::io::write(&tx, b"g").unwrap();
+        let (_pid, pidfd, _) = s.confirm(&exec).unwrap();
+        let st = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(st.exit_status(), Some(0));
+    }
+
+    #[test]
+    fn an_exec_failure_is_not_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = std::env::temp_dir().join(format!("corral-noexec-{}", std::process::id()));
+        std::fs::write(&f, b"\x7fnot a program").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exec = Exec::new(&[f.display().to_string()], &[], None).unwrap();
+        // A child forked by a parallel test may hold the file's write fd for a moment.
+        let mut tries = 0;
+        let e = loop {
+            let e = spawn(&exec, &ChildSetup::default(), &Placement::default())
+                .unwrap()
+                .confirm(&exec)
+                .unwrap_err();
+            tries += 1;
+            match failed_stage(&e) {
+                Some((_, Some(libc::ETXTBSY))) if tries < 20 => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => break e,
+            }
+        };
+        let _ = std::fs::remove_file(&f);
+        assert_eq!(failed_stage(&e), Some((Stage::Exec, Some(libc::ENOEXEC))));
+        assert_eq!(e.exit_code(), 126);
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot execute {}", f.display())),
+            "{e}"
+        );
+    }
 }
