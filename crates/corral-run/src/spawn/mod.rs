@@ -68,21 +68,26 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage (the error pipe sends a stage as its index here).
+    const ALL: [Stage; 7] = [
+        Stage::Cgroup,
+        Stage::Rlimit,
+        Stage::Stdio,
+        Stage::Chdir,
+        Stage::Gate,
+        Stage::Exec,
+        Stage::Setup,
+    ];
+
     fn code(self) -> u8 {
         self as u8
     }
+
     fn from_code(c: u8) -> Stage {
-        [
-            Stage::Cgroup,
-            Stage::Rlimit,
-            Stage::Stdio,
-            Stage::Chdir,
-            Stage::Gate,
-            Stage::Exec,
-        ]
-        .into_iter()
-        .find(|s| s.code() == c)
-        .unwrap_or(Stage::Setup)
+        Stage::ALL
+            .into_iter()
+            .find(|s| s.code() == c)
+            .unwrap_or(Stage::Setup)
     }
 }
 
@@ -327,37 +332,46 @@ mod tests {
 
     #[test]
     fn stage_codes_roundtrip() {
-        for s in [
-            Stage::Cgroup,
-            Stage::Rlimit,
-            Stage::Stdio,
-            Stage::Chdir,
-            Stage::Gate,
-            Stage::Exec,
-            Stage::Setup,
-        ] {
+        for (i, s) in Stage::ALL.into_iter().enumerate() {
+            assert_eq!(s.code() as usize, i);
             assert_eq!(Stage::from_code(s.code()), s);
+        }
+    }
+
+    fn true_exec() -> Exec {
+        Exec::new(
+            &["true".into()],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Waits for the confirmed child and returns its exit status.
+    fn exit_status(pidfd: &OwnedFd) -> Option<i32> {
+        rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .unwrap()
+        .unwrap()
+        .exit_status()
+    }
+
+    fn failed_stage(e: &SpawnError) -> Option<(Stage, Option<i32>)> {
+        match e {
+            SpawnError::Child { stage, source, .. } => Some((*stage, source.raw_os_error())),
+            _ => None,
         }
     }
 
     #[test]
     fn spawn_without_cgroup_and_exec_errors() {
-        let exec = Exec::new(
-            &["true".into()],
-            &[("PATH".into(), "/usr/bin:/bin".into())],
-            None,
-        )
-        .unwrap();
+        let exec = true_exec();
         let s = spawn(&exec, &ChildSetup::default(), &Placement::default()).unwrap();
         let (_pid, pidfd, into) = s.confirm(&exec).unwrap();
         assert!(!into);
-        let st = rustix::process::waitid(
-            rustix::process::WaitId::PidFd(pidfd.as_fd()),
-            rustix::process::WaitIdOptions::EXITED,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(st.exit_status(), Some(0));
+        assert_eq!(exit_status(&pidfd), Some(0));
 
         let exec = Exec::new(&["true".into()], &[], Some(Path::new("/nonexistent-dir"))).unwrap();
         let e = spawn(&exec, &ChildSetup::default(), &Placement::default())
@@ -375,22 +389,6 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("/nonexistent-dir"), "{e}");
-    }
-
-    fn true_exec() -> Exec {
-        Exec::new(
-            &["true".into()],
-            &[("PATH".into(), "/usr/bin:/bin".into())],
-            None,
-        )
-        .unwrap()
-    }
-
-    fn failed_stage(e: &SpawnError) -> Option<(Stage, Option<i32>)> {
-        match e {
-            SpawnError::Child { stage, source, .. } => Some((*stage, source.raw_os_error())),
-            _ => None,
-        }
     }
 
     #[test]
@@ -427,13 +425,7 @@ mod tests {
         let s = spawn(&exec, &setup, &Placement::default()).unwrap();
         rustix::io::write(&tx, b"g").unwrap();
         let (_pid, pidfd, _) = s.confirm(&exec).unwrap();
-        let st = rustix::process::waitid(
-            rustix::process::WaitId::PidFd(pidfd.as_fd()),
-            rustix::process::WaitIdOptions::EXITED,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(st.exit_status(), Some(0));
+        assert_eq!(exit_status(&pidfd), Some(0));
     }
 
     #[test]
