@@ -34,6 +34,14 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// Every backend, strongest first (the order `auto` tries them in).
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Cgroup2,
+        BackendKind::Systemd,
+        BackendKind::Cgroup1,
+        BackendKind::Rlimit,
+    ];
+
     /// The name used on the command line and in records.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -426,12 +434,7 @@ pub fn select(
         });
     }
     let mut passed = Vec::new();
-    for k in [
-        BackendKind::Cgroup2,
-        BackendKind::Systemd,
-        BackendKind::Cgroup1,
-        BackendKind::Rlimit,
-    ] {
+    for k in BackendKind::ALL {
         match make(k) {
             Ok(b) if passed.is_empty() => return Ok(b),
             Ok(b) => return Ok(Box::new(Explained { inner: b, passed })),
