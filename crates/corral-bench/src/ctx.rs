@@ -152,7 +152,7 @@ impl Ctx {
         let layout = Layout::cached();
         let want: Option<BackendKind> = match opts.backend.as_str() {
             "auto" => None,
-            s => Some(s.parse().map_err(|e: String| anyhow!(e))?),
+            s => Some(s.parse()?),
         };
         let kind = want.unwrap_or_else(|| {
             if ["memory", "cpu", "pids"]

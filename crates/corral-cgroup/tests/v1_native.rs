@@ -641,3 +641,22 @@ fn fork_bomb_is_contained_and_killed() {
     let mut t = spawn(&g, &mut Command::new("true"));
     assert!(t.wait_for(Duration::from_secs(5)).unwrap().success());
 }
+
+#[test]
+fn end_tree_kills_waits_and_removes() {
+    use corral_cgroup::tree::Tree;
+    let Some(layout) = setup(&["pids", "freezer"]) else {
+        return;
+    };
+    let g = TestGroup::create(&layout, "end", RUN_CONTROLLERS);
+    let mut p = spawn(&g, &mut sh("trap '' TERM; sleep 300 & sleep 300"));
+    assert!(wait_until(Duration::from_secs(5), || g.pids().len() == 3));
+    assert_eq!(g.process_count(), 3);
+    assert_eq!(g.end_tree(Duration::from_secs(5)).unwrap(), 3);
+    let st = p.wait_for(Duration::from_secs(5)).expect("dies");
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    assert_eq!(all_dirs_gone(&layout, "end"), Vec::<PathBuf>::new());
+    // Ending a tree that is gone finds nothing and fails nothing.
+    assert_eq!(g.end_tree(Duration::from_secs(1)).unwrap(), 0);
+    reap_orphans(Duration::from_secs(2));
+}

@@ -28,7 +28,7 @@ pub fn main(a: GcArgs) -> Result<u8> {
     if a.json {
         let v: Vec<_> = reaped
             .iter()
-            .map(|r| json!({"cgroup": r.name, "removed": r.result.is_ok(), "error": r.result.as_ref().err()}))
+            .map(|r| json!({"cgroup": r.name, "removed": r.result.is_ok(), "error": r.result.as_ref().err().map(ToString::to_string)}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&json!({"reaped": v}))?);
     } else if reaped.is_empty() {

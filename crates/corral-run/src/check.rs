@@ -161,12 +161,7 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
     ];
 
     let mut backends = Vec::new();
-    for k in [
-        BackendKind::Cgroup2,
-        BackendKind::Systemd,
-        BackendKind::Cgroup1,
-        BackendKind::Rlimit,
-    ] {
+    for k in BackendKind::ALL {
         let r = match select(Some(k), cgroup_root) {
             Ok(b) => Ok(b.reason()),
             Err(e) => Err(e.to_string()),

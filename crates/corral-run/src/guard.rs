@@ -15,11 +15,13 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corral_cgroup::layout::Layout;
+use corral_cgroup::tree::Tree;
 use corral_cgroup::v1::{Group1, RUN_CONTROLLERS};
 use corral_cgroup::v2::Cgroup2;
+use corral_cgroup::CgroupError;
 
 /// What a guard must clean up for one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,29 +244,16 @@ fn guard_loop(input: impl BufRead) -> ! {
     std::process::exit(0)
 }
 
+/// How long [`end`] waits for a killed tree to empty.
+const END_WAIT: Duration = Duration::from_secs(5);
+
 /// Kills everything in `e` and removes its cgroups, bounded in time.
-pub fn end(e: &GuardEntry) -> Result<(), String> {
+pub fn end(e: &GuardEntry) -> Result<(), CgroupError> {
     match e {
-        GuardEntry::V2(p) => {
-            let cg = Cgroup2::at(p);
-            if !cg.exists() {
-                return Ok(());
-            }
-            if !cg.kill().map_err(|e| e.to_string())? {
-                cg.kill_by_freezing().map_err(|e| e.to_string())?;
-            }
-            let t = Instant::now();
-            while cg.populated().unwrap_or(false) && t.elapsed() < Duration::from_secs(5) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            cg.remove(Duration::from_secs(2)).map_err(|e| e.to_string())
-        }
-        GuardEntry::V1(rel) => {
-            let g = Group1::open(&Layout::detect(), rel, RUN_CONTROLLERS);
-            g.kill_all(Duration::from_secs(5))
-                .map_err(|e| e.to_string())?;
-            g.remove(Duration::from_secs(2)).map_err(|e| e.to_string())
-        }
+        GuardEntry::V2(p) => Cgroup2::at(p).end_tree(END_WAIT).map(drop),
+        GuardEntry::V1(rel) => Group1::open(&Layout::detect(), rel, RUN_CONTROLLERS)
+            .end_tree(END_WAIT)
+            .map(drop),
         GuardEntry::ProcessGroup(pgid) => {
             if let Some(p) = rustix::process::Pid::from_raw(*pgid) {
                 let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);

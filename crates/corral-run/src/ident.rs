@@ -86,8 +86,20 @@ fn humantime_compact(secs: u64) -> String {
     )
 }
 
+/// A caller-chosen run id that is not 1-64 letters, digits, `_` or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid run id {0:?}: use 1-64 letters, digits, '_' or '-'")]
+pub struct InvalidId(pub String);
+
+impl From<InvalidId> for String {
+    /// The message, for callers that report errors as text (the service's 400 answer).
+    fn from(e: InvalidId) -> String {
+        e.to_string()
+    }
+}
+
 /// Checks a caller-chosen run id: 1-64 letters, digits, `_` or `-`.
-pub fn validate_id(id: &str) -> Result<(), String> {
+pub fn validate_id(id: &str) -> Result<(), InvalidId> {
     if !id.is_empty()
         && id.len() <= 64
         && id
@@ -96,9 +108,7 @@ pub fn validate_id(id: &str) -> Result<(), String> {
     {
         Ok(())
     } else {
-        Err(format!(
-            "invalid run id {id:?}: use 1-64 letters, digits, '_' or '-'"
-        ))
+        Err(InvalidId(id.to_string()))
     }
 }
 
@@ -134,7 +144,11 @@ mod tests {
         let (id2, o2) = parse_cgroup_name(&cgroup_name(&id, &o)).unwrap();
         assert_eq!((id2, o2), (id, o));
         assert!(parse_cgroup_name("service").is_none());
-        assert!(validate_id("a.b").is_err());
+        assert_eq!(validate_id("a.b"), Err(InvalidId("a.b".into())));
+        assert_eq!(
+            String::from(InvalidId("a.b".into())),
+            "invalid run id \"a.b\": use 1-64 letters, digits, '_' or '-'"
+        );
         let dead = Owner {
             start: 1,
             ..Owner::current()

@@ -10,10 +10,13 @@
 //! * [`backend`]: the [`Backend`] trait and its implementations; each creates a
 //!   [`Sandbox`] (a cgroup, a set of v1 groups, a systemd scope, or plain rlimits) and
 //!   says which limits it really enforces.
-//! * [`spawn`]: the only unsafe code: `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)`.
+//! * [`spawn`]: exec resolution, and the only unsafe code (in one file, `spawn/sys.rs`):
+//!   `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` and the child's checklist of setup steps.
 //! * [`supervise`]: the event loop of one run (pidfd, timers, inotify/eventfd), the
 //!   SIGTERM → grace → kill sequence, and the wait until the tree is gone.
 //! * [`mod@run`]: ties it together and builds the [`corral_record::Record`].
+
+#![deny(unsafe_code)]
 
 pub mod backend;
 pub mod check;

@@ -11,8 +11,8 @@ use corral_record::{
 use corral_spec::Limits;
 use tokio::sync::watch;
 
-use crate::backend::{Backend, BackendError, Plan};
-use crate::ident::{cgroup_name, new_run_id, validate_id, Owner};
+use crate::backend::{Backend, BackendError, BackendKind, Plan};
+use crate::ident::{cgroup_name, new_run_id, validate_id, InvalidId, Owner};
 use crate::output::{self, OutputFile};
 use crate::spawn::{self, ChildSetup, Exec, SpawnError};
 use crate::supervise::supervise;
@@ -59,33 +59,68 @@ pub struct RunSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// `--require-isolation` and some requested limit cannot be enforced.
-    #[error("refusing to run: {0}")]
-    Refused(String),
+    #[error(
+        "refusing to run: isolation is required but the {} backend cannot enforce: {}",
+        .backend.as_str(),
+        .gaps.iter().map(|g| format!("{} ({})", g.limit, g.why)).collect::<Vec<_>>().join("; ")
+    )]
+    Refused {
+        /// The backend.
+        backend: BackendKind,
+        /// The limits it cannot enforce, and why.
+        gaps: Vec<corral_record::Gap>,
+    },
     /// The backend failed to create the run's isolation.
     #[error("{0}")]
-    Backend(#[from] BackendError),
-    /// Bad input found before anything was created.
+    Backend(BackendError),
+    /// The caller's run id is not valid.
     #[error("{0}")]
-    Invalid(String),
+    InvalidId(InvalidId),
+    /// The spec has no command.
+    #[error("no command given")]
+    NoCommand,
+    /// The command could not be started.
+    #[error("{0}")]
+    Spawn(SpawnError),
     /// Supervision failed (an OS error while the run was in flight).
     #[error("supervising the run: {0}")]
-    Supervise(#[from] std::io::Error),
+    Supervise(std::io::Error),
+}
+
+// By hand rather than `#[from]`, which would also make each cause the `source()`: the
+// messages above already name it, and corral prints error chains joined.
+impl From<BackendError> for RunError {
+    fn from(e: BackendError) -> Self {
+        RunError::Backend(e)
+    }
+}
+
+impl From<InvalidId> for RunError {
+    fn from(e: InvalidId) -> Self {
+        RunError::InvalidId(e)
+    }
+}
+
+impl From<SpawnError> for RunError {
+    fn from(e: SpawnError) -> Self {
+        RunError::Spawn(e)
+    }
+}
+
+impl From<std::io::Error> for RunError {
+    fn from(e: std::io::Error) -> Self {
+        RunError::Supervise(e)
+    }
 }
 
 /// Checks that `--require-isolation` can be honoured; returns the plan.
 pub fn check_isolation(backend: &dyn Backend, limits: &Limits) -> Result<Plan, RunError> {
     let plan = backend.plan(limits);
     if limits.require_isolation && !plan.gaps.is_empty() {
-        let list: Vec<String> = plan
-            .gaps
-            .iter()
-            .map(|g| format!("{} ({})", g.limit, g.why))
-            .collect();
-        return Err(RunError::Refused(format!(
-            "isolation is required but the {} backend cannot enforce: {}",
-            backend.kind().as_str(),
-            list.join("; ")
-        )));
+        return Err(RunError::Refused {
+            backend: backend.kind(),
+            gaps: plan.gaps,
+        });
     }
     Ok(plan)
 }
@@ -139,13 +174,13 @@ pub async fn run(
 ) -> Result<Record, RunError> {
     let id = match &spec.id {
         Some(id) => {
-            validate_id(id).map_err(RunError::Invalid)?;
+            validate_id(id)?;
             id.clone()
         }
         None => new_run_id(),
     };
     if spec.command.is_empty() {
-        return Err(RunError::Invalid("no command given".into()));
+        return Err(RunError::NoCommand);
     }
     let plan = check_isolation(backend, &spec.limits)?;
     let mut rec = base_record(backend, &spec, &id, &plan);
@@ -359,10 +394,4 @@ fn spawn_failed(mut rec: Record, code: i32, why: String) -> Record {
     };
     rec.notes = compose_notes(&rec);
     rec
-}
-
-impl From<SpawnError> for RunError {
-    fn from(e: SpawnError) -> Self {
-        RunError::Invalid(e.to_string())
-    }
 }

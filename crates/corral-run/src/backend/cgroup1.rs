@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use corral_cgroup::layout::Layout;
+use corral_cgroup::tree::{Tree, RMDIR_BUDGET};
 use corral_cgroup::v1::{eventfd_take, Group1, RUN_CONTROLLERS};
 use corral_spec::Limits;
 use rustix::process::Signal;
@@ -51,13 +52,12 @@ impl Cgroup1Backend {
     /// Finds the v1 hierarchies and checks that corral may create groups there.
     pub fn new(root: Option<&Path>) -> Result<Self, BackendError> {
         let layout = Layout::cached().clone();
-        let mem = layout
-            .v1
-            .get("memory")
-            .ok_or_else(|| BackendError("no cgroup v1 memory hierarchy is mounted".into()))?;
+        let mem = layout.v1.get("memory").ok_or_else(|| {
+            BackendError::Unavailable("no cgroup v1 memory hierarchy is mounted".into())
+        })?;
         let rel = relative_root(&layout, root);
         if rel.as_os_str().is_empty() {
-            return Err(BackendError(
+            return Err(BackendError::Unavailable(
                 "the cgroup v1 root must be below the hierarchy roots (e.g. /corral)".into(),
             ));
         }
@@ -67,7 +67,7 @@ impl Cgroup1Backend {
             .find(|p| p.exists())
             .unwrap_or(&mem.mount_point);
         if rustix::fs::access(existing, rustix::fs::Access::WRITE_OK).is_err() {
-            return Err(BackendError(format!(
+            return Err(BackendError::Unavailable(format!(
                 "cannot create cgroups under {} (run as root, or use --cgroup-root with a \
                  writable group)",
                 existing.display()
@@ -145,8 +145,13 @@ impl Backend for Cgroup1Backend {
 
     fn create(&self, name: &str, limits: &Limits) -> Result<Box<dyn Sandbox>, BackendError> {
         let ctrls: Vec<&str> = self.controllers.iter().map(String::as_str).collect();
-        let group = Group1::create(&self.layout, &self.root.join(name), &ctrls)
-            .map_err(|e| BackendError(format!("cannot create the run's cgroups: {e}")))?;
+        let group =
+            Group1::create(&self.layout, &self.root.join(name), &ctrls).map_err(|error| {
+                BackendError::Cgroup {
+                    what: "cannot create the run's cgroups",
+                    error,
+                }
+            })?;
         match Sandbox1::new(group.clone(), limits, self.plan(limits), self.memsw) {
             Ok(mut s) => {
                 s.contain = containment(&self.layout);
@@ -213,9 +218,7 @@ impl Sandbox1 {
         mut plan: Plan,
         memsw: bool,
     ) -> Result<Self, BackendError> {
-        let ctx = |what: &str, e: corral_cgroup::CgroupError| {
-            BackendError(format!("cannot set the {what} limit: {e}"))
-        };
+        let ctx = |what, error| BackendError::Limit { what, error };
         let has = |c: &str| group.dir(c).is_some();
         let mut oom_fd = None;
         if has("memory") {
@@ -344,8 +347,11 @@ impl Sandbox for Sandbox1 {
 
     fn kill_all(&self) -> Result<(), BackendError> {
         self.group
-            .kill_all(Duration::from_secs(5))
-            .map_err(|e| BackendError(format!("cannot kill the run's processes: {e}")))
+            .kill_tree(Duration::from_secs(5))
+            .map_err(|error| BackendError::Cgroup {
+                what: "cannot kill the run's processes",
+                error,
+            })
     }
 
     fn collect(&self) -> Collected {
@@ -375,7 +381,10 @@ impl Sandbox for Sandbox1 {
         } = *self;
         drop((procs, oom_fd));
         group
-            .remove(Duration::from_secs(2))
-            .map_err(|e| BackendError(format!("cannot remove the run's cgroups: {e}")))
+            .remove_tree(RMDIR_BUDGET)
+            .map_err(|error| BackendError::Cgroup {
+                what: "cannot remove the run's cgroups",
+                error,
+            })
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use corral_cgroup::layout::{join_rel, Layout, Membership};
+use corral_cgroup::tree::{Tree, RMDIR_BUDGET};
 use corral_cgroup::v2::{Cgroup2, RUN_CONTROLLERS};
 use corral_spec::Limits;
 use rustix::fs::inotify;
@@ -56,16 +57,15 @@ impl Cgroup2Backend {
     /// may not write there.
     pub fn new(root: Option<&Path>) -> Result<Self, BackendError> {
         let layout = Layout::cached().clone();
-        let mount = layout
-            .v2
-            .clone()
-            .ok_or_else(|| BackendError("no cgroup2 file system is mounted on this host".into()))?;
+        let mount = layout.v2.clone().ok_or_else(|| {
+            BackendError::Unavailable("no cgroup2 file system is mounted on this host".into())
+        })?;
         let missing: Vec<&str> = ["memory", "cpu", "pids"]
             .into_iter()
             .filter(|c| !layout.v2_controllers.iter().any(|x| x == c))
             .collect();
         if !missing.is_empty() {
-            return Err(BackendError(format!(
+            return Err(BackendError::Unavailable(format!(
                 "the cgroup2 mount at {} lacks the {} controller{} (bound to cgroup v1 \
                  hierarchies on this host, or disabled)",
                 mount.mount_point.display(),
@@ -78,7 +78,7 @@ impl Cgroup2Backend {
             None => default_root(&layout).expect("a v2 mount exists"),
         };
         let rel = root_path.strip_prefix(&mount.mount_point).map_err(|_| {
-            BackendError(format!(
+            BackendError::Unavailable(format!(
                 "cgroup root {} is not inside the cgroup2 mount {}",
                 root_path.display(),
                 mount.mount_point.display()
@@ -95,7 +95,7 @@ impl Cgroup2Backend {
         }
         let root = cur;
         if !root.procs().unwrap_or_default().is_empty() {
-            return Err(BackendError(format!(
+            return Err(BackendError::Unavailable(format!(
                 "cgroup root {} holds processes itself; choose an empty cgroup with \
                  --cgroup-root (cgroup v2 forbids processes beside child cgroups)",
                 root.path().display()
@@ -127,17 +127,10 @@ impl Cgroup2Backend {
 }
 
 fn perm_hint(e: corral_cgroup::CgroupError, cg: &Cgroup2) -> BackendError {
-    let hint = match e.raw_os_error() {
-        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
-            " (run as root, choose a writable --cgroup-root, or use the systemd backend for a delegated cgroup)"
-        }
-        Some(libc::EBUSY) => " (a cgroup with processes cannot enable controllers for children)",
-        _ => "",
-    };
-    BackendError(format!(
-        "cannot prepare corral's cgroup root at {}: {e}{hint}",
-        cg.path().display()
-    ))
+    BackendError::Root {
+        path: cg.path().to_path_buf(),
+        error: e,
+    }
 }
 
 impl Backend for Cgroup2Backend {
@@ -177,7 +170,10 @@ impl Backend for Cgroup2Backend {
         let cg = self
             .root
             .create_child(name)
-            .map_err(|e| BackendError(format!("cannot create the run's cgroup: {e}")))?;
+            .map_err(|error| BackendError::Cgroup {
+                what: "cannot create the run's cgroup",
+                error,
+            })?;
         match Sandbox2::new(cg.clone(), limits, self.plan(limits)) {
             Ok(mut s) => {
                 s.contain = containment(&self.mount_point);
@@ -220,9 +216,7 @@ pub struct Sandbox2 {
 
 impl Sandbox2 {
     pub(crate) fn new(cg: Cgroup2, limits: &Limits, mut plan: Plan) -> Result<Self, BackendError> {
-        let ctx = |what: &str, e: corral_cgroup::CgroupError| {
-            BackendError(format!("cannot set the {what} limit: {e}"))
-        };
+        let ctx = |what, error| BackendError::Limit { what, error };
         let mut oom_group = false;
         if cg.has_file("memory.max") {
             cg.set_memory_max(limits.memory)
@@ -250,12 +244,12 @@ impl Sandbox2 {
         let dir = cg.open_dir()?;
         let procs = cg.open_procs()?;
         let inotify = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
-            .map_err(|e| BackendError(format!("inotify_init: {e}")))?;
+            .map_err(|e| BackendError::os("inotify_init", e))?;
         for f in ["cgroup.events", "memory.events", "pids.events"] {
             let p = cg.events_file(f);
             if p.exists() {
                 inotify::add_watch(&inotify, &p, inotify::WatchFlags::MODIFY)
-                    .map_err(|e| BackendError(format!("inotify on {}: {e}", p.display())))?;
+                    .map_err(|e| BackendError::os(format!("inotify on {}", p.display()), e))?;
             }
         }
         Ok(Sandbox2 {
@@ -333,16 +327,7 @@ impl Sandbox for Sandbox2 {
     }
 
     fn process_count(&self) -> usize {
-        match self.cg.populated() {
-            Ok(false) => 0,
-            _ => self
-                .cg
-                .subtree()
-                .iter()
-                .map(|c| c.procs().map(|p| p.len()).unwrap_or(0))
-                .sum::<usize>()
-                .max(1),
-        }
+        self.cg.process_count()
     }
 
     fn signal_all(&self, sig: Signal) -> usize {
@@ -360,10 +345,8 @@ impl Sandbox for Sandbox2 {
     }
 
     fn kill_all(&self) -> Result<(), BackendError> {
-        if !self.cg.kill()? {
-            self.cg.kill_by_freezing()?;
-        }
-        Ok(())
+        // One write: the supervisor then waits for `populated 0` on its event fd.
+        Ok(self.cg.kill_tree(Duration::ZERO)?)
     }
 
     fn collect(&self) -> Collected {
@@ -393,7 +376,10 @@ impl Sandbox for Sandbox2 {
             ..
         } = *self;
         drop((dir, procs, inotify));
-        cg.remove(Duration::from_secs(2))
-            .map_err(|e| BackendError(format!("cannot remove the run's cgroup: {e}")))
+        cg.remove_tree(RMDIR_BUDGET)
+            .map_err(|error| BackendError::Cgroup {
+                what: "cannot remove the run's cgroup",
+                error,
+            })
     }
 }

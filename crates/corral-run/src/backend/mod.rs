@@ -34,6 +34,14 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// Every backend, strongest first (the order `auto` tries them in).
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Cgroup2,
+        BackendKind::Systemd,
+        BackendKind::Cgroup1,
+        BackendKind::Rlimit,
+    ];
+
     /// The name used on the command line and in records.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,30 +53,142 @@ impl BackendKind {
     }
 }
 
+/// A backend name that is none of corral's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {0:?}; use auto, cgroup2, systemd, cgroup1 or rlimit")]
+pub struct UnknownBackend(pub String);
+
 impl std::str::FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         match s {
             "cgroup2" => Ok(BackendKind::Cgroup2),
             "systemd" => Ok(BackendKind::Systemd),
             "cgroup1" => Ok(BackendKind::Cgroup1),
             "rlimit" => Ok(BackendKind::Rlimit),
-            _ => Err(format!(
-                "unknown backend {s:?}; use auto, cgroup2, systemd, cgroup1 or rlimit"
-            )),
+            _ => Err(UnknownBackend(s.to_string())),
         }
     }
 }
 
 /// A backend that cannot be set up, or a sandbox that cannot be created or removed.
+/// Causes are kept as typed fields (the cgroup file and errno, the D-Bus error), so
+/// callers match on what went wrong; each message names its cause, so causes are not
+/// also returned by `source()` (corral prints error chains joined with `: `, which
+/// would repeat them).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BackendError(pub String);
+pub enum BackendError {
+    /// The host lacks what the backend needs (a mount, a controller, a writable root).
+    #[error("{0}")]
+    Unavailable(String),
+    /// corral's cgroup root cannot be prepared; the hint follows from the errno.
+    #[error(
+        "cannot prepare corral's cgroup root at {}: {error}{}",
+        .path.display(),
+        root_hint(.error)
+    )]
+    Root {
+        /// The cgroup being prepared.
+        path: std::path::PathBuf,
+        /// Why, with the file and errno.
+        error: corral_cgroup::CgroupError,
+    },
+    /// A step on the run's cgroups failed (create, kill, remove).
+    #[error("{what}: {error}")]
+    Cgroup {
+        /// What was being done ("cannot create the run's cgroup", ...).
+        what: &'static str,
+        /// Why, with the file and errno.
+        error: corral_cgroup::CgroupError,
+    },
+    /// A limit could not be written.
+    #[error("cannot set the {what} limit: {error}")]
+    Limit {
+        /// Which limit ("memory", "swap", "CPU", "process").
+        what: &'static str,
+        /// Why, with the file and errno.
+        error: corral_cgroup::CgroupError,
+    },
+    /// A cgroup file operation failed.
+    #[error("{0}")]
+    File(corral_cgroup::CgroupError),
+    /// Another OS call failed (a pipe, inotify, `/dev/null`).
+    #[error("{what}: {error}")]
+    Os {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The systemd backend failed.
+    #[error("{0}")]
+    Systemd(systemd::SystemdError),
+    /// The backend asked for by name cannot be set up.
+    #[error("{} backend: {error}", .kind.as_str())]
+    Named {
+        /// The backend.
+        kind: BackendKind,
+        /// Why.
+        error: Box<BackendError>,
+    },
+    /// `auto` found no backend that can run here.
+    #[error("no backend can run here: {}", passed_over(.0))]
+    NoneAvailable(Vec<(BackendKind, BackendError)>),
+}
 
 impl From<corral_cgroup::CgroupError> for BackendError {
     fn from(e: corral_cgroup::CgroupError) -> Self {
-        BackendError(e.to_string())
+        BackendError::File(e)
     }
+}
+
+impl From<systemd::SystemdError> for BackendError {
+    fn from(e: systemd::SystemdError) -> Self {
+        BackendError::Systemd(e)
+    }
+}
+
+impl BackendError {
+    /// An OS error while doing `what`.
+    pub fn os(what: impl Into<String>, error: impl Into<std::io::Error>) -> BackendError {
+        BackendError::Os {
+            what: what.into(),
+            error: error.into(),
+        }
+    }
+
+    /// The errno behind this error, if there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            BackendError::Root { error, .. }
+            | BackendError::Cgroup { error, .. }
+            | BackendError::Limit { error, .. }
+            | BackendError::File(error) => error.raw_os_error(),
+            BackendError::Os { error, .. } => error.raw_os_error(),
+            BackendError::Named { error, .. } => error.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// What to do about a cgroup root that cannot be prepared, from the errno.
+fn root_hint(e: &corral_cgroup::CgroupError) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            " (run as root, choose a writable --cgroup-root, or use the systemd backend for a delegated cgroup)"
+        }
+        Some(libc::EBUSY) => " (a cgroup with processes cannot enable controllers for children)",
+        _ => "",
+    }
+}
+
+/// `kind: why; kind: why` for the backends `auto` passed over.
+fn passed_over(passed: &[(BackendKind, BackendError)]) -> String {
+    passed
+        .iter()
+        .map(|(k, e)| format!("{}: {e}", k.as_str()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// What a backend would enforce of some limits.
@@ -167,12 +287,12 @@ pub trait Backend: Send + Sync {
 }
 
 /// A leftover run found by [`Backend::reap_leftovers`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Reaped {
     /// The cgroup's name (`<id>.<boot>.<pid>.<start>`).
     pub name: String,
     /// Whether it was removed; otherwise the error.
-    pub result: Result<(), String>,
+    pub result: Result<(), BackendError>,
 }
 
 /// Reaps the run cgroups named in `names` whose owners are dead, using `entry` to say
@@ -185,7 +305,7 @@ pub fn reap_dead(
         .into_iter()
         .filter(|n| crate::ident::parse_cgroup_name(n).is_some_and(|(_, owner)| !owner.is_alive()))
         .map(|n| {
-            let result = crate::guard::end(&entry(&n));
+            let result = crate::guard::end(&entry(&n)).map_err(BackendError::from);
             Reaped { name: n, result }
         })
         .collect()
@@ -307,32 +427,27 @@ pub fn select(
             BackendKind::Rlimit => Ok(Box::new(rlimit::RlimitBackend)),
         }
     };
-    if let Some(k) = want {
-        return make(k).map_err(|e| BackendError(format!("{} backend: {e}", k.as_str())));
+    if let Some(kind) = want {
+        return make(kind).map_err(|e| BackendError::Named {
+            kind,
+            error: Box::new(e),
+        });
     }
     let mut passed = Vec::new();
-    for k in [
-        BackendKind::Cgroup2,
-        BackendKind::Systemd,
-        BackendKind::Cgroup1,
-        BackendKind::Rlimit,
-    ] {
+    for k in BackendKind::ALL {
         match make(k) {
             Ok(b) if passed.is_empty() => return Ok(b),
             Ok(b) => return Ok(Box::new(Explained { inner: b, passed })),
-            Err(e) => passed.push(format!("{}: {e}", k.as_str())),
+            Err(e) => passed.push((k, e)),
         }
     }
-    Err(BackendError(format!(
-        "no backend can run here: {}",
-        passed.join("; ")
-    )))
+    Err(BackendError::NoneAvailable(passed))
 }
 
 /// A backend chosen by `auto` after stronger ones failed: its reason says why.
 struct Explained {
     inner: Box<dyn Backend>,
-    passed: Vec<String>,
+    passed: Vec<(BackendKind, BackendError)>,
 }
 
 impl Backend for Explained {
@@ -343,7 +458,7 @@ impl Backend for Explained {
         format!(
             "{} (auto: not available: {})",
             self.inner.reason(),
-            self.passed.join("; ")
+            passed_over(&self.passed)
         )
     }
     fn plan(&self, limits: &Limits) -> Plan {
@@ -354,5 +469,70 @@ impl Backend for Explained {
     }
     fn reap_leftovers(&self) -> Vec<Reaped> {
         self.inner.reap_leftovers()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    fn denied(path: &str) -> corral_cgroup::CgroupError {
+        corral_cgroup::CgroupError::Io {
+            op: "mkdir",
+            path: path.into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        }
+    }
+
+    #[test]
+    fn errors_keep_the_errno_and_name_it_once() {
+        let e = BackendError::Named {
+            kind: BackendKind::Cgroup2,
+            error: Box::new(BackendError::Root {
+                path: "/sys/fs/cgroup/corral".into(),
+                error: denied("/sys/fs/cgroup/corral"),
+            }),
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES));
+        assert!(matches!(
+            &e,
+            BackendError::Named { error, .. } if matches!(**error, BackendError::Root { .. })
+        ));
+        assert_eq!(
+            e.to_string(),
+            "cgroup2 backend: cannot prepare corral's cgroup root at /sys/fs/cgroup/corral: \
+             mkdir /sys/fs/cgroup/corral: Permission denied (os error 13) (run as root, choose \
+             a writable --cgroup-root, or use the systemd backend for a delegated cgroup)"
+        );
+        // The message names its cause: printing the chain must not repeat it.
+        assert!(e.source().is_none());
+    }
+
+    #[test]
+    fn auto_lists_what_it_passed_over() {
+        let e = BackendError::NoneAvailable(vec![
+            (
+                BackendKind::Cgroup2,
+                BackendError::Unavailable("no cgroup2 file system is mounted on this host".into()),
+            ),
+            (
+                BackendKind::Cgroup1,
+                BackendError::Cgroup {
+                    what: "cannot create the run's cgroups",
+                    error: denied("/sys/fs/cgroup/memory/corral"),
+                },
+            ),
+        ]);
+        assert_eq!(
+            e.to_string(),
+            "no backend can run here: cgroup2: no cgroup2 file system is mounted on this host; \
+             cgroup1: cannot create the run's cgroups: mkdir /sys/fs/cgroup/memory/corral: \
+             Permission denied (os error 13)"
+        );
+        assert_eq!(
+            "bogus".parse::<BackendKind>().unwrap_err().to_string(),
+            "unknown backend \"bogus\"; use auto, cgroup2, systemd, cgroup1 or rlimit"
+        );
     }
 }

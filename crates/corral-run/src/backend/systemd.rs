@@ -59,7 +59,7 @@ use super::{
 use crate::guard::GuardEntry;
 use crate::ident::parse_cgroup_name;
 use crate::spawn::{self, ChildSetup, Exec, Placement, Spawned};
-use bus::{is_no_such_unit, Manager, Scope};
+use bus::{BusError, Manager, Scope};
 
 /// The slice corral's scopes go into.
 pub const SLICE: &str = "corral.slice";
@@ -80,6 +80,120 @@ pub struct SystemdBackend {
     delegated_from: PathBuf,
     /// Where the scopes' cgroups appear (`<manager's cgroup>/corral.slice`).
     slice_dir: PathBuf,
+}
+
+/// Why the systemd backend could not be set up, start a scope, or remove it. Each
+/// message names its cause; causes are fields, not `source()` (corral prints error
+/// chains joined, which would repeat them).
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// PID 1 is not systemd.
+    #[error("systemd is not the init system here (no /run/systemd/system)")]
+    NotInit,
+    /// systemd runs a hybrid or legacy cgroup layout.
+    #[error(
+        "systemd runs this host with a {0} cgroup layout; the systemd backend needs \
+         the unified hierarchy (boot with systemd.unified_cgroup_hierarchy=1)"
+    )]
+    NotUnified(&'static str),
+    /// The system manager's bus cannot be reached.
+    #[error("cannot reach the systemd system manager: {0}")]
+    SystemUnreachable(BusError),
+    /// The user manager's bus cannot be reached.
+    #[error(
+        "cannot reach the systemd user manager of uid {uid} (is user@{uid}.service \
+         running, with XDG_RUNTIME_DIR set?): {error}"
+    )]
+    UserUnreachable {
+        /// The user.
+        uid: u32,
+        /// Why.
+        error: BusError,
+    },
+    /// `StartTransientUnit` failed.
+    #[error("systemd refused the scope {unit}: {error}")]
+    Refused {
+        /// The scope unit.
+        unit: String,
+        /// Why.
+        error: BusError,
+    },
+    /// The scope's start job ended with another result than `done`.
+    #[error("systemd could not start the scope {unit}: job result \"{result}\"")]
+    JobFailed {
+        /// The scope unit.
+        unit: String,
+        /// systemd's job result (`failed`, `canceled`, `timeout`, ...).
+        result: String,
+    },
+    /// Waiting for a job failed (timeout, lost connection).
+    #[error("{0}")]
+    Bus(BusError),
+    /// The keeper did not appear in the scope's cgroup in time.
+    #[error("systemd started {unit} but process {pid} is still in {now} after {within:?}")]
+    NotInScope {
+        /// The scope unit.
+        unit: String,
+        /// The keeper.
+        pid: i32,
+        /// Where it is (its cgroup, or `no cgroup`).
+        now: String,
+        /// How long corral waited.
+        within: Duration,
+    },
+    /// The run's first process did not arrive in the payload in time.
+    #[error("process {pid} is in {now} instead of {} after {within:?}", .want.display())]
+    NotInCgroup {
+        /// The process.
+        pid: i32,
+        /// Where it is (its cgroup, or `no cgroup`).
+        now: String,
+        /// The cgroup it should be in.
+        want: PathBuf,
+        /// How long corral waited.
+        within: Duration,
+    },
+    /// The manager could not attach the run's first process to the payload.
+    #[error("cannot move the run into {}: {error}", .payload.display())]
+    Attach {
+        /// The payload cgroup (hierarchy path).
+        payload: PathBuf,
+        /// Why.
+        error: Box<SystemdError>,
+    },
+    /// The keeper cannot be moved into `keeper/`.
+    #[error("cannot move the keeper into its cgroup: {0}")]
+    MoveKeeper(corral_cgroup::CgroupError),
+    /// The keeper cannot be prepared or started.
+    #[error("cannot {what} the scope's keeper: {error}")]
+    Keeper {
+        /// `prepare` or `start`.
+        what: &'static str,
+        /// Why.
+        error: crate::spawn::SpawnError,
+    },
+    /// systemd did not remove an emptied scope's cgroup, even after `StopUnit`.
+    #[error("the cgroup {} of {unit} is still there after StopUnit", .dir.display())]
+    NotCollected {
+        /// The scope unit.
+        unit: String,
+        /// Its cgroup directory.
+        dir: PathBuf,
+    },
+    /// `StopUnit` failed.
+    #[error("StopUnit {unit}: {error}")]
+    Stop {
+        /// The scope unit.
+        unit: String,
+        /// Why.
+        error: BusError,
+    },
+}
+
+impl From<BusError> for SystemdError {
+    fn from(e: BusError) -> Self {
+        SystemdError::Bus(e)
+    }
 }
 
 /// The scope unit of the run cgroup `name`.
@@ -141,19 +255,11 @@ impl SystemdBackend {
     pub fn new() -> Result<Self, BackendError> {
         let layout = Layout::cached();
         if !Path::new("/run/systemd/system").exists() {
-            return Err(BackendError(
-                "systemd is not the init system here (no /run/systemd/system)".into(),
-            ));
+            return Err(SystemdError::NotInit.into());
         }
         let mount = match (&layout.v2, layout.kind()) {
             (Some(m), LayoutKind::Unified) => m.clone(),
-            _ => {
-                return Err(BackendError(format!(
-                    "systemd runs this host with a {} cgroup layout; the systemd backend needs \
-                     the unified hierarchy (boot with systemd.unified_cgroup_hierarchy=1)",
-                    layout.kind().as_str()
-                )))
-            }
+            _ => return Err(SystemdError::NotUnified(layout.kind().as_str()).into()),
         };
         let euid = rustix::process::geteuid();
         let scope = if euid.is_root() {
@@ -161,14 +267,9 @@ impl SystemdBackend {
         } else {
             Scope::User(euid.as_raw())
         };
-        let mgr = Manager::connect(scope).map_err(|e| {
-            BackendError(match scope {
-                Scope::System => format!("cannot reach the systemd system manager: {e}"),
-                Scope::User(uid) => format!(
-                    "cannot reach the systemd user manager of uid {uid} (is user@{uid}.service \
-                     running, with XDG_RUNTIME_DIR set?): {e}"
-                ),
-            })
+        let mgr = Manager::connect(scope).map_err(|error| match scope {
+            Scope::System => SystemdError::SystemUnreachable(error),
+            Scope::User(uid) => SystemdError::UserUnreachable { uid, error },
         })?;
         let delegated_from = match scope {
             Scope::System => mount.mount_point.clone(),
@@ -242,13 +343,18 @@ impl SystemdBackend {
         let job = self.mgr.expect_job(unit);
         self.mgr
             .start_transient_unit(unit, props)
-            .map_err(|e| BackendError(format!("systemd refused the scope {unit}: {e}")))?;
+            .map_err(|error| SystemdError::Refused {
+                unit: unit.to_string(),
+                error,
+            })?;
         match job.wait(JOB_WAIT) {
             Ok(r) if r == "done" => Ok(()),
-            Ok(r) => Err(BackendError(format!(
-                "systemd could not start the scope {unit}: job result \"{r}\""
-            ))),
-            Err(e) => Err(BackendError(e)),
+            Ok(result) => Err(SystemdError::JobFailed {
+                unit: unit.to_string(),
+                result,
+            }
+            .into()),
+            Err(e) => Err(SystemdError::Bus(e).into()),
         }
     }
 
@@ -260,7 +366,7 @@ impl SystemdBackend {
         let scope = Cgroup2::at(join_rel(&self.mount, &rel));
         let kcg = scope.create_child("keeper")?;
         kcg.add_pid(keeper.pid())
-            .map_err(|e| BackendError(format!("cannot move the keeper into its cgroup: {e}")))?;
+            .map_err(SystemdError::MoveKeeper)?;
         tracing::debug!(
             "{unit}: keeper seen in the scope after {in_scope:?}, moved to keeper/ in {:?}",
             t.elapsed() - in_scope
@@ -384,10 +490,13 @@ fn wait_in_unit(pid: i32, unit: &str, within: Duration) -> Result<PathBuf, Backe
             }
         }
         if t.elapsed() >= within {
-            return Err(BackendError(format!(
-                "systemd started {unit} but process {pid} is still in {} after {within:?}",
-                cg.map_or_else(|| "no cgroup".into(), |p| p.display().to_string())
-            )));
+            return Err(SystemdError::NotInScope {
+                unit: unit.to_string(),
+                pid,
+                now: cg.map_or_else(|| "no cgroup".into(), |p| p.display().to_string()),
+                within,
+            }
+            .into());
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(10));
@@ -395,7 +504,7 @@ fn wait_in_unit(pid: i32, unit: &str, within: Duration) -> Result<PathBuf, Backe
 }
 
 /// Waits until `pid` is in the cgroup `rel`.
-fn wait_in_cgroup(pid: i32, rel: &Path, within: Duration) -> Result<(), String> {
+fn wait_in_cgroup(pid: i32, rel: &Path, within: Duration) -> Result<(), SystemdError> {
     let t = Instant::now();
     let mut delay = Duration::from_micros(100);
     loop {
@@ -404,11 +513,12 @@ fn wait_in_cgroup(pid: i32, rel: &Path, within: Duration) -> Result<(), String> 
             return Ok(());
         }
         if t.elapsed() >= within {
-            return Err(format!(
-                "process {pid} is in {} instead of {} after {within:?}",
-                cg.map_or_else(|| "no cgroup".into(), |p| p.display().to_string()),
-                rel.display()
-            ));
+            return Err(SystemdError::NotInCgroup {
+                pid,
+                now: cg.map_or_else(|| "no cgroup".into(), |p| p.display().to_string()),
+                want: rel.to_path_buf(),
+                within,
+            });
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(10));
@@ -417,7 +527,7 @@ fn wait_in_cgroup(pid: i32, rel: &Path, within: Duration) -> Result<(), String> 
 
 /// Waits until systemd has removed `dir` (after the scope emptied); if it does not
 /// within [`COLLECT_WAIT`], asks it to stop the unit and waits for that job.
-fn await_collected(mgr: &Manager, unit: &str, dir: &Path) -> Result<(), String> {
+fn await_collected(mgr: &Manager, unit: &str, dir: &Path) -> Result<(), SystemdError> {
     let gone = |within: Duration| {
         let t = Instant::now();
         let mut delay = Duration::from_micros(200);
@@ -437,20 +547,23 @@ fn await_collected(mgr: &Manager, unit: &str, dir: &Path) -> Result<(), String> 
     if gone(Duration::from_secs(2)) {
         Ok(())
     } else {
-        Err(format!(
-            "the cgroup {} of {unit} is still there after StopUnit",
-            dir.display()
-        ))
+        Err(SystemdError::NotCollected {
+            unit: unit.to_string(),
+            dir: dir.to_path_buf(),
+        })
     }
 }
 
 /// `StopUnit`, waiting for the job; an unknown unit is already stopped.
-fn stop_unit(mgr: &Manager, unit: &str) -> Result<(), String> {
+fn stop_unit(mgr: &Manager, unit: &str) -> Result<(), SystemdError> {
     let job = mgr.expect_job(unit);
     match mgr.stop_unit(unit) {
-        Ok(_) => job.wait(JOB_WAIT).map(drop),
-        Err(e) if is_no_such_unit(&e) => Ok(()),
-        Err(e) => Err(format!("StopUnit {unit}: {e}")),
+        Ok(_) => Ok(job.wait(JOB_WAIT).map(drop)?),
+        Err(e) if e.is_no_such_unit() => Ok(()),
+        Err(error) => Err(SystemdError::Stop {
+            unit: unit.to_string(),
+            error,
+        }),
     }
 }
 
@@ -520,7 +633,7 @@ impl Backend for SystemdBackend {
                 } else {
                     Some(
                         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                            .map_err(|e| BackendError(format!("pipe: {e}")))?,
+                            .map_err(|e| BackendError::os("pipe", e))?,
                     )
                 };
                 Ok(Box::new(SandboxSd {
@@ -573,9 +686,10 @@ impl Backend for SystemdBackend {
             if !dead || !e.path().is_dir() {
                 continue;
             }
-            let mut result = crate::guard::end(&GuardEntry::V2(e.path()));
+            let mut result =
+                crate::guard::end(&GuardEntry::V2(e.path())).map_err(BackendError::from);
             if let Err(err) = stop_unit(&self.mgr, &unit) {
-                result = result.and(Err(err));
+                result = result.and(Err(err.into()));
             }
             out.push(Reaped {
                 name: name.to_string(),
@@ -600,12 +714,15 @@ impl Keeper {
             &[("PATH".to_string(), "/usr/bin:/bin".to_string())],
             None,
         )
-        .map_err(|e| BackendError(format!("cannot prepare the scope's keeper: {e}")))?;
+        .map_err(|error| SystemdError::Keeper {
+            what: "prepare",
+            error,
+        })?;
         let null: OwnedFd = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/null")
-            .map_err(|e| BackendError(format!("/dev/null: {e}")))?
+            .map_err(|e| BackendError::os("/dev/null", e))?
             .into();
         let setup = ChildSetup {
             stdin: Some(null.as_fd()),
@@ -614,8 +731,12 @@ impl Keeper {
             parent_death_signal: Some(libc::SIGKILL),
             ..Default::default()
         };
-        let child = spawn::spawn(&exec, &setup, &Placement::default())
-            .map_err(|e| BackendError(format!("cannot start the scope's keeper: {e}")))?;
+        let child = spawn::spawn(&exec, &setup, &Placement::default()).map_err(|error| {
+            SystemdError::Keeper {
+                what: "start",
+                error,
+            }
+        })?;
         Ok(Keeper { child })
     }
 
@@ -690,15 +811,13 @@ impl Sandbox for SandboxSd {
         let t = Instant::now();
         self.mgr
             .attach_processes(&self.unit, "/payload", &[pid as u32])
+            .map_err(SystemdError::from)
             .and_then(|()| wait_in_cgroup(pid, &self.payload_rel, Duration::from_secs(5)))
-            .map_err(|e| {
-                BackendError(format!(
-                    "cannot move the run into {}: {e}",
-                    self.payload_rel.display()
-                ))
+            .map_err(|e| SystemdError::Attach {
+                payload: self.payload_rel.clone(),
+                error: Box::new(e),
             })?;
-        rustix::io::write(&tx, b"g")
-            .map_err(|e| BackendError(format!("releasing the run: {e}")))?;
+        rustix::io::write(&tx, b"g").map_err(|e| BackendError::os("releasing the run", e))?;
         tracing::debug!("{}: child attached in {:?}", self.unit, t.elapsed());
         Ok(())
     }
@@ -765,7 +884,7 @@ impl Sandbox for SandboxSd {
         let collected = await_collected(&self.mgr, &self.unit, self.scope.path());
         tracing::debug!("{}: collected in {:?}", self.unit, t.elapsed());
         removed?;
-        collected.map_err(BackendError)
+        Ok(collected?)
     }
 }
 

@@ -45,6 +45,86 @@ pub enum Scope {
 
 type Waiters = Arc<Mutex<HashMap<String, SyncSender<String>>>>;
 
+/// The D-Bus error name systemd answers for an unknown unit.
+const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+
+/// Why talking to a manager failed. Each message names its cause, so causes are
+/// fields rather than `source()` (corral prints error chains joined, which would
+/// repeat them).
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The bus socket does not exist (nothing was started to find out).
+    #[error("no D-Bus socket at {}", .0.display())]
+    NoSocket(PathBuf),
+    /// The thread that runs the connection could not be started.
+    #[error("cannot start the D-Bus thread: {0}")]
+    Thread(std::io::Error),
+    /// Connecting took longer than 10 s.
+    #[error("connecting to {0} timed out after 10 s")]
+    ConnectTimeout(String),
+    /// Connecting to `address` failed.
+    #[error("{address}: {error}")]
+    Connect {
+        /// The bus address.
+        address: String,
+        /// Why.
+        error: Box<BusError>,
+    },
+    /// A step of setting up the connection failed (`Subscribe`, reading `Version`).
+    #[error("{step}: {error}")]
+    Setup {
+        /// The step.
+        step: &'static str,
+        /// Why.
+        error: Box<BusError>,
+    },
+    /// The manager answered a call with a D-Bus error.
+    #[error("{name}{}", .message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Method {
+        /// The error name (`org.freedesktop.systemd1.NoSuchUnit`, ...).
+        name: String,
+        /// Its message, if any.
+        message: Option<String>,
+    },
+    /// Any other failure of the D-Bus library.
+    #[error("{0}")]
+    Dbus(zbus::Error),
+    /// No answer within the deadline.
+    #[error("no answer from systemd within {0:?}")]
+    NoAnswer(Duration),
+    /// A job was not removed within the deadline.
+    #[error("systemd did not finish the job for {unit} within {within:?}")]
+    JobTimeout {
+        /// The unit whose job it is.
+        unit: String,
+        /// How long corral waited.
+        within: Duration,
+    },
+    /// The connection went away while a job was awaited.
+    #[error("the connection to systemd was lost")]
+    Disconnected,
+}
+
+impl From<zbus::Error> for BusError {
+    /// D-Bus errors keep their name and message apart, so callers can match the name.
+    fn from(e: zbus::Error) -> Self {
+        match e {
+            zbus::Error::MethodError(name, message, _) => BusError::Method {
+                name: name.to_string(),
+                message,
+            },
+            other => BusError::Dbus(other),
+        }
+    }
+}
+
+impl BusError {
+    /// True for the error systemd returns for an unknown unit.
+    pub fn is_no_such_unit(&self) -> bool {
+        matches!(self, BusError::Method { name, .. } if name == NO_SUCH_UNIT)
+    }
+}
+
 /// A connected, subscribed manager.
 pub struct Manager {
     rt: Option<tokio::runtime::Runtime>,
@@ -78,16 +158,14 @@ pub struct JobWait {
 impl JobWait {
     /// Waits for the unit's job to be removed and returns systemd's result (`done`,
     /// `failed`, `canceled`, `timeout`, `dependency`, `skipped`).
-    pub fn wait(self, within: Duration) -> Result<String, String> {
+    pub fn wait(self, within: Duration) -> Result<String, BusError> {
         match self.rx.recv_timeout(within) {
             Ok(r) => Ok(r),
-            Err(RecvTimeoutError::Timeout) => Err(format!(
-                "systemd did not finish the job for {} within {within:?}",
-                self.unit
-            )),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err("the connection to systemd was lost".to_string())
-            }
+            Err(RecvTimeoutError::Timeout) => Err(BusError::JobTimeout {
+                unit: self.unit.clone(),
+                within,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(BusError::Disconnected),
         }
     }
 }
@@ -124,29 +202,15 @@ fn socket_path(address: &str) -> Option<PathBuf> {
         .map(|p| PathBuf::from(p.split(',').next().unwrap_or(p)))
 }
 
-/// Formats a zbus error; D-Bus errors as `Name: message`.
-pub fn err_text(e: &zbus::Error) -> String {
-    match e {
-        zbus::Error::MethodError(name, Some(msg), _) => format!("{name}: {msg}"),
-        zbus::Error::MethodError(name, None, _) => name.to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// True for the D-Bus error systemd returns for an unknown unit.
-pub fn is_no_such_unit(text: &str) -> bool {
-    text.starts_with("org.freedesktop.systemd1.NoSuchUnit")
-}
-
 impl Manager {
     /// Connects to the manager of `scope`, subscribes to its signals and reads its
     /// version. Fails with every transport tried and why.
-    pub fn connect(scope: Scope) -> Result<Manager, String> {
+    pub fn connect(scope: Scope) -> Result<Manager, BusError> {
         let address = address(scope);
         // No socket: say so without starting anything.
         if let Some(p) = socket_path(&address) {
             if !p.exists() {
-                return Err(format!("no D-Bus socket at {}", p.display()));
+                return Err(BusError::NoSocket(p));
             }
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -154,7 +218,7 @@ impl Manager {
             .thread_name("corral-dbus")
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start the D-Bus thread: {e}"))?;
+            .map_err(BusError::Thread)?;
         let waiters: Waiters = Arc::default();
         let w = waiters.clone();
         let a = address.clone();
@@ -164,7 +228,7 @@ impl Manager {
         });
         let res = rx
             .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| format!("connecting to {address} timed out after 10 s"))
+            .map_err(|_| BusError::ConnectTimeout(address.clone()))
             .and_then(|r| r);
         match res {
             Ok((conn, version)) => Ok(Manager {
@@ -177,7 +241,10 @@ impl Manager {
             }),
             Err(e) => {
                 rt.shutdown_background();
-                Err(format!("{address}: {e}"))
+                Err(BusError::Connect {
+                    address,
+                    error: Box::new(e),
+                })
             }
         }
     }
@@ -195,8 +262,8 @@ impl Manager {
     fn block<T: Send + 'static>(
         &self,
         within: Duration,
-        fut: impl Future<Output = Result<T, String>> + Send + 'static,
-    ) -> Result<T, String> {
+        fut: impl Future<Output = Result<T, BusError>> + Send + 'static,
+    ) -> Result<T, BusError> {
         let rt = self
             .rt
             .as_ref()
@@ -205,12 +272,12 @@ impl Manager {
         rt.spawn(async move {
             let r = match tokio::time::timeout(within, fut).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("no answer from systemd within {within:?}")),
+                Err(_) => Err(BusError::NoAnswer(within)),
             };
             let _ = tx.send(r);
         });
         rx.recv_timeout(within + Duration::from_secs(1))
-            .map_err(|_| format!("no answer from systemd within {within:?}"))?
+            .map_err(|_| BusError::NoAnswer(within))?
     }
 
     /// Calls a method of the manager object and returns the reply.
@@ -219,7 +286,7 @@ impl Manager {
         method: &'static str,
         body: B,
         within: Duration,
-    ) -> Result<zbus::Message, String>
+    ) -> Result<zbus::Message, BusError>
     where
         B: serde::Serialize + zbus::zvariant::DynamicType + Send + Sync + 'static,
     {
@@ -227,7 +294,7 @@ impl Manager {
         self.block(within, async move {
             conn.call_method(Some(DEST), PATH, Some(MANAGER), method, &body)
                 .await
-                .map_err(|e| err_text(&e))
+                .map_err(BusError::from)
         })
     }
 
@@ -247,7 +314,7 @@ impl Manager {
         &self,
         name: &str,
         props: Vec<(String, Value<'static>)>,
-    ) -> Result<String, String> {
+    ) -> Result<String, BusError> {
         let aux: Vec<(String, Vec<(String, Value<'static>)>)> = Vec::new();
         self.call_job(
             "StartTransientUnit",
@@ -261,7 +328,7 @@ impl Manager {
         unit: &str,
         subcgroup: &str,
         pids: &[u32],
-    ) -> Result<(), String> {
+    ) -> Result<(), BusError> {
         self.call(
             "AttachProcessesToUnit",
             (unit.to_string(), subcgroup.to_string(), pids.to_vec()),
@@ -271,12 +338,12 @@ impl Manager {
     }
 
     /// `StopUnit(unit, "replace")`; returns the job path.
-    pub fn stop_unit(&self, unit: &str) -> Result<String, String> {
+    pub fn stop_unit(&self, unit: &str) -> Result<String, BusError> {
         self.call_job("StopUnit", (unit.to_string(), "replace".to_string()))
     }
 
     /// A manager method that queues a job: calls it and returns the job's object path.
-    fn call_job<B>(&self, method: &'static str, body: B) -> Result<String, String>
+    fn call_job<B>(&self, method: &'static str, body: B) -> Result<String, BusError>
     where
         B: serde::Serialize + zbus::zvariant::DynamicType + Send + Sync + 'static,
     {
@@ -284,7 +351,7 @@ impl Manager {
             .body()
             .deserialize::<OwnedObjectPath>()
             .map(|p| p.to_string())
-            .map_err(|e| err_text(&e))
+            .map_err(BusError::from)
     }
 }
 
@@ -299,26 +366,25 @@ impl Drop for Manager {
 }
 
 /// Connects, starts the `JobRemoved` dispatcher, subscribes, and reads the version.
-async fn setup(address: &str, waiters: Waiters) -> Result<(Connection, String), String> {
-    let conn = zbus::connection::Builder::address(address)
-        .map_err(|e| err_text(&e))?
-        .build()
-        .await
-        .map_err(|e| err_text(&e))?;
+async fn setup(address: &str, waiters: Waiters) -> Result<(Connection, String), BusError> {
+    let step = |step| {
+        move |e: zbus::Error| BusError::Setup {
+            step,
+            error: Box::new(e.into()),
+        }
+    };
+    let conn = zbus::connection::Builder::address(address)?.build().await?;
     let rule = MatchRule::builder()
         .msg_type(Type::Signal)
         .sender(DEST)
         .and_then(|r| r.interface(MANAGER))
         .and_then(|r| r.member("JobRemoved"))
-        .and_then(|r| r.path(PATH))
-        .map_err(|e| err_text(&e))?;
-    let stream = MessageStream::for_match_rule(rule.build(), &conn, Some(1024))
-        .await
-        .map_err(|e| err_text(&e))?;
+        .and_then(|r| r.path(PATH))?;
+    let stream = MessageStream::for_match_rule(rule.build(), &conn, Some(1024)).await?;
     tokio::spawn(dispatch(stream, waiters));
     conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &())
         .await
-        .map_err(|e| format!("Subscribe: {}", err_text(&e)))?;
+        .map_err(step("Subscribe"))?;
     let reply = conn
         .call_method(
             Some(DEST),
@@ -328,8 +394,8 @@ async fn setup(address: &str, waiters: Waiters) -> Result<(Connection, String), 
             &(MANAGER, "Version"),
         )
         .await
-        .map_err(|e| format!("reading Version: {}", err_text(&e)))?;
-    let v: OwnedValue = reply.body().deserialize().map_err(|e| err_text(&e))?;
+        .map_err(step("reading Version"))?;
+    let v: OwnedValue = reply.body().deserialize()?;
     let version = String::try_from(v).unwrap_or_default();
     Ok((conn, version))
 }
@@ -366,5 +432,25 @@ mod tests {
         );
         assert_eq!(socket_path("unix:abstract=/x"), None);
         assert!(address(Scope::User(4242)).starts_with("unix:"));
+    }
+
+    #[test]
+    fn dbus_errors_keep_their_name() {
+        let e = BusError::Method {
+            name: NO_SUCH_UNIT.into(),
+            message: Some("Unit corral-x.scope not loaded.".into()),
+        };
+        assert!(e.is_no_such_unit());
+        assert_eq!(
+            e.to_string(),
+            "org.freedesktop.systemd1.NoSuchUnit: Unit corral-x.scope not loaded."
+        );
+        let e = BusError::Method {
+            name: "org.freedesktop.DBus.Error.AccessDenied".into(),
+            message: None,
+        };
+        assert!(!e.is_no_such_unit());
+        assert_eq!(e.to_string(), "org.freedesktop.DBus.Error.AccessDenied");
+        assert!(!BusError::Disconnected.is_no_such_unit());
     }
 }

@@ -1,0 +1,462 @@
+//! Starting the child, in three parts:
+//!
+//! * `exec` (safe): finds the program and turns argv, envp and the working directory
+//!   into C strings, before any cgroup exists, so "not found" and "not executable"
+//!   leave nothing behind;
+//! * `plan` (safe): lays out everything the child reads (pointers, fd numbers, rlimits)
+//!   as plain C data, because the child of a multi-threaded process may only make
+//!   async-signal-safe calls: no allocation, no locks, no panics;
+//! * `sys` (the only unsafe code in corral; the crate denies `unsafe_code` elsewhere):
+//!   the clone, and the child's setup as a checklist of named steps, each failing with
+//!   its [`Stage`].
+//!
+//! Every unsafe function, all in `sys`: `child_main` and `child_fail`, and the
+//! checklist's steps `reset_signals`, `set_parent_death_signal`, `enter_cgroup`,
+//! `contain`, `drop_capabilities`, `set_rlimits`, `new_process_group`, `setup_stdio`,
+//! `change_directory`, `wait_gate` and `exec`, all callable only in the child. Safe
+//! functions with an unsafe block, also in `sys`: `clone_into_cgroup` and `fork_child`
+//! (start the child), [`clone3_available`], [`fork_single_threaded`] (the crash guard),
+//! [`wait4`] and [`watch_fd`] (registers an owned fd with tokio).
+//!
+//! The child is started with `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` so it is born
+//! inside its cgroup and never runs outside its limits; where the kernel refuses clone3
+//! (ENOSYS, EPERM under seccomp, E2BIG), it falls back to `fork` and the child moves
+//! itself into the cgroup (`cgroup.procs`; on v1 each hierarchy's `tasks`) before it
+//! execs. Errors in the child reach the parent through a close-on-exec pipe as 5 bytes
+//! (the stage, then errno): EOF means exec succeeded.
+//!
+//! Call [`spawn`] from a thread that outlives the child (a tokio worker, the main
+//! thread), never from a short-lived blocking-pool thread: `PR_SET_PDEATHSIG` fires when
+//! the creating *thread* exits.
+
+mod exec;
+mod plan;
+#[allow(unsafe_code)]
+mod sys;
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+pub use exec::Exec;
+use plan::ChildPlan;
+pub use sys::{clone3_available, fork_single_threaded, wait4, watch_fd, ChildUsage};
+
+/// `CLONE_INTO_CGROUP`. `libc::CLONE_INTO_CGROUP` is a `c_int` on glibc targets and
+/// overflows to 0, which would silently start the child in corral's own cgroup.
+pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// `CLONE_PIDFD`.
+const CLONE_PIDFD: u64 = 0x1000;
+
+/// The stage in the child at which a start failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Moving itself into its cgroup (`cgroup.procs` or v1 `tasks`).
+    Cgroup,
+    /// Setting an rlimit.
+    Rlimit,
+    /// Setting up stdin/stdout/stderr.
+    Stdio,
+    /// Changing to the working directory.
+    Chdir,
+    /// Waiting for the parent's go-ahead.
+    Gate,
+    /// `execve` itself.
+    Exec,
+    /// Any other step: signals, the parent-death signal, containment (namespaces,
+    /// mounts, capabilities), the process group.
+    Setup,
+}
+
+impl Stage {
+    /// Every stage (the error pipe sends a stage as its index here).
+    const ALL: [Stage; 7] = [
+        Stage::Cgroup,
+        Stage::Rlimit,
+        Stage::Stdio,
+        Stage::Chdir,
+        Stage::Gate,
+        Stage::Exec,
+        Stage::Setup,
+    ];
+
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(c: u8) -> Stage {
+        Stage::ALL
+            .into_iter()
+            .find(|s| s.code() == c)
+            .unwrap_or(Stage::Setup)
+    }
+}
+
+/// Why a start failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The program was not found on `PATH` (exit 127).
+    #[error("command not found: {0}")]
+    NotFound(String),
+    /// The program exists but cannot be executed (exit 126).
+    #[error("{path}: cannot execute: {source}")]
+    NotExecutable {
+        /// The program.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The child failed before exec.
+    #[error("{what}: {source}")]
+    Child {
+        /// Which stage failed.
+        stage: Stage,
+        /// A description of the stage's target.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `clone3`/`fork` or the error pipe failed in the parent.
+    #[error("cannot start a process: {0}")]
+    Os(std::io::Error),
+    /// A string held a NUL byte.
+    #[error("argument or environment entry contains a NUL byte: {0:?}")]
+    Nul(String),
+}
+
+impl SpawnError {
+    /// The exit status a shell would use: 127 not found, 126 not executable, 125 else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::NotFound(_) => 127,
+            SpawnError::NotExecutable { .. } => 126,
+            SpawnError::Child {
+                stage: Stage::Exec,
+                source,
+                ..
+            } => match source.raw_os_error() {
+                Some(libc::ENOENT) => 127,
+                _ => 126,
+            },
+            _ => 125,
+        }
+    }
+}
+
+/// Where the child goes.
+#[derive(Debug, Default)]
+pub struct Placement<'a> {
+    /// A cgroup2 directory fd for `CLONE_INTO_CGROUP`.
+    pub cgroup_dir: Option<BorrowedFd<'a>>,
+    /// Files the child writes `0` (itself) into before exec: each v1 hierarchy's
+    /// `tasks` (the child is single-threaded), or the clone3 fallback for `cgroup_dir`.
+    pub procs: Vec<BorrowedFd<'a>>,
+    /// The fallback `cgroup.procs` of `cgroup_dir`, used only when clone3 is refused.
+    pub fallback_procs: Option<BorrowedFd<'a>>,
+}
+
+/// One resource limit to set in the child (`RLIMIT_*`, soft, hard).
+#[derive(Debug, Clone, Copy)]
+pub struct Rlimit {
+    /// The `libc::RLIMIT_*` resource.
+    pub resource: libc::__rlimit_resource_t,
+    /// The soft limit.
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+/// Keeps a root-run analysis from leaving its cgroups: a private mount namespace in
+/// which the cgroup file systems are either a fresh cgroup2 mount rooted at the run's
+/// own cgroup (with a cgroup namespace, so the kernel also refuses moves outside it) or
+/// read-only (v1 hierarchies). Analyses still see their limits where runtimes look for
+/// them (`/sys/fs/cgroup/memory.max`, `/proc/self/cgroup`).
+///
+/// The child then drops [`DROPPED_CAPABILITIES`] from its bounding, permitted,
+/// effective and inheritable sets before exec: without them root could remount the
+/// cgroup file systems read-write, `setns` into the host's cgroup and mount
+/// namespaces, reach the host's mounts through `/proc/1/root`, or load a module.
+#[derive(Debug, Default, Clone)]
+pub struct Containment {
+    /// Enter a new cgroup namespace rooted at the child's cgroup.
+    pub cgroup_namespace: bool,
+    /// Mount a fresh cgroup2 file system here (after the namespace is entered).
+    pub cgroup2_mount: Option<CString>,
+    /// Remount these mount points read-only.
+    pub readonly: Vec<CString>,
+}
+
+/// Capabilities a contained (root-run) analysis runs without: `CAP_SYS_MODULE` (16),
+/// `CAP_SYS_PTRACE` (19: `/proc/<host pid>/root` and `/ns/*` of processes with more
+/// capabilities) and `CAP_SYS_ADMIN` (21: mount, remount, setns). Docker's default set
+/// lacks all three too.
+pub const DROPPED_CAPABILITIES: [u32; 3] = [16, 19, 21];
+
+/// What the child does between clone and exec.
+#[derive(Debug, Default)]
+pub struct ChildSetup<'a> {
+    /// Standard input; `None` inherits corral's.
+    pub stdin: Option<BorrowedFd<'a>>,
+    /// Standard output; `None` inherits corral's.
+    pub stdout: Option<BorrowedFd<'a>>,
+    /// Standard error; `None` inherits corral's.
+    pub stderr: Option<BorrowedFd<'a>>,
+    /// Resource limits.
+    pub rlimits: Vec<Rlimit>,
+    /// Start a new process group (`setpgid(0, 0)`).
+    pub new_process_group: bool,
+    /// Signal to receive when the creating thread dies.
+    pub parent_death_signal: Option<i32>,
+    /// Block on this fd before exec until a byte arrives (EOF aborts the start).
+    pub gate: Option<BorrowedFd<'a>>,
+    /// Namespaces that keep the child in its cgroups (root only).
+    pub contain: Option<Containment>,
+}
+
+/// A started child that has not yet been confirmed to exec.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid.
+    pub pid: i32,
+    /// A pidfd for it: readable when it exits; signals through it cannot hit a reused pid.
+    pub pidfd: OwnedFd,
+    /// True when it was placed with `CLONE_INTO_CGROUP`.
+    pub clone_into_cgroup: bool,
+    err_rx: OwnedFd,
+}
+
+impl Spawned {
+    /// Waits until the child has exec'd (or failed). Call after releasing any gate.
+    /// On failure the child has exited and is reaped here.
+    pub fn confirm(self, exec: &Exec) -> Result<(i32, OwnedFd, bool), SpawnError> {
+        let mut buf = [0u8; 5];
+        let mut got = 0;
+        while got < buf.len() {
+            match rustix::io::read(&self.err_rx, &mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(SpawnError::Os(e.into())),
+            }
+        }
+        if got == 0 {
+            return Ok((self.pid, self.pidfd, self.clone_into_cgroup));
+        }
+        // The child failed and _exit()ed: reap it so no zombie is left.
+        let _ = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(self.pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        );
+        let stage = Stage::from_code(buf[0]);
+        let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        let source = std::io::Error::from_raw_os_error(errno);
+        let what = match stage {
+            Stage::Cgroup => "cannot place the process in its cgroup".to_string(),
+            Stage::Rlimit => "cannot set a resource limit".to_string(),
+            Stage::Stdio => "cannot set up stdin/stdout/stderr".to_string(),
+            Stage::Chdir => format!("cannot change to working directory {}", exec.cwd_display),
+            Stage::Gate => "the supervisor did not release the start".to_string(),
+            Stage::Exec => format!("cannot execute {}", exec.display),
+            Stage::Setup => "cannot set up the process".to_string(),
+        };
+        Err(SpawnError::Child {
+            stage,
+            what,
+            source,
+        })
+    }
+}
+
+/// Moves an fd to a number ≥ 3 (close-on-exec) so that dup2 onto 0/1/2 in the child
+/// cannot clobber another source fd.
+fn high_fd(fd: BorrowedFd<'_>) -> Result<OwnedFd, SpawnError> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| SpawnError::Os(e.into()))
+}
+
+/// Starts the child described by `exec`, `setup` and `placement`: born in its cgroup
+/// with `clone3(CLONE_INTO_CGROUP)` where the placement has a v2 directory and the
+/// kernel allows it, else forked and moving itself in.
+pub fn spawn(
+    exec: &Exec,
+    setup: &ChildSetup<'_>,
+    placement: &Placement<'_>,
+) -> Result<Spawned, SpawnError> {
+    let os = |e: rustix::io::Errno| SpawnError::Os(e.into());
+    let (err_rx, err_tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(os)?;
+    let stdio = [
+        setup.stdin.map(high_fd).transpose()?,
+        setup.stdout.map(high_fd).transpose()?,
+        setup.stderr.map(high_fd).transpose()?,
+    ];
+    let mut plan = ChildPlan::new(exec, setup, placement, &stdio, err_tx.as_fd());
+
+    let mut born = None;
+    if let Some(dir) = placement.cgroup_dir {
+        match sys::clone_into_cgroup(&plan, dir) {
+            Ok((pid, pidfd)) => born = Some((pid, pidfd)),
+            Err(err) => {
+                tracing::debug!("clone3(CLONE_INTO_CGROUP) refused ({err}); falling back to fork");
+                match placement.fallback_procs {
+                    Some(p) => plan.also_enter(p),
+                    None => return Err(SpawnError::Os(err)),
+                }
+            }
+        }
+    }
+    let clone_into_cgroup = born.is_some();
+    let (pid, pidfd) = match born {
+        Some(b) => b,
+        None => {
+            let pid = sys::fork_child(&plan).map_err(SpawnError::Os)?;
+            let p = rustix::process::Pid::from_raw(pid).expect("fork returned a positive pid");
+            // The child cannot be reaped before we wait for it, so this pidfd is its own.
+            let fd =
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(os)?;
+            (pid, fd)
+        }
+    };
+    drop(plan);
+    drop(err_tx);
+    drop(stdio);
+    Ok(Spawned {
+        pid,
+        pidfd,
+        clone_into_cgroup,
+        err_rx,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn stage_codes_roundtrip() {
+        for (i, s) in Stage::ALL.into_iter().enumerate() {
+            assert_eq!(s.code() as usize, i);
+            assert_eq!(Stage::from_code(s.code()), s);
+        }
+    }
+
+    fn true_exec() -> Exec {
+        Exec::new(
+            &["true".into()],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Waits for the confirmed child and returns its exit status.
+    fn exit_status(pidfd: &OwnedFd) -> Option<i32> {
+        rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .unwrap()
+        .unwrap()
+        .exit_status()
+    }
+
+    fn failed_stage(e: &SpawnError) -> Option<(Stage, Option<i32>)> {
+        match e {
+            SpawnError::Child { stage, source, .. } => Some((*stage, source.raw_os_error())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn spawn_without_cgroup_and_exec_errors() {
+        let exec = true_exec();
+        let s = spawn(&exec, &ChildSetup::default(), &Placement::default()).unwrap();
+        let (_pid, pidfd, into) = s.confirm(&exec).unwrap();
+        assert!(!into);
+        assert_eq!(exit_status(&pidfd), Some(0));
+
+        let exec = Exec::new(&["true".into()], &[], Some(Path::new("/nonexistent-dir"))).unwrap();
+        let e = spawn(&exec, &ChildSetup::default(), &Placement::default())
+            .unwrap()
+            .confirm(&exec)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SpawnError::Child {
+                    stage: Stage::Chdir,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("/nonexistent-dir"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_step_reports_its_stage() {
+        let exec = true_exec();
+        // A soft limit above the hard one.
+        let setup = ChildSetup {
+            rlimits: vec![Rlimit {
+                resource: libc::RLIMIT_NOFILE,
+                soft: 10,
+                hard: 5,
+            }],
+            ..Default::default()
+        };
+        let e = spawn(&exec, &setup, &Placement::default())
+            .unwrap()
+            .confirm(&exec)
+            .unwrap_err();
+        assert_eq!(failed_stage(&e), Some((Stage::Rlimit, Some(libc::EINVAL))));
+        assert!(
+            e.to_string().starts_with("cannot set a resource limit: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_released_gate_lets_the_child_exec() {
+        let exec = true_exec();
+        let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let setup = ChildSetup {
+            gate: Some(rx.as_fd()),
+            ..Default::default()
+        };
+        let s = spawn(&exec, &setup, &Placement::default()).unwrap();
+        rustix::io::write(&tx, b"g").unwrap();
+        let (_pid, pidfd, _) = s.confirm(&exec).unwrap();
+        assert_eq!(exit_status(&pidfd), Some(0));
+    }
+
+    #[test]
+    fn an_exec_failure_is_not_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = std::env::temp_dir().join(format!("corral-noexec-{}", std::process::id()));
+        std::fs::write(&f, b"\x7fnot a program").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exec = Exec::new(&[f.display().to_string()], &[], None).unwrap();
+        // A child forked by a parallel test may hold the file's write fd for a moment.
+        let mut tries = 0;
+        let e = loop {
+            let e = spawn(&exec, &ChildSetup::default(), &Placement::default())
+                .unwrap()
+                .confirm(&exec)
+                .unwrap_err();
+            tries += 1;
+            match failed_stage(&e) {
+                Some((_, Some(libc::ETXTBSY))) if tries < 20 => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => break e,
+            }
+        };
+        let _ = std::fs::remove_file(&f);
+        assert_eq!(failed_stage(&e), Some((Stage::Exec, Some(libc::ENOEXEC))));
+        assert_eq!(e.exit_code(), 126);
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot execute {}", f.display())),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! The child's plan: everything the child between clone and exec reads, laid out as
+//! plain C data (pointers, fd numbers, integers) by ordinary safe code in the parent.
+//! The child may not allocate, so nothing in it is built after the clone.
+
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use super::{ChildSetup, Exec, Placement, Rlimit};
+
+/// Raw pointers and fd numbers the child uses. Built before cloning; every pointer
+/// points into the [`Exec`], the [`ChildSetup`] or the vectors here, and every fd is
+/// borrowed for `'p`, so the plan cannot outlive what it points to.
+pub(super) struct ChildPlan<'p> {
+    /// The program (NUL-terminated).
+    pub(super) path: *const libc::c_char,
+    /// `argv`, NULL-terminated.
+    pub(super) argv: Vec<*const libc::c_char>,
+    /// `envp`, NULL-terminated.
+    pub(super) envp: Vec<*const libc::c_char>,
+    /// The working directory, or null to stay.
+    pub(super) cwd: *const libc::c_char,
+    /// Sources for fds 0, 1, 2 (each ≥ 3), or -1 to inherit.
+    pub(super) stdio: [RawFd; 3],
+    /// `cgroup.procs` / `tasks` files to write `0` into.
+    pub(super) procs: Vec<RawFd>,
+    /// Resource limits to set.
+    pub(super) rlimits: Vec<Rlimit>,
+    /// `setpgid(0, 0)`.
+    pub(super) new_pgrp: bool,
+    /// The parent-death signal, or 0.
+    pub(super) pdeathsig: i32,
+    /// This process' pid: the child checks it is still its parent.
+    pub(super) parent_pid: i32,
+    /// The gate to wait on, or -1.
+    pub(super) gate: RawFd,
+    /// The write end of the error pipe.
+    pub(super) err_tx: RawFd,
+    /// `unshare` flags (0: no containment).
+    pub(super) unshare_flags: libc::c_int,
+    /// Where to mount a fresh cgroup2, or null.
+    pub(super) cgroup2_mount: *const libc::c_char,
+    /// Mount points to remount read-only.
+    pub(super) readonly: Vec<*const libc::c_char>,
+    /// Drop [`super::DROPPED_CAPABILITIES`].
+    pub(super) drop_caps: bool,
+    _borrows: PhantomData<&'p ()>,
+}
+
+impl<'p> ChildPlan<'p> {
+    /// Lays out `exec`, `setup` and `placement` for the child; `stdio` are the moved
+    /// (≥ 3) copies of the standard streams and `err_tx` the error pipe's write end.
+    pub(super) fn new(
+        exec: &'p Exec,
+        setup: &'p ChildSetup<'_>,
+        placement: &'p Placement<'_>,
+        stdio: &'p [Option<OwnedFd>; 3],
+        err_tx: BorrowedFd<'p>,
+    ) -> ChildPlan<'p> {
+        let raw = |o: &Option<OwnedFd>| o.as_ref().map_or(-1, |f| f.as_raw_fd());
+        let nul_terminated = |v: &'p [std::ffi::CString]| {
+            let mut p: Vec<*const libc::c_char> = v.iter().map(|a| a.as_ptr()).collect();
+            p.push(std::ptr::null());
+            p
+        };
+        ChildPlan {
+            path: exec.path.as_ptr(),
+            argv: nul_terminated(&exec.argv),
+            envp: nul_terminated(&exec.envp),
+            cwd: exec.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            stdio: [raw(&stdio[0]), raw(&stdio[1]), raw(&stdio[2])],
+            procs: placement.procs.iter().map(|f| f.as_raw_fd()).collect(),
+            rlimits: setup.rlimits.clone(),
+            new_pgrp: setup.new_process_group,
+            pdeathsig: setup.parent_death_signal.unwrap_or(0),
+            parent_pid: std::process::id() as i32,
+            gate: setup.gate.map_or(-1, |g| g.as_raw_fd()),
+            err_tx: err_tx.as_raw_fd(),
+            unshare_flags: match &setup.contain {
+                Some(c) if c.cgroup_namespace => libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP,
+                Some(_) => libc::CLONE_NEWNS,
+                None => 0,
+            },
+            cgroup2_mount: setup
+                .contain
+                .as_ref()
+                .and_then(|c| c.cgroup2_mount.as_ref())
+                .map_or(std::ptr::null(), |m| m.as_ptr()),
+            readonly: setup
+                .contain
+                .as_ref()
+                .map(|c| c.readonly.iter().map(|m| m.as_ptr()).collect())
+                .unwrap_or_default(),
+            drop_caps: setup.contain.is_some(),
+            _borrows: PhantomData,
+        }
+    }
+
+    /// Adds a file the child writes itself into (the clone3 fallback's `cgroup.procs`).
+    pub(super) fn also_enter(&mut self, procs: BorrowedFd<'p>) {
+        self.procs.push(procs.as_raw_fd());
+    }
+}
