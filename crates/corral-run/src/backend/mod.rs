@@ -34,6 +34,14 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// Every kind, strongest first (the choices of `--backend` besides `auto`).
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Cgroup2,
+        BackendKind::Systemd,
+        BackendKind::Cgroup1,
+        BackendKind::Rlimit,
+    ];
+
     /// The name used on the command line and in records.
     pub fn as_str(self) -> &'static str {
         match self {
