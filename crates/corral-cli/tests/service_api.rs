@@ -3,14 +3,16 @@
 //! backend this host offers and prints `skipped: ...` for the others (on the hybrid
 //! development hosts: cgroup1 natively, cgroup2 in the v2 VM).
 
+mod common;
 mod svc;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::alive;
 use corral_service::http::ROUTES;
 use serde_json::{json, Value};
-use svc::{alive, each_backend, eventually, reason, serial, Svc};
+use svc::{each_backend, eventually, reason, serial, Svc};
 
 fn small(cmd: &[&str]) -> Value {
     json!({"command": cmd, "limits": {"memory": "64M", "cpus": 0.25, "timeout": "60s"}})

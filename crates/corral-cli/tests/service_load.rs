@@ -3,6 +3,7 @@
 //! the right reason, the shared budget must hold throughout (sampled from the parent
 //! `runs` cgroup), nothing may be left behind, and the service must stay small.
 
+mod common;
 mod svc;
 
 use std::collections::HashMap;
@@ -10,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::PYTHON;
 use serde_json::{json, Value};
-use svc::{each_backend, Svc, PYTHON};
+use svc::{each_backend, Svc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {

@@ -5,12 +5,11 @@
 mod common;
 mod svc;
 
-use common::guard_of;
-
 use std::time::Duration;
 
+use common::{alive, guard_of};
 use serde_json::json;
-use svc::{alive, each_backend, eventually, reason, Svc};
+use svc::{each_backend, eventually, reason, Svc};
 
 #[test]
 fn kill_9_then_restart_reaps_and_resumes() {

@@ -1,13 +1,15 @@
-//! Shared helpers for the enforcement tests: which backend can run here, a private
-//! cgroup root per test that is removed again, running the real `corral` binary, and
-//! checks of what the kernel did.
+//! Shared helpers for the enforcement, systemd and service tests: which backend can
+//! run here (and, through `corral_testkit`, whether a test that cannot may skip), a
+//! private cgroup root per test that is removed again, running the real `corral`
+//! binary, and checks of what the kernel did.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_cgroup::layout::{Layout, V1_CONTROLLERS};
+use corral_cgroup::layout::{Layout, LayoutKind, V1_CONTROLLERS};
+pub use corral_testkit::{Feature, Missing};
 use serde_json::Value;
 
 /// The path of the `corral` binary under test.
@@ -36,75 +38,135 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Returns a harness for `backend`, or the reason the test must be skipped here.
-pub fn harness(backend: &'static str, test: &str) -> Result<Harness, String> {
-    if !is_root() && backend != "rlimit" {
-        return Err("needs root to create cgroups".into());
+/// The cgroup2 controllers the cgroup2 tests need in the mount's root.
+pub const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// The cgroup backends whose cgroups the tests create themselves.
+pub const CGROUP_BACKENDS: [&str; 2] = ["cgroup2", "cgroup1"];
+
+/// Whether the tests can create `backend`'s cgroups here (`cgroup2` or `cgroup1`):
+/// root, and the hierarchy with its controllers; else what is missing.
+pub fn cgroups_available(backend: &str, layout: &Layout) -> Result<(), Missing> {
+    if !is_root() {
+        return Err(Missing::new(Feature::Root, "needs root to create cgroups"));
     }
-    let layout = Layout::detect();
-    let name = format!("corral-test-{}-{test}", std::process::id());
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     match backend {
         "cgroup2" => {
-            let m = layout.v2.as_ref().ok_or("no cgroup2 mount")?;
-            for c in ["memory", "cpu", "pids"] {
-                if !layout.v2_controllers.iter().any(|x| x == c) {
-                    return Err(format!(
-                        "cgroup2 at {} lacks the {c} controller (hybrid host; runs in the VM)",
-                        m.mount_point.display()
-                    ));
-                }
-            }
-            let dir = m.mount_point.join(&name);
-            Ok(Harness {
-                backend,
-                user: None,
-                slice: None,
-                root_arg: dir.display().to_string(),
-                root_dirs: vec![dir],
-                tmp,
-            })
-        }
-        "cgroup1" => {
-            if !layout.v1.contains_key("memory") {
-                return Err("no cgroup v1 memory hierarchy".into());
-            }
-            let mut dirs: Vec<PathBuf> = V1_CONTROLLERS
-                .iter()
-                .filter_map(|c| layout.v1.get(*c))
-                .map(|m| m.mount_point.join(&name))
+            let m = layout
+                .v2
+                .as_ref()
+                .ok_or_else(|| Missing::new(Feature::Cgroup2, "no cgroup2 mount"))?;
+            let lacking: Vec<&str> = V2_CONTROLLERS
+                .into_iter()
+                .filter(|c| !layout.v2_controllers.iter().any(|x| x == c))
                 .collect();
-            dirs.dedup();
-            Ok(Harness {
-                backend,
-                user: None,
-                slice: None,
-                root_arg: format!("/{name}"),
-                root_dirs: dirs,
-                tmp,
-            })
+            if lacking.is_empty() {
+                return Ok(());
+            }
+            let hint = match layout.kind() {
+                LayoutKind::Hybrid => " (a hybrid host: these run in the v2 VM)",
+                _ => "",
+            };
+            Err(Missing::new(
+                Feature::Cgroup2,
+                format!(
+                    "cgroup2 at {} lacks the {} controller(s){hint}",
+                    m.mount_point.display(),
+                    lacking.join(", ")
+                ),
+            ))
         }
-        "rlimit" => Ok(Harness {
-            backend,
-            user: None,
-            slice: None,
-            root_arg: String::new(),
-            root_dirs: Vec::new(),
-            tmp,
-        }),
-        "systemd" | "systemd-user" => systemd_harness(backend == "systemd-user", &layout, tmp),
-        other => Err(format!("unknown backend {other}")),
+        "cgroup1" if layout.v1.contains_key("memory") => Ok(()),
+        "cgroup1" => Err(Missing::new(
+            Feature::Cgroup1,
+            "no cgroup v1 memory hierarchy",
+        )),
+        other => panic!("{other} is not a cgroup backend"),
     }
 }
 
-/// Skips (returns early from) a test whose harness is unavailable, saying why.
+/// A test's private cgroup root, named `corral-test-...` after the test.
+#[derive(Debug, Clone)]
+pub struct PrivateRoot {
+    /// The value for `--cgroup-root`.
+    pub arg: String,
+    /// Its directory in each hierarchy (one for v2).
+    pub dirs: Vec<PathBuf>,
+    /// Its path as `/proc/PID/cgroup` shows it.
+    pub rel: String,
+}
+
+impl PrivateRoot {
+    /// The root `name` for `backend` (`cgroup2` or `cgroup1`; checked with
+    /// [`cgroups_available`]). Nothing is created.
+    pub fn new(backend: &str, layout: &Layout, name: &str) -> PrivateRoot {
+        let rel = format!("/{name}");
+        match backend {
+            "cgroup2" => {
+                let dir = layout
+                    .v2
+                    .as_ref()
+                    .expect("a cgroup2 mount")
+                    .mount_point
+                    .join(name);
+                PrivateRoot {
+                    arg: dir.display().to_string(),
+                    dirs: vec![dir],
+                    rel,
+                }
+            }
+            _ => {
+                let mut dirs: Vec<PathBuf> = V1_CONTROLLERS
+                    .iter()
+                    .filter_map(|c| layout.v1.get(*c))
+                    .map(|m| m.mount_point.join(name))
+                    .collect();
+                dirs.dedup();
+                PrivateRoot {
+                    arg: rel.clone(),
+                    dirs,
+                    rel,
+                }
+            }
+        }
+    }
+}
+
+/// Returns a harness for `backend`, or what this host lacks for it.
+pub fn harness(backend: &'static str, test: &str) -> Result<Harness, Missing> {
+    let layout = Layout::detect();
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let plain = |root_arg: String, root_dirs: Vec<PathBuf>, tmp| Harness {
+        backend,
+        user: None,
+        slice: None,
+        root_arg,
+        root_dirs,
+        tmp,
+    };
+    match backend {
+        "cgroup2" | "cgroup1" => {
+            cgroups_available(backend, &layout)?;
+            let name = format!("corral-test-{}-{test}", std::process::id());
+            let root = PrivateRoot::new(backend, &layout, &name);
+            Ok(plain(root.arg, root.dirs, tmp))
+        }
+        "rlimit" => Ok(plain(String::new(), Vec::new(), tmp)),
+        "systemd" | "systemd-user" => systemd_harness(backend == "systemd-user", &layout, tmp),
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+/// Returns a test's harness, or returns early from the test where it cannot run here
+/// (printing `skipped: ...`, or failing where the step requires the missing feature:
+/// see `corral_testkit`).
 #[macro_export]
 macro_rules! harness_or_skip {
     ($backend:expr, $name:expr) => {
         match common::harness($backend, $name) {
             Ok(h) => h,
-            Err(why) => {
-                eprintln!("skipped: {} {}: {why}", $backend, $name);
+            Err(missing) => {
+                corral_testkit::skip(&format!("{} {}", $backend, $name), &missing);
                 return;
             }
         }
@@ -347,24 +409,42 @@ pub fn test_uid() -> Option<u32> {
     std::env::var("CORRAL_VM_TEST_UID").ok()?.parse().ok()
 }
 
-fn systemd_harness(user: bool, layout: &Layout, tmp: tempfile::TempDir) -> Result<Harness, String> {
-    if !Path::new("/run/systemd/system").exists() {
-        return Err(
-            "no systemd manager here: PID 1 is not systemd (the VM runs these: \
-                    cargo xtask vm --systemd)"
-                .into(),
-        );
-    }
-    let m = layout.v2.as_ref().ok_or("no cgroup2 mount")?;
-    if layout.kind() != corral_cgroup::layout::LayoutKind::Unified {
-        return Err(format!(
-            "systemd runs a {} cgroup layout here; the systemd backend needs cgroup v2",
-            layout.kind().as_str()
+fn systemd_harness(
+    user: bool,
+    layout: &Layout,
+    tmp: tempfile::TempDir,
+) -> Result<Harness, Missing> {
+    if !is_root() {
+        return Err(Missing::new(
+            Feature::Root,
+            "needs root (for the system manager, and to run as the test user)",
         ));
     }
+    let systemd = |why: String| Missing::new(Feature::Systemd, why);
+    if !Path::new("/run/systemd/system").exists() {
+        return Err(systemd(
+            "no systemd manager here: PID 1 is not systemd (the VM runs these: \
+             cargo xtask vm --systemd)"
+                .into(),
+        ));
+    }
+    let m = layout
+        .v2
+        .as_ref()
+        .ok_or_else(|| systemd("no cgroup2 mount".into()))?;
+    if layout.kind() != LayoutKind::Unified {
+        return Err(systemd(format!(
+            "systemd runs a {} cgroup layout here; the systemd backend needs cgroup v2",
+            layout.kind().as_str()
+        )));
+    }
     let (uid, slice, socket) = if user {
-        let uid =
-            test_uid().ok_or("no test user with a running user manager (CORRAL_VM_TEST_UID)")?;
+        let uid = test_uid().ok_or_else(|| {
+            Missing::new(
+                Feature::SystemdUser,
+                "no test user with a running user manager (CORRAL_VM_TEST_UID)",
+            )
+        })?;
         let mgr = m
             .mount_point
             .join(format!("user.slice/user-{uid}.slice/user@{uid}.service"));
@@ -381,13 +461,21 @@ fn systemd_harness(user: bool, layout: &Layout, tmp: tempfile::TempDir) -> Resul
         )
     };
     if !socket.exists() {
-        return Err(format!("no D-Bus socket at {}", socket.display()));
+        let feature = if user {
+            Feature::SystemdUser
+        } else {
+            Feature::Systemd
+        };
+        return Err(Missing::new(
+            feature,
+            format!("no D-Bus socket at {}", socket.display()),
+        ));
     }
     if uid.is_some() {
         // The user writes its records and reads its scripts here.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| e.to_string())?;
+            .expect("chmod of the test's directory");
     }
     Ok(Harness {
         backend: "systemd",
