@@ -75,16 +75,7 @@ fn two_hundred_runs_under_one_budget() {
         let mut s = Svc::new(
             b,
             "load",
-            &[
-                "--budget-memory",
-                "320M",
-                "--budget-cpus",
-                "2",
-                "--budget-pids",
-                "512",
-                "--max-running",
-                "6",
-            ],
+            "--budget-memory 320M --budget-cpus 2 --budget-pids 512 --max-running 6",
         );
         s.start();
         let t0 = Instant::now();
@@ -235,11 +226,7 @@ fn two_hundred_runs_under_one_budget() {
         // Nothing left: no run cgroup, no process under runs.
         assert!(s.run_cgroups().is_empty(), "{:?}", s.run_cgroups());
         assert!(s.procs_in_runs().is_empty(), "{:?}", s.procs_in_runs());
-        let text = client
-            .request("GET", "/metrics", None)
-            .unwrap()
-            .text()
-            .unwrap();
+        let text = s.metrics();
         for (reason, n) in [
             ("exited", 120),
             ("oom", 20),
@@ -257,8 +244,7 @@ fn two_hundred_runs_under_one_budget() {
             text.contains("corral_launch_latency_seconds_count"),
             "{text}"
         );
-        s.signal(libc::SIGTERM);
-        assert!(s.wait_exit(Duration::from_secs(20)).success());
+        s.stop(libc::SIGTERM, Duration::from_secs(20));
         assert!(s.root_gone(), "the service removed its cgroup tree");
         // Natively ~20 s; the bound is for the much slower emulated v2 VM.
         assert!(elapsed < Duration::from_secs(480), "{elapsed:?}");

@@ -194,6 +194,10 @@ impl Ran {
             .as_ref()
             .unwrap_or_else(|| panic!("no record; exit {} stderr: {}", self.code, self.stderr))
     }
+    /// The record's `notes`.
+    pub fn notes(&self) -> &str {
+        self.rec()["notes"].as_str().expect("notes are a string")
+    }
     /// `outcome.reason`.
     pub fn reason(&self) -> &str {
         self.rec()["outcome"]["reason"].as_str().unwrap()
@@ -525,4 +529,90 @@ pub fn assert_capabilities_dropped(stdout: &str) {
             "capability {cap} kept: {bounding:x}"
         );
     }
+}
+
+// Scenarios the enforcement and systemd tests share: the run and the checks that hold
+// for every backend. Each test adds its backend's own checks after these.
+
+/// A memory hog under `--memory 64M`; asserts the OOM kill (reason `oom`, exit 137,
+/// `events.oom_kill` ≥ 1, a peak at the limit).
+pub fn run_oom(h: &Harness) -> Ran {
+    let ran = h.run(
+        &["--memory", "64M", "--timeout", "60s"],
+        &[
+            PYTHON,
+            "-c",
+            "import time; b = b'x' * (300 << 20); time.sleep(5)",
+        ],
+    );
+    assert_eq!(ran.reason(), "oom", "{}", ran.rec());
+    assert_eq!(ran.code, 137);
+    assert!(ran.num("/events/oom_kill") >= 1.0);
+    let peak = ran.num("/usage/memory_peak_bytes");
+    assert!(
+        peak <= (64 << 20) as f64 * 1.05 && peak > (32 << 20) as f64,
+        "peak {peak}"
+    );
+    ran
+}
+
+/// Starts a fork bomb run (`args` with `--pids 64`), checks after `settle` that the
+/// host still forks while the bomb is at its limit, and asserts what the run hit: the
+/// timeout, refused forks, the note.
+pub fn run_fork_bomb(h: &Harness, args: &[&str], bomb: &str, settle: Duration) -> Ran {
+    let (mut c, json) = h.command(args, &["sh", "-c", bomb]);
+    let t = Instant::now();
+    let child = c.spawn().unwrap();
+    std::thread::sleep(settle);
+    assert!(Command::new("true").status().unwrap().success());
+    let ran = finish(child.wait_with_output().unwrap(), &json, t.elapsed());
+    assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
+    assert!(ran.num("/events/pids_max") > 0.0, "{}", ran.rec());
+    assert!(ran.notes().contains("64-process limit"));
+    ran
+}
+
+/// `sleep 600` under `--timeout 2s --grace 3s`: asserts it timed out (124) after the
+/// deadline and that SIGTERM sufficed.
+pub fn run_timeout(h: &Harness) -> Ran {
+    let ran = h.run(&["--timeout", "2s", "--grace", "3s"], &["sleep", "600"]);
+    assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
+    assert_eq!(ran.code, 124);
+    assert!(ran.elapsed >= Duration::from_secs(2));
+    assert!(!ran.rec()["events"]["grace_expired"].as_bool().unwrap());
+    ran
+}
+
+/// Limits that every backend under test enforces in full.
+pub const ENFORCED_LIMITS: [&str; 8] = [
+    "--memory",
+    "100M",
+    "--cpus",
+    "0.5",
+    "--pids",
+    "32",
+    "--timeout",
+    "30s",
+];
+
+/// Asserts that the record enforces all of [`ENFORCED_LIMITS`].
+pub fn assert_limits_enforced(r: &Value) {
+    assert_eq!(r["limits"]["enforced"]["memory_bytes"], 100 << 20);
+    assert_eq!(r["limits"]["enforced"]["cpus"], 0.5);
+    assert_eq!(r["limits"]["enforced"]["pids"], 32);
+    assert_eq!(r["limits"]["not_enforced"], serde_json::json!([]));
+}
+
+/// Runs `script`, which leaves a `setsid` escapee whose pid it writes to
+/// `escapee.pid` in the test's directory (`{p}` in the script), and asserts that the
+/// run exited by itself and corral killed the escapee.
+pub fn run_escapee(h: &Harness, script: &str) -> Ran {
+    let pidfile = h.tmp().join("escapee.pid");
+    let script = script.replace("{p}", &pidfile.display().to_string());
+    let ran = h.run(&["--timeout", "60s"], &["sh", "-c", &script]);
+    let pid = read_pid(&pidfile, Duration::from_secs(1)).expect("the escapee wrote its pid");
+    assert_eq!(ran.reason(), "exited", "{}", ran.rec());
+    assert!(!alive(pid), "the escaped sleep {pid} outlived its run");
+    assert!(ran.num("/events/leftover_killed") >= 1.0, "{}", ran.rec());
+    ran
 }

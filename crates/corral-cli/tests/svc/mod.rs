@@ -55,8 +55,8 @@ pub struct Svc {
 
 impl Svc {
     /// Prepares (does not start) a service for `backend`, with a root named after the
-    /// test.
-    pub fn new(backend: &'static str, test: &str, args: &[&str]) -> Svc {
+    /// test; `args` are extra `corral serve` arguments, separated by spaces.
+    pub fn new(backend: &'static str, test: &str, args: &str) -> Svc {
         let name = format!("corral-test-svc-{}-{test}", std::process::id());
         let root = PrivateRoot::new(backend, &Layout::detect(), &name);
         Svc {
@@ -66,7 +66,7 @@ impl Svc {
             root_rel: root.rel,
             dir: tempfile::tempdir().unwrap(),
             child: None,
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args: args.split_whitespace().map(str::to_string).collect(),
             starts: 0,
         }
     }
@@ -155,6 +155,22 @@ impl Svc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `sig` and asserts that the service exits successfully within `within`.
+    pub fn stop(&mut self, sig: i32, within: Duration) {
+        self.signal(sig);
+        let st = self.wait_exit(within);
+        assert!(st.success(), "corral serve exited with {st}");
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.client()
+            .request("GET", "/metrics", None)
+            .unwrap()
+            .text()
+            .unwrap()
     }
 
     /// kill -9.
