@@ -56,7 +56,11 @@ const SYSTEMD_REQUIRES: &[Feature] = &[Feature::Root, Feature::Systemd, Feature:
 /// skip, they run in the VM), else the cgroup2 ones. Decided from the mounts' types,
 /// not from the controllers, so lost controllers fail the step instead of hiding.
 fn host_requires() -> Vec<Feature> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    host_requires_from(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
+/// [`host_requires`] for this `/proc/self/mountinfo` text.
+fn host_requires_from(mountinfo: &str) -> Vec<Feature> {
     let v1 = mountinfo.lines().any(|l| {
         l.split_once(" - ")
             .is_some_and(|(_, fs)| fs.split_whitespace().next() == Some("cgroup"))
@@ -277,4 +281,28 @@ fn run_in_vm(systemd: bool, targets: &[(&str, &[&str])], requires: &[Feature]) -
         bail!("the VM run exited {code}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_step_requires_cgroup1_where_v1_hierarchies_are_mounted() {
+        let hybrid = "\
+30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid shared:6 - cgroup2 cgroup2 rw,nsdelegate
+31 25 0:27 / /sys/fs/cgroup/memory rw,nosuid shared:7 - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            host_requires_from(hybrid),
+            [Feature::Root, Feature::Cgroup1]
+        );
+        let unified = "30 25 0:26 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            host_requires_from(unified),
+            [Feature::Root, Feature::Cgroup2]
+        );
+        assert_eq!(require_value(VM_REQUIRES), "root,cgroup2");
+        assert_eq!(require_value(SYSTEMD_REQUIRES), "root,systemd,systemd-user");
+    }
 }

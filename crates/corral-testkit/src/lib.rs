@@ -207,7 +207,8 @@ impl Policy {
 
 /// For a test that cannot run here: prints `skipped: <test>: <reason>` and returns, or
 /// panics with the reason where the step requires the missing feature (see
-/// [`Policy`]).
+/// [`Policy`]). The failure points at the caller.
+#[track_caller]
 pub fn skip(test: &str, missing: &Missing) {
     match Policy::from_env().verdict(test, missing) {
         Verdict::Skip(line) => eprintln!("skipped: {line}"),
