@@ -59,7 +59,8 @@ environment:
   CORRAL_VM_ACCEL=tcg|kvm   force the accelerator (default: kvm only with kvm_intel/kvm_amd)
   CORRAL_VM_CPU             qemu -cpu model under TCG (default max,-erms,-fsrm)
   CORRAL_VM_BIOS            seabios, or a firmware path (default qboot when installed)
-  CORRAL_VM_KERNEL_ARGS     extra kernel command line (e.g. loglevel=7)
+  CORRAL_VM_KERNEL_ARGS     extra kernel command line (e.g. loglevel=7; cgroup_disable=memory
+                            takes the memory controller away, to see the vm step fail)
   CORRAL_VM_KERNEL_PACKAGE  kernel meta package for vm-setup (default linux-image-amd64)
   CORRAL_VM_APT_ALLOW_REMOVE=1  let vm-setup's apt-get remove conflicting packages
 ";

@@ -11,6 +11,13 @@
 //!
 //! Every step runs even when an earlier one failed; the summary lists them all and the
 //! exit status is non-zero if any failed.
+//!
+//! Each test step declares what it is there to test in `CORRAL_TEST_REQUIRE` (see
+//! `corral_testkit`): a test that lacks a declared feature fails instead of skipping
+//! in CI (`CI=true`) and in the VMs, so a step whose feature is missing fails.
+//! `host`: root and cgroup1 on a host with v1 hierarchies (the cgroup2 tests may skip
+//! there), else root and cgroup2; `vm`: root and cgroup2; `systemd`: root, systemd and
+//! the test user's manager.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -18,6 +25,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use corral_testkit::{Feature, REQUIRE_ENV};
 
 use crate::run::{run_vm, VmOptions};
 use crate::Paths;
@@ -36,6 +44,61 @@ const VM_TARGETS: &[(&str, &[&str])] = &[
 
 /// Test targets run in the systemd VM.
 const SYSTEMD_TARGETS: &[(&str, &[&str])] = &[("systemd", &["--test-threads=1"])];
+
+/// What the VM step must find: it exists to run the cgroup v2 tests.
+const VM_REQUIRES: &[Feature] = &[Feature::Root, Feature::Cgroup2];
+
+/// What the systemd step must find.
+const SYSTEMD_REQUIRES: &[Feature] = &[Feature::Root, Feature::Systemd, Feature::SystemdUser];
+
+/// What the host step must find: the cgroup1 scenarios on a host with v1 hierarchies
+/// (legacy or hybrid: its cgroup2 mount has no controllers, so the cgroup2 tests may
+/// skip, they run in the VM), else the cgroup2 ones. Decided from the mounts' types,
+/// not from the controllers, so lost controllers fail the step instead of hiding.
+fn host_requires() -> Vec<Feature> {
+    host_requires_from(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
+/// [`host_requires`] for this `/proc/self/mountinfo` text.
+fn host_requires_from(mountinfo: &str) -> Vec<Feature> {
+    let v1 = mountinfo.lines().any(|l| {
+        l.split_once(" - ")
+            .is_some_and(|(_, fs)| fs.split_whitespace().next() == Some("cgroup"))
+    });
+    let cgroup = if v1 {
+        Feature::Cgroup1
+    } else {
+        Feature::Cgroup2
+    };
+    vec![Feature::Root, cgroup]
+}
+
+/// The value of `CORRAL_TEST_REQUIRE` for `features`.
+fn require_value(features: &[Feature]) -> String {
+    let names: Vec<&str> = features.iter().map(|f| f.as_str()).collect();
+    names.join(",")
+}
+
+/// Says what a step requires, and whether a test that lacks it fails (in CI, in the
+/// VM) or skips.
+fn announce(step: &str, features: &[Feature], in_vm: bool) {
+    let policy = corral_testkit::Policy::new(
+        Some(&require_value(features)),
+        std::env::var("CI").ok().as_deref(),
+        in_vm.then_some("1"),
+    )
+    .expect("known features");
+    let verdict = if policy.enforced {
+        "fails"
+    } else {
+        "skips (it fails under CI=true)"
+    };
+    eprintln!(
+        "xtask test: {step} requires {REQUIRE_ENV}={}; {} a test that lacks one {verdict}",
+        require_value(features),
+        policy.context
+    );
+}
 
 /// Parses `test [--skip STEP]... [--only STEP]...` and runs the steps.
 pub fn run_tests(args: &[OsString]) -> Result<u8> {
@@ -102,14 +165,21 @@ pub fn run_tests(args: &[OsString]) -> Result<u8> {
     });
     // --no-fail-fast: one failing test binary must not hide the others' results.
     step("host", &mut || {
-        cargo(&["test", "--workspace", "--no-fail-fast"])
+        let requires = host_requires();
+        announce("host", &requires, false);
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        sh(Command::new(cargo)
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .env(REQUIRE_ENV, require_value(&requires)))
     });
     step("python", &mut || {
         sh(Command::new("clients/python/run-tests.sh")
             .env("CORRAL_BIN", paths.repo.join("target/debug/corral")))
     });
-    step("vm", &mut || run_in_vm(false, VM_TARGETS));
-    step("systemd", &mut || run_in_vm(true, SYSTEMD_TARGETS));
+    step("vm", &mut || run_in_vm(false, VM_TARGETS, VM_REQUIRES));
+    step("systemd", &mut || {
+        run_in_vm(true, SYSTEMD_TARGETS, SYSTEMD_REQUIRES)
+    });
 
     eprintln!("\n===== xtask test: summary =====");
     let mut failed = false;
@@ -170,8 +240,9 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Runs the listed test targets in one VM; each runs even if another failed.
-fn run_in_vm(systemd: bool, targets: &[(&str, &[&str])]) -> Result<()> {
+/// Runs the listed test targets in one VM, which must offer `requires` (in the VM a
+/// missing requirement fails the test); each target runs even if another failed.
+fn run_in_vm(systemd: bool, targets: &[(&str, &[&str])], requires: &[Feature]) -> Result<()> {
     let bins = test_binaries()?;
     let mut script = String::from("rc=0\n");
     let mut any = false;
@@ -194,10 +265,14 @@ fn run_in_vm(systemd: bool, targets: &[(&str, &[&str])]) -> Result<()> {
         return Ok(());
     }
     script.push_str("exit $rc\n");
+    let step = if systemd { "systemd" } else { "vm" };
+    announce(step, requires, true);
     let mut args: Vec<OsString> = Vec::new();
     if systemd {
         args.push("--systemd".into());
     }
+    args.push("--env".into());
+    args.push(format!("{REQUIRE_ENV}={}", require_value(requires)).into());
     args.extend(["--timeout", "2400", "--", "sh", "-c"].map(OsString::from));
     args.push(script.into());
     let opts = VmOptions::parse(&args)?.expect("not --help");
@@ -206,4 +281,28 @@ fn run_in_vm(systemd: bool, targets: &[(&str, &[&str])]) -> Result<()> {
         bail!("the VM run exited {code}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_step_requires_cgroup1_where_v1_hierarchies_are_mounted() {
+        let hybrid = "\
+30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid shared:6 - cgroup2 cgroup2 rw,nsdelegate
+31 25 0:27 / /sys/fs/cgroup/memory rw,nosuid shared:7 - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            host_requires_from(hybrid),
+            [Feature::Root, Feature::Cgroup1]
+        );
+        let unified = "30 25 0:26 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            host_requires_from(unified),
+            [Feature::Root, Feature::Cgroup2]
+        );
+        assert_eq!(require_value(VM_REQUIRES), "root,cgroup2");
+        assert_eq!(require_value(SYSTEMD_REQUIRES), "root,systemd,systemd-user");
+    }
 }

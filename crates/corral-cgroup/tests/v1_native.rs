@@ -1,5 +1,7 @@
 //! The v1 layer against the real kernel: needs root and v1 hierarchies mounted at
-//! `/sys/fs/cgroup/<controller>`; otherwise each test prints `skipped: <reason>`.
+//! `/sys/fs/cgroup/<controller>`; otherwise each test prints `skipped: <reason>`, or
+//! fails where the step requires root and cgroup1 (`corral_testkit`: the host step of
+//! `cargo xtask test` on a v1/hybrid host, in CI).
 //!
 //! Every test creates its own group `/corral-test-v1-<pid>/<test>` in each hierarchy and
 //! removes it (after killing whatever is left in it) from a Drop guard, so a failed
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use corral_cgroup::layout::Layout;
 use corral_cgroup::v1::{self, Group1, RUN_CONTROLLERS};
+use corral_testkit::{Feature, Missing};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 const MIB: u64 = 1024 * 1024;
@@ -37,11 +40,23 @@ fn parent_name() -> String {
     format!("corral-test-v1-{}", std::process::id())
 }
 
-/// Returns the layout, or None after printing why the test is skipped.
+/// Returns the layout, or None after skipping the test (or failing it where the
+/// step requires what is missing).
 fn setup(needs: &[&str]) -> Option<Layout> {
+    match usable(needs) {
+        Ok(layout) => Some(layout),
+        Err(missing) => {
+            let thread = std::thread::current();
+            corral_testkit::skip(thread.name().unwrap_or("v1_native"), &missing);
+            None
+        }
+    }
+}
+
+/// The layout, when it has the v1 hierarchies in `needs` and this process is root.
+fn usable(needs: &[&str]) -> Result<Layout, Missing> {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: not root");
-        return None;
+        return Err(Missing::new(Feature::Root, "not root"));
     }
     let layout = Layout::detect();
     let mem_ok = layout
@@ -49,19 +64,23 @@ fn setup(needs: &[&str]) -> Option<Layout> {
         .get("memory")
         .is_some_and(|m| m.mount_point == Path::new("/sys/fs/cgroup/memory"));
     if !mem_ok {
-        eprintln!("skipped: /sys/fs/cgroup/memory is not a cgroup v1 mount");
-        return None;
+        return Err(Missing::new(
+            Feature::Cgroup1,
+            "/sys/fs/cgroup/memory is not a cgroup v1 mount",
+        ));
     }
     if let Some(c) = needs.iter().find(|c| !layout.v1.contains_key(**c)) {
-        eprintln!("skipped: no v1 {c} hierarchy");
-        return None;
+        return Err(Missing::new(
+            Feature::Cgroup1,
+            format!("no v1 {c} hierarchy"),
+        ));
     }
     static SUBREAPER: Once = Once::new();
     SUBREAPER.call_once(|| {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .expect("PR_SET_CHILD_SUBREAPER");
     });
-    Some(layout)
+    Ok(layout)
 }
 
 /// A test's group: killed, reaped and removed on drop, even after a failed assertion.

@@ -2,17 +2,17 @@
 
 use anyhow::Result;
 use clap::Args;
-use corral_run::backend::{select, Backend};
+use corral_run::backend::select;
 use serde_json::json;
 
-use crate::run::backend_kind;
+use crate::backend::BackendArg;
 
 /// `corral gc [--backend B] [--cgroup-root PATH] [--json]`
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// Backend whose root to clean: auto, cgroup2, systemd, cgroup1.
+    /// Backend whose root to clean (auto: the one `corral run` would pick).
     #[arg(long, value_name = "B", default_value = "auto")]
-    pub backend: String,
+    pub backend: BackendArg,
     /// The cgroup root to clean (as for `corral run`).
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<std::path::PathBuf>,
@@ -22,7 +22,7 @@ pub struct GcArgs {
 }
 
 pub fn main(a: GcArgs) -> Result<u8> {
-    let backend = select(backend_kind(&a.backend)?, a.cgroup_root.as_deref())?;
+    let backend = select(a.backend.0, a.cgroup_root.as_deref())?;
     let reaped = backend.reap_leftovers();
     let failed = reaped.iter().filter(|r| r.result.is_err()).count();
     if a.json {
@@ -42,14 +42,4 @@ pub fn main(a: GcArgs) -> Result<u8> {
         }
     }
     Ok(if failed > 0 { 1 } else { 0 })
-}
-
-/// Reaps leftovers before a run; problems are only logged.
-pub fn reap_quietly(backend: &dyn Backend) {
-    for r in backend.reap_leftovers() {
-        match r.result {
-            Ok(()) => tracing::info!("reaped leftover run cgroup {}", r.name),
-            Err(e) => tracing::warn!("cannot reap leftover run cgroup {}: {e}", r.name),
-        }
-    }
 }

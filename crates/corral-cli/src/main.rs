@@ -6,6 +6,7 @@
 //! `--require-isolation` refused); 126 command not executable; 127 command not found.
 
 mod args;
+mod backend;
 mod check;
 mod gc;
 mod profiles;

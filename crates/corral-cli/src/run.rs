@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use corral_record::Reason;
-use corral_run::backend::{select, BackendKind};
+use corral_run::backend::select;
 use corral_run::Cancel;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::RunArgs;
+use crate::backend::{reap_quietly, BackendArg};
 
 /// `corral run [OPTIONS] -- COMMAND [ARGS...]`
 #[derive(Debug, Args)]
@@ -24,20 +25,12 @@ pub struct RunCmd {
     /// else /sys/fs/cgroup/corral).
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
-    /// Backend: auto, cgroup2, systemd, cgroup1 or rlimit.
+    /// Backend (auto: the strongest this host offers).
     #[arg(long, value_name = "B", default_value = "auto")]
-    pub backend: String,
+    pub backend: BackendArg,
     /// Do not print the summary line to stderr.
     #[arg(short, long)]
     pub quiet: bool,
-}
-
-/// Parses `--backend`.
-pub fn backend_kind(s: &str) -> Result<Option<BackendKind>> {
-    if s == "auto" {
-        return Ok(None);
-    }
-    s.parse().map(Some).map_err(anyhow::Error::msg)
 }
 
 /// Runs `corral run`; when corral itself fails (exit 125) and `--json FILE` was given,
@@ -61,7 +54,7 @@ pub fn main(cmd: RunCmd) -> Result<u8> {
 
 fn run(cmd: RunCmd) -> Result<u8> {
     let spec = cmd.run.to_spec()?;
-    let kind = backend_kind(&cmd.backend)?;
+    let kind = cmd.backend.0;
     // The crash guard is forked while corral is still single-threaded (no exec of a
     // second corral), before the runtime exists.
     if let Ok(exe) = std::env::current_exe() {
@@ -75,7 +68,7 @@ fn run(cmd: RunCmd) -> Result<u8> {
     let record = rt.block_on(async {
         let backend = select(kind, cmd.cgroup_root.as_deref())?;
         // Reap what crashed corrals left behind.
-        crate::gc::reap_quietly(backend.as_ref());
+        reap_quietly(backend.as_ref());
         let (tx, rx) = tokio::sync::watch::channel(None);
         // SIGINT, SIGTERM and SIGHUP end the run the same clean way as a limit.
         for (kind, num) in [

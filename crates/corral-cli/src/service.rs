@@ -23,7 +23,7 @@ use corral_spec::{
 use serde_json::{Map, Value};
 
 use crate::args::RunArgs;
-use crate::run::backend_kind;
+use crate::backend::ServiceBackendArg;
 
 /// `corral serve`
 #[derive(Debug, Args)]
@@ -35,9 +35,9 @@ pub struct ServeArgs {
     /// beside it.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_LEDGER)]
     pub ledger: PathBuf,
-    /// Backend: auto (cgroup2 where usable, else cgroup1), cgroup2 or cgroup1.
+    /// Backend (auto: cgroup2 where usable, else cgroup1).
     #[arg(long, value_name = "B", default_value = "auto")]
-    pub backend: String,
+    pub backend: ServiceBackendArg,
     /// Runs at once (default: 2 × CPUs).
     #[arg(long, value_name = "N")]
     pub max_running: Option<usize>,
@@ -172,7 +172,7 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
         .parse()
         .map_err(|e| anyhow!("invalid --listen {:?}: {e}", a.listen))?;
     let mut cfg = ServeConfig::new(listen, a.ledger);
-    cfg.backend = backend_kind(&a.backend)?;
+    cfg.backend = a.backend.0;
     cfg.cgroup_root = a.cgroup_root;
     cfg.max_running = a.max_running;
     if cfg.max_running == Some(0) {

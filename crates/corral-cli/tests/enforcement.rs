@@ -11,88 +11,46 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{alive, guard_of, read_pid, Harness, PYTHON};
+use common::{alive, guard_of, Harness, PYTHON};
 
 fn oom(h: &Harness) {
-    let ran = h.run(
-        &["--memory", "64M", "--timeout", "60s"],
-        &[
-            PYTHON,
-            "-c",
-            "import time; b = b'x' * (300 << 20); time.sleep(5)",
-        ],
-    );
-    assert_eq!(ran.reason(), "oom", "{}", ran.rec());
-    assert_eq!(ran.code, 137);
-    assert!(ran.num("/events/oom_kill") >= 1.0);
-    let peak = ran.num("/usage/memory_peak_bytes");
-    assert!(
-        peak <= (64 << 20) as f64 * 1.05 && peak > (32 << 20) as f64,
-        "peak {peak}"
-    );
-    assert!(ran.rec()["notes"]
-        .as_str()
-        .unwrap()
-        .contains("64.0 MiB memory budget"));
+    let ran = common::run_oom(h);
+    assert!(ran.notes().contains("64.0 MiB memory budget"));
     h.assert_clean(&ran);
 }
 
 fn fork_bomb(h: &Harness) {
-    let (mut c, json) = h.command(
+    let ran = common::run_fork_bomb(
+        h,
         &["--pids", "64", "--timeout", "4s", "--grace", "1s"],
         // The main shell forks the bomb before the limit is full, then `exec`s: it never
         // needs a fork the bomb could starve.
-        &[
-            "sh",
-            "-c",
-            "(f() { f | f & }; f) 2>/dev/null & exec sleep 100",
-        ],
+        "(f() { f | f & }; f) 2>/dev/null & exec sleep 100",
+        Duration::from_millis(1500),
     );
-    let t = Instant::now();
-    let child = c.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    // The host still forks while the bomb is at its limit.
-    assert!(Command::new("true").status().unwrap().success());
-    let ran = common::finish(child.wait_with_output().unwrap(), &json, t.elapsed());
-    assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
-    assert!(ran.num("/events/pids_max") > 0.0, "{}", ran.rec());
     if let Some(p) = ran.rec()["usage"]["pids_peak"].as_f64() {
         assert!(p <= 64.0, "pids_peak {p}");
     }
-    assert!(ran.rec()["notes"]
-        .as_str()
-        .unwrap()
-        .contains("64-process limit"));
     h.assert_clean(&ran);
 }
 
 fn timeout(h: &Harness) {
-    let ran = h.run(&["--timeout", "2s", "--grace", "3s"], &["sleep", "600"]);
-    assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
-    assert_eq!(ran.code, 124);
+    let ran = common::run_timeout(h);
     // sleep dies on SIGTERM: the run ends right after the deadline.
     assert!(
         ran.elapsed < Duration::from_secs(2 + 3 + 1),
         "{:?}",
         ran.elapsed
     );
-    assert!(ran.elapsed >= Duration::from_secs(2));
-    assert!(!ran.rec()["events"]["grace_expired"].as_bool().unwrap());
     h.assert_clean(&ran);
 }
 
 fn escapee(h: &Harness) {
-    let pidfile = h.tmp().join("escapee.pid");
-    let script = format!(
-        "setsid sh -c 'sleep 300 & echo $! > {}' & sleep 0.5; exit 0",
-        pidfile.display()
+    let ran = common::run_escapee(
+        h,
+        "setsid sh -c 'sleep 300 & echo $! > {p}' & sleep 0.5; exit 0",
     );
-    let ran = h.run(&["--timeout", "60s"], &["sh", "-c", &script]);
-    let pid = read_pid(&pidfile, Duration::from_secs(1)).expect("the escapee wrote its pid");
-    assert_eq!(ran.reason(), "exited", "{}", ran.rec());
     assert_eq!(ran.code, 0);
-    assert!(!alive(pid), "the escaped sleep {pid} outlived its run");
-    assert!(ran.num("/events/leftover_killed") >= 1.0, "{}", ran.rec());
     h.assert_clean(&ran);
 }
 
@@ -222,37 +180,19 @@ fn bad_input(h: &Harness) {
 }
 
 fn limits_and_record(h: &Harness) {
-    let ran = h.run(
-        &[
-            "--memory",
-            "100M",
-            "--cpus",
-            "0.5",
-            "--pids",
-            "32",
-            "--timeout",
-            "30s",
-        ],
-        &["sh", "-c", "echo hi; exit 3"],
-    );
+    let ran = h.run(&common::ENFORCED_LIMITS, &["sh", "-c", "echo hi; exit 3"]);
     assert_eq!(ran.reason(), "exited");
     assert_eq!(ran.code, 3);
     let r = ran.rec();
     assert_eq!(r["schema"], "corral.result/v1");
     assert_eq!(r["backend"], h.backend);
     assert_eq!(r["limits"]["requested"]["memory_bytes"], 100 << 20);
-    assert_eq!(r["limits"]["enforced"]["memory_bytes"], 100 << 20);
-    assert_eq!(r["limits"]["enforced"]["cpus"], 0.5);
-    assert_eq!(r["limits"]["enforced"]["pids"], 32);
-    assert_eq!(r["limits"]["not_enforced"], serde_json::json!([]));
+    common::assert_limits_enforced(r);
     assert_eq!(ran.stdout, "hi\n");
     for k in ["wall_s", "cpu_user_s", "cpu_system_s"] {
         assert!(r["usage"][k].is_f64(), "{k}");
     }
-    assert!(r["notes"]
-        .as_str()
-        .unwrap()
-        .starts_with("Exited with code 3"));
+    assert!(ran.notes().starts_with("Exited with code 3"));
     h.assert_clean(&ran);
 }
 
@@ -310,10 +250,7 @@ fn output_cap(h: &Harness) {
     assert_eq!(o["stdout"]["bytes"], 1 << 20);
     assert_eq!(o["stdout"]["dropped_bytes"], 50_000_000 - (1 << 20));
     assert_eq!(o["stderr"]["dropped_bytes"], 0);
-    assert!(ran.rec()["notes"]
-        .as_str()
-        .unwrap()
-        .contains("stdout was cut at 1.0 MiB"));
+    assert!(ran.notes().contains("stdout was cut at 1.0 MiB"));
     h.assert_clean(&ran);
 }
 
@@ -550,20 +487,17 @@ fn exclusive(name: &str) -> bool {
     name == "cpu_quota"
 }
 
+/// One test per scenario and cgroup backend: `cgroup2::oom`, `cgroup1::oom`, ...
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
-        mod cgroup2 {
+        scenarios!(@backend cgroup2, $($name),*);
+        scenarios!(@backend cgroup1, $($name),*);
+    };
+    (@backend $backend:ident, $($name:ident),*) => {
+        mod $backend {
             use super::*;
             $( #[test] fn $name() {
-                let h = harness_or_skip!("cgroup2", stringify!($name));
-                let _g = if exclusive(stringify!($name)) { (None, Some(CPU.write().unwrap_or_else(|e| e.into_inner()))) } else { (Some(CPU.read().unwrap_or_else(|e| e.into_inner())), None) };
-                super::$name(&h);
-            } )*
-        }
-        mod cgroup1 {
-            use super::*;
-            $( #[test] fn $name() {
-                let h = harness_or_skip!("cgroup1", stringify!($name));
+                let h = harness_or_skip!(stringify!($backend), stringify!($name));
                 let _g = if exclusive(stringify!($name)) { (None, Some(CPU.write().unwrap_or_else(|e| e.into_inner()))) } else { (Some(CPU.read().unwrap_or_else(|e| e.into_inner())), None) };
                 super::$name(&h);
             } )*

@@ -17,7 +17,7 @@ fn memory_hog_fails_with_a_clear_note() {
     assert_ne!(ran.code, 0);
     assert_eq!(ran.rec()["backend"], "rlimit");
     assert_eq!(ran.rec()["limits"]["enforced"]["memory_bytes"], 64 << 20);
-    let notes = ran.rec()["notes"].as_str().unwrap();
+    let notes = ran.notes();
     assert!(notes.contains("64.0 MiB address-space limit"), "{notes}");
     assert!(notes.contains("Isolation is weaker"), "{notes}");
 }

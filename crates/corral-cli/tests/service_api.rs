@@ -3,14 +3,16 @@
 //! backend this host offers and prints `skipped: ...` for the others (on the hybrid
 //! development hosts: cgroup1 natively, cgroup2 in the v2 VM).
 
+mod common;
 mod svc;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::alive;
 use corral_service::http::ROUTES;
 use serde_json::{json, Value};
-use svc::{alive, each_backend, eventually, reason, serial, Svc};
+use svc::{each_backend, eventually, reason, serial, Svc};
 
 fn small(cmd: &[&str]) -> Value {
     json!({"command": cmd, "limits": {"memory": "64M", "cpus": 0.25, "timeout": "60s"}})
@@ -23,14 +25,7 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
         let mut s = Svc::new(
             b,
             "bad",
-            &[
-                "--budget-memory",
-                "1G",
-                "--budget-cpus",
-                "1",
-                "--max-running",
-                "2",
-            ],
+            "--budget-memory 1G --budget-cpus 1 --max-running 2",
         );
         s.start();
         // The service sits in its own leaf, beside (not inside) the runs' budget.
@@ -218,12 +213,7 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
         for (m, p) in ROUTES {
             assert!(paths[*p].get(*m).is_some(), "{m} {p} not in openapi.json");
         }
-        let text = s
-            .client()
-            .request("GET", "/metrics", None)
-            .unwrap()
-            .text()
-            .unwrap();
+        let text = s.metrics();
         assert!(
             text.contains("corral_runs_finished{reason=\"exited\"} 1"),
             "{text}"
@@ -240,8 +230,7 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
             text.contains("corral_submissions_total{outcome=\"refused\"}"),
             "{text}"
         );
-        s.signal(libc::SIGTERM);
-        assert!(s.wait_exit(Duration::from_secs(10)).success());
+        s.stop(libc::SIGTERM, Duration::from_secs(10));
         assert!(
             s.root_gone(),
             "the service removes its cgroup tree at a clean exit"
@@ -256,14 +245,7 @@ fn admission_keeps_reservations_inside_the_budget() {
         let mut s = Svc::new(
             b,
             "admission",
-            &[
-                "--budget-memory",
-                "1G",
-                "--budget-cpus",
-                "2",
-                "--max-running",
-                "8",
-            ],
+            "--budget-memory 1G --budget-cpus 2 --max-running 8",
         );
         s.start();
         // A run larger than the whole budget is refused at once.
@@ -321,8 +303,7 @@ fn admission_keeps_reservations_inside_the_budget() {
             let st = client.status(id).unwrap();
             assert_eq!(st.record.unwrap().outcome.reason.as_str(), "exited");
         }
-        s.signal(libc::SIGTERM);
-        assert!(s.wait_exit(Duration::from_secs(10)).success());
+        s.stop(libc::SIGTERM, Duration::from_secs(10));
     });
 }
 
@@ -334,14 +315,7 @@ fn graceful_shutdown_drains_then_cancels() {
         let mut s = Svc::new(
             b,
             "shutdown",
-            &[
-                "--budget-memory",
-                "1G",
-                "--max-running",
-                "1",
-                "--drain-timeout",
-                "20s",
-            ],
+            "--budget-memory 1G --max-running 1 --drain-timeout 20s",
         );
         s.start();
         let (_, v) = s.submit(&small(&["sleep", "1"]));
@@ -352,9 +326,7 @@ fn graceful_shutdown_drains_then_cancels() {
             .is_some()
         );
         let t = Instant::now();
-        s.signal(libc::SIGTERM);
-        let st = s.wait_exit(Duration::from_secs(15));
-        assert!(st.success(), "{st}");
+        s.stop(libc::SIGTERM, Duration::from_secs(15));
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert!(!s.socket().exists(), "the socket is removed");
 
@@ -425,8 +397,7 @@ fn graceful_shutdown_drains_then_cancels() {
         let (st, v) = s.call("GET", &format!("/runs/{queued}/wait?timeout=30"));
         assert_eq!(st, 200, "{v}");
         assert_eq!(reason(&v), "exited");
-        s.signal(libc::SIGINT);
-        assert!(s.wait_exit(Duration::from_secs(10)).success());
+        s.stop(libc::SIGINT, Duration::from_secs(10));
     });
 }
 
@@ -449,7 +420,7 @@ fn corral(s: &Svc, args: &[&str]) -> (i32, String, String) {
 fn client_commands() {
     let _g = serial();
     each_backend("cli", |b| {
-        let mut s = Svc::new(b, "cli", &["--budget-memory", "1G", "--max-running", "2"]);
+        let mut s = Svc::new(b, "cli", "--budget-memory 1G --max-running 2");
         // Unreachable service: 125 with a clear message.
         let (code, _, err) = corral(&s, &["ps"]);
         assert_eq!(code, 125, "{err}");
@@ -538,8 +509,7 @@ fn client_commands() {
             err.contains("exceeds the service's whole memory budget"),
             "{err}"
         );
-        s.signal(libc::SIGTERM);
-        assert!(s.wait_exit(Duration::from_secs(10)).success());
+        s.stop(libc::SIGTERM, Duration::from_secs(10));
     });
 }
 
@@ -573,11 +543,7 @@ fn get_raw(s: &Svc, path: &str) -> (u16, String) {
 fn old_output_is_pruned_but_records_and_running_runs_stay() {
     let _g = serial();
     each_backend("prune", |b| {
-        let mut s = Svc::new(
-            b,
-            "prune",
-            &["--budget-memory", "1G", "--keep-output", "2s"],
-        );
+        let mut s = Svc::new(b, "prune", "--budget-memory 1G --keep-output 2s");
         // A file no run accounts for, written an hour ago: removed at start.
         let out_dir = s.dir.path().join("output");
         std::fs::create_dir_all(&out_dir).unwrap();
@@ -655,7 +621,6 @@ fn old_output_is_pruned_but_records_and_running_runs_stay() {
             .parse()
             .unwrap();
         assert!(pruned >= 4, "{pruned}");
-        s.signal(libc::SIGTERM);
-        assert!(s.wait_exit(Duration::from_secs(10)).success());
+        s.stop(libc::SIGTERM, Duration::from_secs(10));
     });
 }

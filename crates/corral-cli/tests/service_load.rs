@@ -3,6 +3,7 @@
 //! the right reason, the shared budget must hold throughout (sampled from the parent
 //! `runs` cgroup), nothing may be left behind, and the service must stay small.
 
+mod common;
 mod svc;
 
 use std::collections::HashMap;
@@ -10,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::PYTHON;
 use serde_json::{json, Value};
-use svc::{each_backend, Svc, PYTHON};
+use svc::{each_backend, Svc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -73,16 +75,7 @@ fn two_hundred_runs_under_one_budget() {
         let mut s = Svc::new(
             b,
             "load",
-            &[
-                "--budget-memory",
-                "320M",
-                "--budget-cpus",
-                "2",
-                "--budget-pids",
-                "512",
-                "--max-running",
-                "6",
-            ],
+            "--budget-memory 320M --budget-cpus 2 --budget-pids 512 --max-running 6",
         );
         s.start();
         let t0 = Instant::now();
@@ -233,11 +226,7 @@ fn two_hundred_runs_under_one_budget() {
         // Nothing left: no run cgroup, no process under runs.
         assert!(s.run_cgroups().is_empty(), "{:?}", s.run_cgroups());
         assert!(s.procs_in_runs().is_empty(), "{:?}", s.procs_in_runs());
-        let text = client
-            .request("GET", "/metrics", None)
-            .unwrap()
-            .text()
-            .unwrap();
+        let text = s.metrics();
         for (reason, n) in [
             ("exited", 120),
             ("oom", 20),
@@ -255,8 +244,7 @@ fn two_hundred_runs_under_one_budget() {
             text.contains("corral_launch_latency_seconds_count"),
             "{text}"
         );
-        s.signal(libc::SIGTERM);
-        assert!(s.wait_exit(Duration::from_secs(20)).success());
+        s.stop(libc::SIGTERM, Duration::from_secs(20));
         assert!(s.root_gone(), "the service removed its cgroup tree");
         // Natively ~20 s; the bound is for the much slower emulated v2 VM.
         assert!(elapsed < Duration::from_secs(480), "{elapsed:?}");

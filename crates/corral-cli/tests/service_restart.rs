@@ -5,12 +5,11 @@
 mod common;
 mod svc;
 
-use common::guard_of;
-
 use std::time::Duration;
 
+use common::{alive, guard_of};
 use serde_json::json;
-use svc::{alive, each_backend, eventually, reason, Svc};
+use svc::{each_backend, eventually, reason, Svc};
 
 #[test]
 fn kill_9_then_restart_reaps_and_resumes() {
@@ -18,14 +17,7 @@ fn kill_9_then_restart_reaps_and_resumes() {
         let mut s = Svc::new(
             b,
             "restart",
-            &[
-                "--budget-memory",
-                "1G",
-                "--budget-cpus",
-                "2",
-                "--max-running",
-                "3",
-            ],
+            "--budget-memory 1G --budget-cpus 2 --max-running 3",
         );
         s.start();
         let lim = json!({"memory": "64M", "cpus": 0.25, "timeout": "120s"});
@@ -95,22 +87,17 @@ fn kill_9_then_restart_reaps_and_resumes() {
         );
         assert!(s.run_cgroups().is_empty(), "{:?}", s.run_cgroups());
         assert!(s.procs_in_runs().is_empty());
-        let text = client
-            .request("GET", "/metrics", None)
-            .unwrap()
-            .text()
-            .unwrap();
+        let text = s.metrics();
         assert!(text.contains("corral_runs{state=\"lost\"} 3"), "{text}");
         assert!(text.contains("corral_runs{state=\"done\"} 12"), "{text}");
-        s.signal(libc::SIGTERM);
-        assert!(s.wait_exit(Duration::from_secs(10)).success());
+        s.stop(libc::SIGTERM, Duration::from_secs(10));
     });
 }
 
 #[test]
 fn restart_reaps_what_even_the_guard_missed() {
     each_backend("reap", |b| {
-        let mut s = Svc::new(b, "reap", &["--budget-memory", "1G", "--budget-cpus", "2"]);
+        let mut s = Svc::new(b, "reap", "--budget-memory 1G --budget-cpus 2");
         s.start();
         let lim = json!({"memory": "64M", "cpus": 0.25, "timeout": "120s"});
         let pidfile = s.dir.path().join("grandchild");
@@ -146,7 +133,6 @@ fn restart_reaps_what_even_the_guard_missed() {
             rec.notes
         );
         assert!(s.run_cgroups().is_empty(), "{:?}", s.run_cgroups());
-        s.signal(libc::SIGTERM);
-        assert!(s.wait_exit(Duration::from_secs(10)).success());
+        s.stop(libc::SIGTERM, Duration::from_secs(10));
     });
 }

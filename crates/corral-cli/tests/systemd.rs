@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{alive, guard_of, read_pid, Harness, PYTHON};
+use common::{alive, guard_of, Harness};
 
 /// The tests share the manager's `corral.slice` (and the user test restarts the user
 /// manager): one at a time.
@@ -91,25 +91,15 @@ fn assert_gone(h: &Harness, ran: &common::Ran) {
 }
 
 fn oom(h: &Harness) {
-    let ran = h.run(
-        &["--memory", "64M", "--timeout", "60s"],
-        &[PYTHON, "-c", "b = b'x' * (300 << 20)"],
-    );
-    assert_eq!(ran.reason(), "oom", "{}", ran.rec());
-    assert_eq!(ran.code, 137);
-    assert!(ran.num("/events/oom_kill") >= 1.0);
+    let ran = common::run_oom(h);
     assert_eq!(ran.rec()["backend"], "systemd");
     assert_eq!(ran.rec()["limits"]["enforced"]["memory_bytes"], 64 << 20);
-    let peak = ran.num("/usage/memory_peak_bytes");
-    assert!(
-        peak <= (64 << 20) as f64 * 1.05 && peak > (32 << 20) as f64,
-        "peak {peak}"
-    );
     assert_gone(h, &ran);
 }
 
 fn fork_bomb(h: &Harness) {
-    let (mut c, json) = h.command(
+    let ran = common::run_fork_bomb(
+        h,
         // Forks are slow under TCG: give the bomb time to reach its limit.
         &[
             "--pids",
@@ -121,51 +111,27 @@ fn fork_bomb(h: &Harness) {
             "--grace",
             "1s",
         ],
-        &["sh", "-c", "f() { f | f & }; f; sleep 100"],
+        "f() { f | f & }; f; sleep 100",
+        Duration::from_millis(6000),
     );
-    let t = Instant::now();
-    let child = c.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(6000));
-    // The host still forks while the bomb is at its limit.
-    assert!(Command::new("true").status().unwrap().success());
-    let ran = common::finish(child.wait_with_output().unwrap(), &json, t.elapsed());
-    assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
-    assert!(ran.num("/events/pids_max") > 0.0, "{}", ran.rec());
     assert_eq!(ran.rec()["limits"]["enforced"]["pids"], 64);
     let peak = ran.num("/usage/pids_peak");
     assert!(peak <= 64.0, "pids_peak {peak}");
-    assert!(ran.rec()["notes"]
-        .as_str()
-        .unwrap()
-        .contains("64-process limit"));
     assert_gone(h, &ran);
 }
 
 fn timeout(h: &Harness) {
-    let ran = h.run(&["--timeout", "2s", "--grace", "3s"], &["sleep", "600"]);
-    assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
-    assert_eq!(ran.code, 124);
-    assert!(ran.elapsed >= Duration::from_secs(2));
+    let ran = common::run_timeout(h);
     // sleep dies on SIGTERM: the run ends right after the deadline. (Measured from
     // the child's start: corral's own start-up under TCG in the VM is slow and noisy.)
     let wall = ran.num("/usage/wall_s");
     assert!((2.0..2.0 + 3.0).contains(&wall), "wall {wall}");
-    assert!(!ran.rec()["events"]["grace_expired"].as_bool().unwrap());
     assert_gone(h, &ran);
 }
 
 fn limits_and_record(h: &Harness) {
     let ran = h.run(
-        &[
-            "--memory",
-            "100M",
-            "--cpus",
-            "0.5",
-            "--pids",
-            "32",
-            "--timeout",
-            "30s",
-        ],
+        &common::ENFORCED_LIMITS,
         &[
             "sh",
             "-c",
@@ -184,10 +150,7 @@ fn limits_and_record(h: &Harness) {
             "{reason}"
         ),
     }
-    assert_eq!(r["limits"]["enforced"]["memory_bytes"], 100 << 20);
-    assert_eq!(r["limits"]["enforced"]["cpus"], 0.5);
-    assert_eq!(r["limits"]["enforced"]["pids"], 32);
-    assert_eq!(r["limits"]["not_enforced"], serde_json::json!([]));
+    common::assert_limits_enforced(r);
     // The command ran in the scope's payload cgroup, which the record names. Root
     // sees it as the root of its own cgroup namespace, with the payload's limits.
     let cg = r["cgroup"].as_str().unwrap();
@@ -224,17 +187,11 @@ fn contained(h: &Harness) {
 }
 
 fn escapee(h: &Harness) {
-    let pidfile = h.tmp().join("escapee.pid");
     // The main process exits as soon as the escapee has written its pid.
-    let script = format!(
+    let ran = common::run_escapee(
+        h,
         "setsid sh -c 'sleep 300 & echo $! > {p}' & while [ ! -s {p} ]; do sleep 0.1; done; exit 0",
-        p = pidfile.display()
     );
-    let ran = h.run(&["--timeout", "60s"], &["sh", "-c", &script]);
-    let pid = read_pid(&pidfile, Duration::from_secs(1)).expect("the escapee wrote its pid");
-    assert_eq!(ran.reason(), "exited", "{}", ran.rec());
-    assert!(!alive(pid), "the escaped sleep {pid} outlived its run");
-    assert!(ran.num("/events/leftover_killed") >= 1.0, "{}", ran.rec());
     assert_gone(h, &ran);
 }
 

@@ -7,7 +7,10 @@
 //! cgroup1, 50 in the cgroup2 VM), `CORRAL_SOAK_PARALLEL` (default 3) at a time. Long
 //! mode: `CORRAL_SOAK_RUNS=10000 cargo test --release -p corral-run --test soak --
 //! --nocapture`.
-//! `CORRAL_SOAK_SEED` replays a mix. Needs root and a cgroup backend; skips otherwise.
+//! `CORRAL_SOAK_SEED` replays a mix. Needs root and a cgroup backend (cgroup2 where it
+//! has the memory controller, else cgroup1); skips otherwise, or fails where the step
+//! requires what is missing (`corral_testkit`; the VM step requires cgroup2, so there
+//! the soak never falls back to cgroup1).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use corral_record::Record;
 use corral_run::backend::{select, Backend, BackendKind};
 use corral_run::{RunSpec, Stdio};
 use corral_spec::Limits;
+use corral_testkit::{Feature, Missing, Policy};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -311,20 +315,40 @@ fn roots(kind: BackendKind, token: &str) -> (PathBuf, PathBuf, Vec<PathBuf>) {
     }
 }
 
+/// The backend the soak runs on, or what is missing for it. A step that requires
+/// cgroup2 gets cgroup2 or the reason it is missing, never the cgroup1 fallback.
+fn soak_backend(layout: &Layout) -> Result<BackendKind, Missing> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(Missing::new(Feature::Root, "needs root to create cgroups"));
+    }
+    if layout.v2_controllers.iter().any(|c| c == "memory") {
+        return Ok(BackendKind::Cgroup2);
+    }
+    let no_v2 = Missing::new(
+        Feature::Cgroup2,
+        "the cgroup2 mount has no memory controller",
+    );
+    if Policy::from_env().must_have(Feature::Cgroup2) {
+        return Err(no_v2);
+    }
+    if layout.v1.contains_key("memory") {
+        return Ok(BackendKind::Cgroup1);
+    }
+    Err(Missing::new(
+        Feature::Cgroup1,
+        format!("{no_v2}, and there is no cgroup v1 memory hierarchy"),
+    ))
+}
+
 #[test]
 fn soak() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: soak: needs root to create cgroups");
-        return;
-    }
     let layout = Layout::detect();
-    let kind = if layout.v2_controllers.iter().any(|c| c == "memory") {
-        BackendKind::Cgroup2
-    } else if layout.v1.contains_key("memory") {
-        BackendKind::Cgroup1
-    } else {
-        eprintln!("skipped: soak: no cgroup backend on this host");
-        return;
+    let kind = match soak_backend(&layout) {
+        Ok(k) => k,
+        Err(missing) => {
+            corral_testkit::skip("soak", &missing);
+            return;
+        }
     };
     let in_vm = std::env::var_os("CORRAL_IN_VM").is_some();
     let runs: usize = std::env::var("CORRAL_SOAK_RUNS")

@@ -1,13 +1,15 @@
-//! Shared helpers for the enforcement tests: which backend can run here, a private
-//! cgroup root per test that is removed again, running the real `corral` binary, and
-//! checks of what the kernel did.
+//! Shared helpers for the enforcement, systemd and service tests: which backend can
+//! run here (and, through `corral_testkit`, whether a test that cannot may skip), a
+//! private cgroup root per test that is removed again, running the real `corral`
+//! binary, and checks of what the kernel did.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_cgroup::layout::{Layout, V1_CONTROLLERS};
+use corral_cgroup::layout::{Layout, LayoutKind, V1_CONTROLLERS};
+pub use corral_testkit::{Feature, Missing};
 use serde_json::Value;
 
 /// The path of the `corral` binary under test.
@@ -36,75 +38,135 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Returns a harness for `backend`, or the reason the test must be skipped here.
-pub fn harness(backend: &'static str, test: &str) -> Result<Harness, String> {
-    if !is_root() && backend != "rlimit" {
-        return Err("needs root to create cgroups".into());
+/// The cgroup2 controllers the cgroup2 tests need in the mount's root.
+pub const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// The cgroup backends whose cgroups the tests create themselves.
+pub const CGROUP_BACKENDS: [&str; 2] = ["cgroup2", "cgroup1"];
+
+/// Whether the tests can create `backend`'s cgroups here (`cgroup2` or `cgroup1`):
+/// root, and the hierarchy with its controllers; else what is missing.
+pub fn cgroups_available(backend: &str, layout: &Layout) -> Result<(), Missing> {
+    if !is_root() {
+        return Err(Missing::new(Feature::Root, "needs root to create cgroups"));
     }
-    let layout = Layout::detect();
-    let name = format!("corral-test-{}-{test}", std::process::id());
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     match backend {
         "cgroup2" => {
-            let m = layout.v2.as_ref().ok_or("no cgroup2 mount")?;
-            for c in ["memory", "cpu", "pids"] {
-                if !layout.v2_controllers.iter().any(|x| x == c) {
-                    return Err(format!(
-                        "cgroup2 at {} lacks the {c} controller (hybrid host; runs in the VM)",
-                        m.mount_point.display()
-                    ));
-                }
-            }
-            let dir = m.mount_point.join(&name);
-            Ok(Harness {
-                backend,
-                user: None,
-                slice: None,
-                root_arg: dir.display().to_string(),
-                root_dirs: vec![dir],
-                tmp,
-            })
-        }
-        "cgroup1" => {
-            if !layout.v1.contains_key("memory") {
-                return Err("no cgroup v1 memory hierarchy".into());
-            }
-            let mut dirs: Vec<PathBuf> = V1_CONTROLLERS
-                .iter()
-                .filter_map(|c| layout.v1.get(*c))
-                .map(|m| m.mount_point.join(&name))
+            let m = layout
+                .v2
+                .as_ref()
+                .ok_or_else(|| Missing::new(Feature::Cgroup2, "no cgroup2 mount"))?;
+            let lacking: Vec<&str> = V2_CONTROLLERS
+                .into_iter()
+                .filter(|c| !layout.v2_controllers.iter().any(|x| x == c))
                 .collect();
-            dirs.dedup();
-            Ok(Harness {
-                backend,
-                user: None,
-                slice: None,
-                root_arg: format!("/{name}"),
-                root_dirs: dirs,
-                tmp,
-            })
+            if lacking.is_empty() {
+                return Ok(());
+            }
+            let hint = match layout.kind() {
+                LayoutKind::Hybrid => " (a hybrid host: these run in the v2 VM)",
+                _ => "",
+            };
+            Err(Missing::new(
+                Feature::Cgroup2,
+                format!(
+                    "cgroup2 at {} lacks the {} controller(s){hint}",
+                    m.mount_point.display(),
+                    lacking.join(", ")
+                ),
+            ))
         }
-        "rlimit" => Ok(Harness {
-            backend,
-            user: None,
-            slice: None,
-            root_arg: String::new(),
-            root_dirs: Vec::new(),
-            tmp,
-        }),
-        "systemd" | "systemd-user" => systemd_harness(backend == "systemd-user", &layout, tmp),
-        other => Err(format!("unknown backend {other}")),
+        "cgroup1" if layout.v1.contains_key("memory") => Ok(()),
+        "cgroup1" => Err(Missing::new(
+            Feature::Cgroup1,
+            "no cgroup v1 memory hierarchy",
+        )),
+        other => panic!("{other} is not a cgroup backend"),
     }
 }
 
-/// Skips (returns early from) a test whose harness is unavailable, saying why.
+/// A test's private cgroup root, named `corral-test-...` after the test.
+#[derive(Debug, Clone)]
+pub struct PrivateRoot {
+    /// The value for `--cgroup-root`.
+    pub arg: String,
+    /// Its directory in each hierarchy (one for v2).
+    pub dirs: Vec<PathBuf>,
+    /// Its path as `/proc/PID/cgroup` shows it.
+    pub rel: String,
+}
+
+impl PrivateRoot {
+    /// The root `name` for `backend` (`cgroup2` or `cgroup1`; checked with
+    /// [`cgroups_available`]). Nothing is created.
+    pub fn new(backend: &str, layout: &Layout, name: &str) -> PrivateRoot {
+        let rel = format!("/{name}");
+        match backend {
+            "cgroup2" => {
+                let dir = layout
+                    .v2
+                    .as_ref()
+                    .expect("a cgroup2 mount")
+                    .mount_point
+                    .join(name);
+                PrivateRoot {
+                    arg: dir.display().to_string(),
+                    dirs: vec![dir],
+                    rel,
+                }
+            }
+            _ => {
+                let mut dirs: Vec<PathBuf> = V1_CONTROLLERS
+                    .iter()
+                    .filter_map(|c| layout.v1.get(*c))
+                    .map(|m| m.mount_point.join(name))
+                    .collect();
+                dirs.dedup();
+                PrivateRoot {
+                    arg: rel.clone(),
+                    dirs,
+                    rel,
+                }
+            }
+        }
+    }
+}
+
+/// Returns a harness for `backend`, or what this host lacks for it.
+pub fn harness(backend: &'static str, test: &str) -> Result<Harness, Missing> {
+    let layout = Layout::detect();
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let plain = |root_arg: String, root_dirs: Vec<PathBuf>, tmp| Harness {
+        backend,
+        user: None,
+        slice: None,
+        root_arg,
+        root_dirs,
+        tmp,
+    };
+    match backend {
+        "cgroup2" | "cgroup1" => {
+            cgroups_available(backend, &layout)?;
+            let name = format!("corral-test-{}-{test}", std::process::id());
+            let root = PrivateRoot::new(backend, &layout, &name);
+            Ok(plain(root.arg, root.dirs, tmp))
+        }
+        "rlimit" => Ok(plain(String::new(), Vec::new(), tmp)),
+        "systemd" | "systemd-user" => systemd_harness(backend == "systemd-user", &layout, tmp),
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+/// Returns a test's harness, or returns early from the test where it cannot run here
+/// (printing `skipped: ...`, or failing where the step requires the missing feature:
+/// see `corral_testkit`).
 #[macro_export]
 macro_rules! harness_or_skip {
     ($backend:expr, $name:expr) => {
         match common::harness($backend, $name) {
             Ok(h) => h,
-            Err(why) => {
-                eprintln!("skipped: {} {}: {why}", $backend, $name);
+            Err(missing) => {
+                corral_testkit::skip(&format!("{} {}", $backend, $name), &missing);
                 return;
             }
         }
@@ -131,6 +193,10 @@ impl Ran {
         self.record
             .as_ref()
             .unwrap_or_else(|| panic!("no record; exit {} stderr: {}", self.code, self.stderr))
+    }
+    /// The record's `notes`.
+    pub fn notes(&self) -> &str {
+        self.rec()["notes"].as_str().expect("notes are a string")
     }
     /// `outcome.reason`.
     pub fn reason(&self) -> &str {
@@ -347,24 +413,42 @@ pub fn test_uid() -> Option<u32> {
     std::env::var("CORRAL_VM_TEST_UID").ok()?.parse().ok()
 }
 
-fn systemd_harness(user: bool, layout: &Layout, tmp: tempfile::TempDir) -> Result<Harness, String> {
-    if !Path::new("/run/systemd/system").exists() {
-        return Err(
-            "no systemd manager here: PID 1 is not systemd (the VM runs these: \
-                    cargo xtask vm --systemd)"
-                .into(),
-        );
-    }
-    let m = layout.v2.as_ref().ok_or("no cgroup2 mount")?;
-    if layout.kind() != corral_cgroup::layout::LayoutKind::Unified {
-        return Err(format!(
-            "systemd runs a {} cgroup layout here; the systemd backend needs cgroup v2",
-            layout.kind().as_str()
+fn systemd_harness(
+    user: bool,
+    layout: &Layout,
+    tmp: tempfile::TempDir,
+) -> Result<Harness, Missing> {
+    if !is_root() {
+        return Err(Missing::new(
+            Feature::Root,
+            "needs root (for the system manager, and to run as the test user)",
         ));
     }
+    let systemd = |why: String| Missing::new(Feature::Systemd, why);
+    if !Path::new("/run/systemd/system").exists() {
+        return Err(systemd(
+            "no systemd manager here: PID 1 is not systemd (the VM runs these: \
+             cargo xtask vm --systemd)"
+                .into(),
+        ));
+    }
+    let m = layout
+        .v2
+        .as_ref()
+        .ok_or_else(|| systemd("no cgroup2 mount".into()))?;
+    if layout.kind() != LayoutKind::Unified {
+        return Err(systemd(format!(
+            "systemd runs a {} cgroup layout here; the systemd backend needs cgroup v2",
+            layout.kind().as_str()
+        )));
+    }
     let (uid, slice, socket) = if user {
-        let uid =
-            test_uid().ok_or("no test user with a running user manager (CORRAL_VM_TEST_UID)")?;
+        let uid = test_uid().ok_or_else(|| {
+            Missing::new(
+                Feature::SystemdUser,
+                "no test user with a running user manager (CORRAL_VM_TEST_UID)",
+            )
+        })?;
         let mgr = m
             .mount_point
             .join(format!("user.slice/user-{uid}.slice/user@{uid}.service"));
@@ -381,13 +465,21 @@ fn systemd_harness(user: bool, layout: &Layout, tmp: tempfile::TempDir) -> Resul
         )
     };
     if !socket.exists() {
-        return Err(format!("no D-Bus socket at {}", socket.display()));
+        let feature = if user {
+            Feature::SystemdUser
+        } else {
+            Feature::Systemd
+        };
+        return Err(Missing::new(
+            feature,
+            format!("no D-Bus socket at {}", socket.display()),
+        ));
     }
     if uid.is_some() {
         // The user writes its records and reads its scripts here.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| e.to_string())?;
+            .expect("chmod of the test's directory");
     }
     Ok(Harness {
         backend: "systemd",
@@ -437,4 +529,90 @@ pub fn assert_capabilities_dropped(stdout: &str) {
             "capability {cap} kept: {bounding:x}"
         );
     }
+}
+
+// Scenarios the enforcement and systemd tests share: the run and the checks that hold
+// for every backend. Each test adds its backend's own checks after these.
+
+/// A memory hog under `--memory 64M`; asserts the OOM kill (reason `oom`, exit 137,
+/// `events.oom_kill` ≥ 1, a peak at the limit).
+pub fn run_oom(h: &Harness) -> Ran {
+    let ran = h.run(
+        &["--memory", "64M", "--timeout", "60s"],
+        &[
+            PYTHON,
+            "-c",
+            "import time; b = b'x' * (300 << 20); time.sleep(5)",
+        ],
+    );
+    assert_eq!(ran.reason(), "oom", "{}", ran.rec());
+    assert_eq!(ran.code, 137);
+    assert!(ran.num("/events/oom_kill") >= 1.0);
+    let peak = ran.num("/usage/memory_peak_bytes");
+    assert!(
+        peak <= (64 << 20) as f64 * 1.05 && peak > (32 << 20) as f64,
+        "peak {peak}"
+    );
+    ran
+}
+
+/// Starts a fork bomb run (`args` with `--pids 64`), checks after `settle` that the
+/// host still forks while the bomb is at its limit, and asserts what the run hit: the
+/// timeout, refused forks, the note.
+pub fn run_fork_bomb(h: &Harness, args: &[&str], bomb: &str, settle: Duration) -> Ran {
+    let (mut c, json) = h.command(args, &["sh", "-c", bomb]);
+    let t = Instant::now();
+    let child = c.spawn().unwrap();
+    std::thread::sleep(settle);
+    assert!(Command::new("true").status().unwrap().success());
+    let ran = finish(child.wait_with_output().unwrap(), &json, t.elapsed());
+    assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
+    assert!(ran.num("/events/pids_max") > 0.0, "{}", ran.rec());
+    assert!(ran.notes().contains("64-process limit"));
+    ran
+}
+
+/// `sleep 600` under `--timeout 2s --grace 3s`: asserts it timed out (124) after the
+/// deadline and that SIGTERM sufficed.
+pub fn run_timeout(h: &Harness) -> Ran {
+    let ran = h.run(&["--timeout", "2s", "--grace", "3s"], &["sleep", "600"]);
+    assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
+    assert_eq!(ran.code, 124);
+    assert!(ran.elapsed >= Duration::from_secs(2));
+    assert!(!ran.rec()["events"]["grace_expired"].as_bool().unwrap());
+    ran
+}
+
+/// Limits that every backend under test enforces in full.
+pub const ENFORCED_LIMITS: [&str; 8] = [
+    "--memory",
+    "100M",
+    "--cpus",
+    "0.5",
+    "--pids",
+    "32",
+    "--timeout",
+    "30s",
+];
+
+/// Asserts that the record enforces all of [`ENFORCED_LIMITS`].
+pub fn assert_limits_enforced(r: &Value) {
+    assert_eq!(r["limits"]["enforced"]["memory_bytes"], 100 << 20);
+    assert_eq!(r["limits"]["enforced"]["cpus"], 0.5);
+    assert_eq!(r["limits"]["enforced"]["pids"], 32);
+    assert_eq!(r["limits"]["not_enforced"], serde_json::json!([]));
+}
+
+/// Runs `script`, which leaves a `setsid` escapee whose pid it writes to
+/// `escapee.pid` in the test's directory (`{p}` in the script), and asserts that the
+/// run exited by itself and corral killed the escapee.
+pub fn run_escapee(h: &Harness, script: &str) -> Ran {
+    let pidfile = h.tmp().join("escapee.pid");
+    let script = script.replace("{p}", &pidfile.display().to_string());
+    let ran = h.run(&["--timeout", "60s"], &["sh", "-c", &script]);
+    let pid = read_pid(&pidfile, Duration::from_secs(1)).expect("the escapee wrote its pid");
+    assert_eq!(ran.reason(), "exited", "{}", ran.rec());
+    assert!(!alive(pid), "the escaped sleep {pid} outlived its run");
+    assert!(ran.num("/events/leftover_killed") >= 1.0, "{}", ran.rec());
+    ran
 }

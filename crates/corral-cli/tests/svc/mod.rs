@@ -1,59 +1,36 @@
 //! Helpers for the service tests: a real `corral serve` on a temporary socket and
 //! ledger with a private cgroup root, for each cgroup backend this host offers, and
-//! checks of what the kernel holds under that root.
+//! checks of what the kernel holds under that root. Built on `common` (declared by
+//! each service test file next to this module).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_cgroup::layout::{Layout, Membership, V1_CONTROLLERS};
+use corral_cgroup::layout::{Layout, Membership};
 use corral_service::client::Client;
 use corral_service::Addr;
 use serde_json::Value;
 
-/// The backends whose cgroups this host can give the tests (with the reason for each
-/// one it cannot).
-pub fn backends() -> (Vec<&'static str>, Vec<String>) {
-    let mut ok = Vec::new();
-    let mut why = Vec::new();
-    if !rustix::process::geteuid().is_root() {
-        why.push("not root: the service needs to create cgroups".to_string());
-        return (ok, why);
-    }
-    let layout = Layout::detect();
-    match &layout.v2 {
-        Some(m)
-            if ["memory", "cpu", "pids"]
-                .iter()
-                .all(|c| layout.v2_controllers.iter().any(|x| x == c)) =>
-        {
-            let _ = m;
-            ok.push("cgroup2")
-        }
-        Some(m) => why.push(format!(
-            "cgroup2: {} lacks memory/cpu/pids controllers (hybrid host; runs in the v2 VM)",
-            m.mount_point.display()
-        )),
-        None => why.push("cgroup2: not mounted".into()),
-    }
-    if layout.v1.contains_key("memory") {
-        ok.push("cgroup1");
-    } else {
-        why.push("cgroup1: no v1 memory hierarchy".into());
-    }
-    (ok, why)
-}
+use crate::common::{alive, cgroups_available, PrivateRoot, CGROUP_BACKENDS};
 
-/// Runs `body` once per available backend; prints why a backend is skipped.
+/// Runs `body` once per cgroup backend this host offers; for each other one, skips
+/// with its reason, or fails where the step requires it (`corral_testkit`).
 pub fn each_backend(test: &str, body: impl Fn(&'static str)) {
-    let (ok, why) = backends();
-    for w in &why {
-        eprintln!("skipped: {test}: {w}");
+    let layout = Layout::detect();
+    let mut missing = Vec::new();
+    for b in CGROUP_BACKENDS {
+        match cgroups_available(b, &layout) {
+            Ok(()) => {
+                eprintln!("{test}: backend {b}");
+                body(b);
+            }
+            Err(m) => missing.push((b, m)),
+        }
     }
-    for b in ok {
-        eprintln!("{test}: backend {b}");
-        body(b);
+    for (b, m) in missing {
+        corral_testkit::skip(&format!("{test} ({b})"), &m);
     }
 }
 
@@ -78,33 +55,18 @@ pub struct Svc {
 
 impl Svc {
     /// Prepares (does not start) a service for `backend`, with a root named after the
-    /// test.
-    pub fn new(backend: &'static str, test: &str, args: &[&str]) -> Svc {
-        let layout = Layout::detect();
+    /// test; `args` are extra `corral serve` arguments, separated by spaces.
+    pub fn new(backend: &'static str, test: &str, args: &str) -> Svc {
         let name = format!("corral-test-svc-{}-{test}", std::process::id());
-        let (root_arg, root_dirs) = match backend {
-            "cgroup2" => {
-                let d = layout.v2.as_ref().unwrap().mount_point.join(&name);
-                (d.display().to_string(), vec![d])
-            }
-            _ => {
-                let mut dirs: Vec<PathBuf> = V1_CONTROLLERS
-                    .iter()
-                    .filter_map(|c| layout.v1.get(*c))
-                    .map(|m| m.mount_point.join(&name))
-                    .collect();
-                dirs.dedup();
-                (format!("/{name}"), dirs)
-            }
-        };
+        let root = PrivateRoot::new(backend, &Layout::detect(), &name);
         Svc {
             backend,
-            root_arg,
-            root_dirs,
-            root_rel: format!("/{name}"),
+            root_arg: root.arg,
+            root_dirs: root.dirs,
+            root_rel: root.rel,
             dir: tempfile::tempdir().unwrap(),
             child: None,
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args: args.split_whitespace().map(str::to_string).collect(),
             starts: 0,
         }
     }
@@ -193,6 +155,22 @@ impl Svc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `sig` and asserts that the service exits successfully within `within`.
+    pub fn stop(&mut self, sig: i32, within: Duration) {
+        self.signal(sig);
+        let st = self.wait_exit(within);
+        assert!(st.success(), "corral serve exited with {st}");
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.client()
+            .request("GET", "/metrics", None)
+            .unwrap()
+            .text()
+            .unwrap()
     }
 
     /// kill -9.
@@ -445,17 +423,6 @@ fn remove_tree(d: &Path) {
     }
 }
 
-/// True while `pid` is a live (not zombie) process.
-pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let state = s.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
-}
-
 /// Polls `f` until it returns `Some`, up to `within`.
 pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let t = Instant::now();
@@ -474,9 +441,6 @@ pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
 pub fn reason(st: &Value) -> &str {
     st["record"]["outcome"]["reason"].as_str().unwrap_or("-")
 }
-
-/// The Python interpreter used for memory hogs.
-pub const PYTHON: &str = "/usr/bin/python3";
 
 /// A lock that keeps the tests of one file from running at once (they time things and
 /// share two CPUs).

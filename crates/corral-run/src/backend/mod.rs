@@ -34,7 +34,8 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    /// Every backend, strongest first (the order `auto` tries them in).
+    /// Every backend, strongest first: the order `auto` tries them in, and the choices
+    /// of `--backend` besides `auto`.
     pub const ALL: [BackendKind; 4] = [
         BackendKind::Cgroup2,
         BackendKind::Systemd,
