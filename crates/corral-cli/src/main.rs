@@ -74,6 +74,25 @@ fn main() -> ExitCode {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
                 _ => EXIT_CORRAL_FAILED,
             };
+            // Lossy: only `run` and its `--json` value are looked for.
+            let args: Vec<String> = std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            if code != 0 {
+                if let Some(dest) = run::json_dest_of(&args) {
+                    let text = e.render().to_string();
+                    let first = text.lines().next().unwrap_or_default();
+                    let msg = first.strip_prefix("error: ").unwrap_or(first);
+                    let accepted = text
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix("[possible values: "));
+                    let msg = match accepted {
+                        Some(v) => format!("{msg}; possible values: {}", v.trim_end_matches(']')),
+                        None => msg.to_string(),
+                    };
+                    run::write_error_file(dest, &msg);
+                }
+            }
             let _ = e.print();
             return ExitCode::from(code);
         }

@@ -40,16 +40,40 @@ pub fn main(cmd: RunCmd) -> Result<u8> {
     let json = cmd.json.clone();
     let res = run(cmd);
     if let (Err(e), Some(dest)) = (&res, &json) {
-        if dest != "-" {
-            let v = serde_json::json!({
-                "schema": "corral.error/v1",
-                "error": format!("{e:#}"),
-                "exit_code": crate::EXIT_CORRAL_FAILED,
-            });
-            let _ = std::fs::write(dest, v.to_string() + "\n");
-        }
+        write_error_file(dest, &format!("{e:#}"));
     }
     res
+}
+
+/// Writes the `corral.error/v1` file for a `corral run` that failed before or instead of
+/// running (`-` means stdout, which carries no error document).
+pub fn write_error_file(dest: &str, error: &str) {
+    if dest != "-" {
+        let v = serde_json::json!({
+            "schema": "corral.error/v1",
+            "error": error,
+            "exit_code": crate::EXIT_CORRAL_FAILED,
+        });
+        let _ = std::fs::write(dest, v.to_string() + "\n");
+    }
+}
+
+/// The `--json` destination of a `corral run` command line that the argument parser
+/// rejected, so that its error still reaches a caller that reads only that file.
+pub fn json_dest_of(args: &[String]) -> Option<&str> {
+    if args.get(1).map(String::as_str) != Some("run") {
+        return None;
+    }
+    let mut it = args[2..].iter().take_while(|a| *a != "--");
+    while let Some(a) = it.next() {
+        if a == "--json" {
+            return it.next().map(String::as_str);
+        }
+        if let Some(v) = a.strip_prefix("--json=") {
+            return Some(v);
+        }
+    }
+    None
 }
 
 fn run(cmd: RunCmd) -> Result<u8> {

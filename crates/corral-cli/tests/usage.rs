@@ -36,3 +36,31 @@ fn a_bad_backend_lists_the_choices() {
         assert!(stderr.contains(choices), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_usage_error_of_run_still_fills_its_json_error_file() {
+    let dir = std::env::temp_dir().join(format!("corral-usage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("err.json");
+    let (code, _) = corral(&[
+        "run",
+        "--json",
+        file.to_str().unwrap(),
+        "--backend",
+        "bogus",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 125);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("error file written")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(v["schema"], "corral.error/v1");
+    assert_eq!(v["exit_code"], 125);
+    let err = v["error"].as_str().unwrap();
+    assert!(err.contains("invalid value 'bogus'"), "{err}");
+    assert!(
+        err.contains("possible values: auto, cgroup2, systemd, cgroup1, rlimit"),
+        "{err}"
+    );
+}
