@@ -428,14 +428,7 @@ mod tests {
             "started_at": "2026-01-01T00:00:01.000Z",
             "finished_at": "2026-01-01T00:00:02.000Z", "notes": "", "corral_version": "0"
         });
-        for k in [
-            "memory_bytes",
-            "swap_bytes",
-            "cpus",
-            "pids",
-            "timeout_s",
-            "cpu_time_s",
-        ] {
+        for k in corral_spec::LimitKind::ENFORCEABLE.map(|k| k.as_str()) {
             v["limits"]["requested"][k] = serde_json::Value::Null;
             v["limits"]["enforced"][k] = serde_json::Value::Null;
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use corral_cgroup::layout::Layout;
 use corral_cgroup::v1::{eventfd_take, Group1, RUN_CONTROLLERS};
-use corral_spec::Limits;
+use corral_spec::{LimitKind, Limits};
 use rustix::process::Signal;
 
 use super::{
@@ -123,22 +123,25 @@ impl Backend for Cgroup1Backend {
     fn plan(&self, limits: &Limits) -> Plan {
         let mut p = Plan::everything(limits);
         if !self.has("memory") {
-            p.drop_limit("memory_bytes", "no v1 memory hierarchy");
+            p.drop_limit(LimitKind::Memory, "no v1 memory hierarchy");
         }
         if !self.memsw && host_has_swap() {
             p.drop_limit(
-                "swap_bytes",
+                LimitKind::Swap,
                 "swap accounting is off (no memory.memsw.limit_in_bytes; boot with swapaccount=1)",
             );
         }
         if !self.has("cpu") {
-            p.drop_limit("cpus", "no v1 cpu hierarchy");
+            p.drop_limit(LimitKind::Cpus, "no v1 cpu hierarchy");
         }
         if !self.has("cpuacct") {
-            p.drop_limit("cpu_time_s", "no v1 cpuacct hierarchy to measure CPU time");
+            p.drop_limit(
+                LimitKind::CpuTime,
+                "no v1 cpuacct hierarchy to measure CPU time",
+            );
         }
         if !self.has("pids") {
-            p.drop_limit("pids", "no v1 pids hierarchy");
+            p.drop_limit(LimitKind::Pids, "no v1 pids hierarchy");
         }
         p
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use corral_cgroup::layout::{join_rel, Layout, Membership};
 use corral_cgroup::v2::{Cgroup2, RUN_CONTROLLERS};
-use corral_spec::Limits;
+use corral_spec::{LimitKind, Limits};
 use rustix::fs::inotify;
 use rustix::process::Signal;
 
@@ -159,16 +159,19 @@ impl Backend for Cgroup2Backend {
     fn plan(&self, limits: &Limits) -> Plan {
         let mut p = Plan::everything(limits);
         if !self.has("memory") {
-            p.drop_limit("memory_bytes", "the memory controller is not available");
-            p.drop_limit("swap_bytes", "the memory controller is not available");
+            p.drop_limit(LimitKind::Memory, "the memory controller is not available");
+            p.drop_limit(LimitKind::Swap, "the memory controller is not available");
         } else if !self.root.has_file("memory.swap.max") && host_has_swap() {
-            p.drop_limit("swap_bytes", "swap accounting is off (no memory.swap.max)");
+            p.drop_limit(
+                LimitKind::Swap,
+                "swap accounting is off (no memory.swap.max)",
+            );
         }
         if !self.has("cpu") {
-            p.drop_limit("cpus", "the cpu controller is not available");
+            p.drop_limit(LimitKind::Cpus, "the cpu controller is not available");
         }
         if !self.has("pids") {
-            p.drop_limit("pids", "the pids controller is not available");
+            p.drop_limit(LimitKind::Pids, "the pids controller is not available");
         }
         p
     }

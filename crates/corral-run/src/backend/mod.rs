@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use corral_record::{Gap, LimitValues, WaitStatus};
-use corral_spec::Limits;
+use corral_spec::{LimitKind, Limits};
 use rustix::process::Signal;
 
 use crate::spawn::{ChildSetup, Placement};
@@ -92,21 +92,22 @@ impl Plan {
     }
 
     /// Marks a requested limit as not enforced, with the reason. Does nothing when the
-    /// limit was not requested (unlimited).
-    pub fn drop_limit(&mut self, limit: &str, why: impl Into<String>) {
+    /// limit was not requested (unlimited), or is not one a backend enforces (grace,
+    /// output limit: see [`LimitKind::ENFORCEABLE`]).
+    pub fn drop_limit(&mut self, limit: LimitKind, why: impl Into<String>) {
         let e = &mut self.enforced;
         let was = match limit {
-            "memory_bytes" => e.memory_bytes.take().is_some(),
-            "swap_bytes" => e.swap_bytes.take().is_some(),
-            "cpus" => e.cpus.take().is_some(),
-            "pids" => e.pids.take().is_some(),
-            "timeout_s" => e.timeout_s.take().is_some(),
-            "cpu_time_s" => e.cpu_time_s.take().is_some(),
-            _ => false,
+            LimitKind::Memory => e.memory_bytes.take().is_some(),
+            LimitKind::Swap => e.swap_bytes.take().is_some(),
+            LimitKind::Cpus => e.cpus.take().is_some(),
+            LimitKind::Pids => e.pids.take().is_some(),
+            LimitKind::Timeout => e.timeout_s.take().is_some(),
+            LimitKind::CpuTime => e.cpu_time_s.take().is_some(),
+            LimitKind::Grace | LimitKind::OutputLimit | LimitKind::RequireIsolation => false,
         };
         if was {
             self.gaps.push(Gap {
-                limit: limit.to_string(),
+                limit,
                 why: why.into(),
             });
         }
