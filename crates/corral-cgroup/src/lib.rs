@@ -5,11 +5,13 @@
 //! unified hierarchy (one tree, controllers enabled per subtree); [`v1`] handles the
 //! legacy layout, where each controller (memory, cpu, cpuacct, pids, freezer, blkio) has
 //! its own hierarchy and a run's group is one directory in each. [`layout`] finds what a
-//! host has mounted.
+//! host has mounted. [`limits`] is the one place where limits are written to a group
+//! (one writer per hierarchy kind) and read back.
 //!
 //! Errors carry the file they concern, because a cgroup error without a path is useless.
 
 pub mod layout;
+pub mod limits;
 pub mod util;
 pub mod v1;
 pub mod v2;
