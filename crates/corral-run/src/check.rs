@@ -184,8 +184,9 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         }
     }
     if let Some(d) = &systemd[1].delegated_controllers {
-        let missing: Vec<&str> = ["memory", "cpu", "pids"]
-            .into_iter()
+        let missing: Vec<&str> = corral_cgroup::v2::REQUIRED_CONTROLLERS
+            .iter()
+            .copied()
             .filter(|c| !d.iter().any(|x| x == c))
             .collect();
         if !missing.is_empty() {

@@ -47,13 +47,11 @@ pub fn harness(backend: &'static str, test: &str) -> Result<Harness, String> {
     match backend {
         "cgroup2" => {
             let m = layout.v2.as_ref().ok_or("no cgroup2 mount")?;
-            for c in ["memory", "cpu", "pids"] {
-                if !layout.v2_controllers.iter().any(|x| x == c) {
-                    return Err(format!(
-                        "cgroup2 at {} lacks the {c} controller (hybrid host; runs in the VM)",
-                        m.mount_point.display()
-                    ));
-                }
+            if let Some(c) = layout.missing_v2_controllers().first() {
+                return Err(format!(
+                    "cgroup2 at {} lacks the {c} controller (hybrid host; runs in the VM)",
+                    m.mount_point.display()
+                ));
             }
             let dir = m.mount_point.join(&name);
             Ok(Harness {

@@ -23,11 +23,7 @@ pub fn backends() -> (Vec<&'static str>, Vec<String>) {
     }
     let layout = Layout::detect();
     match &layout.v2 {
-        Some(m)
-            if ["memory", "cpu", "pids"]
-                .iter()
-                .all(|c| layout.v2_controllers.iter().any(|x| x == c)) =>
-        {
+        Some(m) if layout.missing_v2_controllers().is_empty() => {
             let _ = m;
             ok.push("cgroup2")
         }

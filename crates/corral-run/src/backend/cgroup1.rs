@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use corral_cgroup::layout::Layout;
+use corral_cgroup::limits::Held;
 use corral_cgroup::v1::{eventfd_take, Group1, RUN_CONTROLLERS};
 use corral_spec::{LimitKind, Limits};
 use rustix::process::Signal;
 
 use super::{
-    cpu_quota_us, host_has_swap, reap_dead, Backend, BackendError, BackendKind, Collected, Event,
-    Plan, Reaped, Sandbox, CPU_PERIOD_US,
+    host_has_swap, limit_set, reap_dead, Backend, BackendError, BackendKind, Collected, Event,
+    Plan, Reaped, Sandbox,
 };
 use crate::guard::GuardEntry;
 use crate::spawn::{ChildSetup, Containment, Placement};
@@ -150,7 +151,7 @@ impl Backend for Cgroup1Backend {
         let ctrls: Vec<&str> = self.controllers.iter().map(String::as_str).collect();
         let group = Group1::create(&self.layout, &self.root.join(name), &ctrls)
             .map_err(|e| BackendError(format!("cannot create the run's cgroups: {e}")))?;
-        match Sandbox1::new(group.clone(), limits, self.plan(limits), self.memsw) {
+        match Sandbox1::new(group.clone(), limits, self.plan(limits)) {
             Ok(mut s) => {
                 s.contain = containment(&self.layout);
                 Ok(Box::new(s))
@@ -210,52 +211,19 @@ pub struct Sandbox1 {
 }
 
 impl Sandbox1 {
-    fn new(
-        group: Group1,
-        limits: &Limits,
-        mut plan: Plan,
-        memsw: bool,
-    ) -> Result<Self, BackendError> {
-        let ctx = |what: &str, e: corral_cgroup::CgroupError| {
-            BackendError(format!("cannot set the {what} limit: {e}"))
+    fn new(group: Group1, limits: &Limits, mut plan: Plan) -> Result<Self, BackendError> {
+        let held = group
+            .write_limits(&limit_set(limits))
+            .map_err(|e| BackendError(e.to_string()))?;
+        plan.read_back(&held);
+        // Swap is memsw - memory where both are limited; otherwise the plan's value stays.
+        if let Held::Read(Some(swap)) = held.swap {
+            plan.enforced.swap_bytes = Some(swap);
+        }
+        let oom_fd = match group.dir("memory") {
+            Some(_) => Some(group.oom_eventfd()?),
+            None => None,
         };
-        let has = |c: &str| group.dir(c).is_some();
-        let mut oom_fd = None;
-        if has("memory") {
-            // memory+swap = memory + swap; without a memory limit there is nothing to add to.
-            let memsw_limit = match (limits.memory, limits.swap) {
-                (Some(m), Some(s)) if memsw => Some(m.saturating_add(s)),
-                _ => None,
-            };
-            group
-                .set_memory_limits(limits.memory, memsw_limit)
-                .map_err(|e| ctx("memory", e))?;
-            plan.enforced.memory_bytes = group.memory_limit().ok().flatten();
-            if memsw {
-                plan.enforced.swap_bytes = match (
-                    group.memsw_limit().ok().flatten(),
-                    plan.enforced.memory_bytes,
-                ) {
-                    (Some(sw), Some(m)) => Some(sw.saturating_sub(m)),
-                    _ => plan.enforced.swap_bytes,
-                };
-            }
-            oom_fd = Some(group.oom_eventfd()?);
-        }
-        if has("cpu") {
-            group
-                .set_cpu_quota(limits.cpus.map(cpu_quota_us), CPU_PERIOD_US)
-                .map_err(|e| ctx("CPU", e))?;
-            if let Ok((q, period)) = group.cpu_quota() {
-                plan.enforced.cpus = q.map(|q| q as f64 / period as f64);
-            }
-        }
-        if has("pids") {
-            group
-                .set_pids_max(limits.pids)
-                .map_err(|e| ctx("process", e))?;
-            plan.enforced.pids = group.pids_max().ok().flatten();
-        }
         let procs = group.open_tasks_files()?;
         Ok(Sandbox1 {
             contain: None,

@@ -9,6 +9,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use corral_cgroup::limits::{Enforced, Held, LimitSet};
 use corral_record::{Gap, LimitValues, WaitStatus};
 use corral_spec::{LimitKind, Limits};
 use rustix::process::Signal;
@@ -111,6 +112,35 @@ impl Plan {
                 why: why.into(),
             });
         }
+    }
+}
+
+/// The limits to write on a run's cgroup (or a budget's): `limits` in cgroup terms,
+/// the CPU quota over [`CPU_PERIOD_US`].
+pub fn limit_set(limits: &Limits) -> LimitSet {
+    LimitSet {
+        memory: limits.memory,
+        swap: limits.swap,
+        cpu_quota_us: limits.cpus.map(cpu_quota_us),
+        cpu_period_us: CPU_PERIOD_US,
+        pids: limits.pids,
+    }
+}
+
+impl Plan {
+    /// Takes the memory, CPU and pids limits a cgroup holds after they were written
+    /// ([`Held::Read`]) as the enforced values; a limit whose file the cgroup lacks
+    /// ([`Held::Absent`]) keeps the plan's value. Swap is left to the caller, whose
+    /// hierarchy kind decides how it reads back.
+    pub(crate) fn read_back(&mut self, held: &Enforced) {
+        fn take<T: Copy>(dst: &mut Option<T>, h: Held<T>) {
+            if let Held::Read(v) = h {
+                *dst = v;
+            }
+        }
+        take(&mut self.enforced.memory_bytes, held.memory);
+        take(&mut self.enforced.cpus, held.cpus);
+        take(&mut self.enforced.pids, held.pids);
     }
 }
 
