@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 pub use config::{Addr, ServeConfig};
 
-use crate::cgroups::{BudgetLimits, ServiceTree};
+use crate::cgroups::{BudgetLimits, ServiceTree, TreeError};
 use crate::ledger::Ledger;
 use crate::service::Service;
 
@@ -58,7 +58,8 @@ pub fn serve(cfg: ServeConfig) -> Result<(), String> {
         check_socket_free(p)?;
     }
     let ledger = Ledger::open(&cfg.ledger).map_err(|e| e.to_string())?;
-    let tree = ServiceTree::prepare(cfg.backend, cfg.cgroup_root.as_deref())?;
+    let tree =
+        ServiceTree::prepare(cfg.backend, cfg.cgroup_root.as_deref()).map_err(|e| e.to_string())?;
     let started = (|| {
         tree.check_no_live_owner()?;
         let reaped = tree.reap_strays();
@@ -69,13 +70,13 @@ pub fn serve(cfg: ServeConfig) -> Result<(), String> {
             swap: budget.swap,
         })?;
         let backend = tree.backend()?;
-        Ok::<_, String>((reaped, backend))
+        Ok::<_, TreeError>((reaped, backend))
     })();
     let (reaped, backend) = match started {
         Ok(v) => v,
         Err(e) => {
             tree.remove();
-            return Err(e);
+            return Err(e.to_string());
         }
     };
     let svc = Service::new(ledger, tree, backend, budget, reaped, &cfg)?;
