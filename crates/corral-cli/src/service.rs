@@ -646,3 +646,34 @@ pub fn show(c: IdCmd) -> Result<u8> {
     writeln!(o, "  notes:     {}", r.notes)?;
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_spec::LIMIT_KEYS;
+
+    /// The submission serializer writes every limit under its table key, in a form the
+    /// service's parser reads back to the same patch.
+    #[test]
+    fn patch_json_round_trips() {
+        let p = LimitsPatch {
+            memory: Some(Setting::Value(64 << 20)),
+            swap: Some(Setting::Value(0)),
+            cpus: Some(Setting::Value(0.5)),
+            pids: Some(Setting::Unlimited),
+            timeout: Some(Setting::Value(Duration::from_secs(1800))),
+            cpu_time: Some(Setting::Unlimited),
+            grace: Some(Duration::from_secs(2)),
+            output_limit: Some(Setting::Value(1 << 20)),
+            require_isolation: Some(true),
+        };
+        let m = patch_json(&p);
+        let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();
+        let mut want = LIMIT_KEYS.to_vec();
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(LimitsPatch::from_table(&m, "test").unwrap(), p);
+        assert!(patch_json(&LimitsPatch::default()).is_empty());
+    }
+}
