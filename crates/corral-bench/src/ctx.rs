@@ -155,10 +155,7 @@ impl Ctx {
             s => Some(s.parse()?),
         };
         let kind = want.unwrap_or_else(|| {
-            if ["memory", "cpu", "pids"]
-                .iter()
-                .all(|c| layout.v2_controllers.iter().any(|x| x == c))
-            {
+            if layout.missing_v2_controllers().is_empty() {
                 BackendKind::Cgroup2
             } else if layout.v1.contains_key("memory") {
                 BackendKind::Cgroup1

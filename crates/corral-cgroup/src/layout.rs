@@ -64,6 +64,15 @@ impl Layout {
         LAYOUT.get_or_init(Layout::detect)
     }
 
+    /// The [`crate::v2::REQUIRED_CONTROLLERS`] that the cgroup2 root does not offer.
+    pub fn missing_v2_controllers(&self) -> Vec<&'static str> {
+        crate::v2::REQUIRED_CONTROLLERS
+            .iter()
+            .copied()
+            .filter(|c| !self.v2_controllers.iter().any(|x| x == c))
+            .collect()
+    }
+
     /// Reads `/proc/self/mountinfo`.
     pub fn detect() -> Layout {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -5,11 +5,14 @@
 //! unified hierarchy (one tree, controllers enabled per subtree); [`v1`] handles the
 //! legacy layout, where each controller (memory, cpu, cpuacct, pids, freezer, blkio) has
 //! its own hierarchy and a run's group is one directory in each. [`layout`] finds what a
-//! host has mounted. [`tree`] ends a tree of either kind: kill, wait until empty, rmdir.
+//! host has mounted. [`limits`] is the one place where limits are written to a group
+//! (one writer per hierarchy kind) and read back. [`tree`] ends a tree of either kind:
+//! kill, wait until empty, rmdir.
 //!
 //! Errors carry the file they concern, because a cgroup error without a path is useless.
 
 pub mod layout;
+pub mod limits;
 pub mod tree;
 pub mod util;
 pub mod v1;

@@ -16,7 +16,9 @@ pub fn read(path: &Path) -> Result<String> {
     })
 }
 
-/// Writes `value` to a cgroup file in one `write(2)`, as the kernel expects.
+/// Writes `value` to a cgroup file in one `write(2)`, as the kernel expects. The file
+/// is opened with `O_TRUNC` as a shell's `>` does: the kernel ignores it on cgroup
+/// files, and a plain file standing in for one (in tests) then holds just `value`.
 pub fn write(path: &Path, value: &str) -> Result<()> {
     let io = |source| CgroupError::Io {
         op: "write",
@@ -25,6 +27,7 @@ pub fn write(path: &Path, value: &str) -> Result<()> {
     };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(path)
         .map_err(io)?;
     f.write_all(value.as_bytes()).map_err(io)

@@ -25,12 +25,15 @@ use rustix::event::{eventfd, EventfdFlags};
 use rustix::fs::{Mode, OFlags};
 use rustix::process::{Pid, Signal};
 
+use corral_spec::LimitKind;
+
 use crate::layout::{join_rel, Layout, Membership};
+use crate::limits::{cpus_of, memsw_first, memsw_limit, Enforced, Held, LimitError, LimitSet};
 use crate::util::{self, read_flat_keyed};
 use crate::{CgroupError, Result};
 
 /// The v1 controllers corral creates a run's group in, in creation order.
-pub const RUN_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer", "blkio"];
+pub const RUN_CONTROLLERS: &[&str] = crate::layout::V1_CONTROLLERS;
 
 /// Limit files at or above this value mean "unlimited" (the kernel reports `-1` as
 /// `PAGE_COUNTER_MAX * PAGE_SIZE`, 9223372036854771712 with 4 KiB pages).
@@ -292,22 +295,56 @@ impl Group1 {
         Ok(true)
     }
 
-    /// Sets both the memory and the memory+swap limits in whichever order the kernel
-    /// accepts (memory first when lowering, memsw first when raising). Returns whether
-    /// the memsw limit exists and was set.
+    /// Sets both the memory and the memory+swap limits in the order the kernel accepts
+    /// (it keeps memsw >= memory after each write: memory first when lowering, memsw
+    /// first when raising memory above the current memsw, see [`memsw_first`]).
+    /// Returns whether the memsw limit exists and was set.
     pub fn set_memory_limits(&self, mem: Option<u64>, memsw: Option<u64>) -> Result<bool> {
-        match self.set_memory_limit(mem) {
-            Ok(()) => self.set_memsw_limit(memsw),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                // Raising memory above the current memsw limit: raise memsw first.
-                if !self.set_memsw_limit(memsw)? {
-                    return Err(e);
-                }
-                self.set_memory_limit(mem)?;
-                Ok(true)
-            }
-            Err(e) => Err(e),
+        let current = match self.dir("memory") {
+            Some(d) if d.join("memory.memsw.limit_in_bytes").exists() => self.memsw_limit()?,
+            _ => None,
+        };
+        if memsw_first(mem, current) {
+            let set = self.set_memsw_limit(memsw)?;
+            self.set_memory_limit(mem)?;
+            Ok(set)
+        } else {
+            self.set_memory_limit(mem)?;
+            self.set_memsw_limit(memsw)
         }
+    }
+
+    /// Writes `limits` to the group's memory, cpu and pids hierarchies (those it has),
+    /// and reads each back. Swap goes into `memory.memsw.limit_in_bytes` as
+    /// [`memsw_limit`] (memory + swap) where that file exists, and is read back as
+    /// memsw minus memory. A missing hierarchy or file is [`Held::Absent`]; the first
+    /// refused write is the error (a refused memsw counts as [`LimitKind::Memory`]).
+    pub fn write_limits(&self, limits: &LimitSet) -> std::result::Result<Enforced, LimitError> {
+        let mut out = Enforced::default();
+        if let Some(d) = self.dir("memory") {
+            let has_memsw = d.join("memory.memsw.limit_in_bytes").exists();
+            self.set_memory_limits(limits.memory, memsw_limit(limits.memory, limits.swap))
+                .map_err(LimitError::at(LimitKind::Memory))?;
+            let memory = self.memory_limit().ok().flatten();
+            out.memory = Held::Read(memory);
+            if has_memsw {
+                out.swap = Held::Read(match (self.memsw_limit().ok().flatten(), memory) {
+                    (Some(sw), Some(m)) => Some(sw.saturating_sub(m)),
+                    _ => None,
+                });
+            }
+        }
+        if self.dir("cpu").is_some() {
+            self.set_cpu_quota(limits.cpu_quota_us, limits.cpu_period_us)
+                .map_err(LimitError::at(LimitKind::Cpus))?;
+            out.cpus = Held::Read(self.cpu_quota().ok().and_then(|(q, p)| cpus_of(q, p)));
+        }
+        if self.dir("pids").is_some() {
+            self.set_pids_max(limits.pids)
+                .map_err(LimitError::at(LimitKind::Pids))?;
+            out.pids = Held::Read(self.pids_max().ok().flatten());
+        }
+        Ok(out)
     }
 
     /// Reads `memory.limit_in_bytes` back (None: unlimited).
@@ -716,8 +753,20 @@ fn num_or_neg(v: Option<u64>) -> String {
     v.map_or_else(|| "-1".to_string(), |n| n.to_string())
 }
 
+/// Reads a v1 limit file: the kernel shows "unlimited" as a huge number (written as
+/// `-1`, which a plain file keeps as is); both read as `None`.
 fn read_limit(p: &Path) -> Result<Option<u64>> {
-    Ok(util::read_u64(p)?.filter(|&v| v < UNLIMITED_FROM))
+    let s = util::read(p)?;
+    match s.trim() {
+        "-1" => Ok(None),
+        t => t
+            .parse::<u64>()
+            .map(|v| (v < UNLIMITED_FROM).then_some(v))
+            .map_err(|_| CgroupError::Parse {
+                path: p.to_path_buf(),
+                what: format!("expected a number or -1, got {t:?}"),
+            }),
+    }
 }
 
 fn clock_ticks() -> u64 {

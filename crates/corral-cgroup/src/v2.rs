@@ -7,11 +7,18 @@ use std::time::Duration;
 
 use rustix::fs::{Mode, OFlags};
 
+use corral_spec::LimitKind;
+
+use crate::limits::{cpus_of, Enforced, Held, LimitError, LimitSet};
 use crate::util::{self, read_flat_keyed};
 use crate::{CgroupError, Result};
 
 /// The controllers corral enables for run cgroups.
 pub const RUN_CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "io"];
+
+/// The controllers a cgroup2 mount must offer for corral to use it (the limits'
+/// controllers; `io` is only counted, so it is enabled where available).
+pub const REQUIRED_CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
 
 /// One cgroup in the unified hierarchy, named by its directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +215,34 @@ impl Cgroup2 {
             Some(q.parse().map_err(|_| bad())?)
         };
         Ok((quota, period))
+    }
+
+    /// Writes `limits` to whichever of `memory.max`, `memory.swap.max`, `cpu.max` and
+    /// `pids.max` exist (swap only beside `memory.max`), and reads each back. A missing
+    /// file is [`Held::Absent`]; the first refused write is the error.
+    pub fn write_limits(&self, limits: &LimitSet) -> std::result::Result<Enforced, LimitError> {
+        let mut out = Enforced::default();
+        if self.has_file("memory.max") {
+            self.set_memory_max(limits.memory)
+                .map_err(LimitError::at(LimitKind::Memory))?;
+            out.memory = Held::Read(self.read_limit("memory.max").ok().flatten());
+            if self.has_file("memory.swap.max") {
+                self.set_swap_max(limits.swap)
+                    .map_err(LimitError::at(LimitKind::Swap))?;
+                out.swap = Held::Read(self.read_limit("memory.swap.max").ok().flatten());
+            }
+        }
+        if self.has_file("cpu.max") {
+            self.set_cpu_max(limits.cpu_quota_us, limits.cpu_period_us)
+                .map_err(LimitError::at(LimitKind::Cpus))?;
+            out.cpus = Held::Read(self.read_cpu_max().ok().and_then(|(q, p)| cpus_of(q, p)));
+        }
+        if self.has_file("pids.max") {
+            self.set_pids_max(limits.pids)
+                .map_err(LimitError::at(LimitKind::Pids))?;
+            out.pids = Held::Read(self.read_limit("pids.max").ok().flatten());
+        }
+        Ok(out)
     }
 
     /// Opens the directory for `clone3(CLONE_INTO_CGROUP)`.

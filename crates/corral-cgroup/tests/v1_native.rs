@@ -18,6 +18,7 @@ use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 use corral_cgroup::layout::Layout;
+use corral_cgroup::limits::{Held, LimitSet};
 use corral_cgroup::v1::{self, Group1, RUN_CONTROLLERS};
 use corral_testkit::{Feature, Missing};
 use rustix::process::{Pid, Signal, WaitOptions};
@@ -343,6 +344,46 @@ fn limits_written_read_back_and_removed() {
         assert_eq!(g.pids_max().unwrap(), Some(5));
         g.set_pids_max(None).unwrap();
         assert_eq!(g.pids_max().unwrap(), None);
+
+        // The writer every caller uses: memsw = memory + swap, raised and lowered in
+        // the order the kernel accepts, read back.
+        let write = |memory, swap, quota, pids| {
+            g.write_limits(&LimitSet {
+                memory,
+                swap,
+                cpu_quota_us: quota,
+                cpu_period_us: 100_000,
+                pids,
+            })
+            .unwrap()
+        };
+        let e = write(Some(64 * MIB), Some(16 * MIB), Some(50_000), Some(7));
+        assert_eq!(e.memory, Held::Read(Some(64 * MIB)));
+        assert_eq!(e.cpus, Held::Read(Some(0.5)));
+        assert_eq!(e.pids, Held::Read(Some(7)));
+        if has_memsw {
+            assert_eq!(e.swap, Held::Read(Some(16 * MIB)));
+            assert_eq!(g.memsw_limit().unwrap(), Some(80 * MIB));
+        } else {
+            assert!(e.swap.is_absent());
+        }
+        // Raising memory above the current memsw (80 MiB), then lowering both.
+        let e = write(Some(200 * MIB), Some(0), None, None);
+        assert_eq!(e.memory, Held::Read(Some(200 * MIB)));
+        let e = write(Some(32 * MIB), Some(8 * MIB), None, None);
+        assert_eq!(e.memory, Held::Read(Some(32 * MIB)));
+        if has_memsw {
+            assert_eq!(e.swap, Held::Read(Some(8 * MIB)));
+        }
+        // To unlimited memory under a limited memsw, and everything back to max.
+        let e = write(None, Some(0), None, None);
+        assert_eq!(
+            (e.memory, e.cpus, e.pids),
+            (Held::Read(None), Held::Read(None), Held::Read(None))
+        );
+        if has_memsw {
+            assert_eq!(e.swap, Held::Read(None));
+        }
 
         let st = g.stats();
         assert_eq!(st.pids_current, Some(0));

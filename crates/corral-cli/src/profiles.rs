@@ -2,7 +2,9 @@
 
 use anyhow::Result;
 use clap::Args;
-use corral_spec::{format_bytes, format_duration, ProfileSet};
+use std::time::Duration;
+
+use corral_spec::{format_bytes, format_duration, LimitKind, ProfileSet};
 use serde_json::json;
 
 /// `corral profiles [--json]`
@@ -21,20 +23,26 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
             .iter()
             .map(|p| {
                 let l = &p.limits;
-                json!({
+                let mut v = json!({
                     "name": p.name,
                     "description": p.description,
-                    "memory_bytes": l.memory,
-                    "swap_bytes": l.swap,
-                    "cpus": l.cpus,
-                    "pids": l.pids,
-                    "timeout_s": l.timeout.map(|d| d.as_secs_f64()),
-                    "cpu_time_s": l.cpu_time.map(|d| d.as_secs_f64()),
-                    "grace_s": l.grace.as_secs_f64(),
-                    "output_limit_bytes": l.output_limit,
-                    "require_isolation": l.require_isolation,
                     "sources": p.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                })
+                });
+                for k in LimitKind::ALL {
+                    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+                    v[k.as_str()] = match k {
+                        LimitKind::Memory => json!(l.memory),
+                        LimitKind::Swap => json!(l.swap),
+                        LimitKind::Cpus => json!(l.cpus),
+                        LimitKind::Pids => json!(l.pids),
+                        LimitKind::Timeout => json!(secs(l.timeout)),
+                        LimitKind::CpuTime => json!(secs(l.cpu_time)),
+                        LimitKind::Grace => json!(l.grace.as_secs_f64()),
+                        LimitKind::OutputLimit => json!(l.output_limit),
+                        LimitKind::RequireIsolation => json!(l.require_isolation),
+                    };
+                }
+                v
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);

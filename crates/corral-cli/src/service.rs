@@ -18,7 +18,7 @@ use corral_service::wire::{RunState, RunStatus, SubmitRequest};
 use corral_service::{Addr, ServeConfig};
 use corral_spec::{
     format_bytes, format_duration, load_metadata, parse_cpus, parse_duration, parse_pids,
-    parse_size, parse_swap, LimitsPatch, Setting,
+    parse_size, parse_swap, LimitKind, LimitsPatch, Setting,
 };
 use serde_json::{Map, Value};
 
@@ -219,7 +219,7 @@ fn fail(e: ClientError) -> Result<u8> {
 fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     fn set<T>(
         m: &mut Map<String, Value>,
-        k: &str,
+        k: LimitKind,
         s: &Option<Setting<T>>,
         f: impl Fn(&T) -> Value,
     ) {
@@ -228,23 +228,27 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
                 Setting::Value(v) => f(v),
                 Setting::Unlimited => Value::from("max"),
             };
-            m.insert(k.to_string(), v);
+            m.insert(k.key().to_string(), v);
         }
     }
     let secs = |d: &Duration| Value::from(d.as_secs_f64().to_string());
     let mut m = Map::new();
-    set(&mut m, "memory", &p.memory, |v| Value::from(*v));
-    set(&mut m, "swap", &p.swap, |v| Value::from(v.to_string()));
-    set(&mut m, "cpus", &p.cpus, |v| Value::from(*v));
-    set(&mut m, "pids", &p.pids, |v| Value::from(*v));
-    set(&mut m, "timeout", &p.timeout, secs);
-    set(&mut m, "cpu_time", &p.cpu_time, secs);
-    set(&mut m, "output_limit", &p.output_limit, |v| Value::from(*v));
+    set(&mut m, LimitKind::Memory, &p.memory, |v| Value::from(*v));
+    set(&mut m, LimitKind::Swap, &p.swap, |v| {
+        Value::from(v.to_string())
+    });
+    set(&mut m, LimitKind::Cpus, &p.cpus, |v| Value::from(*v));
+    set(&mut m, LimitKind::Pids, &p.pids, |v| Value::from(*v));
+    set(&mut m, LimitKind::Timeout, &p.timeout, secs);
+    set(&mut m, LimitKind::CpuTime, &p.cpu_time, secs);
+    set(&mut m, LimitKind::OutputLimit, &p.output_limit, |v| {
+        Value::from(*v)
+    });
     if let Some(g) = p.grace {
-        m.insert("grace".into(), secs(&g));
+        m.insert(LimitKind::Grace.key().into(), secs(&g));
     }
     if let Some(r) = p.require_isolation {
-        m.insert("require_isolation".into(), Value::from(r));
+        m.insert(LimitKind::RequireIsolation.key().into(), Value::from(r));
     }
     m
 }
@@ -262,24 +266,24 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(&str, &Option<String>); 8] = [
-        ("memory", &a.memory),
-        ("swap", &a.swap),
-        ("cpus", &a.cpus),
-        ("pids", &a.pids),
-        ("timeout", &a.timeout),
-        ("cpu_time", &a.cpu_time),
-        ("grace", &a.grace),
-        ("output_limit", &a.output_limit),
+    let flags: [(LimitKind, &Option<String>); 8] = [
+        (LimitKind::Memory, &a.memory),
+        (LimitKind::Swap, &a.swap),
+        (LimitKind::Cpus, &a.cpus),
+        (LimitKind::Pids, &a.pids),
+        (LimitKind::Timeout, &a.timeout),
+        (LimitKind::CpuTime, &a.cpu_time),
+        (LimitKind::Grace, &a.grace),
+        (LimitKind::OutputLimit, &a.output_limit),
     ];
     let mut given = Map::new();
     for (k, v) in flags {
         if let Some(v) = v {
-            given.insert(k.to_string(), Value::from(v.clone()));
+            given.insert(k.key().to_string(), Value::from(v.clone()));
         }
     }
     if a.require_isolation {
-        given.insert("require_isolation".into(), Value::from(true));
+        given.insert(LimitKind::RequireIsolation.key().into(), Value::from(true));
     }
     // The same parsers as the service: a typo is reported here, precisely.
     LimitsPatch::from_table(&given, "the command line")?;
@@ -641,4 +645,35 @@ pub fn show(c: IdCmd) -> Result<u8> {
     }
     writeln!(o, "  notes:     {}", r.notes)?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_spec::LIMIT_KEYS;
+
+    /// The submission serializer writes every limit under its table key, in a form the
+    /// service's parser reads back to the same patch.
+    #[test]
+    fn patch_json_round_trips() {
+        let p = LimitsPatch {
+            memory: Some(Setting::Value(64 << 20)),
+            swap: Some(Setting::Value(0)),
+            cpus: Some(Setting::Value(0.5)),
+            pids: Some(Setting::Unlimited),
+            timeout: Some(Setting::Value(Duration::from_secs(1800))),
+            cpu_time: Some(Setting::Unlimited),
+            grace: Some(Duration::from_secs(2)),
+            output_limit: Some(Setting::Value(1 << 20)),
+            require_isolation: Some(true),
+        };
+        let m = patch_json(&p);
+        let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();
+        let mut want = LIMIT_KEYS.to_vec();
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(LimitsPatch::from_table(&m, "test").unwrap(), p);
+        assert!(patch_json(&LimitsPatch::default()).is_empty());
+    }
 }

@@ -110,8 +110,9 @@ impl LimitValues {
 /// A requested limit that the host could not enforce, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gap {
-    /// The limit's field name in [`LimitValues`] (`cpus`, `memory_bytes`, ...).
-    pub limit: String,
+    /// The limit; serialized as its field name in [`LimitValues`] (`cpus`,
+    /// `memory_bytes`, ...).
+    pub limit: corral_spec::LimitKind,
     /// Why it is not enforced, in one sentence.
     pub why: String,
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use corral_cgroup::layout::{join_rel, Layout, Membership, V1_CONTROLLERS};
 use corral_record::{Gap, LimitValues};
-use corral_spec::Limits;
+use corral_spec::{LimitKind, Limits};
 use serde::Serialize;
 
 use crate::backend::{cgroup2, select, BackendKind};
@@ -179,8 +179,9 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         }
     }
     if let Some(d) = &systemd[1].delegated_controllers {
-        let missing: Vec<&str> = ["memory", "cpu", "pids"]
-            .into_iter()
+        let missing: Vec<&str> = corral_cgroup::v2::REQUIRED_CONTROLLERS
+            .iter()
+            .copied()
             .filter(|c| !d.iter().any(|x| x == c))
             .collect();
         if !missing.is_empty() {
@@ -212,7 +213,7 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         Err(_) => (None, None, Vec::new()),
     };
     for g in &gaps {
-        if g.limit == "swap_bytes" {
+        if g.limit == LimitKind::Swap {
             remedies.push(
                 "swap is not accounted: boot with swapaccount=1 (v1) or enable swap accounting"
                     .into(),

@@ -21,11 +21,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use corral_cgroup::layout::{join_rel, Layout, Membership};
+use corral_cgroup::limits::{Held, LimitError, LimitSet};
 use corral_cgroup::v1::{Group1, RUN_CONTROLLERS as V1_CONTROLLERS};
 use corral_cgroup::v2::{Cgroup2, RUN_CONTROLLERS as V2_CONTROLLERS};
+use corral_cgroup::CgroupError;
 use corral_run::backend::{cgroup1::Cgroup1Backend, cgroup2::Cgroup2Backend};
-use corral_run::backend::{cpu_quota_us, Backend, BackendKind, CPU_PERIOD_US};
+use corral_run::backend::{cpu_quota_us, Backend, BackendError, BackendKind, CPU_PERIOD_US};
 use corral_run::ident::{parse_cgroup_name, Owner};
+use corral_spec::LimitKind;
 
 /// The name of the default service root under the cgroup mount.
 pub const DEFAULT_ROOT: &str = "corral-service";
@@ -90,27 +93,141 @@ pub struct ServiceTree {
     delegated: bool,
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
+/// Why cgroup2 cannot hold the service's tree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum V2Unusable {
+    /// No cgroup2 mount.
+    #[error("no cgroup2 file system is mounted")]
+    NoMount,
+    /// The mount lacks required controllers (bound to v1, or disabled).
+    #[error("the cgroup2 mount at {} lacks the {} controller(s)", mount.display(), missing.join(", "))]
+    Lacks {
+        /// The cgroup2 mount point.
+        mount: PathBuf,
+        /// The required controllers it lacks.
+        missing: Vec<&'static str>,
+    },
 }
 
-fn v2_usable(layout: &Layout) -> Result<(), String> {
-    let m = layout
-        .v2
-        .as_ref()
-        .ok_or("no cgroup2 file system is mounted")?;
-    let missing: Vec<&str> = ["memory", "cpu", "pids"]
-        .into_iter()
-        .filter(|c| !layout.v2_controllers.iter().any(|x| x == c))
-        .collect();
+/// What went wrong preparing, limiting or handing out the service's cgroup tree.
+/// Each message is one sentence for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// A backend without cgroups was asked for.
+    #[error(
+        "the service needs a cgroup backend (cgroup2 or cgroup1) to hold its budget; {} cannot",
+        .0.as_str()
+    )]
+    NotCgroup(BackendKind),
+    /// Neither cgroup2 nor a v1 memory hierarchy is usable.
+    #[error("no usable cgroup backend: {0}, and no cgroup v1 memory hierarchy")]
+    NoBackend(#[source] V2Unusable),
+    /// cgroup2 was asked for and cannot be used.
+    #[error(transparent)]
+    V2(#[from] V2Unusable),
+    /// The service root is outside the cgroup2 mount.
+    #[error(transparent)]
+    OutsideMount(#[from] std::path::StripPrefixError),
+    /// The service root is the cgroup2 mount itself.
+    #[error("the service root must be below the cgroup2 mount")]
+    RootIsMount,
+    /// No v1 memory hierarchy is mounted.
+    #[error("no cgroup v1 memory hierarchy is mounted")]
+    NoV1Memory,
+    /// The v1 service root is not a plain relative path.
+    #[error("the cgroup v1 service root must be a path below the hierarchy roots, got {}", .0.display())]
+    BadV1Root(PathBuf),
+    /// A cgroup of the tree cannot be created or set up (v2).
+    #[error(
+        "cannot prepare the service cgroup {}: {source} (run as root, or give a delegated          --cgroup-root)",
+        at.display()
+    )]
+    Prepare {
+        /// The cgroup being worked on.
+        at: PathBuf,
+        /// The failed cgroup operation.
+        #[source]
+        source: CgroupError,
+    },
+    /// A directory of the tree cannot be created (v1).
+    #[error(
+        "cannot create {}: {source} (run as root, or give a writable --cgroup-root)",
+        dir.display()
+    )]
+    Create {
+        /// The directory.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The service cannot move itself into `supervisor`.
+    #[error("cannot move the service into {}: {source}", into.display())]
+    MoveIn {
+        /// The supervisor cgroup (v1: its path inside each hierarchy).
+        into: PathBuf,
+        /// The failed write.
+        #[source]
+        source: CgroupError,
+    },
+    /// `supervisor` already holds other processes.
+    #[error(
+        "{} already holds processes {pids:?}: is another corral service using this cgroup root?",
+        at.display()
+    )]
+    SupervisorBusy {
+        /// The supervisor cgroup (v1: its path inside each hierarchy).
+        at: PathBuf,
+        /// The processes found there.
+        pids: Vec<i32>,
+    },
+    /// The service root holds processes itself.
+    #[error("the service root {} holds processes {pids:?}; choose an empty --cgroup-root", root.display())]
+    RootBusy {
+        /// The service root.
+        root: PathBuf,
+        /// The processes found there.
+        pids: Vec<i32>,
+    },
+    /// A run cgroup under `runs` belongs to another live corral process.
+    #[error(
+        "run {id} under {root} belongs to a live corral process (pid {pid}): is another corral          service using this cgroup root?"
+    )]
+    LiveOwner {
+        /// The run's id.
+        id: String,
+        /// The service root, as [`ServiceTree::root_display`] shows it.
+        root: String,
+        /// The owner's pid.
+        pid: i32,
+    },
+    /// The budget could not be written on `runs`.
+    #[error("cannot set the service's {} budget: {}", .0.noun(), .0.source)]
+    Budget(#[source] LimitError),
+    /// The corral-run backend under `runs` cannot be set up.
+    #[error("{} backend: {source}", kind.as_str())]
+    Backend {
+        /// cgroup2 or cgroup1.
+        kind: BackendKind,
+        /// Why.
+        #[source]
+        source: BackendError,
+    },
+    /// A cgroup file of the tree cannot be read.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+fn v2_usable(layout: &Layout) -> Result<(), V2Unusable> {
+    let m = layout.v2.as_ref().ok_or(V2Unusable::NoMount)?;
+    let missing = layout.missing_v2_controllers();
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "the cgroup2 mount at {} lacks the {} controller(s)",
-            m.mount_point.display(),
-            missing.join(", ")
-        ))
+        Err(V2Unusable::Lacks {
+            mount: m.mount_point.clone(),
+            missing,
+        })
     }
 }
 
@@ -119,28 +236,21 @@ impl ServiceTree {
     /// the backend (`None`: cgroup2 where usable, else cgroup1). Nothing is killed or
     /// limited yet: call [`ServiceTree::reap_strays`] and then
     /// [`ServiceTree::apply_budget`].
-    pub fn prepare(want: Option<BackendKind>, root: Option<&Path>) -> Result<ServiceTree, String> {
+    pub fn prepare(
+        want: Option<BackendKind>,
+        root: Option<&Path>,
+    ) -> Result<ServiceTree, TreeError> {
         let layout = Layout::detect();
         let kind = match want {
             Some(k @ (BackendKind::Cgroup2 | BackendKind::Cgroup1)) => k,
-            Some(k) => {
-                return Err(format!(
-                    "the service needs a cgroup backend (cgroup2 or cgroup1) to hold its \
-                     budget; {} cannot",
-                    k.as_str()
-                ))
-            }
+            Some(k) => return Err(TreeError::NotCgroup(k)),
             None => match v2_usable(&layout) {
                 Ok(()) => BackendKind::Cgroup2,
                 Err(why2) if layout.v1.contains_key("memory") => {
                     tracing::info!("using cgroup1: {why2}");
                     BackendKind::Cgroup1
                 }
-                Err(why2) => {
-                    return Err(format!(
-                        "no usable cgroup backend: {why2}, and no cgroup v1 memory hierarchy"
-                    ))
-                }
+                Err(why2) => return Err(TreeError::NoBackend(why2)),
             },
         };
         match kind {
@@ -149,7 +259,7 @@ impl ServiceTree {
         }
     }
 
-    fn prepare_v2(layout: Layout, root: Option<&Path>) -> Result<ServiceTree, String> {
+    fn prepare_v2(layout: Layout, root: Option<&Path>) -> Result<ServiceTree, TreeError> {
         v2_usable(&layout)?;
         let mount = layout.v2.clone().expect("checked");
         let own = Membership::current().v2;
@@ -165,20 +275,14 @@ impl ServiceTree {
                 _ => mount.mount_point.join(DEFAULT_ROOT),
             },
         };
-        let rel = root_path
-            .strip_prefix(&mount.mount_point)
-            .map_err(err)?
-            .to_path_buf();
+        let rel = root_path.strip_prefix(&mount.mount_point)?.to_path_buf();
         if rel.as_os_str().is_empty() {
-            return Err("the service root must be below the cgroup2 mount".into());
+            return Err(TreeError::RootIsMount);
         }
         let wanted: Vec<&str> = V2_CONTROLLERS.to_vec();
-        let hint = |e: corral_cgroup::CgroupError, at: &Path| {
-            format!(
-                "cannot prepare the service cgroup {}: {e} (run as root, or give a delegated \
-                 --cgroup-root)",
-                at.display()
-            )
+        let hint = |source: CgroupError, at: &Path| TreeError::Prepare {
+            at: at.to_path_buf(),
+            source,
         };
         let mut cur = Cgroup2::at(&mount.mount_point);
         for comp in rel.components() {
@@ -193,35 +297,31 @@ impl ServiceTree {
             .ensure_child("supervisor")
             .map_err(|e| hint(e, root.path()))?;
         let me = std::process::id() as i32;
-        if supervisor.procs().map_err(err)?.contains(&me) {
+        if supervisor.procs()?.contains(&me) {
             delegated = true;
         } else {
-            supervisor.add_pid(me).map_err(|e| {
-                format!(
-                    "cannot move the service into {}: {e}",
-                    supervisor.path().display()
-                )
+            supervisor.add_pid(me).map_err(|source| TreeError::MoveIn {
+                into: supervisor.path().to_path_buf(),
+                source,
             })?;
         }
         let others: Vec<i32> = supervisor
-            .procs()
-            .map_err(err)?
+            .procs()?
             .into_iter()
             .filter(|&p| p != me)
             .collect();
         if !others.is_empty() {
-            return Err(format!(
-                "{} already holds processes {others:?}: is another corral service using \
-                 this cgroup root?",
-                supervisor.path().display()
-            ));
+            return Err(TreeError::SupervisorBusy {
+                at: supervisor.path().to_path_buf(),
+                pids: others,
+            });
         }
-        let inside = root.procs().map_err(err)?;
+        let inside = root.procs()?;
         if !inside.is_empty() {
-            return Err(format!(
-                "the service root {} holds processes {inside:?}; choose an empty --cgroup-root",
-                root.path().display()
-            ));
+            return Err(TreeError::RootBusy {
+                root: root.path().to_path_buf(),
+                pids: inside,
+            });
         }
         root.enable_controllers(&wanted)
             .map_err(|e| hint(e, root.path()))?;
@@ -243,9 +343,9 @@ impl ServiceTree {
         })
     }
 
-    fn prepare_v1(layout: Layout, root: Option<&Path>) -> Result<ServiceTree, String> {
+    fn prepare_v1(layout: Layout, root: Option<&Path>) -> Result<ServiceTree, TreeError> {
         if !layout.v1.contains_key("memory") {
-            return Err("no cgroup v1 memory hierarchy is mounted".into());
+            return Err(TreeError::NoV1Memory);
         }
         let root_rel = match root {
             None => PathBuf::from(DEFAULT_ROOT),
@@ -261,24 +361,19 @@ impl ServiceTree {
                 .components()
                 .any(|c| !matches!(c, std::path::Component::Normal(_)))
         {
-            return Err(format!(
-                "the cgroup v1 service root must be a path below the hierarchy roots, got {}",
-                root_rel.display()
-            ));
+            return Err(TreeError::BadV1Root(root_rel));
         }
         let ctrls: Vec<&'static str> = V1_CONTROLLERS
             .iter()
             .copied()
             .filter(|c| layout.v1.contains_key(*c))
             .collect();
-        let make = |name: &str| -> Result<Group1, String> {
+        let make = |name: &str| -> Result<Group1, TreeError> {
             let g = Group1::open(&layout, &root_rel.join(name), &ctrls);
             for d in g.dirs() {
-                std::fs::create_dir_all(d).map_err(|e| {
-                    format!(
-                        "cannot create {}: {e} (run as root, or give a writable --cgroup-root)",
-                        d.display()
-                    )
+                std::fs::create_dir_all(d).map_err(|source| TreeError::Create {
+                    dir: d.to_path_buf(),
+                    source,
                 })?;
             }
             Ok(g)
@@ -286,19 +381,16 @@ impl ServiceTree {
         let origin = Membership::current();
         let supervisor = make("supervisor")?;
         let me = std::process::id() as i32;
-        supervisor.add_pid(me).map_err(|e| {
-            format!(
-                "cannot move the service into {}: {e}",
-                root_rel.join("supervisor").display()
-            )
+        supervisor.add_pid(me).map_err(|source| TreeError::MoveIn {
+            into: root_rel.join("supervisor"),
+            source,
         })?;
         let others: Vec<i32> = supervisor.pids().into_iter().filter(|&p| p != me).collect();
         if !others.is_empty() {
-            return Err(format!(
-                "/{}/supervisor already holds processes {others:?}: is another corral \
-                 service using this cgroup root?",
-                root_rel.display()
-            ));
+            return Err(TreeError::SupervisorBusy {
+                at: Path::new("/").join(&root_rel).join("supervisor"),
+                pids: others,
+            });
         }
         let runs = make("runs")?;
         Ok(ServiceTree {
@@ -341,17 +433,16 @@ impl ServiceTree {
 
     /// Refuses to go on when a live process other than this one owns a run cgroup
     /// under `runs` (two services on one root would kill each other's runs).
-    pub fn check_no_live_owner(&self) -> Result<(), String> {
+    pub fn check_no_live_owner(&self) -> Result<(), TreeError> {
         let me = Owner::current();
         for name in self.run_cgroups() {
             if let Some((id, owner)) = parse_cgroup_name(&name) {
                 if owner != me && owner.is_alive() {
-                    return Err(format!(
-                        "run {id} under {} belongs to a live corral process (pid {}): is \
-                         another corral service using this cgroup root?",
-                        self.root_display(),
-                        owner.pid
-                    ));
+                    return Err(TreeError::LiveOwner {
+                        id,
+                        root: self.root_display(),
+                        pid: owner.pid,
+                    });
                 }
             }
         }
@@ -408,37 +499,43 @@ impl ServiceTree {
         out
     }
 
-    /// Writes the budget on `runs`.
-    pub fn apply_budget(&self, b: &BudgetLimits) -> Result<(), String> {
-        let quota = cpu_quota_us(b.cpus);
-        let ctx = |what: &str, e: corral_cgroup::CgroupError| {
-            format!("cannot set the service's {what} budget: {e}")
+    /// Writes the budget on `runs` with the same writer as a run's limits. Memory, CPU
+    /// and pids are required (v1: memory; cpu and pids where their hierarchies are
+    /// mounted); swap is written where it is accounted (v1: as memory + swap).
+    pub fn apply_budget(&self, b: &BudgetLimits) -> Result<(), TreeError> {
+        let set = LimitSet {
+            memory: Some(b.memory),
+            swap: b.swap,
+            cpu_quota_us: Some(cpu_quota_us(b.cpus)),
+            cpu_period_us: CPU_PERIOD_US,
+            pids: Some(b.pids),
         };
+        let missing = |limit, source| TreeError::Budget(LimitError { limit, source });
         match &self.tree {
             Tree::V2 { runs, .. } => {
-                runs.set_memory_max(Some(b.memory))
-                    .map_err(|e| ctx("memory", e))?;
-                runs.set_cpu_max(Some(quota), CPU_PERIOD_US)
-                    .map_err(|e| ctx("CPU", e))?;
-                runs.set_pids_max(Some(b.pids))
-                    .map_err(|e| ctx("process", e))?;
+                let held = runs.write_limits(&set).map_err(TreeError::Budget)?;
                 // Without swap accounting there is no file, and no run can swap-limit
-                // either (their records say so).
-                if runs.has_file("memory.swap.max") {
-                    runs.set_swap_max(b.swap).map_err(|e| ctx("swap", e))?;
+                // either (their records say so). The others must be there.
+                for (limit, h, file) in [
+                    (LimitKind::Memory, held.memory.is_absent(), "memory.max"),
+                    (LimitKind::Cpus, held.cpus.is_absent(), "cpu.max"),
+                    (LimitKind::Pids, held.pids.is_absent(), "pids.max"),
+                ] {
+                    if h {
+                        return Err(missing(limit, absent_file(&runs.path().join(file))));
+                    }
                 }
             }
             Tree::V1 { runs, .. } => {
-                // v1 caps memory + swap together.
-                runs.set_memory_limits(Some(b.memory), b.swap.map(|s| b.memory + s))
-                    .map_err(|e| ctx("memory", e))?;
-                if runs.dir("cpu").is_some() {
-                    runs.set_cpu_quota(Some(quota), CPU_PERIOD_US)
-                        .map_err(|e| ctx("CPU", e))?;
-                }
-                if runs.dir("pids").is_some() {
-                    runs.set_pids_max(Some(b.pids))
-                        .map_err(|e| ctx("process", e))?;
+                let held = runs.write_limits(&set).map_err(TreeError::Budget)?;
+                if let Held::Absent = held.memory {
+                    return Err(missing(
+                        LimitKind::Memory,
+                        CgroupError::Unsupported(format!(
+                            "group {} has no memory hierarchy",
+                            runs.rel().display()
+                        )),
+                    ));
                 }
             }
         }
@@ -446,16 +543,17 @@ impl ServiceTree {
     }
 
     /// The corral-run backend that creates run cgroups under `runs`.
-    pub fn backend(&self) -> Result<Box<dyn Backend>, String> {
+    pub fn backend(&self) -> Result<Box<dyn Backend>, TreeError> {
+        let at = |kind| move |source| TreeError::Backend { kind, source };
         match &self.tree {
             Tree::V2 { runs, .. } => Cgroup2Backend::new(Some(runs.path()))
                 .map(|b| Box::new(b) as Box<dyn Backend>)
-                .map_err(|e| format!("cgroup2 backend: {e}")),
+                .map_err(at(BackendKind::Cgroup2)),
             Tree::V1 { root_rel, .. } => {
                 let p = PathBuf::from("/").join(root_rel).join("runs");
                 Cgroup1Backend::new(Some(&p))
                     .map(|b| Box::new(b) as Box<dyn Backend>)
-                    .map_err(|e| format!("cgroup1 backend: {e}"))
+                    .map_err(at(BackendKind::Cgroup1))
             }
         }
     }
@@ -532,6 +630,15 @@ impl ServiceTree {
     }
 }
 
+/// The error writing a file that does not exist gives.
+fn absent_file(path: &Path) -> CgroupError {
+    CgroupError::Io {
+        op: "write",
+        path: path.to_path_buf(),
+        source: std::io::Error::from_raw_os_error(libc::ENOENT),
+    }
+}
+
 fn reap_v2(cg: &Cgroup2) -> (usize, Option<String>) {
     let killed: usize = cg
         .subtree()
@@ -553,7 +660,12 @@ fn reap_v2(cg: &Cgroup2) -> (usize, Option<String>) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    (killed, cg.remove(Duration::from_secs(2)).err().map(err))
+    (
+        killed,
+        cg.remove(Duration::from_secs(2))
+            .err()
+            .map(|e| e.to_string()),
+    )
 }
 
 fn reap_v1(g: &Group1) -> (usize, Option<String>) {
@@ -563,5 +675,10 @@ fn reap_v1(g: &Group1) -> (usize, Option<String>) {
             return (killed, Some(e.to_string()));
         }
     }
-    (killed, g.remove(Duration::from_secs(2)).err().map(err))
+    (
+        killed,
+        g.remove(Duration::from_secs(2))
+            .err()
+            .map(|e| e.to_string()),
+    )
 }

@@ -9,12 +9,14 @@
 //! (`--limits-from`) < command-line flags. Each layer is a [`LimitsPatch`]; a field that
 //! a layer leaves out keeps the value of the layer below.
 
+mod kind;
 mod limits;
 mod metadata;
 mod profile;
 mod units;
 
-pub use limits::{parse_grace, parse_swap, Limits, LimitsPatch, Setting, LIMIT_KEYS};
+pub use kind::{LimitKind, LIMIT_KEYS};
+pub use limits::{parse_grace, parse_swap, Limits, LimitsPatch, Setting};
 pub use metadata::{load_metadata, parse_metadata, Metadata};
 pub use profile::{builtin_profiles, Profile, ProfileSet, ProfileSource};
 pub use units::{
@@ -22,22 +24,42 @@ pub use units::{
     parse_duration_setting, parse_pids, parse_pids_setting, parse_size, parse_size_setting,
 };
 
-/// Formats a TOML parse error as one line: `line L, column C: what`.
-pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(span) => {
+/// A TOML syntax error, located: displayed as one line, `line L, column C: what`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TomlSyntax {
+    /// Line and column (1-based), when the parser knows them.
+    at: Option<(usize, usize)>,
+    /// What is wrong, on one line.
+    msg: String,
+}
+
+impl TomlSyntax {
+    /// Locates a TOML parse error in `text`.
+    pub(crate) fn new(text: &str, e: &toml::de::Error) -> TomlSyntax {
+        let msg = e.message().trim().replace('\n', " ");
+        let at = e.span().map(|span| {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {col}: {msg}")
-        }
-        None => msg,
+            (line, col)
+        });
+        TomlSyntax { at, msg }
     }
 }
 
+impl std::fmt::Display for TomlSyntax {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at {
+            Some((line, col)) => write!(f, "line {line}, column {col}: {}", self.msg),
+            None => f.write_str(&self.msg),
+        }
+    }
+}
+
+impl std::error::Error for TomlSyntax {}
+
 /// A precise, user-facing error about a limit, a profile or a metadata file.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone)]
 pub enum SpecError {
     /// A value that does not parse or is out of range.
     #[error("invalid {what} {value:?}: {why}")]
@@ -57,7 +79,16 @@ pub enum SpecError {
         /// Comma-separated list of the profiles that exist.
         known: String,
     },
-    /// A profile or metadata file that cannot be read or parsed.
+    /// A profile or metadata file that cannot be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error (shared, so that the error stays cheap to clone).
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// A profile or metadata file that cannot be parsed.
     #[error("{path}: {why}")]
     File {
         /// The file.

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::kind::{LimitKind, LIMIT_KEYS};
 use crate::units::{
     check_cpus, check_pids, parse_cpus_setting, parse_duration, parse_duration_setting,
     parse_pids_setting, parse_size_setting,
@@ -93,19 +94,6 @@ pub struct LimitsPatch {
     pub require_isolation: Option<bool>,
 }
 
-/// The keys a limits table may hold, in the order `corral profiles` prints them.
-pub const LIMIT_KEYS: &[&str] = &[
-    "memory",
-    "swap",
-    "cpus",
-    "pids",
-    "timeout",
-    "cpu_time",
-    "grace",
-    "output_limit",
-    "require_isolation",
-];
-
 impl LimitsPatch {
     /// Applies this patch on top of `base`.
     pub fn apply(&self, base: &mut Limits) {
@@ -143,35 +131,30 @@ impl LimitsPatch {
                 path: source.to_string(),
                 why: format!("key {k:?}: {why}"),
             };
-            match k.as_str() {
-                "memory" => {
-                    p.memory = Some(size_value("memory size", v).map_err(|e| err(e.to_string()))?)
+            let Some(kind) = LimitKind::from_key(k) else {
+                return Err(err(format!(
+                    "unknown limit; known limits: {}",
+                    LIMIT_KEYS.join(", ")
+                )));
+            };
+            let bad = |e: SpecError| err(e.to_string());
+            match kind {
+                LimitKind::Memory => p.memory = Some(size_value("memory size", v).map_err(bad)?),
+                LimitKind::Swap => p.swap = Some(swap_value(v).map_err(bad)?),
+                LimitKind::OutputLimit => {
+                    p.output_limit = Some(size_value("output limit", v).map_err(bad)?)
                 }
-                "swap" => p.swap = Some(swap_value(v).map_err(|e| err(e.to_string()))?),
-                "output_limit" => {
-                    p.output_limit =
-                        Some(size_value("output limit", v).map_err(|e| err(e.to_string()))?)
+                LimitKind::Cpus => p.cpus = Some(cpus_value(v).map_err(bad)?),
+                LimitKind::Pids => p.pids = Some(pids_value(v).map_err(bad)?),
+                LimitKind::Timeout => p.timeout = Some(duration_value("timeout", v).map_err(bad)?),
+                LimitKind::CpuTime => {
+                    p.cpu_time = Some(duration_value("CPU-time limit", v).map_err(bad)?)
                 }
-                "cpus" => p.cpus = Some(cpus_value(v).map_err(|e| err(e.to_string()))?),
-                "pids" => p.pids = Some(pids_value(v).map_err(|e| err(e.to_string()))?),
-                "timeout" => {
-                    p.timeout = Some(duration_value("timeout", v).map_err(|e| err(e.to_string()))?)
-                }
-                "cpu_time" => {
-                    p.cpu_time =
-                        Some(duration_value("CPU-time limit", v).map_err(|e| err(e.to_string()))?)
-                }
-                "grace" => p.grace = Some(grace_value(v).map_err(|e| err(e.to_string()))?),
-                "require_isolation" => match v {
+                LimitKind::Grace => p.grace = Some(grace_value(v).map_err(bad)?),
+                LimitKind::RequireIsolation => match v {
                     Value::Bool(b) => p.require_isolation = Some(*b),
                     _ => return Err(err("must be true or false".into())),
                 },
-                _ => {
-                    return Err(err(format!(
-                        "unknown limit; known limits: {}",
-                        LIMIT_KEYS.join(", ")
-                    )))
-                }
             }
         }
         Ok(p)

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::limits::{LimitsPatch, Setting};
 use crate::units::{check_cpus, check_pids};
-use crate::SpecError;
+use crate::{SpecError, TomlSyntax};
 
 /// What a metadata file asks for.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,7 +31,10 @@ pub fn load_metadata(path: &Path) -> Result<Metadata, SpecError> {
         path: src.clone(),
         why,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
+        path: src.clone(),
+        source: e.into(),
+    })?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let value: Value = match ext {
         "json" => serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?,
@@ -48,9 +51,20 @@ pub fn load_metadata(path: &Path) -> Result<Metadata, SpecError> {
     parse_metadata(obj, &src)
 }
 
-fn toml_to_json(text: &str) -> Result<Value, String> {
-    let v: toml::Value = toml::from_str(text).map_err(|e| crate::toml_error(text, &e))?;
-    serde_json::to_value(v).map_err(|e| e.to_string())
+/// Why a TOML text did not become JSON.
+#[derive(Debug, thiserror::Error)]
+enum TomlToJson {
+    /// The text is not TOML.
+    #[error("{0}")]
+    Syntax(#[from] TomlSyntax),
+    /// A value JSON cannot hold.
+    #[error("{0}")]
+    Convert(#[from] serde_json::Error),
+}
+
+fn toml_to_json(text: &str) -> Result<Value, TomlToJson> {
+    let v: toml::Value = toml::from_str(text).map_err(|e| TomlSyntax::new(text, &e))?;
+    Ok(serde_json::to_value(v)?)
 }
 
 /// Parses metadata that is already an object.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::limits::{Limits, LimitsPatch};
-use crate::SpecError;
+use crate::{SpecError, TomlSyntax};
 
 const BUILTIN: &str = include_str!("builtin-profiles.toml");
 
@@ -100,9 +100,9 @@ impl ProfileSet {
 
     /// Adds a profiles file on top of what is loaded.
     pub fn add_file(&mut self, path: &Path) -> Result<(), SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError::File {
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
             path: path.display().to_string(),
-            why: format!("cannot read: {e}"),
+            source: e.into(),
         })?;
         self.add_toml(&text, ProfileSource::File(path.to_path_buf()))?;
         self.files.push(path.to_path_buf());
@@ -117,7 +117,7 @@ impl ProfileSet {
             why,
         };
         let value: toml::Value = toml::from_str(text)
-            .map_err(|e| file_err(format!("not valid TOML: {}", crate::toml_error(text, &e))))?;
+            .map_err(|e| file_err(format!("not valid TOML: {}", TomlSyntax::new(text, &e))))?;
         let json = serde_json::to_value(value).map_err(|e| file_err(e.to_string()))?;
         let top = json.as_object().cloned().unwrap_or_default();
         for key in top.keys() {
@@ -136,7 +136,7 @@ impl ProfileSet {
         // Validate everything before changing anything: a bad file changes nothing.
         let mut staged = Vec::new();
         for (name, body) in profiles {
-            check_name(name).map_err(&file_err)?;
+            check_name(name).map_err(|e| file_err(e.to_string()))?;
             let mut table: Map<String, Value> = body
                 .as_object()
                 .cloned()
@@ -246,7 +246,12 @@ impl ProfileSet {
     }
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+/// A profile name that is not 1-64 letters, digits, `_`, `-` or `.`.
+#[derive(Debug, thiserror::Error)]
+#[error("profile name {0:?} must be 1-64 letters, digits, '_', '-' or '.'")]
+struct BadName(String);
+
+fn check_name(name: &str) -> Result<(), BadName> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -255,9 +260,7 @@ fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "profile name {name:?} must be 1-64 letters, digits, '_', '-' or '.'"
-        ))
+        Err(BadName(name.to_string()))
     }
 }
 

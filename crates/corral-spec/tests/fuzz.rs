@@ -16,6 +16,7 @@ fn clear(e: &SpecError) {
     match e {
         SpecError::Invalid { why, .. } => assert!(!why.is_empty()),
         SpecError::File { path, why } => assert!(!path.is_empty() && !why.is_empty()),
+        SpecError::Read { path, .. } => assert!(!path.is_empty()),
         SpecError::UnknownProfile { known, .. } => assert!(known.contains("default")),
     }
 }

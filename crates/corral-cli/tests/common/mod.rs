@@ -38,9 +38,6 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// The cgroup2 controllers the cgroup2 tests need in the mount's root.
-pub const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
-
 /// The cgroup backends whose cgroups the tests create themselves.
 pub const CGROUP_BACKENDS: [&str; 2] = ["cgroup2", "cgroup1"];
 
@@ -56,10 +53,7 @@ pub fn cgroups_available(backend: &str, layout: &Layout) -> Result<(), Missing> 
                 .v2
                 .as_ref()
                 .ok_or_else(|| Missing::new(Feature::Cgroup2, "no cgroup2 mount"))?;
-            let lacking: Vec<&str> = V2_CONTROLLERS
-                .into_iter()
-                .filter(|c| !layout.v2_controllers.iter().any(|x| x == c))
-                .collect();
+            let lacking = layout.missing_v2_controllers();
             if lacking.is_empty() {
                 return Ok(());
             }

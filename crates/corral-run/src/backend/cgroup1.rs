@@ -10,14 +10,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use corral_cgroup::layout::Layout;
+use corral_cgroup::limits::Held;
 use corral_cgroup::tree::{Tree, RMDIR_BUDGET};
 use corral_cgroup::v1::{eventfd_take, Group1, RUN_CONTROLLERS};
-use corral_spec::Limits;
+use corral_spec::{LimitKind, Limits};
 use rustix::process::Signal;
 
 use super::{
-    cpu_quota_us, host_has_swap, reap_dead, Backend, BackendError, BackendKind, Collected, Event,
-    Plan, Reaped, Sandbox, CPU_PERIOD_US,
+    host_has_swap, limit_set, reap_dead, Backend, BackendError, BackendKind, Collected, Event,
+    Plan, Reaped, Sandbox,
 };
 use crate::guard::GuardEntry;
 use crate::spawn::{ChildSetup, Containment, Placement};
@@ -123,22 +124,25 @@ impl Backend for Cgroup1Backend {
     fn plan(&self, limits: &Limits) -> Plan {
         let mut p = Plan::everything(limits);
         if !self.has("memory") {
-            p.drop_limit("memory_bytes", "no v1 memory hierarchy");
+            p.drop_limit(LimitKind::Memory, "no v1 memory hierarchy");
         }
         if !self.memsw && host_has_swap() {
             p.drop_limit(
-                "swap_bytes",
+                LimitKind::Swap,
                 "swap accounting is off (no memory.memsw.limit_in_bytes; boot with swapaccount=1)",
             );
         }
         if !self.has("cpu") {
-            p.drop_limit("cpus", "no v1 cpu hierarchy");
+            p.drop_limit(LimitKind::Cpus, "no v1 cpu hierarchy");
         }
         if !self.has("cpuacct") {
-            p.drop_limit("cpu_time_s", "no v1 cpuacct hierarchy to measure CPU time");
+            p.drop_limit(
+                LimitKind::CpuTime,
+                "no v1 cpuacct hierarchy to measure CPU time",
+            );
         }
         if !self.has("pids") {
-            p.drop_limit("pids", "no v1 pids hierarchy");
+            p.drop_limit(LimitKind::Pids, "no v1 pids hierarchy");
         }
         p
     }
@@ -152,7 +156,7 @@ impl Backend for Cgroup1Backend {
                     error,
                 }
             })?;
-        match Sandbox1::new(group.clone(), limits, self.plan(limits), self.memsw) {
+        match Sandbox1::new(group.clone(), limits, self.plan(limits)) {
             Ok(mut s) => {
                 s.contain = containment(&self.layout);
                 Ok(Box::new(s))
@@ -212,50 +216,19 @@ pub struct Sandbox1 {
 }
 
 impl Sandbox1 {
-    fn new(
-        group: Group1,
-        limits: &Limits,
-        mut plan: Plan,
-        memsw: bool,
-    ) -> Result<Self, BackendError> {
-        let ctx = |what, error| BackendError::Limit { what, error };
-        let has = |c: &str| group.dir(c).is_some();
-        let mut oom_fd = None;
-        if has("memory") {
-            // memory+swap = memory + swap; without a memory limit there is nothing to add to.
-            let memsw_limit = match (limits.memory, limits.swap) {
-                (Some(m), Some(s)) if memsw => Some(m.saturating_add(s)),
-                _ => None,
-            };
-            group
-                .set_memory_limits(limits.memory, memsw_limit)
-                .map_err(|e| ctx("memory", e))?;
-            plan.enforced.memory_bytes = group.memory_limit().ok().flatten();
-            if memsw {
-                plan.enforced.swap_bytes = match (
-                    group.memsw_limit().ok().flatten(),
-                    plan.enforced.memory_bytes,
-                ) {
-                    (Some(sw), Some(m)) => Some(sw.saturating_sub(m)),
-                    _ => plan.enforced.swap_bytes,
-                };
-            }
-            oom_fd = Some(group.oom_eventfd()?);
+    fn new(group: Group1, limits: &Limits, mut plan: Plan) -> Result<Self, BackendError> {
+        let held = group
+            .write_limits(&limit_set(limits))
+            .map_err(BackendError::Limit)?;
+        plan.read_back(&held);
+        // Swap is memsw - memory where both are limited; otherwise the plan's value stays.
+        if let Held::Read(Some(swap)) = held.swap {
+            plan.enforced.swap_bytes = Some(swap);
         }
-        if has("cpu") {
-            group
-                .set_cpu_quota(limits.cpus.map(cpu_quota_us), CPU_PERIOD_US)
-                .map_err(|e| ctx("CPU", e))?;
-            if let Ok((q, period)) = group.cpu_quota() {
-                plan.enforced.cpus = q.map(|q| q as f64 / period as f64);
-            }
-        }
-        if has("pids") {
-            group
-                .set_pids_max(limits.pids)
-                .map_err(|e| ctx("process", e))?;
-            plan.enforced.pids = group.pids_max().ok().flatten();
-        }
+        let oom_fd = match group.dir("memory") {
+            Some(_) => Some(group.oom_eventfd()?),
+            None => None,
+        };
         let procs = group.open_tasks_files()?;
         Ok(Sandbox1 {
             contain: None,

@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use corral_cgroup::layout::{join_rel, Layout, Membership};
+use corral_cgroup::limits::Held;
 use corral_cgroup::tree::{Tree, RMDIR_BUDGET};
 use corral_cgroup::v2::{Cgroup2, RUN_CONTROLLERS};
-use corral_spec::Limits;
+use corral_spec::{LimitKind, Limits};
 use rustix::fs::inotify;
 use rustix::process::Signal;
 
 use super::{
-    cpu_quota_us, host_has_swap, reap_dead, Backend, BackendError, BackendKind, Collected, Event,
-    Plan, Reaped, Sandbox, CPU_PERIOD_US,
+    host_has_swap, limit_set, reap_dead, Backend, BackendError, BackendKind, Collected, Event,
+    Plan, Reaped, Sandbox,
 };
 use crate::guard::GuardEntry;
 use crate::spawn::{ChildSetup, Containment, Placement};
@@ -60,10 +61,7 @@ impl Cgroup2Backend {
         let mount = layout.v2.clone().ok_or_else(|| {
             BackendError::Unavailable("no cgroup2 file system is mounted on this host".into())
         })?;
-        let missing: Vec<&str> = ["memory", "cpu", "pids"]
-            .into_iter()
-            .filter(|c| !layout.v2_controllers.iter().any(|x| x == c))
-            .collect();
+        let missing = layout.missing_v2_controllers();
         if !missing.is_empty() {
             return Err(BackendError::Unavailable(format!(
                 "the cgroup2 mount at {} lacks the {} controller{} (bound to cgroup v1 \
@@ -152,16 +150,19 @@ impl Backend for Cgroup2Backend {
     fn plan(&self, limits: &Limits) -> Plan {
         let mut p = Plan::everything(limits);
         if !self.has("memory") {
-            p.drop_limit("memory_bytes", "the memory controller is not available");
-            p.drop_limit("swap_bytes", "the memory controller is not available");
+            p.drop_limit(LimitKind::Memory, "the memory controller is not available");
+            p.drop_limit(LimitKind::Swap, "the memory controller is not available");
         } else if !self.root.has_file("memory.swap.max") && host_has_swap() {
-            p.drop_limit("swap_bytes", "swap accounting is off (no memory.swap.max)");
+            p.drop_limit(
+                LimitKind::Swap,
+                "swap accounting is off (no memory.swap.max)",
+            );
         }
         if !self.has("cpu") {
-            p.drop_limit("cpus", "the cpu controller is not available");
+            p.drop_limit(LimitKind::Cpus, "the cpu controller is not available");
         }
         if !self.has("pids") {
-            p.drop_limit("pids", "the pids controller is not available");
+            p.drop_limit(LimitKind::Pids, "the pids controller is not available");
         }
         p
     }
@@ -216,31 +217,15 @@ pub struct Sandbox2 {
 
 impl Sandbox2 {
     pub(crate) fn new(cg: Cgroup2, limits: &Limits, mut plan: Plan) -> Result<Self, BackendError> {
-        let ctx = |what, error| BackendError::Limit { what, error };
-        let mut oom_group = false;
-        if cg.has_file("memory.max") {
-            cg.set_memory_max(limits.memory)
-                .map_err(|e| ctx("memory", e))?;
-            plan.enforced.memory_bytes = cg.read_limit("memory.max").ok().flatten();
-            if cg.has_file("memory.swap.max") {
-                cg.set_swap_max(limits.swap).map_err(|e| ctx("swap", e))?;
-                plan.enforced.swap_bytes = cg.read_limit("memory.swap.max").ok().flatten();
-            }
-            // One OOM kill takes the whole run, so no half-dead tree is left behind.
-            oom_group = cg.set_oom_group(true).is_ok();
+        let held = cg
+            .write_limits(&limit_set(limits))
+            .map_err(BackendError::Limit)?;
+        plan.read_back(&held);
+        if let Held::Read(swap) = held.swap {
+            plan.enforced.swap_bytes = swap;
         }
-        if cg.has_file("cpu.max") {
-            cg.set_cpu_max(limits.cpus.map(cpu_quota_us), CPU_PERIOD_US)
-                .map_err(|e| ctx("CPU", e))?;
-            if let Ok((q, period)) = cg.read_cpu_max() {
-                plan.enforced.cpus = q.map(|q| q as f64 / period as f64);
-            }
-        }
-        if cg.has_file("pids.max") {
-            cg.set_pids_max(limits.pids)
-                .map_err(|e| ctx("process", e))?;
-            plan.enforced.pids = cg.read_limit("pids.max").ok().flatten();
-        }
+        // One OOM kill takes the whole run, so no half-dead tree is left behind.
+        let oom_group = !held.memory.is_absent() && cg.set_oom_group(true).is_ok();
         let dir = cg.open_dir()?;
         let procs = cg.open_procs()?;
         let inotify = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)

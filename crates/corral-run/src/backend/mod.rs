@@ -9,8 +9,9 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use corral_cgroup::limits::{Enforced, Held, LimitSet};
 use corral_record::{Gap, LimitValues, WaitStatus};
-use corral_spec::Limits;
+use corral_spec::{LimitKind, Limits};
 use rustix::process::Signal;
 
 use crate::spawn::{ChildSetup, Placement};
@@ -102,14 +103,10 @@ pub enum BackendError {
         /// Why, with the file and errno.
         error: corral_cgroup::CgroupError,
     },
-    /// A limit could not be written.
-    #[error("cannot set the {what} limit: {error}")]
-    Limit {
-        /// Which limit ("memory", "swap", "CPU", "process").
-        what: &'static str,
-        /// Why, with the file and errno.
-        error: corral_cgroup::CgroupError,
-    },
+    /// A limit could not be written (which one, the file and the errno). Not a
+    /// `source()`: the message already holds the cause, and `{:#}` would repeat it.
+    #[error("{0}")]
+    Limit(corral_cgroup::limits::LimitError),
     /// A cgroup file operation failed.
     #[error("{0}")]
     File(corral_cgroup::CgroupError),
@@ -163,8 +160,8 @@ impl BackendError {
         match self {
             BackendError::Root { error, .. }
             | BackendError::Cgroup { error, .. }
-            | BackendError::Limit { error, .. }
             | BackendError::File(error) => error.raw_os_error(),
+            BackendError::Limit(e) => e.source.raw_os_error(),
             BackendError::Os { error, .. } => error.raw_os_error(),
             BackendError::Named { error, .. } => error.raw_os_error(),
             _ => None,
@@ -213,24 +210,54 @@ impl Plan {
     }
 
     /// Marks a requested limit as not enforced, with the reason. Does nothing when the
-    /// limit was not requested (unlimited).
-    pub fn drop_limit(&mut self, limit: &str, why: impl Into<String>) {
+    /// limit was not requested (unlimited), or is not one a backend enforces (grace,
+    /// output limit: see [`LimitKind::ENFORCEABLE`]).
+    pub fn drop_limit(&mut self, limit: LimitKind, why: impl Into<String>) {
         let e = &mut self.enforced;
         let was = match limit {
-            "memory_bytes" => e.memory_bytes.take().is_some(),
-            "swap_bytes" => e.swap_bytes.take().is_some(),
-            "cpus" => e.cpus.take().is_some(),
-            "pids" => e.pids.take().is_some(),
-            "timeout_s" => e.timeout_s.take().is_some(),
-            "cpu_time_s" => e.cpu_time_s.take().is_some(),
-            _ => false,
+            LimitKind::Memory => e.memory_bytes.take().is_some(),
+            LimitKind::Swap => e.swap_bytes.take().is_some(),
+            LimitKind::Cpus => e.cpus.take().is_some(),
+            LimitKind::Pids => e.pids.take().is_some(),
+            LimitKind::Timeout => e.timeout_s.take().is_some(),
+            LimitKind::CpuTime => e.cpu_time_s.take().is_some(),
+            LimitKind::Grace | LimitKind::OutputLimit | LimitKind::RequireIsolation => false,
         };
         if was {
             self.gaps.push(Gap {
-                limit: limit.to_string(),
+                limit,
                 why: why.into(),
             });
         }
+    }
+}
+
+/// The limits to write on a run's cgroup (or a budget's): `limits` in cgroup terms,
+/// the CPU quota over [`CPU_PERIOD_US`].
+pub fn limit_set(limits: &Limits) -> LimitSet {
+    LimitSet {
+        memory: limits.memory,
+        swap: limits.swap,
+        cpu_quota_us: limits.cpus.map(cpu_quota_us),
+        cpu_period_us: CPU_PERIOD_US,
+        pids: limits.pids,
+    }
+}
+
+impl Plan {
+    /// Takes the memory, CPU and pids limits a cgroup holds after they were written
+    /// ([`Held::Read`]) as the enforced values; a limit whose file the cgroup lacks
+    /// ([`Held::Absent`]) keeps the plan's value. Swap is left to the caller, whose
+    /// hierarchy kind decides how it reads back.
+    pub(crate) fn read_back(&mut self, held: &Enforced) {
+        fn take<T: Copy>(dst: &mut Option<T>, h: Held<T>) {
+            if let Held::Read(v) = h {
+                *dst = v;
+            }
+        }
+        take(&mut self.enforced.memory_bytes, held.memory);
+        take(&mut self.enforced.cpus, held.cpus);
+        take(&mut self.enforced.pids, held.pids);
     }
 }
 

@@ -11,7 +11,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use corral_record::WaitStatus;
-use corral_spec::Limits;
+use corral_spec::{LimitKind, Limits};
 use rustix::process::{Pid, Signal};
 
 use super::{host_has_swap, Backend, BackendError, BackendKind, Collected, Event, Plan, Sandbox};
@@ -38,12 +38,15 @@ impl Backend for RlimitBackend {
 
     fn plan(&self, limits: &Limits) -> Plan {
         let mut p = Plan::everything(limits);
-        p.drop_limit("cpus", "a CPU quota needs the cgroup cpu controller");
+        p.drop_limit(
+            LimitKind::Cpus,
+            "a CPU quota needs the cgroup cpu controller",
+        );
         if host_has_swap() {
-            p.drop_limit("swap_bytes", "swap cannot be limited without cgroups");
+            p.drop_limit(LimitKind::Swap, "swap cannot be limited without cgroups");
         }
         if is_root() {
-            p.drop_limit("pids", "RLIMIT_NPROC does not apply to root");
+            p.drop_limit(LimitKind::Pids, "RLIMIT_NPROC does not apply to root");
         }
         p
     }

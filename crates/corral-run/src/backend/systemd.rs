@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use corral_cgroup::layout::{join_rel, Layout, LayoutKind, Membership, Mount};
 use corral_cgroup::util::read_flat_keyed;
 use corral_cgroup::v2::{parse_io_stat, Cgroup2};
-use corral_spec::Limits;
+use corral_spec::{LimitKind, Limits};
 use rustix::process::Signal;
 use zbus::zvariant::Value;
 
@@ -213,11 +213,11 @@ fn read_controllers(dir: &Path) -> Vec<String> {
 }
 
 /// The controller a limit needs.
-const LIMIT_CONTROLLERS: &[(&str, &str)] = &[
-    ("memory_bytes", "memory"),
-    ("swap_bytes", "memory"),
-    ("cpus", "cpu"),
-    ("pids", "pids"),
+const LIMIT_CONTROLLERS: &[(LimitKind, &str)] = &[
+    (LimitKind::Memory, "memory"),
+    (LimitKind::Swap, "memory"),
+    (LimitKind::Cpus, "cpu"),
+    (LimitKind::Pids, "pids"),
 ];
 
 /// The one-line reason for a limit whose controller the manager lacks.
@@ -241,11 +241,14 @@ fn missing_why(scope: Scope, controller: &str) -> String {
 fn restrict(plan: &mut Plan, have: &[String], scope: Scope, swap_accounted: bool) {
     for (limit, c) in LIMIT_CONTROLLERS {
         if !have.iter().any(|h| h == c) {
-            plan.drop_limit(limit, missing_why(scope, c));
+            plan.drop_limit(*limit, missing_why(scope, c));
         }
     }
     if !swap_accounted && host_has_swap() {
-        plan.drop_limit("swap_bytes", "swap accounting is off (no memory.swap.max)");
+        plan.drop_limit(
+            LimitKind::Swap,
+            "swap accounting is off (no memory.swap.max)",
+        );
     }
 }
 
@@ -416,17 +419,17 @@ impl SystemdBackend {
         // A limit systemd was asked for but did not apply is not enforced.
         for (limit, requested, got) in [
             (
-                "memory_bytes",
+                LimitKind::Memory,
                 limits.memory.is_some(),
                 e.memory_bytes.is_some(),
             ),
-            ("cpus", limits.cpus.is_some(), e.cpus.is_some()),
-            ("pids", limits.pids.is_some(), e.pids.is_some()),
+            (LimitKind::Cpus, limits.cpus.is_some(), e.cpus.is_some()),
+            (LimitKind::Pids, limits.pids.is_some(), e.pids.is_some()),
         ] {
             let listed = plan.gaps.iter().any(|g| g.limit == limit);
             if requested && !got && !listed {
                 plan.gaps.push(corral_record::Gap {
-                    limit: limit.into(),
+                    limit,
                     why: "systemd did not apply this limit to the scope".into(),
                 });
             }
@@ -922,7 +925,7 @@ mod tests {
         let have: Vec<String> = ["memory", "pids"].iter().map(|s| s.to_string()).collect();
         restrict(&mut p, &have, Scope::User(4242), true);
         assert_eq!(p.gaps.len(), 1);
-        assert_eq!(p.gaps[0].limit, "cpus");
+        assert_eq!(p.gaps[0].limit, LimitKind::Cpus);
         assert!(p.gaps[0]
             .why
             .contains("does not delegate the cpu controller"));
