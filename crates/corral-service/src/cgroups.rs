@@ -18,10 +18,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corral_cgroup::layout::{join_rel, Layout, Membership};
 use corral_cgroup::limits::{Held, LimitError, LimitSet};
+use corral_cgroup::tree::Tree as EndTree;
 use corral_cgroup::v1::{Group1, RUN_CONTROLLERS as V1_CONTROLLERS};
 use corral_cgroup::v2::{Cgroup2, RUN_CONTROLLERS as V2_CONTROLLERS};
 use corral_cgroup::CgroupError;
@@ -474,13 +475,13 @@ impl ServiceTree {
         for name in self.run_cgroups() {
             let id = parse_cgroup_name(&name).map(|(id, _)| id);
             let (killed, error) = match &self.tree {
-                Tree::V2 { runs, .. } => reap_v2(&Cgroup2::at(runs.path().join(&name))),
+                Tree::V2 { runs, .. } => reap(&Cgroup2::at(runs.path().join(&name))),
                 Tree::V1 {
                     layout,
                     ctrls,
                     root_rel,
                     ..
-                } => reap_v1(&Group1::open(
+                } => reap(&Group1::open(
                     layout,
                     &root_rel.join("runs").join(&name),
                     ctrls,
@@ -639,46 +640,15 @@ fn absent_file(path: &Path) -> CgroupError {
     }
 }
 
-fn reap_v2(cg: &Cgroup2) -> (usize, Option<String>) {
-    let killed: usize = cg
-        .subtree()
-        .iter()
-        .map(|c| c.procs().map(|p| p.len()).unwrap_or(0))
-        .sum();
-    if killed > 0 {
-        match cg.kill() {
-            Ok(true) => {}
-            Ok(false) => {
-                if let Err(e) = cg.kill_by_freezing() {
-                    return (killed, Some(e.to_string()));
-                }
-            }
-            Err(e) => return (killed, Some(e.to_string())),
-        }
-        let t = Instant::now();
-        while cg.populated().unwrap_or(false) && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    (
-        killed,
-        cg.remove(Duration::from_secs(2))
-            .err()
-            .map(|e| e.to_string()),
-    )
-}
+/// How long a stray run cgroup may take to empty after its kill.
+const REAP_WITHIN: Duration = Duration::from_secs(10);
 
-fn reap_v1(g: &Group1) -> (usize, Option<String>) {
-    let killed = g.pids().len();
-    if killed > 0 {
-        if let Err(e) = g.kill_all(Duration::from_secs(10)) {
-            return (killed, Some(e.to_string()));
-        }
+/// Ends one stray run cgroup the way every tree is ended ([`EndTree::end_tree`]):
+/// how many processes it held, and why it could not be removed, if it could not.
+fn reap(tree: &dyn EndTree) -> (usize, Option<String>) {
+    let found = tree.process_count();
+    match tree.end_tree(REAP_WITHIN) {
+        Ok(n) => (n, None),
+        Err(e) => (found, Some(e.to_string())),
     }
-    (
-        killed,
-        g.remove(Duration::from_secs(2))
-            .err()
-            .map(|e| e.to_string()),
-    )
 }
