@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::ledger::{Inserted, NewRun};
 use crate::service::records::{explain_cancel, CancelBy, Never};
 use crate::service::validate;
-use crate::service::{Active, Job, Service, ServiceError};
+use crate::service::{Job, Service, ServiceError};
 use crate::wire::{RunState, RunStatus, SubmitResponse};
 
 /// What `POST /runs` did with a valid submission.
@@ -112,21 +112,7 @@ impl Service {
             }
         };
         let id = job.id.clone();
-        {
-            let mut g = self.lock();
-            g.adm.push(&id, req.priority, need);
-            g.active.insert(
-                id.clone(),
-                Active {
-                    job: Arc::new(job),
-                    state: RunState::Queued,
-                    need,
-                    cancel: None,
-                    cancelled_by: None,
-                    done: watch::channel(false).0,
-                },
-            );
-        }
+        self.lock().enqueue(job, req.priority, need);
         tracing::info!("run {id} accepted (priority {})", req.priority);
         self.pump();
         let state = self

@@ -170,6 +170,25 @@ struct Inner {
     draining: bool,
 }
 
+impl Inner {
+    /// Puts a job in the admission queue and the active table, as `Queued`: a new
+    /// submission and a queued run resumed after a restart enter the same way.
+    fn enqueue(&mut self, job: Job, priority: i64, need: Need) {
+        self.adm.push(&job.id, priority, need);
+        self.active.insert(
+            job.id.clone(),
+            Active {
+                job: Arc::new(job),
+                state: RunState::Queued,
+                need,
+                cancel: None,
+                cancelled_by: None,
+                done: watch::channel(false).0,
+            },
+        );
+    }
+}
+
 /// Static facts about the service for `/health`.
 #[derive(Debug, Clone)]
 pub struct Facts {

@@ -4,14 +4,11 @@
 //!
 //! It runs once, in [`Service::new`], before the service listens.
 
-use std::sync::Arc;
 use std::time::SystemTime;
-
-use tokio::sync::watch;
 
 use crate::cgroups::Reaped;
 use crate::service::records::Never;
-use crate::service::{Active, Job, Service, ServiceError};
+use crate::service::{Job, Service, ServiceError};
 use crate::wire::RunState;
 
 /// The first sentence of a lost run's notes: which service recorded it when (`pid`,
@@ -110,18 +107,7 @@ impl Service {
                     continue;
                 }
             };
-            g.adm.push(&job.id, row.priority, need);
-            g.active.insert(
-                job.id.clone(),
-                Active {
-                    job: Arc::new(job),
-                    state: RunState::Queued,
-                    need,
-                    cancel: None,
-                    cancelled_by: None,
-                    done: watch::channel(false).0,
-                },
-            );
+            g.enqueue(job, row.priority, need);
         }
         Ok(())
     }
