@@ -69,10 +69,15 @@ fn command(a: &Argv, n: usize) -> Command {
 impl Peer {
     /// A single command.
     pub fn cmd(name: &str, config: String, c: Result<Command, String>) -> Peer {
+        Peer::steps(name, config, c.map(|c| vec![argv(&c)]))
+    }
+
+    /// Steps run one after the other, or why the peer cannot run here.
+    fn steps(name: &str, config: String, steps: Result<Vec<Argv>, String>) -> Peer {
         Peer {
             name: name.into(),
             config,
-            steps: c.map(|c| vec![argv(&c)]),
+            steps,
             setup: Vec::new(),
             teardown: Vec::new(),
             leftovers: Vec::new(),
@@ -267,17 +272,11 @@ pub fn launch_peers(ctx: &Ctx) -> Vec<Peer> {
     } else {
         find_tool("systemd-run", "systemd").map(|_| ())
     };
-    out.push(Peer {
-        name: "systemd-run --scope".into(),
-        config: sd.join(" "),
-        steps: sd_ok.map(|_| vec![sd.clone()]),
-        setup: Vec::new(),
-        teardown: Vec::new(),
-        leftovers: Vec::new(),
-        counter: 0,
-        torn_down: true,
-        max_runs: None,
-    });
+    out.push(Peer::steps(
+        "systemd-run --scope",
+        sd.join(" "),
+        sd_ok.map(|_| vec![sd.clone()]),
+    ));
 
     // On cgroup v2 BenchExec puts each run into a systemd scope of its own, which it
     // asks the *user* manager for (through pystemd), root included: with systemd as

@@ -11,7 +11,7 @@
 //! CPU time: the workload is `corral-bench __spin` (one busy thread). Overshoot =
 //! the CPU time the tool (or the kernel) reports − the limit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -205,17 +205,7 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
         // runexec
         if let (Ok(r), None) = (&ctx.runexec, &rx.skipped) {
             let sw = Stopwatch::new(&fifo)?;
-            let mut cmd = Command::new(r);
-            cmd.args([
-                "--no-container",
-                "--walltimelimit",
-                "1",
-                "--memlimit",
-                "1073741824",
-            ]);
-            cmd.arg("--output")
-                .arg(ctx.tmp.join("runexec.log"))
-                .arg("--");
+            let mut cmd = runexec(ctx, r, "--walltimelimit");
             cmd.args(sleeper(&fifo));
             let h = sw.watch(watch_limit);
             let (code, out) = run_cmd(ctx, cmd, Some(&out_path))?;
@@ -320,17 +310,7 @@ pub fn precision(ctx: &Ctx) -> Result<Report> {
             }
         }
         if let (Ok(r), None) = (&ctx.runexec, &crx.skipped) {
-            let mut cmd = Command::new(r);
-            cmd.args([
-                "--no-container",
-                "--timelimit",
-                "1",
-                "--memlimit",
-                "1073741824",
-            ]);
-            cmd.arg("--output")
-                .arg(ctx.tmp.join("runexec.log"))
-                .arg("--");
+            let mut cmd = runexec(ctx, r, "--timelimit");
             cmd.args(&spinner);
             let (code, out) = run_cmd(ctx, cmd, Some(&out_path))?;
             match kv_number(&out, "cputime") {
@@ -431,4 +411,15 @@ fn series_rows(s: &Series, ext_label: &str, unit: &str) -> Vec<Row> {
         ));
     }
     v
+}
+
+/// BenchExec's `runexec` without a container, with a 1 s limit given by `time_flag`
+/// (`--walltimelimit` or `--timelimit`) and 1 GiB of memory; the command follows.
+fn runexec(ctx: &Ctx, runexec: &Path, time_flag: &str) -> Command {
+    let mut cmd = Command::new(runexec);
+    cmd.args(["--no-container", time_flag, "1", "--memlimit", "1073741824"])
+        .arg("--output")
+        .arg(ctx.tmp.join("runexec.log"))
+        .arg("--");
+    cmd
 }
