@@ -126,11 +126,8 @@ impl Backend for Cgroup1Backend {
         if !self.has("memory") {
             p.drop_limit(LimitKind::Memory, "no v1 memory hierarchy");
         }
-        if !self.memsw && host_has_swap() {
-            p.drop_limit(
-                LimitKind::Swap,
-                "swap accounting is off (no memory.memsw.limit_in_bytes; boot with swapaccount=1)",
-            );
+        if let Some(why) = swap_gap(limits, self.memsw, host_has_swap()) {
+            p.drop_limit(LimitKind::Swap, why);
         }
         if !self.has("cpu") {
             p.drop_limit(LimitKind::Cpus, "no v1 cpu hierarchy");
@@ -359,5 +356,49 @@ impl Sandbox for Sandbox1 {
                 what: "cannot remove the run's cgroups",
                 error,
             })
+    }
+}
+
+/// Why a swap limit cannot hold on cgroup v1, if it cannot. v1 limits swap only as
+/// memory + swap (`memory.memsw.limit_in_bytes`): without swap accounting there is no
+/// such file, and without a memory limit there is nothing to add the swap limit to.
+/// A host without swap has nothing to limit, so the limit holds there.
+fn swap_gap(limits: &Limits, memsw: bool, host_swap: bool) -> Option<&'static str> {
+    if !host_swap || limits.swap.is_none() {
+        None
+    } else if !memsw {
+        Some("swap accounting is off (no memory.memsw.limit_in_bytes; boot with swapaccount=1)")
+    } else if limits.memory.is_none() {
+        Some("cgroup v1 limits swap only together with memory (memory + swap), and no memory limit was given")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_needs_accounting_and_a_memory_limit_where_there_is_swap() {
+        let mut l = Limits {
+            memory: Some(1 << 30),
+            swap: Some(0),
+            ..Limits::default()
+        };
+        assert_eq!(swap_gap(&l, true, true), None);
+        assert!(swap_gap(&l, false, true).unwrap().contains("swapaccount=1"));
+        assert_eq!(
+            swap_gap(&l, false, false),
+            None,
+            "no swap: nothing to limit"
+        );
+        l.memory = None;
+        assert!(swap_gap(&l, true, true)
+            .unwrap()
+            .contains("no memory limit"));
+        assert_eq!(swap_gap(&l, true, false), None);
+        l.swap = None;
+        assert_eq!(swap_gap(&l, true, true), None, "no swap limit asked for");
     }
 }
