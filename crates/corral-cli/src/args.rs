@@ -8,7 +8,7 @@ use clap::Args;
 use corral_run::{RunSpec, Stdio};
 use corral_spec::{
     load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
-    parse_size_setting, parse_swap, LimitsPatch, ProfileSet,
+    parse_size_setting, parse_swap, LimitsPatch, ProfileSet, Syscalls,
 };
 
 /// Options of one run.
@@ -62,6 +62,9 @@ pub struct RunArgs {
     /// Refuse to run (exit 125) when any requested limit cannot be enforced.
     #[arg(long)]
     pub require_isolation: bool,
+    /// The syscall filter: "default" (corral's seccomp deny-list) or "off".
+    #[arg(long, value_name = "POLICY", allow_hyphen_values = true)]
+    pub syscalls: Option<String>,
     /// The run's id (1-64 of A-Z a-z 0-9 _ -); generated when absent.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
@@ -142,6 +145,7 @@ impl RunArgs {
                 .map(|s| parse_size_setting("output limit", s))
                 .transpose()?,
             require_isolation: self.require_isolation.then_some(true),
+            syscalls: self.syscalls.as_deref().map(Syscalls::parse).transpose()?,
         })
     }
 }

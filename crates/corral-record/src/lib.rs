@@ -147,6 +147,57 @@ impl LimitsRecord {
     }
 }
 
+/// A syscall policy by name and version (`corral-default`, 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyscallPolicy {
+    /// The policy's name.
+    pub policy: String,
+    /// Its version: raised whenever its list of denied calls changes.
+    pub version: u32,
+}
+
+/// The isolation layers a run asked for (profile, metadata, flags).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationRequested {
+    /// The syscall filter: `default` or `off`.
+    pub syscalls: String,
+}
+
+/// The isolation layers really applied to the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationEnforced {
+    /// The seccomp filter installed before exec (`null`: none).
+    pub syscalls: Option<SyscallPolicy>,
+    /// `PR_SET_NO_NEW_PRIVS`: exec grants no privileges (setuid, file capabilities).
+    pub no_new_privs: bool,
+    /// A new session (`setsid`): no controlling terminal.
+    pub new_session: bool,
+    /// Whether the run may write core dumps (`false`: `RLIMIT_CORE` 0).
+    pub core_dumps: bool,
+}
+
+/// An isolation layer that was asked for but could not be applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationGap {
+    /// The layer, named as in [`IsolationRequested`] (`syscalls`).
+    pub layer: String,
+    /// Why it is not enforced, in one sentence.
+    pub why: String,
+}
+
+/// Requested versus applied isolation layers, beside [`LimitsRecord`]. Later layers
+/// (user, file system, network, pid namespace, Landlock) add fields to `requested` and
+/// `enforced`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationRecord {
+    /// What the profile, metadata and flags asked for.
+    pub requested: IsolationRequested,
+    /// What corral applied.
+    pub enforced: IsolationEnforced,
+    /// Each requested layer that could not be applied, with the reason.
+    pub not_enforced: Vec<IsolationGap>,
+}
+
 /// How the run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -242,6 +293,10 @@ pub struct Record {
     pub cgroup: Option<String>,
     /// Requested and enforced limits.
     pub limits: LimitsRecord,
+    /// Requested and applied isolation layers (absent in records of runs that never
+    /// started a process: written by the service for lost or never-run submissions).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub isolation: Option<IsolationRecord>,
     /// How it ended.
     pub outcome: Outcome,
     /// Limit events.
@@ -300,6 +355,7 @@ impl Record {
             backend_reason: head.backend_reason,
             cgroup: None,
             limits: head.limits,
+            isolation: None,
             outcome: Outcome {
                 reason: Reason::SpawnFailed,
                 exit_code: 125,

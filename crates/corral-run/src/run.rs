@@ -70,6 +70,15 @@ pub enum RunError {
         /// The limits it cannot enforce, and why.
         gaps: Vec<corral_record::Gap>,
     },
+    /// `--require-isolation` and an isolation layer cannot be applied on this host.
+    #[error(
+        "refusing to run: isolation is required but this host cannot apply: {}",
+        .gaps.iter().map(|g| format!("{} ({})", g.layer, g.why)).collect::<Vec<_>>().join("; ")
+    )]
+    IsolationRefused {
+        /// The layers that cannot be applied, and why.
+        gaps: Vec<corral_record::IsolationGap>,
+    },
     /// The backend failed to create the run's isolation.
     #[error("{0}")]
     Backend(BackendError),
@@ -113,13 +122,20 @@ impl From<std::io::Error> for RunError {
     }
 }
 
-/// Checks that `--require-isolation` can be honoured; returns the plan.
+/// Checks that `--require-isolation` can be honoured, for the limits and the
+/// isolation layers; returns the backend's plan.
 pub fn check_isolation(backend: &dyn Backend, limits: &Limits) -> Result<Plan, RunError> {
     let plan = backend.plan(limits);
     if limits.require_isolation && !plan.gaps.is_empty() {
         return Err(RunError::Refused {
             backend: backend.kind(),
             gaps: plan.gaps,
+        });
+    }
+    let iso = crate::isolation::plan(limits);
+    if limits.require_isolation && !iso.record.not_enforced.is_empty() {
+        return Err(RunError::IsolationRefused {
+            gaps: iso.record.not_enforced,
         });
     }
     Ok(plan)
@@ -184,6 +200,8 @@ pub async fn run(
     }
     let plan = check_isolation(backend, &spec.limits)?;
     let mut rec = base_record(backend, &spec, &id, &plan);
+    let iso = crate::isolation::plan(&spec.limits);
+    rec.isolation = Some(iso.record.clone());
 
     // Everything that can fail on bad input is checked before the cgroup exists.
     let env = effective_env(&spec);
@@ -239,6 +257,10 @@ pub async fn run(
         stdout: out_fd.as_ref().map(|f| f.as_fd()),
         stderr: err_fd.as_ref().map(|f| f.as_fd()),
         parent_death_signal: Some(libc::SIGKILL),
+        new_session: iso.record.enforced.new_session,
+        no_core_dumps: !iso.record.enforced.core_dumps,
+        no_new_privs: iso.record.enforced.no_new_privs,
+        syscall_filter: iso.filter,
         ..Default::default()
     };
     sandbox.child_setup(&mut setup);
