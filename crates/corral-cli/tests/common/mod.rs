@@ -724,11 +724,13 @@ pub fn run_sandbox_setuid(h: &Harness) -> Ran {
         .unwrap();
     if String::from_utf8_lossy(&outside.stdout).trim() != "0" {
         // Without a working control the check below would prove nothing.
-        eprintln!(
-            "skipped: {} sandbox_setuid: a setuid file in {} gives no privilege even \
-             outside corral (a nosuid mount?): {outside:?}",
-            h.backend,
-            dir.display()
+        corral_testkit::skip_control(
+            &format!("{} sandbox_setuid", h.backend),
+            &format!(
+                "a setuid file in {} gives no privilege even outside corral (a nosuid \
+                 mount?): {outside:?}",
+                dir.display()
+            ),
         );
         return Ran {
             code: 0,
@@ -764,9 +766,9 @@ pub fn run_sandbox_tiocsti(h: &Harness) {
         .stdin(Stdio::null())
         .output();
     if !pty.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "skipped: {} sandbox_tiocsti: script(1) cannot open a pty here: {pty:?}",
-            h.backend
+        corral_testkit::skip_control(
+            &format!("{} sandbox_tiocsti", h.backend),
+            &format!("script(1) cannot open a pty here: {pty:?}"),
         );
         return;
     }
