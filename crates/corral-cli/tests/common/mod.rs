@@ -701,15 +701,41 @@ pub fn run_sandbox_off(h: &Harness) -> Ran {
 /// and nothing inside a run (`no_new_privs`), where root first drops to `nobody`.
 pub fn run_sandbox_setuid(h: &Harness) -> Ran {
     use std::os::unix::fs::PermissionsExt;
-    let dir = h.tmp().join("suid");
-    std::fs::create_dir(&dir).unwrap();
-    for d in [h.tmp(), dir.as_path()] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    /// A setuid-root copy of `id` in `dir`, and what it says run as nobody outside
+    /// corral (the control: "0" where the mount honours setuid).
+    fn setuid_id(dir: &Path) -> (String, std::process::Output) {
+        let d = dir.join("suid");
+        std::fs::create_dir(&d).unwrap();
+        for d in [dir, d.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let id = d.join("id");
+        std::fs::copy("/usr/bin/id", &id).unwrap();
+        std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let id = id.display().to_string();
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                &id,
+                "-u",
+            ])
+            .output()
+            .unwrap();
+        (id, out)
     }
-    let id = dir.join("id");
-    std::fs::copy("/usr/bin/id", &id).unwrap();
-    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let id = id.display().to_string();
+    let works = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).trim() == "0";
+    // The test VM's /tmp is nosuid; /var/tmp (its overlay root) is not.
+    let (mut id, mut outside) = setuid_id(h.tmp());
+    let _var_tmp;
+    if !works(&outside) {
+        _var_tmp = tempfile::Builder::new()
+            .prefix("corral-test-suid")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        (id, outside) = setuid_id(_var_tmp.path());
+    }
     let as_nobody = [
         "setpriv",
         "--reuid=65534",
@@ -718,18 +744,14 @@ pub fn run_sandbox_setuid(h: &Harness) -> Ran {
         &id,
         "-u",
     ];
-    let outside = Command::new(as_nobody[0])
-        .args(&as_nobody[1..])
-        .output()
-        .unwrap();
-    if String::from_utf8_lossy(&outside.stdout).trim() != "0" {
+    if !works(&outside) {
         // Without a working control the check below would prove nothing.
         corral_testkit::skip_control(
             &format!("{} sandbox_setuid", h.backend),
             &format!(
-                "a setuid file in {} gives no privilege even outside corral (a nosuid \
-                 mount?): {outside:?}",
-                dir.display()
+                "a setuid file in {} or /var/tmp gives no privilege even outside corral \
+                 (nosuid mounts?): {outside:?}",
+                h.tmp().display()
             ),
         );
         return Ran {
