@@ -30,11 +30,13 @@ pub enum LimitKind {
     OutputLimit,
     /// Refuse to run unisolated ([`crate::Limits::require_isolation`]).
     RequireIsolation,
+    /// The network the run sees ([`crate::Limits::network`]).
+    Network,
 }
 
 impl LimitKind {
     /// Every limit, in the order `corral profiles` prints them.
-    pub const ALL: [LimitKind; 9] = [
+    pub const ALL: [LimitKind; 10] = [
         LimitKind::Memory,
         LimitKind::Swap,
         LimitKind::Cpus,
@@ -44,6 +46,7 @@ impl LimitKind {
         LimitKind::Grace,
         LimitKind::OutputLimit,
         LimitKind::RequireIsolation,
+        LimitKind::Network,
     ];
 
     /// The limits a backend enforces (or reports as not enforced): the fields of a
@@ -71,6 +74,7 @@ impl LimitKind {
             LimitKind::Grace => "grace_s",
             LimitKind::OutputLimit => "output_limit_bytes",
             LimitKind::RequireIsolation => "require_isolation",
+            LimitKind::Network => "network",
         }
     }
 
@@ -87,6 +91,7 @@ impl LimitKind {
             LimitKind::Grace => "grace",
             LimitKind::OutputLimit => "output_limit",
             LimitKind::RequireIsolation => "require_isolation",
+            LimitKind::Network => "network",
         }
     }
 
@@ -102,8 +107,8 @@ impl LimitKind {
 }
 
 /// The table keys of [`LimitKind::ALL`], in that order.
-pub const LIMIT_KEYS: [&str; 9] = {
-    let mut keys = [""; 9];
+pub const LIMIT_KEYS: [&str; 10] = {
+    let mut keys = [""; 10];
     let mut i = 0;
     while i < keys.len() {
         keys[i] = LimitKind::ALL[i].key();
@@ -151,7 +156,8 @@ mod tests {
                 "cpu_time_s",
                 "grace_s",
                 "output_limit_bytes",
-                "require_isolation"
+                "require_isolation",
+                "network"
             ]
         );
         assert_eq!(
@@ -165,7 +171,8 @@ mod tests {
                 "cpu_time",
                 "grace",
                 "output_limit",
-                "require_isolation"
+                "require_isolation",
+                "network"
             ]
         );
         for k in LimitKind::ALL {

@@ -31,6 +31,41 @@ impl<T> Setting<T> {
     }
 }
 
+/// The network a run sees (`--network`, profile key `network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// Its own network namespace with only loopback, up: no route to the host's or
+    /// anyone's network, not even the host's `127.0.0.1`.
+    #[default]
+    None,
+    /// The host's network namespace, as without corral.
+    Host,
+}
+
+impl Network {
+    /// The spelling in flags, profiles and records: `none` or `host`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Host => "host",
+        }
+    }
+
+    /// Parses `none` or `host`.
+    pub fn parse(s: &str) -> Result<Network, SpecError> {
+        match s.trim() {
+            "none" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            _ => Err(SpecError::Invalid {
+                what: "network",
+                value: s.to_string(),
+                why: "use \"none\" (its own network namespace, loopback only) or \"host\" (the host's network)".into(),
+            }),
+        }
+    }
+}
+
 /// The effective limits of one run, after all layers are merged. `None` means unlimited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
@@ -52,6 +87,10 @@ pub struct Limits {
     pub output_limit: Option<u64>,
     /// Refuse to run when any requested limit cannot be enforced.
     pub require_isolation: bool,
+    /// The network the run sees (absent in limits stored before it existed: the
+    /// default, its own loopback-only namespace).
+    #[serde(default)]
+    pub network: Network,
 }
 
 impl Default for Limits {
@@ -67,6 +106,7 @@ impl Default for Limits {
             grace: Duration::from_secs(5),
             output_limit: None,
             require_isolation: false,
+            network: Network::None,
         }
     }
 }
@@ -92,6 +132,8 @@ pub struct LimitsPatch {
     pub output_limit: Option<Setting<u64>>,
     /// See [`Limits::require_isolation`].
     pub require_isolation: Option<bool>,
+    /// See [`Limits::network`].
+    pub network: Option<Network>,
 }
 
 impl LimitsPatch {
@@ -114,6 +156,9 @@ impl LimitsPatch {
         }
         if let Some(r) = self.require_isolation {
             base.require_isolation = r;
+        }
+        if let Some(n) = self.network {
+            base.network = n;
         }
     }
 
@@ -155,6 +200,7 @@ impl LimitsPatch {
                     Value::Bool(b) => p.require_isolation = Some(*b),
                     _ => return Err(err("must be true or false".into())),
                 },
+                LimitKind::Network => p.network = Some(Network::parse(&text(v)).map_err(bad)?),
             }
         }
         Ok(p)
@@ -263,5 +309,28 @@ mod tests {
         let t = json!({"require_isolation": "yes"});
         assert!(LimitsPatch::from_table(t.as_object().unwrap(), "f").is_err());
         assert_eq!(parse_swap("0").unwrap(), Setting::Value(0));
+    }
+
+    #[test]
+    fn network_setting() {
+        let mut l = Limits::default();
+        assert_eq!(l.network, Network::None);
+        let t = json!({"network": "host"});
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.network, Network::Host);
+        let t = json!({"network": "loopback"});
+        let e = LimitsPatch::from_table(t.as_object().unwrap(), "f").unwrap_err();
+        assert!(
+            e.to_string().contains("invalid network \"loopback\""),
+            "{e}"
+        );
+        assert_eq!(Network::parse("none").unwrap().as_str(), "none");
+        // Limits stored before the key existed get the default.
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        v.as_object_mut().unwrap().remove("network");
+        let back: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(back.network, Network::None);
     }
 }

@@ -134,7 +134,8 @@ fn merge(dst: &mut LimitsPatch, src: LimitsPatch) {
         cpu_time,
         grace,
         output_limit,
-        require_isolation
+        require_isolation,
+        network
     );
 }
 
