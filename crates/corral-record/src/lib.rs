@@ -147,6 +147,43 @@ impl LimitsRecord {
     }
 }
 
+/// The isolation layers a run asked for (profile, metadata, flags).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationRequested {
+    /// The network: `none` (its own namespace, loopback only) or `host`.
+    pub network: String,
+}
+
+/// The isolation layers really applied to the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationEnforced {
+    /// The network the run saw: `loopback` (its own namespace with only `lo`), `host`,
+    /// or `null` (a namespace was asked for and could not be made: see `not_enforced`).
+    pub network: Option<String>,
+}
+
+/// An isolation layer that was asked for but could not be applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationGap {
+    /// The layer, named as in [`IsolationRequested`] (`network`).
+    pub layer: String,
+    /// Why it is not enforced and what would enforce it, in a sentence or two.
+    pub why: String,
+}
+
+/// Requested versus applied isolation layers, beside [`LimitsRecord`]. Later layers
+/// (user, file system, pid namespace, syscalls, Landlock) add fields to `requested`
+/// and `enforced`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationRecord {
+    /// What the profile, metadata and flags asked for.
+    pub requested: IsolationRequested,
+    /// What corral applied.
+    pub enforced: IsolationEnforced,
+    /// Each requested layer that could not be applied, with the reason.
+    pub not_enforced: Vec<IsolationGap>,
+}
+
 /// How the run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -242,6 +279,10 @@ pub struct Record {
     pub cgroup: Option<String>,
     /// Requested and enforced limits.
     pub limits: LimitsRecord,
+    /// Requested and applied isolation layers (absent in records of runs that never
+    /// started a process: written by the service for lost or never-run submissions).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub isolation: Option<IsolationRecord>,
     /// How it ended.
     pub outcome: Outcome,
     /// Limit events.
@@ -300,6 +341,7 @@ impl Record {
             backend_reason: head.backend_reason,
             cgroup: None,
             limits: head.limits,
+            isolation: None,
             outcome: Outcome {
                 reason: Reason::SpawnFailed,
                 exit_code: 125,
