@@ -40,6 +40,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
                         LimitKind::Grace => json!(l.grace.as_secs_f64()),
                         LimitKind::OutputLimit => json!(l.output_limit),
                         LimitKind::RequireIsolation => json!(l.require_isolation),
+                        LimitKind::Network => json!(l.network.as_str()),
                     };
                 }
                 v
@@ -50,13 +51,13 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
     }
     let none = || "-".to_string();
     println!(
-        "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6}  DESCRIPTION",
-        "PROFILE", "MEMORY", "CPUS", "PIDS", "TIMEOUT", "CPU-TIME", "GRACE"
+        "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>7}  DESCRIPTION",
+        "PROFILE", "MEMORY", "CPUS", "PIDS", "TIMEOUT", "CPU-TIME", "GRACE", "NETWORK"
     );
     for p in &profiles {
         let l = &p.limits;
         println!(
-            "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6}  {}",
+            "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>7}  {}",
             p.name,
             l.memory.map(format_bytes).unwrap_or_else(none),
             l.cpus.map(|c| format!("{c}")).unwrap_or_else(none),
@@ -64,6 +65,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
             l.timeout.map(format_duration).unwrap_or_else(none),
             l.cpu_time.map(format_duration).unwrap_or_else(none),
             format_duration(l.grace),
+            l.network.as_str(),
             p.description
         );
     }

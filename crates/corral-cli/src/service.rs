@@ -250,6 +250,9 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     if let Some(r) = p.require_isolation {
         m.insert(LimitKind::RequireIsolation.key().into(), Value::from(r));
     }
+    if let Some(n) = p.network {
+        m.insert(LimitKind::Network.key().into(), Value::from(n.as_str()));
+    }
     m
 }
 
@@ -266,7 +269,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(LimitKind, &Option<String>); 8] = [
+    let flags: [(LimitKind, &Option<String>); 9] = [
         (LimitKind::Memory, &a.memory),
         (LimitKind::Swap, &a.swap),
         (LimitKind::Cpus, &a.cpus),
@@ -275,6 +278,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         (LimitKind::CpuTime, &a.cpu_time),
         (LimitKind::Grace, &a.grace),
         (LimitKind::OutputLimit, &a.output_limit),
+        (LimitKind::Network, &a.network),
     ];
     let mut given = Map::new();
     for (k, v) in flags {
@@ -666,6 +670,7 @@ mod tests {
             grace: Some(Duration::from_secs(2)),
             output_limit: Some(Setting::Value(1 << 20)),
             require_isolation: Some(true),
+            network: Some(corral_spec::Network::Host),
         };
         let m = patch_json(&p);
         let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();

@@ -12,6 +12,8 @@
 //!   says which limits it really enforces.
 //! * [`spawn`]: exec resolution, and the only unsafe code (in one file, `spawn/sys.rs`):
 //!   `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` and the child's checklist of setup steps.
+//! * [`isolation`]: the layers beside the limits (the run's own network namespace),
+//!   decided before the start so the record says what was really applied.
 //! * [`supervise`]: the event loop of one run (pidfd, timers, inotify/eventfd), the
 //!   SIGTERM → grace → kill sequence, and the wait until the tree is gone.
 //! * [`mod@run`]: ties it together and builds the [`corral_record::Record`].
@@ -22,6 +24,7 @@ pub mod backend;
 pub mod check;
 pub mod guard;
 pub mod ident;
+pub mod isolation;
 pub mod output;
 pub mod run;
 pub mod spawn;

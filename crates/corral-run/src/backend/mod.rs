@@ -221,7 +221,10 @@ impl Plan {
             LimitKind::Pids => e.pids.take().is_some(),
             LimitKind::Timeout => e.timeout_s.take().is_some(),
             LimitKind::CpuTime => e.cpu_time_s.take().is_some(),
-            LimitKind::Grace | LimitKind::OutputLimit | LimitKind::RequireIsolation => false,
+            LimitKind::Grace
+            | LimitKind::OutputLimit
+            | LimitKind::RequireIsolation
+            | LimitKind::Network => false,
         };
         if was {
             self.gaps.push(Gap {

@@ -12,11 +12,12 @@
 //!
 //! Every unsafe function, all in `sys`: `child_main` and `child_fail`, and the
 //! checklist's steps `reset_signals`, `set_parent_death_signal`, `enter_cgroup`,
-//! `contain`, `drop_capabilities`, `set_rlimits`, `new_process_group`, `setup_stdio`,
-//! `change_directory`, `wait_gate` and `exec`, all callable only in the child. Safe
-//! functions with an unsafe block, also in `sys`: `clone_into_cgroup` and `fork_child`
-//! (start the child), [`clone3_available`], [`fork_single_threaded`] (the crash guard),
-//! [`wait4`] and [`watch_fd`] (registers an owned fd with tokio).
+//! `contain`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
+//! `new_process_group`, `setup_stdio`, `change_directory`, `wait_gate` and `exec`, all
+//! callable only in the child. Safe functions with an unsafe block, also in `sys`:
+//! `clone_into_cgroup` and `fork_child` (start the child), [`clone3_available`],
+//! [`fork_single_threaded`] (the crash guard), [`wait4`] and [`watch_fd`] (registers an
+//! owned fd with tokio).
 //!
 //! The child is started with `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` so it is born
 //! inside its cgroup and never runs outside its limits; where the kernel refuses clone3
@@ -60,6 +61,8 @@ pub enum Stage {
     Chdir,
     /// Waiting for the parent's go-ahead.
     Gate,
+    /// Entering the run's own network namespace and bringing its loopback up.
+    Network,
     /// `execve` itself.
     Exec,
     /// Any other step: signals, the parent-death signal, containment (namespaces,
@@ -69,12 +72,13 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage (the error pipe sends a stage as its index here).
-    const ALL: [Stage; 7] = [
+    const ALL: [Stage; 8] = [
         Stage::Cgroup,
         Stage::Rlimit,
         Stage::Stdio,
         Stage::Chdir,
         Stage::Gate,
+        Stage::Network,
         Stage::Exec,
         Stage::Setup,
     ];
@@ -210,6 +214,9 @@ pub struct ChildSetup<'a> {
     pub gate: Option<BorrowedFd<'a>>,
     /// Namespaces that keep the child in its cgroups (root only).
     pub contain: Option<Containment>,
+    /// Its own network namespace with only loopback, up (`--network none`). Needs
+    /// `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`: see [`crate::isolation`].
+    pub new_network: bool,
 }
 
 /// A started child that has not yet been confirmed to exec.
@@ -255,6 +262,10 @@ impl Spawned {
             Stage::Stdio => "cannot set up stdin/stdout/stderr".to_string(),
             Stage::Chdir => format!("cannot change to working directory {}", exec.cwd_display),
             Stage::Gate => "the supervisor did not release the start".to_string(),
+            Stage::Network => {
+                "cannot give the run its own network namespace (--network host runs it in the host's)"
+                    .to_string()
+            }
             Stage::Exec => format!("cannot execute {}", exec.display),
             Stage::Setup => "cannot set up the process".to_string(),
         };
