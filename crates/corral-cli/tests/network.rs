@@ -217,7 +217,7 @@ fn rlimit_as_ordinary_user() {
     assert_eq!(ran.code, 125);
     assert!(
         ran.stderr.contains("refusing to run")
-            && ran.stderr.contains("corral cannot apply: network (")
+            && ran.stderr.contains("this host cannot apply: network (")
             && !ran.stderr.contains("backend cannot enforce"),
         "{}",
         ran.stderr

@@ -44,12 +44,18 @@ pub struct IsolationPlan {
 /// The `network` layer cannot be applied without these capabilities (rootless runs get
 /// a network namespace only once corral uses user namespaces).
 const NETWORK_GAP: &str = "a network namespace needs CAP_SYS_ADMIN and CAP_NET_ADMIN, \
-     which corral lacks here (it is not run as root), so the run shares the host's \
-     network; run corral as root (or submit to the corral service) to give each run its \
-     own loopback-only network, or pass --network host to ask for the host's network";
+     which corral lacks here (run by an ordinary user: rootless runs get one only once \
+     corral uses user namespaces), so the run shares the host's network; run corral as \
+     root (or submit to the corral service) to give each run its own loopback-only \
+     network, or pass --network host to ask for the host's network";
 
-/// Decides the layers of a run asking for `limits`, for a process with `privs`.
-pub fn plan(limits: &Limits, privs: Privileges) -> IsolationPlan {
+/// The isolation plan for `limits` on this host, for this process.
+pub fn plan(limits: &Limits) -> IsolationPlan {
+    plan_with(limits, Privileges::current())
+}
+
+/// The isolation plan for `limits`, for a process with `privs`.
+fn plan_with(limits: &Limits, privs: Privileges) -> IsolationPlan {
     let mut not_enforced = Vec::new();
     let (network, new_network) = match limits.network {
         Network::Host => (Some("host".to_string()), false),
@@ -89,7 +95,7 @@ mod tests {
 
     #[test]
     fn root_gets_a_loopback_only_namespace_by_default() {
-        let p = plan(&Limits::default(), ROOT);
+        let p = plan_with(&Limits::default(), ROOT);
         assert!(p.new_network);
         assert_eq!(p.record.requested.network, "none");
         assert_eq!(p.record.enforced.network.as_deref(), Some("loopback"));
@@ -103,7 +109,7 @@ mod tests {
             ..Limits::default()
         };
         for privs in [ROOT, USER] {
-            let p = plan(&host, privs);
+            let p = plan_with(&host, privs);
             assert!(!p.new_network);
             assert_eq!(p.record.requested.network, "host");
             assert_eq!(p.record.enforced.network.as_deref(), Some("host"));
@@ -120,7 +126,7 @@ mod tests {
                 net_admin: false,
             },
         ] {
-            let p = plan(&Limits::default(), privs);
+            let p = plan_with(&Limits::default(), privs);
             assert!(!p.new_network);
             assert_eq!(p.record.requested.network, "none");
             assert_eq!(p.record.enforced.network, None);
@@ -134,7 +140,7 @@ mod tests {
 
     #[test]
     fn the_record_object_has_its_documented_shape() {
-        let p = plan(&Limits::default(), USER);
+        let p = plan_with(&Limits::default(), USER);
         let v = serde_json::to_value(&p.record).unwrap();
         assert_eq!(v["requested"]["network"], "none");
         assert!(v["enforced"]["network"].is_null());

@@ -13,7 +13,6 @@ use tokio::sync::watch;
 
 use crate::backend::{Backend, BackendError, BackendKind, Plan};
 use crate::ident::{cgroup_name, new_run_id, validate_id, InvalidId, Owner};
-use crate::isolation::{IsolationPlan, Privileges};
 use crate::output::{self, OutputFile};
 use crate::spawn::{self, ChildSetup, Exec, SpawnError};
 use crate::supervise::supervise;
@@ -59,16 +58,26 @@ pub struct RunSpec {
 /// A run that could not be attempted: corral's own failure or a refusal (exit 125).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// `--require-isolation` and some requested limit or isolation layer cannot be
-    /// enforced.
-    #[error("refusing to run: isolation is required but {}", refusal(*.backend, .gaps, .layers))]
+    /// `--require-isolation` and some requested limit cannot be enforced.
+    #[error(
+        "refusing to run: isolation is required but the {} backend cannot enforce: {}",
+        .backend.as_str(),
+        .gaps.iter().map(|g| format!("{} ({})", g.limit, g.why)).collect::<Vec<_>>().join("; ")
+    )]
     Refused {
         /// The backend.
         backend: BackendKind,
         /// The limits it cannot enforce, and why.
         gaps: Vec<corral_record::Gap>,
-        /// The isolation layers that cannot be applied here, and why.
-        layers: Vec<corral_record::IsolationGap>,
+    },
+    /// `--require-isolation` and an isolation layer cannot be applied on this host.
+    #[error(
+        "refusing to run: isolation is required but this host cannot apply: {}",
+        .gaps.iter().map(|g| format!("{} ({})", g.layer, g.why)).collect::<Vec<_>>().join("; ")
+    )]
+    IsolationRefused {
+        /// The layers that cannot be applied, and why.
+        gaps: Vec<corral_record::IsolationGap>,
     },
     /// The backend failed to create the run's isolation.
     #[error("{0}")]
@@ -113,54 +122,23 @@ impl From<std::io::Error> for RunError {
     }
 }
 
-/// What a refusal cannot do: the backend's limits, then the isolation layers.
-fn refusal(
-    backend: BackendKind,
-    gaps: &[corral_record::Gap],
-    layers: &[corral_record::IsolationGap],
-) -> String {
-    let mut parts = Vec::new();
-    if !gaps.is_empty() {
-        parts.push(format!(
-            "the {} backend cannot enforce: {}",
-            backend.as_str(),
-            gaps.iter()
-                .map(|g| format!("{} ({})", g.limit, g.why))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
-    }
-    if !layers.is_empty() {
-        parts.push(format!(
-            "corral cannot apply: {}",
-            layers
-                .iter()
-                .map(|g| format!("{} ({})", g.layer, g.why))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
-    }
-    parts.join("; and ")
-}
-
-/// Checks that `--require-isolation` can be honoured; returns the backend's plan and
-/// the isolation layers the run gets.
-pub fn check_isolation(
-    backend: &dyn Backend,
-    limits: &Limits,
-) -> Result<(Plan, IsolationPlan), RunError> {
+/// Checks that `--require-isolation` can be honoured, for the limits and the
+/// isolation layers; returns the backend's plan.
+pub fn check_isolation(backend: &dyn Backend, limits: &Limits) -> Result<Plan, RunError> {
     let plan = backend.plan(limits);
-    let isolation = crate::isolation::plan(limits, Privileges::current());
-    if limits.require_isolation
-        && !(plan.gaps.is_empty() && isolation.record.not_enforced.is_empty())
-    {
+    if limits.require_isolation && !plan.gaps.is_empty() {
         return Err(RunError::Refused {
             backend: backend.kind(),
             gaps: plan.gaps,
-            layers: isolation.record.not_enforced,
         });
     }
-    Ok((plan, isolation))
+    let iso = crate::isolation::plan(limits);
+    if limits.require_isolation && !iso.record.not_enforced.is_empty() {
+        return Err(RunError::IsolationRefused {
+            gaps: iso.record.not_enforced,
+        });
+    }
+    Ok(plan)
 }
 
 struct Outputs {
@@ -220,9 +198,10 @@ pub async fn run(
     if spec.command.is_empty() {
         return Err(RunError::NoCommand);
     }
-    let (plan, isolation) = check_isolation(backend, &spec.limits)?;
+    let plan = check_isolation(backend, &spec.limits)?;
     let mut rec = base_record(backend, &spec, &id, &plan);
-    rec.isolation = Some(isolation.record.clone());
+    let iso = crate::isolation::plan(&spec.limits);
+    rec.isolation = Some(iso.record.clone());
 
     // Everything that can fail on bad input is checked before the cgroup exists.
     let env = effective_env(&spec);
@@ -278,7 +257,7 @@ pub async fn run(
         stdout: out_fd.as_ref().map(|f| f.as_fd()),
         stderr: err_fd.as_ref().map(|f| f.as_fd()),
         parent_death_signal: Some(libc::SIGKILL),
-        new_network: isolation.new_network,
+        new_network: iso.new_network,
         ..Default::default()
     };
     sandbox.child_setup(&mut setup);
