@@ -211,6 +211,11 @@ fn rlimit_as_ordinary_user() {
     let why = gaps[0]["why"].as_str().unwrap();
     assert!(why.contains("CAP_SYS_ADMIN"), "{why}");
     assert!(why.contains("--network host"), "{why}");
+    assert!(
+        ran.notes().contains("Isolation not applied: network ("),
+        "{}",
+        ran.notes()
+    );
 
     // Only the network is refused (the limits are ones rlimit enforces).
     let ran = run(&["--require-isolation", "--cpus", "max", "--pids", "max"]);
