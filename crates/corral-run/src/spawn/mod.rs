@@ -426,6 +426,30 @@ mod tests {
     }
 
     #[test]
+    fn a_network_namespace_step_runs_or_fails_with_its_own_stage() {
+        let exec = true_exec();
+        let setup = ChildSetup {
+            new_network: true,
+            ..Default::default()
+        };
+        let r = spawn(&exec, &setup, &Placement::default())
+            .unwrap()
+            .confirm(&exec);
+        let privs = crate::isolation::Privileges::current();
+        if privs.sys_admin && privs.net_admin {
+            let (_pid, pidfd, _) = r.unwrap();
+            assert_eq!(exit_status(&pidfd), Some(0));
+        } else {
+            // The parent never asks without the capabilities (isolation::plan); if it
+            // did, the failure would name the step.
+            let e = r.unwrap_err();
+            assert_eq!(failed_stage(&e), Some((Stage::Network, Some(libc::EPERM))));
+            assert!(e.to_string().contains("network namespace"), "{e}");
+            assert_eq!(e.exit_code(), 125);
+        }
+    }
+
+    #[test]
     fn a_released_gate_lets_the_child_exec() {
         let exec = true_exec();
         let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
