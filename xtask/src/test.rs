@@ -172,9 +172,11 @@ pub fn run_tests(args: &[OsString]) -> Result<u8> {
             .args(["test", "--workspace", "--no-fail-fast"])
             .env(REQUIRE_ENV, require_value(&requires)))
     });
+    // The Python tests need what the host step needs; in CI a skip fails them too.
     step("python", &mut || {
         sh(Command::new("clients/python/run-tests.sh")
-            .env("CORRAL_BIN", paths.repo.join("target/debug/corral")))
+            .env("CORRAL_BIN", paths.repo.join("target/debug/corral"))
+            .env(REQUIRE_ENV, require_value(&host_requires())))
     });
     step("vm", &mut || run_in_vm(false, VM_TARGETS, VM_REQUIRES));
     step("systemd", &mut || {

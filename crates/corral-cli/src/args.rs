@@ -8,7 +8,7 @@ use clap::Args;
 use corral_run::{RunSpec, Stdio};
 use corral_spec::{
     load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
-    parse_size_setting, parse_swap, LimitsPatch, Network, ProfileSet,
+    parse_size_setting, parse_swap, LimitsPatch, Network, ProfileSet, Syscalls,
 };
 
 /// Options of one run.
@@ -63,6 +63,9 @@ pub struct RunArgs {
     /// enforced.
     #[arg(long)]
     pub require_isolation: bool,
+    /// The syscall filter: "default" (corral's seccomp deny-list) or "off".
+    #[arg(long, value_name = "POLICY", allow_hyphen_values = true)]
+    pub syscalls: Option<String>,
     /// The network: "none" (default: its own namespace with only loopback) or "host".
     #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     pub network: Option<String>,
@@ -146,6 +149,7 @@ impl RunArgs {
                 .map(|s| parse_size_setting("output limit", s))
                 .transpose()?,
             require_isolation: self.require_isolation.then_some(true),
+            syscalls: self.syscalls.as_deref().map(Syscalls::parse).transpose()?,
             network: self.network.as_deref().map(Network::parse).transpose()?,
         })
     }

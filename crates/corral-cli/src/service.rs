@@ -250,6 +250,9 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     if let Some(r) = p.require_isolation {
         m.insert(LimitKind::RequireIsolation.key().into(), Value::from(r));
     }
+    if let Some(s) = p.syscalls {
+        m.insert(LimitKind::Syscalls.key().into(), Value::from(s.as_str()));
+    }
     if let Some(n) = p.network {
         m.insert(LimitKind::Network.key().into(), Value::from(n.as_str()));
     }
@@ -269,7 +272,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(LimitKind, &Option<String>); 9] = [
+    let flags: [(LimitKind, &Option<String>); 10] = [
         (LimitKind::Memory, &a.memory),
         (LimitKind::Swap, &a.swap),
         (LimitKind::Cpus, &a.cpus),
@@ -278,6 +281,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         (LimitKind::CpuTime, &a.cpu_time),
         (LimitKind::Grace, &a.grace),
         (LimitKind::OutputLimit, &a.output_limit),
+        (LimitKind::Syscalls, &a.syscalls),
         (LimitKind::Network, &a.network),
     ];
     let mut given = Map::new();
@@ -670,6 +674,7 @@ mod tests {
             grace: Some(Duration::from_secs(2)),
             output_limit: Some(Setting::Value(1 << 20)),
             require_isolation: Some(true),
+            syscalls: Some(corral_spec::Syscalls::Off),
             network: Some(corral_spec::Network::Host),
         };
         let m = patch_json(&p);

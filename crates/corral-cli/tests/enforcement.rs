@@ -156,6 +156,12 @@ fn bad_input(h: &Harness) {
         ),
         (&["--limits-from", &meta], &["true"], 125, "not valid JSON"),
         (&[], &["/etc/passwd"], 126, "cannot execute"),
+        (
+            &["--syscalls", "strict"],
+            &["true"],
+            125,
+            "invalid syscall policy \"strict\"",
+        ),
     ];
     for (args, cmd, code, msg) in cases {
         let ran = h.run(args, cmd);
@@ -332,6 +338,28 @@ fn contained(h: &Harness) {
         assert!(ran.stdout.contains(&name), "{}", ran.stdout);
     }
     h.assert_clean(&ran);
+}
+
+fn sandbox_denials(h: &Harness) {
+    let ran = common::run_sandbox_denials(h);
+    h.assert_clean(&ran);
+}
+
+fn sandbox_off(h: &Harness) {
+    let ran = common::run_sandbox_off(h);
+    h.assert_clean(&ran);
+}
+
+fn sandbox_setuid(h: &Harness) {
+    let ran = common::run_sandbox_setuid(h);
+    if ran.record.is_some() {
+        h.assert_clean(&ran);
+    }
+}
+
+fn sandbox_tiocsti(h: &Harness) {
+    common::run_sandbox_tiocsti(h);
+    assert_eq!(h.run_count(), 0);
 }
 
 fn signals(h: &Harness) {
@@ -522,4 +550,8 @@ scenarios!(
     environment_and_metadata,
     contained,
     signals,
+    sandbox_denials,
+    sandbox_off,
+    sandbox_setuid,
+    sandbox_tiocsti,
 );

@@ -88,3 +88,34 @@ fn require_isolation_refuses() {
     );
     assert_eq!(ran.code, 0, "{}", ran.stderr);
 }
+
+#[test]
+fn sandbox_denials() {
+    let h = harness_or_skip!("rlimit", "sandbox_denials");
+    common::run_sandbox_denials(&h);
+}
+
+#[test]
+fn sandbox_off() {
+    let h = harness_or_skip!("rlimit", "sandbox_off");
+    common::run_sandbox_off(&h);
+}
+
+#[test]
+fn sandbox_setuid() {
+    let h = harness_or_skip!("rlimit", "sandbox_setuid");
+    if !rustix::process::geteuid().is_root() {
+        corral_testkit::skip(
+            "rlimit sandbox_setuid",
+            &common::Missing::new(common::Feature::Root, "needs root to make a setuid file"),
+        );
+        return;
+    }
+    common::run_sandbox_setuid(&h);
+}
+
+#[test]
+fn sandbox_tiocsti() {
+    let h = harness_or_skip!("rlimit", "sandbox_tiocsti");
+    common::run_sandbox_tiocsti(&h);
+}

@@ -147,9 +147,20 @@ impl LimitsRecord {
     }
 }
 
+/// A syscall policy by name and version (`corral-default`, 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyscallPolicy {
+    /// The policy's name.
+    pub policy: String,
+    /// Its version: raised whenever its list of denied calls changes.
+    pub version: u32,
+}
+
 /// The isolation layers a run asked for (profile, metadata, flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsolationRequested {
+    /// The syscall filter: `default` or `off`.
+    pub syscalls: String,
     /// The network: `none` (its own namespace, loopback only) or `host`.
     pub network: String,
 }
@@ -157,6 +168,14 @@ pub struct IsolationRequested {
 /// The isolation layers really applied to the run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsolationEnforced {
+    /// The seccomp filter installed before exec (`null`: none).
+    pub syscalls: Option<SyscallPolicy>,
+    /// `PR_SET_NO_NEW_PRIVS`: exec grants no privileges (setuid, file capabilities).
+    pub no_new_privs: bool,
+    /// A new session (`setsid`): no controlling terminal.
+    pub new_session: bool,
+    /// Whether the run may write core dumps (`false`: `RLIMIT_CORE` 0).
+    pub core_dumps: bool,
     /// The network the run saw: `loopback` (its own namespace with only `lo`), `host`,
     /// or `null` (a namespace was asked for and could not be made: see `not_enforced`).
     pub network: Option<String>,
@@ -165,15 +184,15 @@ pub struct IsolationEnforced {
 /// An isolation layer that was asked for but could not be applied, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsolationGap {
-    /// The layer, named as in [`IsolationRequested`] (`network`).
+    /// The layer, named as in [`IsolationRequested`] (`syscalls`, `network`).
     pub layer: String,
     /// Why it is not enforced and what would enforce it, in a sentence or two.
     pub why: String,
 }
 
 /// Requested versus applied isolation layers, beside [`LimitsRecord`]. Later layers
-/// (user, file system, pid namespace, syscalls, Landlock) add fields to `requested`
-/// and `enforced`.
+/// (user, file system, pid namespace, Landlock) add fields to `requested` and
+/// `enforced`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsolationRecord {
     /// What the profile, metadata and flags asked for.

@@ -112,6 +112,7 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         note: note.into(),
     };
     let clone3 = crate::spawn::clone3_available() && kernel_at_least(&kernel, 5, 7);
+    let seccomp = crate::spawn::seccomp_filter_available();
     let privs = crate::isolation::Privileges::current();
     let netns = privs.sys_admin && privs.net_admin;
     let features = vec![
@@ -121,6 +122,7 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         feature("memory.oom.group", v2_ok && has("memory.oom.group", (4, 19)), "an OOM kill takes the whole run"),
         feature("memory.peak", v2_ok && has("memory.peak", (5, 19)), "peak memory of a v2 run; without it the record has no peak"),
         feature("pids.peak", v2_ok && has("pids.peak", (6, 1)), "peak process count of a v2 run"),
+        feature("seccomp_filter", seccomp.is_ok(), "the syscall filter of every run (--syscalls default); without it the record lists syscalls as not enforced"),
         feature("network_namespace", netns, "each run gets its own network with only loopback; without CAP_SYS_ADMIN and CAP_NET_ADMIN runs share the host's network (reported per run)"),
     ];
     if !netns {
@@ -131,6 +133,12 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
             "clone3 with CLONE_INTO_CGROUP needs Linux 5.7 and a seccomp policy that allows clone3"
                 .into(),
         );
+    }
+
+    if let Err(e) = &seccomp {
+        remedies.push(format!(
+            "this kernel cannot install seccomp filters ({e}): build it with CONFIG_SECCOMP_FILTER"
+        ));
     }
 
     let systemd = vec![

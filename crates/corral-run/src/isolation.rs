@@ -1,14 +1,25 @@
-//! The isolation layers of a run beside its limits (for now: the network), decided in
-//! the parent before anything is created, so that the record says honestly what the
-//! run got and `--require-isolation` can refuse before it starts.
+//! The isolation layers of a run beside its limits, decided in the parent before
+//! anything is created, so that the record's `isolation` object says honestly what the
+//! run got, the child's checklist applies exactly that, and `--require-isolation` can
+//! refuse before the run starts.
+//!
+//! Always, on every backend: a new session (`setsid`: no controlling terminal), core
+//! dumps off (`RLIMIT_CORE` 0) and `no_new_privs`. By default (`--syscalls default`)
+//! also the seccomp filter [`crate::spawn::POLICY`], where the kernel can install one,
+//! and (`--network none`) its own network namespace with only loopback, where corral
+//! has the capabilities to make one.
 //!
 //! A layer that cannot be applied here does not fail the run: it is recorded in
-//! `isolation.not_enforced` with the reason and the remedy, like a limit a backend
+//! `isolation.not_enforced` with the reason (and the remedy), like a limit a backend
 //! cannot enforce.
 
+use std::sync::OnceLock;
+
 use corral_record::{IsolationEnforced, IsolationGap, IsolationRecord, IsolationRequested};
-use corral_spec::{Limits, Network};
+use corral_spec::{Limits, Network, Syscalls};
 use rustix::thread::CapabilitySet;
+
+use crate::spawn::{self, SyscallFilter};
 
 /// What this process may do that the layers need: its effective capabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,10 +44,12 @@ impl Privileges {
 }
 
 /// The isolation one run gets: its record, and what the child must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct IsolationPlan {
     /// Requested versus applied, for the record's `isolation`.
     pub record: IsolationRecord,
+    /// The compiled seccomp filter, when one is applied.
+    pub filter: Option<&'static SyscallFilter>,
     /// The child enters its own network namespace with loopback up.
     pub new_network: bool,
 }
@@ -49,14 +62,46 @@ const NETWORK_GAP: &str = "a network namespace needs CAP_SYS_ADMIN and CAP_NET_A
      root (or submit to the corral service) to give each run its own loopback-only \
      network, or pass --network host to ask for the host's network";
 
-/// The isolation plan for `limits` on this host, for this process.
-pub fn plan(limits: &Limits) -> IsolationPlan {
-    plan_with(limits, Privileges::current())
+/// Whether this host can install corral's filter: the kernel's answer and the
+/// compiled program, probed once per process.
+fn default_filter() -> Result<&'static SyscallFilter, String> {
+    static KERNEL: OnceLock<Result<(), String>> = OnceLock::new();
+    KERNEL
+        .get_or_init(|| {
+            spawn::seccomp_filter_available().map_err(|e| {
+                format!("this kernel cannot install seccomp filters (CONFIG_SECCOMP_FILTER): {e}")
+            })
+        })
+        .clone()?;
+    SyscallFilter::corral_default().map_err(|e| format!("cannot build the syscall filter: {e}"))
 }
 
-/// The isolation plan for `limits`, for a process with `privs`.
-fn plan_with(limits: &Limits, privs: Privileges) -> IsolationPlan {
+/// The isolation plan for `limits` on this host, for this process.
+pub fn plan(limits: &Limits) -> IsolationPlan {
+    plan_with(limits, Privileges::current(), default_filter)
+}
+
+/// The isolation plan for `limits`, for a process with `privs`, where `filter` says
+/// whether the seccomp filter can be installed.
+fn plan_with(
+    limits: &Limits,
+    privs: Privileges,
+    filter: impl FnOnce() -> Result<&'static SyscallFilter, String>,
+) -> IsolationPlan {
     let mut not_enforced = Vec::new();
+    let filter = match limits.syscalls {
+        Syscalls::Off => None,
+        Syscalls::Default => match filter() {
+            Ok(f) => Some(f),
+            Err(why) => {
+                not_enforced.push(IsolationGap {
+                    layer: "syscalls".into(),
+                    why,
+                });
+                None
+            }
+        },
+    };
     let (network, new_network) = match limits.network {
         Network::Host => (Some("host".to_string()), false),
         Network::None if privs.sys_admin && privs.net_admin => (Some("loopback".to_string()), true),
@@ -71,11 +116,22 @@ fn plan_with(limits: &Limits, privs: Privileges) -> IsolationPlan {
     IsolationPlan {
         record: IsolationRecord {
             requested: IsolationRequested {
-                network: limits.network.as_str().to_string(),
+                syscalls: limits.syscalls.as_str().into(),
+                network: limits.network.as_str().into(),
             },
-            enforced: IsolationEnforced { network },
+            enforced: IsolationEnforced {
+                syscalls: filter.map(|_| corral_record::SyscallPolicy {
+                    policy: spawn::POLICY.into(),
+                    version: spawn::POLICY_VERSION,
+                }),
+                no_new_privs: true,
+                new_session: true,
+                core_dumps: false,
+                network,
+            },
             not_enforced,
         },
+        filter,
         new_network,
     }
 }
@@ -94,8 +150,45 @@ mod tests {
     };
 
     #[test]
+    fn the_record_says_what_is_applied() {
+        let mut limits = Limits::default();
+        let p = plan_with(&limits, ROOT, default_filter);
+        let j = serde_json::to_value(&p.record).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({
+                "requested": {"syscalls": "default", "network": "none"},
+                "enforced": {"syscalls": {"policy": "corral-default", "version": 1},
+                             "no_new_privs": true, "new_session": true, "core_dumps": false,
+                             "network": "loopback"},
+                "not_enforced": []
+            })
+        );
+        assert!(p.filter.is_some());
+
+        limits.syscalls = Syscalls::Off;
+        let p = plan_with(&limits, ROOT, default_filter);
+        assert!(p.filter.is_none());
+        assert_eq!(p.record.requested.syscalls, "off");
+        assert_eq!(p.record.enforced.syscalls, None);
+        assert!(p.record.not_enforced.is_empty());
+        assert!(p.record.enforced.no_new_privs && p.record.enforced.new_session);
+
+        let p = plan_with(&Limits::default(), ROOT, || Err("no seccomp here".into()));
+        assert!(p.filter.is_none());
+        assert_eq!(p.record.enforced.syscalls, None);
+        assert_eq!(
+            p.record.not_enforced,
+            vec![IsolationGap {
+                layer: "syscalls".into(),
+                why: "no seccomp here".into()
+            }]
+        );
+    }
+
+    #[test]
     fn root_gets_a_loopback_only_namespace_by_default() {
-        let p = plan_with(&Limits::default(), ROOT);
+        let p = plan_with(&Limits::default(), ROOT, default_filter);
         assert!(p.new_network);
         assert_eq!(p.record.requested.network, "none");
         assert_eq!(p.record.enforced.network.as_deref(), Some("loopback"));
@@ -109,7 +202,7 @@ mod tests {
             ..Limits::default()
         };
         for privs in [ROOT, USER] {
-            let p = plan_with(&host, privs);
+            let p = plan_with(&host, privs, default_filter);
             assert!(!p.new_network);
             assert_eq!(p.record.requested.network, "host");
             assert_eq!(p.record.enforced.network.as_deref(), Some("host"));
@@ -126,7 +219,7 @@ mod tests {
                 net_admin: false,
             },
         ] {
-            let p = plan_with(&Limits::default(), privs);
+            let p = plan_with(&Limits::default(), privs, default_filter);
             assert!(!p.new_network);
             assert_eq!(p.record.requested.network, "none");
             assert_eq!(p.record.enforced.network, None);
@@ -139,8 +232,20 @@ mod tests {
     }
 
     #[test]
+    fn both_gaps_are_listed_in_order() {
+        let p = plan_with(&Limits::default(), USER, || Err("no seccomp here".into()));
+        let layers: Vec<&str> = p
+            .record
+            .not_enforced
+            .iter()
+            .map(|g| g.layer.as_str())
+            .collect();
+        assert_eq!(layers, ["syscalls", "network"]);
+    }
+
+    #[test]
     fn the_record_object_has_its_documented_shape() {
-        let p = plan_with(&Limits::default(), USER);
+        let p = plan_with(&Limits::default(), USER, default_filter);
         let v = serde_json::to_value(&p.record).unwrap();
         assert_eq!(v["requested"]["network"], "none");
         assert!(v["enforced"]["network"].is_null());

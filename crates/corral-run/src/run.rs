@@ -257,6 +257,10 @@ pub async fn run(
         stdout: out_fd.as_ref().map(|f| f.as_fd()),
         stderr: err_fd.as_ref().map(|f| f.as_fd()),
         parent_death_signal: Some(libc::SIGKILL),
+        new_session: iso.record.enforced.new_session,
+        no_core_dumps: !iso.record.enforced.core_dumps,
+        no_new_privs: iso.record.enforced.no_new_privs,
+        syscall_filter: iso.filter,
         new_network: iso.new_network,
         ..Default::default()
     };

@@ -30,13 +30,15 @@ pub enum LimitKind {
     OutputLimit,
     /// Refuse to run unisolated ([`crate::Limits::require_isolation`]).
     RequireIsolation,
+    /// The syscall filter ([`crate::Limits::syscalls`]).
+    Syscalls,
     /// The network the run sees ([`crate::Limits::network`]).
     Network,
 }
 
 impl LimitKind {
     /// Every limit, in the order `corral profiles` prints them.
-    pub const ALL: [LimitKind; 10] = [
+    pub const ALL: [LimitKind; 11] = [
         LimitKind::Memory,
         LimitKind::Swap,
         LimitKind::Cpus,
@@ -46,6 +48,7 @@ impl LimitKind {
         LimitKind::Grace,
         LimitKind::OutputLimit,
         LimitKind::RequireIsolation,
+        LimitKind::Syscalls,
         LimitKind::Network,
     ];
 
@@ -74,6 +77,7 @@ impl LimitKind {
             LimitKind::Grace => "grace_s",
             LimitKind::OutputLimit => "output_limit_bytes",
             LimitKind::RequireIsolation => "require_isolation",
+            LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
         }
     }
@@ -91,6 +95,7 @@ impl LimitKind {
             LimitKind::Grace => "grace",
             LimitKind::OutputLimit => "output_limit",
             LimitKind::RequireIsolation => "require_isolation",
+            LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
         }
     }
@@ -107,8 +112,8 @@ impl LimitKind {
 }
 
 /// The table keys of [`LimitKind::ALL`], in that order.
-pub const LIMIT_KEYS: [&str; 10] = {
-    let mut keys = [""; 10];
+pub const LIMIT_KEYS: [&str; LimitKind::ALL.len()] = {
+    let mut keys = [""; LimitKind::ALL.len()];
     let mut i = 0;
     while i < keys.len() {
         keys[i] = LimitKind::ALL[i].key();
@@ -157,6 +162,7 @@ mod tests {
                 "grace_s",
                 "output_limit_bytes",
                 "require_isolation",
+                "syscalls",
                 "network"
             ]
         );
@@ -172,6 +178,7 @@ mod tests {
                 "grace",
                 "output_limit",
                 "require_isolation",
+                "syscalls",
                 "network"
             ]
         );

@@ -31,6 +31,40 @@ impl<T> Setting<T> {
     }
 }
 
+/// Which syscall filter a run gets (`--syscalls`, profile key `syscalls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Syscalls {
+    /// corral's default deny-list (policy `corral-default`).
+    #[default]
+    Default,
+    /// No syscall filter.
+    Off,
+}
+
+impl Syscalls {
+    /// The spelling in flags, profiles and records: `default` or `off`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Syscalls::Default => "default",
+            Syscalls::Off => "off",
+        }
+    }
+
+    /// Parses `default` or `off`.
+    pub fn parse(s: &str) -> Result<Syscalls, SpecError> {
+        match s.trim() {
+            "default" => Ok(Syscalls::Default),
+            "off" => Ok(Syscalls::Off),
+            _ => Err(SpecError::Invalid {
+                what: "syscall policy",
+                value: s.to_string(),
+                why: "use \"default\" (corral's seccomp filter) or \"off\" (no filter)".into(),
+            }),
+        }
+    }
+}
+
 /// The network a run sees (`--network`, profile key `network`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,6 +121,9 @@ pub struct Limits {
     pub output_limit: Option<u64>,
     /// Refuse to run when any requested limit cannot be enforced.
     pub require_isolation: bool,
+    /// The syscall filter (absent in limits stored before it existed: the default).
+    #[serde(default)]
+    pub syscalls: Syscalls,
     /// The network the run sees (absent in limits stored before it existed: the
     /// default, its own loopback-only namespace).
     #[serde(default)]
@@ -106,6 +143,7 @@ impl Default for Limits {
             grace: Duration::from_secs(5),
             output_limit: None,
             require_isolation: false,
+            syscalls: Syscalls::Default,
             network: Network::None,
         }
     }
@@ -132,6 +170,8 @@ pub struct LimitsPatch {
     pub output_limit: Option<Setting<u64>>,
     /// See [`Limits::require_isolation`].
     pub require_isolation: Option<bool>,
+    /// See [`Limits::syscalls`].
+    pub syscalls: Option<Syscalls>,
     /// See [`Limits::network`].
     pub network: Option<Network>,
 }
@@ -156,6 +196,9 @@ impl LimitsPatch {
         }
         if let Some(r) = self.require_isolation {
             base.require_isolation = r;
+        }
+        if let Some(s) = self.syscalls {
+            base.syscalls = s;
         }
         if let Some(n) = self.network {
             base.network = n;
@@ -200,6 +243,7 @@ impl LimitsPatch {
                     Value::Bool(b) => p.require_isolation = Some(*b),
                     _ => return Err(err("must be true or false".into())),
                 },
+                LimitKind::Syscalls => p.syscalls = Some(Syscalls::parse(&text(v)).map_err(bad)?),
                 LimitKind::Network => p.network = Some(Network::parse(&text(v)).map_err(bad)?),
             }
         }
@@ -309,6 +353,19 @@ mod tests {
         let t = json!({"require_isolation": "yes"});
         assert!(LimitsPatch::from_table(t.as_object().unwrap(), "f").is_err());
         assert_eq!(parse_swap("0").unwrap(), Setting::Value(0));
+        let t = json!({"syscalls": "strict"});
+        let e = LimitsPatch::from_table(t.as_object().unwrap(), "f").unwrap_err();
+        assert!(
+            e.to_string().contains("invalid syscall policy \"strict\""),
+            "{e}"
+        );
+        let t = json!({"syscalls": "off"});
+        let mut l = Limits::default();
+        assert_eq!(l.syscalls, Syscalls::Default);
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.syscalls, Syscalls::Off);
     }
 
     #[test]

@@ -216,6 +216,24 @@ pub fn skip(test: &str, missing: &Missing) {
     }
 }
 
+/// For a test whose control cannot run here (the check outside corral that proves the
+/// test's assertion could fail at all: a setuid file that works, a pty): prints
+/// `skipped: <test>: <why>` and returns, or panics where the step declared what it
+/// requires and the policy is enforced (CI, the VMs): a step's machine must be able to
+/// run the controls of the tests it exists for.
+#[track_caller]
+pub fn skip_control(test: &str, why: &str) {
+    let p = Policy::from_env();
+    if p.enforced && !p.required.is_empty() {
+        panic!(
+            "{test} cannot run its control: {why}; {REQUIRE_ENV}={} {} requires it to run",
+            p.required_list(),
+            p.context
+        );
+    }
+    eprintln!("skipped: {test}: {why}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

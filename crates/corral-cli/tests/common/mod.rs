@@ -610,3 +610,183 @@ pub fn run_escapee(h: &Harness, script: &str) -> Ran {
     assert!(ran.num("/events/leftover_killed") >= 1.0, "{}", ran.rec());
     ran
 }
+
+// The sandbox's "always" layers and its syscall filter, shared by every backend's tests.
+
+/// A Python script that makes each denied call directly (no wrapper program that
+/// might fail for its own reasons) and prints `name errno-name` per call.
+fn denied_calls_script() -> String {
+    format!(
+        "import ctypes, errno\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         def show(name, ret):\n    \
+             print(name, 'ok' if ret != -1 else errno.errorcode[ctypes.get_errno()])\n\
+         show('mount', libc.mount(b'none', b'/mnt', b'tmpfs', 0, None))\n\
+         show('unshare-user', libc.unshare(0x10000000))\n\
+         show('keyctl', libc.syscall({keyctl}, 0, 0, 0, 0, 0))\n\
+         show('bpf', libc.syscall({bpf}, 0, 0, 0))\n",
+        keyctl = libc::SYS_keyctl,
+        bpf = libc::SYS_bpf,
+    )
+}
+
+/// The default sandbox: `mount`, `unshare -U`, `keyctl` and `bpf` fail with EPERM
+/// (through the commands and directly), the process has `no_new_privs` and a filter,
+/// core dumps are off, and the record says so.
+pub fn run_sandbox_denials(h: &Harness) -> Ran {
+    let script = h.tmp().join("denied.py");
+    std::fs::write(&script, denied_calls_script()).unwrap();
+    let shell = format!(
+        "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; echo core=$(ulimit -c); \
+         mount -t tmpfs none /mnt && echo mount-worked; \
+         unshare -U true && echo unshare-worked; \
+         {PYTHON} {}",
+        script.display()
+    );
+    let ran = h.run(&["--timeout", "60s"], &["sh", "-c", &shell]);
+    assert_eq!(ran.reason(), "exited", "{}", ran.rec());
+    let out = &ran.stdout;
+    for line in [
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "core=0",
+        "mount EPERM",
+        "unshare-user EPERM",
+        "keyctl EPERM",
+        "bpf EPERM",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line:?} not in {out}");
+    }
+    assert!(!out.contains("worked"), "{out}");
+    assert!(
+        ran.stderr
+            .contains("unshare failed: Operation not permitted"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(
+        ran.rec()["isolation"],
+        serde_json::json!({
+            "requested": {"syscalls": "default"},
+            "enforced": {"syscalls": {"policy": "corral-default", "version": 1},
+                         "no_new_privs": true, "new_session": true, "core_dumps": false},
+            "not_enforced": []
+        })
+    );
+    ran
+}
+
+/// `--syscalls off`: no filter (`Seccomp: 0`), `no_new_privs` still set, and the
+/// record says the filter was not asked for.
+pub fn run_sandbox_off(h: &Harness) -> Ran {
+    let ran = h.run(
+        &["--syscalls", "off"],
+        &[
+            "sh",
+            "-c",
+            "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(ran.stdout, "NoNewPrivs:\t1\nSeccomp:\t0\n");
+    let iso = &ran.rec()["isolation"];
+    assert_eq!(iso["requested"]["syscalls"], "off");
+    assert!(iso["enforced"]["syscalls"].is_null(), "{iso}");
+    assert_eq!(iso["enforced"]["no_new_privs"], true);
+    assert_eq!(iso["not_enforced"], serde_json::json!([]));
+    ran
+}
+
+/// A setuid-root copy of `id` gives euid 0 to an unprivileged caller outside corral,
+/// and nothing inside a run (`no_new_privs`), where root first drops to `nobody`.
+pub fn run_sandbox_setuid(h: &Harness) -> Ran {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = h.tmp().join("suid");
+    std::fs::create_dir(&dir).unwrap();
+    for d in [h.tmp(), dir.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let id = dir.join("id");
+    std::fs::copy("/usr/bin/id", &id).unwrap();
+    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let id = id.display().to_string();
+    let as_nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &id,
+        "-u",
+    ];
+    let outside = Command::new(as_nobody[0])
+        .args(&as_nobody[1..])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&outside.stdout).trim() != "0" {
+        // Without a working control the check below would prove nothing.
+        corral_testkit::skip_control(
+            &format!("{} sandbox_setuid", h.backend),
+            &format!(
+                "a setuid file in {} gives no privilege even outside corral (a nosuid \
+                 mount?): {outside:?}",
+                dir.display()
+            ),
+        );
+        return Ran {
+            code: 0,
+            stderr: String::new(),
+            stdout: String::new(),
+            record: None,
+            elapsed: Duration::ZERO,
+        };
+    }
+    let ran = h.run(&[], &as_nobody);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(ran.stdout.trim(), "65534");
+    ran
+}
+
+/// Under a terminal (corral run by `script`): the run has no controlling terminal
+/// (`/dev/tty` is ENXIO) and `TIOCSTI` on the terminal it inherited as stdin is EPERM,
+/// so it cannot push input into the shell that started corral.
+pub fn run_sandbox_tiocsti(h: &Harness) {
+    let probe = h.tmp().join("tiocsti.py");
+    std::fs::write(
+        &probe,
+        "import errno, fcntl, os, termios\n\
+         print('isatty', os.isatty(0))\n\
+         try:\n    os.open('/dev/tty', os.O_RDWR); print('tty opened')\n\
+         except OSError as e:\n    print('tty', errno.errorcode[e.errno])\n\
+         try:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x'); print('tiocsti worked')\n\
+         except OSError as e:\n    print('tiocsti', errno.errorcode[e.errno])\n",
+    )
+    .unwrap();
+    let pty = Command::new("script")
+        .args(["-qec", "true", "/dev/null"])
+        .stdin(Stdio::null())
+        .output();
+    if !pty.as_ref().is_ok_and(|o| o.status.success()) {
+        corral_testkit::skip_control(
+            &format!("{} sandbox_tiocsti", h.backend),
+            &format!("script(1) cannot open a pty here: {pty:?}"),
+        );
+        return;
+    }
+    let json = h.tmp().join("tiocsti.json");
+    let mut line = format!("{} run --backend {}", corral_bin(), h.backend);
+    if !h.root_arg.is_empty() {
+        line += &format!(" --cgroup-root {}", h.root_arg);
+    }
+    line += &format!(" --json {} -- {PYTHON} {}", json.display(), probe.display());
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("XDG_CONFIG_HOME", h.tmp())
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) starts");
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(out.status.success(), "{text}");
+    for l in ["isatty True", "tty ENXIO", "tiocsti EPERM"] {
+        assert!(text.lines().any(|x| x == l), "{l:?} not in {text:?}");
+    }
+}

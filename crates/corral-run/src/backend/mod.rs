@@ -224,6 +224,7 @@ impl Plan {
             LimitKind::Grace
             | LimitKind::OutputLimit
             | LimitKind::RequireIsolation
+            | LimitKind::Syscalls
             | LimitKind::Network => false,
         };
         if was {

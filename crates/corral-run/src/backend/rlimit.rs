@@ -156,7 +156,8 @@ impl Sandbox for SandboxR {
 
     fn child_setup<'a>(&'a self, setup: &mut ChildSetup<'a>) {
         setup.rlimits.extend(self.rlimits.iter().copied());
-        setup.new_process_group = true;
+        // The group killed at the end: setsid makes the child its leader (pgid = pid).
+        setup.new_session = true;
     }
 
     fn after_spawn(&mut self, pid: i32) -> Result<(), BackendError> {

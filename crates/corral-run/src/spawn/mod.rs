@@ -10,12 +10,16 @@
 //!   the clone, and the child's setup as a checklist of named steps, each failing with
 //!   its [`Stage`].
 //!
+//! * `filter` (safe): the seccomp program (policy `corral-default`), compiled in the
+//!   parent with `seccompiler`, so the child only hands it to the kernel.
+//!
 //! Every unsafe function, all in `sys`: `child_main` and `child_fail`, and the
 //! checklist's steps `reset_signals`, `set_parent_death_signal`, `enter_cgroup`,
 //! `contain`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
-//! `new_process_group`, `setup_stdio`, `change_directory`, `wait_gate` and `exec`, all
-//! callable only in the child. Safe functions with an unsafe block, also in `sys`:
-//! `clone_into_cgroup` and `fork_child` (start the child), [`clone3_available`],
+//! `disable_core_dumps`, `new_session`, `setup_stdio`, `change_directory`, `wait_gate`,
+//! `set_no_new_privs`, `install_syscall_filter` and `exec`, all callable only in the
+//! child. Safe functions with an unsafe block, also in `sys`: `clone_into_cgroup` and
+//! `fork_child` (start the child), [`clone3_available`], [`seccomp_filter_available`],
 //! [`fork_single_threaded`] (the crash guard), [`wait4`] and [`watch_fd`] (registers an
 //! owned fd with tokio).
 //!
@@ -31,6 +35,7 @@
 //! the creating *thread* exits.
 
 mod exec;
+mod filter;
 mod plan;
 #[allow(unsafe_code)]
 mod sys;
@@ -39,8 +44,11 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 pub use exec::Exec;
+pub use filter::{SyscallFilter, DENIED as DENIED_SYSCALLS, POLICY, POLICY_VERSION};
 use plan::ChildPlan;
-pub use sys::{clone3_available, fork_single_threaded, wait4, watch_fd, ChildUsage};
+pub use sys::{
+    clone3_available, fork_single_threaded, seccomp_filter_available, wait4, watch_fd, ChildUsage,
+};
 
 /// `CLONE_INTO_CGROUP`. `libc::CLONE_INTO_CGROUP` is a `c_int` on glibc targets and
 /// overflows to 0, which would silently start the child in corral's own cgroup.
@@ -63,22 +71,25 @@ pub enum Stage {
     Gate,
     /// Entering the run's own network namespace and bringing its loopback up.
     Network,
+    /// Installing the syscall filter.
+    Filter,
     /// `execve` itself.
     Exec,
     /// Any other step: signals, the parent-death signal, containment (namespaces,
-    /// mounts, capabilities), the process group.
+    /// mounts, capabilities), the new session, `no_new_privs`.
     Setup,
 }
 
 impl Stage {
     /// Every stage (the error pipe sends a stage as its index here).
-    const ALL: [Stage; 8] = [
+    const ALL: [Stage; 9] = [
         Stage::Cgroup,
         Stage::Rlimit,
         Stage::Stdio,
         Stage::Chdir,
         Stage::Gate,
         Stage::Network,
+        Stage::Filter,
         Stage::Exec,
         Stage::Setup,
     ];
@@ -206,8 +217,16 @@ pub struct ChildSetup<'a> {
     pub stderr: Option<BorrowedFd<'a>>,
     /// Resource limits.
     pub rlimits: Vec<Rlimit>,
-    /// Start a new process group (`setpgid(0, 0)`).
-    pub new_process_group: bool,
+    /// Start a new session (`setsid`): no controlling terminal (so no `TIOCSTI` input
+    /// into corral's terminal), and a new process group whose id is the child's pid.
+    pub new_session: bool,
+    /// Core dumps off (`RLIMIT_CORE` 0, soft and hard).
+    pub no_core_dumps: bool,
+    /// `PR_SET_NO_NEW_PRIVS`: exec can no longer grant privileges (setuid, file
+    /// capabilities).
+    pub no_new_privs: bool,
+    /// The seccomp filter, installed last before exec (built in the parent).
+    pub syscall_filter: Option<&'a SyscallFilter>,
     /// Signal to receive when the creating thread dies.
     pub parent_death_signal: Option<i32>,
     /// Block on this fd before exec until a byte arrives (EOF aborts the start).
@@ -266,6 +285,7 @@ impl Spawned {
                 "cannot give the run its own network namespace (--network host runs it in the host's)"
                     .to_string()
             }
+            Stage::Filter => "cannot install the syscall filter".to_string(),
             Stage::Exec => format!("cannot execute {}", exec.display),
             Stage::Setup => "cannot set up the process".to_string(),
         };
@@ -423,6 +443,69 @@ mod tests {
             e.to_string().starts_with("cannot set a resource limit: "),
             "{e}"
         );
+    }
+
+    /// Runs `sh -c script` (or `python3 -c`) with every "always" step and the default
+    /// filter; returns the wait status.
+    fn run_sandboxed(prog: &str, script: &str) -> rustix::process::WaitIdStatus {
+        let exec = Exec::new(
+            &[prog.into(), "-c".into(), script.into()],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            None,
+        )
+        .unwrap();
+        let setup = ChildSetup {
+            new_session: true,
+            no_core_dumps: true,
+            no_new_privs: true,
+            syscall_filter: Some(SyscallFilter::corral_default().unwrap()),
+            ..Default::default()
+        };
+        let (_pid, pidfd, _) = spawn(&exec, &setup, &Placement::default())
+            .unwrap()
+            .confirm(&exec)
+            .unwrap();
+        rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn the_always_steps_and_the_filter_are_applied() {
+        // A new session led by the shell, no core dumps, no_new_privs, filter mode.
+        let st = run_sandboxed(
+            "sh",
+            "[ \"$(cut -d' ' -f6 /proc/$$/stat)\" = \"$$\" ] && [ \"$(ulimit -c)\" = 0 ] \
+             && grep -q '^NoNewPrivs:.1' /proc/self/status && grep -q '^Seccomp:.2' /proc/self/status",
+        );
+        assert_eq!(st.exit_status(), Some(0));
+        // keyctl and bpf are denied with EPERM; clone3 answers ENOSYS (glibc falls back
+        // to clone); unshare of a user namespace is denied; fork and threads work.
+        let checks = "import ctypes, os\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             def err(*a):\n    assert libc.syscall(*a) == -1\n    return ctypes.get_errno()\n\
+             assert err(250, 0, 0, 0, 0, 0) == 1, 'keyctl'\n\
+             assert err(321, 0, 0, 0) == 1, 'bpf'\n\
+             assert err(435, None, 0) == 38, 'clone3'\n\
+             assert err(272, 0x10000000) == 1, 'unshare'\n\
+             pid = os.fork()\n\
+             if pid == 0: os._exit(0)\n\
+             assert os.waitpid(pid, 0)[1] == 0, 'fork'\n\
+             import threading\n\
+             t = threading.Thread(target=print); t.start(); t.join()\n";
+        if cfg!(target_arch = "x86_64") {
+            let st = run_sandboxed("python3", checks);
+            assert_eq!(st.exit_status(), Some(0), "{st:?}");
+            // An x32 system call (getpid | 0x40000000) kills the process.
+            let st = run_sandboxed(
+                "python3",
+                "import ctypes; ctypes.CDLL(None).syscall(0x40000027)",
+            );
+            assert_eq!(st.terminating_signal(), Some(libc::SIGSYS), "{st:?}");
+        }
     }
 
     #[test]

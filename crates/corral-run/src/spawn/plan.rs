@@ -7,6 +7,14 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::{ChildSetup, Exec, Placement, Rlimit};
 
+/// `struct sock_fprog` of seccomp(2): a program of `len` instructions. The filter it
+/// points to is borrowed by the plan's [`ChildSetup`] for `'p`.
+#[repr(C)]
+pub(super) struct SockFprog {
+    pub(super) len: libc::c_ushort,
+    pub(super) filter: *const seccompiler::sock_filter,
+}
+
 /// Raw pointers and fd numbers the child uses. Built before cloning; every pointer
 /// points into the [`Exec`], the [`ChildSetup`] or the vectors here, and every fd is
 /// borrowed for `'p`, so the plan cannot outlive what it points to.
@@ -25,8 +33,14 @@ pub(super) struct ChildPlan<'p> {
     pub(super) procs: Vec<RawFd>,
     /// Resource limits to set.
     pub(super) rlimits: Vec<Rlimit>,
-    /// `setpgid(0, 0)`.
-    pub(super) new_pgrp: bool,
+    /// `setsid()`.
+    pub(super) new_session: bool,
+    /// `RLIMIT_CORE` 0.
+    pub(super) no_core_dumps: bool,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    pub(super) no_new_privs: bool,
+    /// The seccomp program (`filter` null: none).
+    pub(super) filter: SockFprog,
     /// The parent-death signal, or 0.
     pub(super) pdeathsig: i32,
     /// This process' pid: the child checks it is still its parent.
@@ -72,7 +86,19 @@ impl<'p> ChildPlan<'p> {
             stdio: [raw(&stdio[0]), raw(&stdio[1]), raw(&stdio[2])],
             procs: placement.procs.iter().map(|f| f.as_raw_fd()).collect(),
             rlimits: setup.rlimits.clone(),
-            new_pgrp: setup.new_process_group,
+            new_session: setup.new_session,
+            no_core_dumps: setup.no_core_dumps,
+            no_new_privs: setup.no_new_privs,
+            filter: match setup.syscall_filter {
+                Some(f) => SockFprog {
+                    len: f.instructions().len() as libc::c_ushort,
+                    filter: f.instructions().as_ptr(),
+                },
+                None => SockFprog {
+                    len: 0,
+                    filter: std::ptr::null(),
+                },
+            },
             pdeathsig: setup.parent_death_signal.unwrap_or(0),
             parent_pid: std::process::id() as i32,
             gate: setup.gate.map_or(-1, |g| g.as_raw_fd()),

@@ -7,8 +7,9 @@
 //! * [`child_fail`]: reports a failed step's stage and errno, then `_exit(127)`;
 //! * the steps of [`CHECKLIST`]: [`reset_signals`], [`set_parent_death_signal`],
 //!   [`enter_cgroup`], [`contain`], [`isolate_network`], [`drop_capabilities`],
-//!   [`set_rlimits`], [`new_process_group`], [`setup_stdio`], [`change_directory`],
-//!   [`wait_gate`], [`exec`].
+//!   [`set_rlimits`], [`disable_core_dumps`], [`new_session`], [`setup_stdio`],
+//!   [`change_directory`], [`wait_gate`], [`set_no_new_privs`],
+//!   [`install_syscall_filter`], [`exec`].
 //!
 //! Safe functions with an unsafe block inside, for the parent:
 //!
@@ -16,6 +17,7 @@
 //!   [`child_main`];
 //! * [`fork_child`]: the `fork` fallback, the child runs [`child_main`];
 //! * [`clone3_available`]: a clone3 probe that creates nothing;
+//! * [`seccomp_filter_available`]: a seccomp probe that installs nothing;
 //! * [`fork_single_threaded`]: a plain fork for the single-threaded crash guard;
 //! * [`wait4`]: reaps a child with its resource usage;
 //! * [`watch_fd`]: registers an owned fd with tokio.
@@ -46,10 +48,13 @@ const CHECKLIST: &[(Stage, Step)] = &[
     (Stage::Network, isolate_network),
     (Stage::Setup, drop_capabilities),
     (Stage::Rlimit, set_rlimits),
-    (Stage::Setup, new_process_group),
+    (Stage::Rlimit, disable_core_dumps),
+    (Stage::Setup, new_session),
     (Stage::Stdio, setup_stdio),
     (Stage::Chdir, change_directory),
     (Stage::Gate, wait_gate),
+    (Stage::Setup, set_no_new_privs),
+    (Stage::Filter, install_syscall_filter),
     (Stage::Exec, exec),
 ];
 
@@ -359,16 +364,38 @@ unsafe fn set_rlimits(plan: &ChildPlan<'_>) -> Result<(), i32> {
     Ok(())
 }
 
-/// `setpgid(0, 0)` when the plan asks for a new process group.
+/// `RLIMIT_CORE` 0 (soft and hard) when the plan asks: no core dumps.
 ///
 /// # Safety
 /// Only in the child.
-unsafe fn new_process_group(plan: &ChildPlan<'_>) -> Result<(), i32> {
-    if !plan.new_pgrp {
+unsafe fn disable_core_dumps(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if !plan.no_core_dumps {
         return Ok(());
     }
-    // SAFETY: setpgid takes plain integers.
-    check(unsafe { libc::setpgid(0, 0) })
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `zero` is valid for reads for the call.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) })
+}
+
+/// `setsid()` when the plan asks: a new session without a controlling terminal (no
+/// `TIOCSTI` into corral's terminal), led by the child, which also makes it the leader
+/// of a new process group (pgid = its pid: the rlimit backend's group kill).
+///
+/// # Safety
+/// Only in the child.
+unsafe fn new_session(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if !plan.new_session {
+        return Ok(());
+    }
+    // SAFETY: setsid takes no arguments; a freshly cloned child is never a process
+    // group leader, so it cannot fail with EPERM.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(errno());
+    }
+    Ok(())
 }
 
 /// `dup2` of each given source onto fd 0, 1, 2 (sources are ≥ 3, so none clobbers
@@ -420,6 +447,42 @@ unsafe fn wait_gate(plan: &ChildPlan<'_>) -> Result<(), i32> {
             },
         }
     }
+}
+
+/// `PR_SET_NO_NEW_PRIVS` when the plan asks: exec can no longer grant privileges
+/// (setuid and setgid bits, file capabilities), and the filter may be installed without
+/// `CAP_SYS_ADMIN`.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn set_no_new_privs(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if !plan.no_new_privs {
+        return Ok(());
+    }
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes plain integers.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+}
+
+/// Installs the plan's seccomp program, if any: the last step before exec, so that
+/// none of corral's own steps meets it.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn install_syscall_filter(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if plan.filter.filter.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `plan.filter` is a valid `struct sock_fprog` whose `filter` points to
+    // `len` instructions owned by the plan's SyscallFilter; the kernel only reads it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &plan.filter as *const super::plan::SockFprog,
+        )
+    };
+    check(ret as libc::c_int)
 }
 
 /// `execve`: returns only with the errno it failed with.
@@ -533,6 +596,28 @@ pub fn clone3_available() -> bool {
     // read or any process is created.
     let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<CloneArgs>(), 0usize) };
     r == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
+/// `Ok` when this kernel can install seccomp filters (`SECCOMP_GET_ACTION_AVAIL` for
+/// `SECCOMP_RET_ERRNO`, Linux 4.14), else the error it answered (`EINVAL` without
+/// `CONFIG_SECCOMP_FILTER`, `ENOSYS` without seccomp at all).
+pub fn seccomp_filter_available() -> std::io::Result<()> {
+    let action: u32 = libc::SECCOMP_RET_ERRNO;
+    // SAFETY: the kernel reads one u32 at the valid pointer `&action`; the call only
+    // answers whether the action is supported and changes nothing.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// CPU times and peak RSS of a reaped child (and the descendants it reaped), from
