@@ -8,7 +8,7 @@ use clap::Args;
 use corral_run::{RunSpec, Stdio};
 use corral_spec::{
     load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
-    parse_size_setting, parse_swap, LimitsPatch, ProfileSet, Syscalls,
+    parse_size_setting, parse_swap, LimitsPatch, Network, ProfileSet, Syscalls,
 };
 
 /// Options of one run.
@@ -59,12 +59,16 @@ pub struct RunArgs {
     /// JSON or TOML analysis metadata with limit overrides.
     #[arg(long, value_name = "FILE")]
     pub limits_from: Option<PathBuf>,
-    /// Refuse to run (exit 125) when any requested limit cannot be enforced.
+    /// Refuse to run (exit 125) when any requested limit or isolation layer cannot be
+    /// enforced.
     #[arg(long)]
     pub require_isolation: bool,
     /// The syscall filter: "default" (corral's seccomp deny-list) or "off".
     #[arg(long, value_name = "POLICY", allow_hyphen_values = true)]
     pub syscalls: Option<String>,
+    /// The network: "none" (default: its own namespace with only loopback) or "host".
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
+    pub network: Option<String>,
     /// The run's id (1-64 of A-Z a-z 0-9 _ -); generated when absent.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
@@ -146,6 +150,7 @@ impl RunArgs {
                 .transpose()?,
             require_isolation: self.require_isolation.then_some(true),
             syscalls: self.syscalls.as_deref().map(Syscalls::parse).transpose()?,
+            network: self.network.as_deref().map(Network::parse).transpose()?,
         })
     }
 }

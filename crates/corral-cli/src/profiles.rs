@@ -41,6 +41,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
                         LimitKind::OutputLimit => json!(l.output_limit),
                         LimitKind::RequireIsolation => json!(l.require_isolation),
                         LimitKind::Syscalls => json!(l.syscalls.as_str()),
+                        LimitKind::Network => json!(l.network.as_str()),
                     };
                 }
                 v
@@ -51,13 +52,13 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
     }
     let none = || "-".to_string();
     println!(
-        "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>8}  DESCRIPTION",
-        "PROFILE", "MEMORY", "CPUS", "PIDS", "TIMEOUT", "CPU-TIME", "GRACE", "SYSCALLS"
+        "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>8} {:>7}  DESCRIPTION",
+        "PROFILE", "MEMORY", "CPUS", "PIDS", "TIMEOUT", "CPU-TIME", "GRACE", "SYSCALLS", "NETWORK"
     );
     for p in &profiles {
         let l = &p.limits;
         println!(
-            "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>8}  {}",
+            "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>8} {:>7}  {}",
             p.name,
             l.memory.map(format_bytes).unwrap_or_else(none),
             l.cpus.map(|c| format!("{c}")).unwrap_or_else(none),
@@ -66,6 +67,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
             l.cpu_time.map(format_duration).unwrap_or_else(none),
             format_duration(l.grace),
             l.syscalls.as_str(),
+            l.network.as_str(),
             p.description
         );
     }

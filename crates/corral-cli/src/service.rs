@@ -253,6 +253,9 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     if let Some(s) = p.syscalls {
         m.insert(LimitKind::Syscalls.key().into(), Value::from(s.as_str()));
     }
+    if let Some(n) = p.network {
+        m.insert(LimitKind::Network.key().into(), Value::from(n.as_str()));
+    }
     m
 }
 
@@ -269,7 +272,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(LimitKind, &Option<String>); 9] = [
+    let flags: [(LimitKind, &Option<String>); 10] = [
         (LimitKind::Memory, &a.memory),
         (LimitKind::Swap, &a.swap),
         (LimitKind::Cpus, &a.cpus),
@@ -279,6 +282,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         (LimitKind::Grace, &a.grace),
         (LimitKind::OutputLimit, &a.output_limit),
         (LimitKind::Syscalls, &a.syscalls),
+        (LimitKind::Network, &a.network),
     ];
     let mut given = Map::new();
     for (k, v) in flags {
@@ -671,6 +675,7 @@ mod tests {
             output_limit: Some(Setting::Value(1 << 20)),
             require_isolation: Some(true),
             syscalls: Some(corral_spec::Syscalls::Off),
+            network: Some(corral_spec::Network::Host),
         };
         let m = patch_json(&p);
         let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();

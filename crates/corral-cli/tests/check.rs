@@ -45,6 +45,14 @@ fn check_matches_the_host() {
             _ => 2,
         }
     );
+    // A network namespace per run needs root's capabilities.
+    let netns = r["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "network_namespace")
+        .expect("the network_namespace feature");
+    assert_eq!(netns["available"], root, "{netns}");
     for c in &layout.v2_controllers {
         assert!(r["cgroup2_controllers"]
             .as_array()

@@ -68,6 +68,13 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
                 "unknown limit",
             ),
             (
+                "bad network",
+                br#"{"command": ["true"], "limits": {"network": "lan", "memory": "64M", "cpus": 0.5}}"#
+                    .to_vec(),
+                400,
+                "invalid network \"lan\"",
+            ),
+            (
                 "bad id",
                 br#"{"command": ["true"], "id": "a/b", "limits": {"memory": "64M", "cpus": 0.5}}"#
                     .to_vec(),
@@ -181,6 +188,11 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
         assert_eq!(v["state"], "done");
         assert_eq!(reason(&v), "exited");
         assert_eq!(v["record"]["schema"], "corral.result/v1");
+        // The service's runs get their own loopback-only network by default.
+        assert_eq!(
+            v["record"]["isolation"]["enforced"]["network"], "loopback",
+            "{v}"
+        );
         for k in [
             "id",
             "state",

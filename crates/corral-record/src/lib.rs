@@ -161,6 +161,8 @@ pub struct SyscallPolicy {
 pub struct IsolationRequested {
     /// The syscall filter: `default` or `off`.
     pub syscalls: String,
+    /// The network: `none` (its own namespace, loopback only) or `host`.
+    pub network: String,
 }
 
 /// The isolation layers really applied to the run.
@@ -174,19 +176,22 @@ pub struct IsolationEnforced {
     pub new_session: bool,
     /// Whether the run may write core dumps (`false`: `RLIMIT_CORE` 0).
     pub core_dumps: bool,
+    /// The network the run saw: `loopback` (its own namespace with only `lo`), `host`,
+    /// or `null` (a namespace was asked for and could not be made: see `not_enforced`).
+    pub network: Option<String>,
 }
 
 /// An isolation layer that was asked for but could not be applied, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsolationGap {
-    /// The layer, named as in [`IsolationRequested`] (`syscalls`).
+    /// The layer, named as in [`IsolationRequested`] (`syscalls`, `network`).
     pub layer: String,
-    /// Why it is not enforced, in one sentence.
+    /// Why it is not enforced and what would enforce it, in a sentence or two.
     pub why: String,
 }
 
 /// Requested versus applied isolation layers, beside [`LimitsRecord`]. Later layers
-/// (user, file system, network, pid namespace, Landlock) add fields to `requested` and
+/// (user, file system, pid namespace, Landlock) add fields to `requested` and
 /// `enforced`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsolationRecord {

@@ -174,5 +174,50 @@ pub fn compose_notes(r: &Record) -> String {
             list.join("; ")
         ));
     }
+    if let Some(iso) = r.isolation.as_ref().filter(|i| !i.not_enforced.is_empty()) {
+        let list: Vec<String> = iso
+            .not_enforced
+            .iter()
+            .map(|g| format!("{} ({})", g.layer, g.why))
+            .collect();
+        out.push(format!("Isolation not applied: {}.", list.join("; ")));
+    }
     out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IsolationGap, IsolationRecord, LimitsRecord, RecordHead};
+
+    #[test]
+    fn isolation_gaps_are_noted() {
+        let mut r = Record::new(RecordHead {
+            id: "r".into(),
+            command: vec!["true".into()],
+            cwd: None,
+            profile: "default".into(),
+            backend: "cgroup1".into(),
+            backend_reason: String::new(),
+            limits: LimitsRecord::default(),
+        });
+        r.outcome.reason = Reason::Exited;
+        r.outcome.process_exit_code = Some(0);
+        assert!(!compose_notes(&r).contains("Isolation"));
+        r.isolation = Some(IsolationRecord::default());
+        assert!(!compose_notes(&r).contains("Isolation"));
+        r.isolation
+            .as_mut()
+            .unwrap()
+            .not_enforced
+            .push(IsolationGap {
+                layer: "network".into(),
+                why: "no CAP_SYS_ADMIN".into(),
+            });
+        let n = compose_notes(&r);
+        assert!(
+            n.ends_with("Isolation not applied: network (no CAP_SYS_ADMIN)."),
+            "{n}"
+        );
+    }
 }

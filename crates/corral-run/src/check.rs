@@ -113,6 +113,8 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
     };
     let clone3 = crate::spawn::clone3_available() && kernel_at_least(&kernel, 5, 7);
     let seccomp = crate::spawn::seccomp_filter_available();
+    let privs = crate::isolation::Privileges::current();
+    let netns = privs.sys_admin && privs.net_admin;
     let features = vec![
         feature("clone3_into_cgroup", clone3, "the child is born in its cgroup; without it corral forks and moves the child before exec"),
         feature("pidfd", kernel_at_least(&kernel, 5, 4), "race-free waiting and signalling (required)"),
@@ -121,7 +123,11 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         feature("memory.peak", v2_ok && has("memory.peak", (5, 19)), "peak memory of a v2 run; without it the record has no peak"),
         feature("pids.peak", v2_ok && has("pids.peak", (6, 1)), "peak process count of a v2 run"),
         feature("seccomp_filter", seccomp.is_ok(), "the syscall filter of every run (--syscalls default); without it the record lists syscalls as not enforced"),
+        feature("network_namespace", netns, "each run gets its own network with only loopback; without CAP_SYS_ADMIN and CAP_NET_ADMIN runs share the host's network (reported per run)"),
     ];
+    if !netns {
+        remedies.push("runs share the host's network: a network namespace per run needs CAP_SYS_ADMIN and CAP_NET_ADMIN; run corral as root (or use the corral service)".into());
+    }
     if !clone3 {
         remedies.push(
             "clone3 with CLONE_INTO_CGROUP needs Linux 5.7 and a seccomp policy that allows clone3"

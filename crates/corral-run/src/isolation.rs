@@ -1,27 +1,66 @@
-//! The isolation layers of a run beyond its limits, decided before anything is created:
-//! what the record's `isolation` object says and what the child's checklist applies.
+//! The isolation layers of a run beside its limits, decided in the parent before
+//! anything is created, so that the record's `isolation` object says honestly what the
+//! run got, the child's checklist applies exactly that, and `--require-isolation` can
+//! refuse before the run starts.
 //!
 //! Always, on every backend: a new session (`setsid`: no controlling terminal), core
 //! dumps off (`RLIMIT_CORE` 0) and `no_new_privs`. By default (`--syscalls default`)
-//! also the seccomp filter [`crate::spawn::POLICY`], where the kernel can install one;
-//! where it cannot, the record lists `syscalls` under `not_enforced` and
-//! `--require-isolation` refuses.
+//! also the seccomp filter [`crate::spawn::POLICY`], where the kernel can install one,
+//! and (`--network none`) its own network namespace with only loopback, where corral
+//! has the capabilities to make one.
+//!
+//! A layer that cannot be applied here does not fail the run: it is recorded in
+//! `isolation.not_enforced` with the reason (and the remedy), like a limit a backend
+//! cannot enforce.
 
 use std::sync::OnceLock;
 
 use corral_record::{IsolationEnforced, IsolationGap, IsolationRecord, IsolationRequested};
-use corral_spec::{Limits, Syscalls};
+use corral_spec::{Limits, Network, Syscalls};
+use rustix::thread::CapabilitySet;
 
 use crate::spawn::{self, SyscallFilter};
 
-/// What a run gets: the record's `isolation` object and the filter to install.
+/// What this process may do that the layers need: its effective capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Privileges {
+    /// `CAP_SYS_ADMIN`: `unshare(CLONE_NEWNET)`.
+    pub sys_admin: bool,
+    /// `CAP_NET_ADMIN`: bringing the new namespace's loopback up.
+    pub net_admin: bool,
+}
+
+impl Privileges {
+    /// This process' effective capabilities (none if they cannot be read).
+    pub fn current() -> Privileges {
+        let eff = rustix::thread::capabilities(None)
+            .map(|c| c.effective)
+            .unwrap_or(CapabilitySet::empty());
+        Privileges {
+            sys_admin: eff.contains(CapabilitySet::SYS_ADMIN),
+            net_admin: eff.contains(CapabilitySet::NET_ADMIN),
+        }
+    }
+}
+
+/// The isolation one run gets: its record, and what the child must do.
 #[derive(Debug, Clone)]
 pub struct IsolationPlan {
-    /// Requested versus applied, for the record.
+    /// Requested versus applied, for the record's `isolation`.
     pub record: IsolationRecord,
     /// The compiled seccomp filter, when one is applied.
     pub filter: Option<&'static SyscallFilter>,
+    /// The child enters its own network namespace with loopback up.
+    pub new_network: bool,
 }
+
+/// The `network` layer cannot be applied without these capabilities (rootless runs get
+/// a network namespace only once corral uses user namespaces).
+const NETWORK_GAP: &str = "a network namespace needs CAP_SYS_ADMIN and CAP_NET_ADMIN, \
+     which corral lacks here (run by an ordinary user: rootless runs get one only once \
+     corral uses user namespaces), so the run shares the host's network; run corral as \
+     root (or submit to the corral service) to give each run its own loopback-only \
+     network, or pass --network host to ask for the host's network";
 
 /// Whether this host can install corral's filter: the kernel's answer and the
 /// compiled program, probed once per process.
@@ -37,13 +76,16 @@ fn default_filter() -> Result<&'static SyscallFilter, String> {
     SyscallFilter::corral_default().map_err(|e| format!("cannot build the syscall filter: {e}"))
 }
 
-/// The isolation plan for `limits` on this host.
+/// The isolation plan for `limits` on this host, for this process.
 pub fn plan(limits: &Limits) -> IsolationPlan {
-    plan_with(limits, default_filter)
+    plan_with(limits, Privileges::current(), default_filter)
 }
 
+/// The isolation plan for `limits`, for a process with `privs`, where `filter` says
+/// whether the seccomp filter can be installed.
 fn plan_with(
     limits: &Limits,
+    privs: Privileges,
     filter: impl FnOnce() -> Result<&'static SyscallFilter, String>,
 ) -> IsolationPlan {
     let mut not_enforced = Vec::new();
@@ -60,10 +102,22 @@ fn plan_with(
             }
         },
     };
+    let (network, new_network) = match limits.network {
+        Network::Host => (Some("host".to_string()), false),
+        Network::None if privs.sys_admin && privs.net_admin => (Some("loopback".to_string()), true),
+        Network::None => {
+            not_enforced.push(IsolationGap {
+                layer: "network".into(),
+                why: NETWORK_GAP.into(),
+            });
+            (None, false)
+        }
+    };
     IsolationPlan {
         record: IsolationRecord {
             requested: IsolationRequested {
                 syscalls: limits.syscalls.as_str().into(),
+                network: limits.network.as_str().into(),
             },
             enforced: IsolationEnforced {
                 syscalls: filter.map(|_| corral_record::SyscallPolicy {
@@ -73,10 +127,12 @@ fn plan_with(
                 no_new_privs: true,
                 new_session: true,
                 core_dumps: false,
+                network,
             },
             not_enforced,
         },
         filter,
+        new_network,
     }
 }
 
@@ -84,31 +140,41 @@ fn plan_with(
 mod tests {
     use super::*;
 
+    const ROOT: Privileges = Privileges {
+        sys_admin: true,
+        net_admin: true,
+    };
+    const USER: Privileges = Privileges {
+        sys_admin: false,
+        net_admin: false,
+    };
+
     #[test]
     fn the_record_says_what_is_applied() {
         let mut limits = Limits::default();
-        let p = plan(&limits);
+        let p = plan_with(&limits, ROOT, default_filter);
         let j = serde_json::to_value(&p.record).unwrap();
         assert_eq!(
             j,
             serde_json::json!({
-                "requested": {"syscalls": "default"},
+                "requested": {"syscalls": "default", "network": "none"},
                 "enforced": {"syscalls": {"policy": "corral-default", "version": 1},
-                             "no_new_privs": true, "new_session": true, "core_dumps": false},
+                             "no_new_privs": true, "new_session": true, "core_dumps": false,
+                             "network": "loopback"},
                 "not_enforced": []
             })
         );
         assert!(p.filter.is_some());
 
         limits.syscalls = Syscalls::Off;
-        let p = plan(&limits);
+        let p = plan_with(&limits, ROOT, default_filter);
         assert!(p.filter.is_none());
         assert_eq!(p.record.requested.syscalls, "off");
         assert_eq!(p.record.enforced.syscalls, None);
         assert!(p.record.not_enforced.is_empty());
         assert!(p.record.enforced.no_new_privs && p.record.enforced.new_session);
 
-        let p = plan_with(&Limits::default(), || Err("no seccomp here".into()));
+        let p = plan_with(&Limits::default(), ROOT, || Err("no seccomp here".into()));
         assert!(p.filter.is_none());
         assert_eq!(p.record.enforced.syscalls, None);
         assert_eq!(
@@ -118,5 +184,71 @@ mod tests {
                 why: "no seccomp here".into()
             }]
         );
+    }
+
+    #[test]
+    fn root_gets_a_loopback_only_namespace_by_default() {
+        let p = plan_with(&Limits::default(), ROOT, default_filter);
+        assert!(p.new_network);
+        assert_eq!(p.record.requested.network, "none");
+        assert_eq!(p.record.enforced.network.as_deref(), Some("loopback"));
+        assert!(p.record.not_enforced.is_empty());
+    }
+
+    #[test]
+    fn host_network_is_what_was_asked_for_anyone() {
+        let host = Limits {
+            network: Network::Host,
+            ..Limits::default()
+        };
+        for privs in [ROOT, USER] {
+            let p = plan_with(&host, privs, default_filter);
+            assert!(!p.new_network);
+            assert_eq!(p.record.requested.network, "host");
+            assert_eq!(p.record.enforced.network.as_deref(), Some("host"));
+            assert!(p.record.not_enforced.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_ordinary_user_is_told_the_network_is_not_isolated_and_why() {
+        for privs in [
+            USER,
+            Privileges {
+                sys_admin: true,
+                net_admin: false,
+            },
+        ] {
+            let p = plan_with(&Limits::default(), privs, default_filter);
+            assert!(!p.new_network);
+            assert_eq!(p.record.requested.network, "none");
+            assert_eq!(p.record.enforced.network, None);
+            assert_eq!(p.record.not_enforced.len(), 1);
+            let gap = &p.record.not_enforced[0];
+            assert_eq!(gap.layer, "network");
+            assert!(gap.why.contains("CAP_SYS_ADMIN"), "{}", gap.why);
+            assert!(gap.why.contains("--network host"), "{}", gap.why);
+        }
+    }
+
+    #[test]
+    fn both_gaps_are_listed_in_order() {
+        let p = plan_with(&Limits::default(), USER, || Err("no seccomp here".into()));
+        let layers: Vec<&str> = p
+            .record
+            .not_enforced
+            .iter()
+            .map(|g| g.layer.as_str())
+            .collect();
+        assert_eq!(layers, ["syscalls", "network"]);
+    }
+
+    #[test]
+    fn the_record_object_has_its_documented_shape() {
+        let p = plan_with(&Limits::default(), USER, default_filter);
+        let v = serde_json::to_value(&p.record).unwrap();
+        assert_eq!(v["requested"]["network"], "none");
+        assert!(v["enforced"]["network"].is_null());
+        assert_eq!(v["not_enforced"][0]["layer"], "network");
     }
 }

@@ -13,7 +13,8 @@
 //! * [`spawn`]: exec resolution, and the only unsafe code (in one file, `spawn/sys.rs`):
 //!   `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` and the child's checklist of setup steps.
 //! * [`isolation`]: the layers beyond the limits (syscall filter, new session,
-//!   `no_new_privs`, no core dumps) and what the record says of them.
+//!   `no_new_privs`, no core dumps, the run's own network namespace), decided before
+//!   the start so the record says what was really applied.
 //! * [`supervise`]: the event loop of one run (pidfd, timers, inotify/eventfd), the
 //!   SIGTERM → grace → kill sequence, and the wait until the tree is gone.
 //! * [`mod@run`]: ties it together and builds the [`corral_record::Record`].

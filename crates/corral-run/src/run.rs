@@ -261,6 +261,7 @@ pub async fn run(
         no_core_dumps: !iso.record.enforced.core_dumps,
         no_new_privs: iso.record.enforced.no_new_privs,
         syscall_filter: iso.filter,
+        new_network: iso.new_network,
         ..Default::default()
     };
     sandbox.child_setup(&mut setup);

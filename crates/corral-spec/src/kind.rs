@@ -32,11 +32,13 @@ pub enum LimitKind {
     RequireIsolation,
     /// The syscall filter ([`crate::Limits::syscalls`]).
     Syscalls,
+    /// The network the run sees ([`crate::Limits::network`]).
+    Network,
 }
 
 impl LimitKind {
     /// Every limit, in the order `corral profiles` prints them.
-    pub const ALL: [LimitKind; 10] = [
+    pub const ALL: [LimitKind; 11] = [
         LimitKind::Memory,
         LimitKind::Swap,
         LimitKind::Cpus,
@@ -47,6 +49,7 @@ impl LimitKind {
         LimitKind::OutputLimit,
         LimitKind::RequireIsolation,
         LimitKind::Syscalls,
+        LimitKind::Network,
     ];
 
     /// The limits a backend enforces (or reports as not enforced): the fields of a
@@ -75,6 +78,7 @@ impl LimitKind {
             LimitKind::OutputLimit => "output_limit_bytes",
             LimitKind::RequireIsolation => "require_isolation",
             LimitKind::Syscalls => "syscalls",
+            LimitKind::Network => "network",
         }
     }
 
@@ -92,6 +96,7 @@ impl LimitKind {
             LimitKind::OutputLimit => "output_limit",
             LimitKind::RequireIsolation => "require_isolation",
             LimitKind::Syscalls => "syscalls",
+            LimitKind::Network => "network",
         }
     }
 
@@ -107,8 +112,8 @@ impl LimitKind {
 }
 
 /// The table keys of [`LimitKind::ALL`], in that order.
-pub const LIMIT_KEYS: [&str; 10] = {
-    let mut keys = [""; 10];
+pub const LIMIT_KEYS: [&str; LimitKind::ALL.len()] = {
+    let mut keys = [""; LimitKind::ALL.len()];
     let mut i = 0;
     while i < keys.len() {
         keys[i] = LimitKind::ALL[i].key();
@@ -157,7 +162,8 @@ mod tests {
                 "grace_s",
                 "output_limit_bytes",
                 "require_isolation",
-                "syscalls"
+                "syscalls",
+                "network"
             ]
         );
         assert_eq!(
@@ -172,7 +178,8 @@ mod tests {
                 "grace",
                 "output_limit",
                 "require_isolation",
-                "syscalls"
+                "syscalls",
+                "network"
             ]
         );
         for k in LimitKind::ALL {

@@ -65,6 +65,41 @@ impl Syscalls {
     }
 }
 
+/// The network a run sees (`--network`, profile key `network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// Its own network namespace with only loopback, up: no route to the host's or
+    /// anyone's network, not even the host's `127.0.0.1`.
+    #[default]
+    None,
+    /// The host's network namespace, as without corral.
+    Host,
+}
+
+impl Network {
+    /// The spelling in flags, profiles and records: `none` or `host`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Host => "host",
+        }
+    }
+
+    /// Parses `none` or `host`.
+    pub fn parse(s: &str) -> Result<Network, SpecError> {
+        match s.trim() {
+            "none" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            _ => Err(SpecError::Invalid {
+                what: "network",
+                value: s.to_string(),
+                why: "use \"none\" (its own network namespace, loopback only) or \"host\" (the host's network)".into(),
+            }),
+        }
+    }
+}
+
 /// The effective limits of one run, after all layers are merged. `None` means unlimited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
@@ -89,6 +124,10 @@ pub struct Limits {
     /// The syscall filter (absent in limits stored before it existed: the default).
     #[serde(default)]
     pub syscalls: Syscalls,
+    /// The network the run sees (absent in limits stored before it existed: the
+    /// default, its own loopback-only namespace).
+    #[serde(default)]
+    pub network: Network,
 }
 
 impl Default for Limits {
@@ -105,6 +144,7 @@ impl Default for Limits {
             output_limit: None,
             require_isolation: false,
             syscalls: Syscalls::Default,
+            network: Network::None,
         }
     }
 }
@@ -132,6 +172,8 @@ pub struct LimitsPatch {
     pub require_isolation: Option<bool>,
     /// See [`Limits::syscalls`].
     pub syscalls: Option<Syscalls>,
+    /// See [`Limits::network`].
+    pub network: Option<Network>,
 }
 
 impl LimitsPatch {
@@ -157,6 +199,9 @@ impl LimitsPatch {
         }
         if let Some(s) = self.syscalls {
             base.syscalls = s;
+        }
+        if let Some(n) = self.network {
+            base.network = n;
         }
     }
 
@@ -199,6 +244,7 @@ impl LimitsPatch {
                     _ => return Err(err("must be true or false".into())),
                 },
                 LimitKind::Syscalls => p.syscalls = Some(Syscalls::parse(&text(v)).map_err(bad)?),
+                LimitKind::Network => p.network = Some(Network::parse(&text(v)).map_err(bad)?),
             }
         }
         Ok(p)
@@ -320,5 +366,28 @@ mod tests {
             .unwrap()
             .apply(&mut l);
         assert_eq!(l.syscalls, Syscalls::Off);
+    }
+
+    #[test]
+    fn network_setting() {
+        let mut l = Limits::default();
+        assert_eq!(l.network, Network::None);
+        let t = json!({"network": "host"});
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.network, Network::Host);
+        let t = json!({"network": "loopback"});
+        let e = LimitsPatch::from_table(t.as_object().unwrap(), "f").unwrap_err();
+        assert!(
+            e.to_string().contains("invalid network \"loopback\""),
+            "{e}"
+        );
+        assert_eq!(Network::parse("none").unwrap().as_str(), "none");
+        // Limits stored before the key existed get the default.
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        v.as_object_mut().unwrap().remove("network");
+        let back: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(back.network, Network::None);
     }
 }

@@ -134,7 +134,9 @@ fn merge(dst: &mut LimitsPatch, src: LimitsPatch) {
         cpu_time,
         grace,
         output_limit,
-        require_isolation
+        require_isolation,
+        syscalls,
+        network
     );
 }
 
@@ -170,6 +172,18 @@ mod tests {
             load_metadata(f.path()).unwrap().limits.pids,
             Some(Setting::Value(7))
         );
+    }
+
+    #[test]
+    fn isolation_keys_survive_the_merge() {
+        let f = file(
+            ".toml",
+            "[limits]\nsyscalls = \"off\"\nnetwork = \"host\"\nrequire_isolation = true\n",
+        );
+        let md = load_metadata(f.path()).unwrap();
+        assert_eq!(md.limits.syscalls, Some(crate::Syscalls::Off));
+        assert_eq!(md.limits.network, Some(crate::Network::Host));
+        assert_eq!(md.limits.require_isolation, Some(true));
     }
 
     #[test]

@@ -664,15 +664,28 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
         "{}",
         ran.stderr
     );
+    // The network layer beside them: root's runs get their own loopback-only
+    // namespace; an ordinary user's share the host's network, listed as not enforced.
+    let root = rustix::process::geteuid().is_root();
+    let iso = &ran.rec()["isolation"];
     assert_eq!(
-        ran.rec()["isolation"],
-        serde_json::json!({
-            "requested": {"syscalls": "default"},
-            "enforced": {"syscalls": {"policy": "corral-default", "version": 1},
-                         "no_new_privs": true, "new_session": true, "core_dumps": false},
-            "not_enforced": []
-        })
+        iso["requested"],
+        serde_json::json!({"syscalls": "default", "network": "none"})
     );
+    assert_eq!(
+        iso["enforced"],
+        serde_json::json!({"syscalls": {"policy": "corral-default", "version": 1},
+                           "no_new_privs": true, "new_session": true, "core_dumps": false,
+                           "network": if root { Some("loopback") } else { None }})
+    );
+    let gaps: Vec<&str> = iso["not_enforced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["layer"].as_str().unwrap())
+        .collect();
+    let want: &[&str] = if root { &[] } else { &["network"] };
+    assert_eq!(gaps, want, "{iso}");
     ran
 }
 

@@ -224,7 +224,8 @@ impl Plan {
             LimitKind::Grace
             | LimitKind::OutputLimit
             | LimitKind::RequireIsolation
-            | LimitKind::Syscalls => false,
+            | LimitKind::Syscalls
+            | LimitKind::Network => false,
         };
         if was {
             self.gaps.push(Gap {

@@ -57,6 +57,8 @@ pub(super) struct ChildPlan<'p> {
     pub(super) readonly: Vec<*const libc::c_char>,
     /// Drop [`super::DROPPED_CAPABILITIES`].
     pub(super) drop_caps: bool,
+    /// A new network namespace with loopback up.
+    pub(super) new_network: bool,
     _borrows: PhantomData<&'p ()>,
 }
 
@@ -117,6 +119,7 @@ impl<'p> ChildPlan<'p> {
                 .map(|c| c.readonly.iter().map(|m| m.as_ptr()).collect())
                 .unwrap_or_default(),
             drop_caps: setup.contain.is_some(),
+            new_network: setup.new_network,
             _borrows: PhantomData,
         }
     }

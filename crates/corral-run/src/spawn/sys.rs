@@ -6,9 +6,10 @@
 //! * [`child_main`]: runs [`CHECKLIST`], then exits;
 //! * [`child_fail`]: reports a failed step's stage and errno, then `_exit(127)`;
 //! * the steps of [`CHECKLIST`]: [`reset_signals`], [`set_parent_death_signal`],
-//!   [`enter_cgroup`], [`contain`], [`drop_capabilities`], [`set_rlimits`],
-//!   [`disable_core_dumps`], [`new_session`], [`setup_stdio`], [`change_directory`],
-//!   [`wait_gate`], [`set_no_new_privs`], [`install_syscall_filter`], [`exec`].
+//!   [`enter_cgroup`], [`contain`], [`isolate_network`], [`drop_capabilities`],
+//!   [`set_rlimits`], [`disable_core_dumps`], [`new_session`], [`setup_stdio`],
+//!   [`change_directory`], [`wait_gate`], [`set_no_new_privs`],
+//!   [`install_syscall_filter`], [`exec`].
 //!
 //! Safe functions with an unsafe block inside, for the parent:
 //!
@@ -44,6 +45,7 @@ const CHECKLIST: &[(Stage, Step)] = &[
     (Stage::Setup, set_parent_death_signal),
     (Stage::Cgroup, enter_cgroup),
     (Stage::Setup, contain),
+    (Stage::Network, isolate_network),
     (Stage::Setup, drop_capabilities),
     (Stage::Rlimit, set_rlimits),
     (Stage::Rlimit, disable_core_dumps),
@@ -222,6 +224,62 @@ unsafe fn contain(plan: &ChildPlan<'_>) -> Result<(), i32> {
         })?;
     }
     Ok(())
+}
+
+/// The part of `struct ifreq` that `SIOCGIFFLAGS`/`SIOCSIFFLAGS` use: the interface
+/// name and its flags, padded to the kernel's size of the whole union (40 bytes).
+#[repr(C)]
+struct IfFlagsRequest {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+const _: () = assert!(std::mem::size_of::<IfFlagsRequest>() == std::mem::size_of::<libc::ifreq>());
+
+/// A new network namespace with its loopback interface up, when the plan asks
+/// (`--network none`): the run then reaches nothing outside itself, not even the
+/// host's `127.0.0.1`, while its own processes still talk over loopback (a notebook's
+/// kernel and its client). Needs `CAP_SYS_ADMIN` (and `CAP_NET_ADMIN` for `lo`),
+/// checked by the parent before it asks; runs before [`drop_capabilities`].
+///
+/// A step rather than `CLONE_NEWNET` in clone3's flags: `lo` must be brought up from
+/// inside the namespace anyway, and the fork fallback needs the `unshare` too, so one
+/// step serves both paths; the namespace costs the same either way.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn isolate_network(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if !plan.new_network {
+        return Ok(());
+    }
+    // SAFETY: unshare takes flags only.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+    // SAFETY: socket takes plain integers; the fd is closed below on every path.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(errno());
+    }
+    let mut req = IfFlagsRequest {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: `req` is a valid, NUL-terminated interface request of the kernel's size,
+    // valid for reads and writes for each call; `sock` is the socket opened above.
+    let ret = unsafe {
+        let mut r = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req as *mut IfFlagsRequest);
+        if r == 0 {
+            req.flags |= libc::IFF_UP as libc::c_short;
+            r = libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req as *mut IfFlagsRequest);
+        }
+        r
+    };
+    let result = check(ret);
+    // SAFETY: `sock` is open and owned by this step.
+    unsafe { libc::close(sock) };
+    result
 }
 
 /// `struct __user_cap_header_struct` of capget(2)/capset(2).
