@@ -180,3 +180,38 @@ def test_run_id() -> None:
     run_id = "pytest-" + uuid.uuid4().hex[:8]
     r = corral.isolated_run(["true"], run_id=run_id)
     assert r.run_id == run_id and run_cgroups(run_id) == []
+
+
+def _status_field(text: str, key: str) -> str:
+    return next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith(key + ":"))
+
+
+def test_sandbox_layers_are_applied_and_reported() -> None:
+    probe = [
+        sys.executable,
+        "-c",
+        "print(open('/proc/self/status').read()); print('--net--'); print(open('/proc/net/dev').read())",
+    ]
+    r = corral.isolated_run(probe)
+    assert r.ok, r.stderr
+    assert _status_field(r.stdout or "", "Seccomp") == "2"
+    assert _status_field(r.stdout or "", "NoNewPrivs") == "1"
+    iso = r.isolation
+    assert iso["requested"]["network"] == "none" and iso["requested"]["syscalls"] == "default"
+    assert iso["enforced"]["network"] == "loopback"
+    assert iso["enforced"]["syscalls"]["policy"] == "corral-default"
+    assert iso["not_enforced"] == []
+    # /proc/net/dev of the run's own namespace: the loopback device only.
+    net = (r.stdout or "").split("--net--")[1]
+    devs = [ln.split(":")[0].strip() for ln in net.splitlines() if ":" in ln]
+    assert devs == ["lo"], devs
+
+    off = corral.isolated_run(probe, network="host", syscalls="off")
+    assert off.ok, off.stderr
+    assert _status_field(off.stdout or "", "Seccomp") == "0"
+    assert off.isolation["enforced"]["network"] == "host"
+
+
+def test_bad_sandbox_value_raises() -> None:
+    with pytest.raises(corral.CorralError, match="network"):
+        corral.isolated_run(["true"], network="sometimes")

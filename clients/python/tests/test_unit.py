@@ -40,6 +40,12 @@ def test_cli_flags() -> None:
     ]  # fmt: skip
 
 
+def test_sandbox_layers_are_flags_and_service_limits() -> None:
+    opts = RunOptions(command=["x"], limits={"network": "host", "syscalls": "off"})
+    assert opts.cli_flags() == ["--network", "host", "--syscalls", "off"]
+    assert opts.service_body()["limits"] == {"network": "host", "syscalls": "off"}
+
+
 def test_service_body_merges_metadata_under_arguments() -> None:
     opts = RunOptions(
         command=["x"],

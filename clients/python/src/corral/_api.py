@@ -31,6 +31,8 @@ def isolated_run(
     output_limit_mb: Optional[Limit] = None,
     swap_limit_mb: Optional[Limit] = None,
     require_isolation: bool = False,
+    network: Optional[str] = None,
+    syscalls: Optional[str] = None,
     limits_from: Union[None, Path, Mapping[str, Any]] = None,
     clear_env: bool = False,
     backend: Optional[str] = None,
@@ -47,6 +49,11 @@ def isolated_run(
     a ``limits`` table), then the arguments here. Each limit is a number in the
     parameter's unit (MiB, seconds, CPUs, processes) or corral's text (``"2G"``,
     ``"90s"``, and ``"max"``/``"none"`` for no limit); ``None`` keeps the profile's.
+
+    The sandbox layers work the same way: ``network`` is ``"none"`` (the run's own
+    network namespace with loopback only, every built-in profile's default) or
+    ``"host"``; ``syscalls`` is ``"default"`` (corral's seccomp deny-list) or ``"off"``.
+    What was applied is ``result.isolation`` (the record's ``isolation`` object).
 
     ``env`` is added to the inherited environment (with ``clear_env=True`` it is the
     whole environment). ``cwd`` defaults to this process' working directory. Standard
@@ -82,6 +89,8 @@ def isolated_run(
         ("cpu_time", cpu_time_seconds, seconds),
         ("grace", grace_seconds, seconds),
         ("output_limit", output_limit_mb, size_mb),
+        ("network", network, str),
+        ("syscalls", syscalls, str),
     ):
         if value is not None:
             limits[name] = fmt(value)

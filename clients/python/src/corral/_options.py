@@ -50,6 +50,21 @@ def split_command(cmd: Command) -> List[str]:
     return argv
 
 
+#: The limits and sandbox layers, each passed as ``--NAME`` (``_`` as ``-``).
+LIMIT_FLAGS = (
+    "memory",
+    "swap",
+    "cpus",
+    "pids",
+    "timeout",
+    "cpu_time",
+    "grace",
+    "output_limit",
+    "network",
+    "syscalls",
+)
+
+
 @dataclass
 class RunOptions:
     """Everything :func:`corral.isolated_run` was asked, normalised."""
@@ -72,7 +87,7 @@ class RunOptions:
         out: List[str] = []
         if self.profile is not None:
             out += ["--profile", self.profile]
-        for name in ("memory", "swap", "cpus", "pids", "timeout", "cpu_time", "grace", "output_limit"):
+        for name in LIMIT_FLAGS:
             if name in self.limits:
                 out += ["--" + name.replace("_", "-"), self.limits[name]]
         if self.cwd is not None:

@@ -49,6 +49,9 @@ class IsolatedResult:
     limits_enforced: Dict[str, Any]
     #: ``record["limits"]["not_enforced"]``: ``[{"limit": ..., "why": ...}]``.
     not_enforced: List[Dict[str, str]] = field(default_factory=list)
+    #: ``record["isolation"]``: the sandbox layers ``requested`` and ``enforced``, and
+    #: ``not_enforced`` (``[{"layer": ..., "why": ...}]``); empty for a run that never ran.
+    isolation: Dict[str, Any] = field(default_factory=dict)
     #: For notebook runs: where the executed notebook was written.
     output_path: Optional[str] = None
 
@@ -90,4 +93,5 @@ class IsolatedResult:
             backend=str(record.get("backend", "")),
             limits_enforced=dict(limits.get("enforced") or {}),
             not_enforced=list(limits.get("not_enforced") or []),
+            isolation=dict(record.get("isolation") or {}),
         )
