@@ -34,11 +34,13 @@ pub enum LimitKind {
     Syscalls,
     /// The network the run sees ([`crate::Limits::network`]).
     Network,
+    /// The sandbox's master switch ([`crate::Limits::isolation`]).
+    Isolation,
 }
 
 impl LimitKind {
     /// Every limit, in the order `corral profiles` prints them.
-    pub const ALL: [LimitKind; 11] = [
+    pub const ALL: [LimitKind; 12] = [
         LimitKind::Memory,
         LimitKind::Swap,
         LimitKind::Cpus,
@@ -50,6 +52,7 @@ impl LimitKind {
         LimitKind::RequireIsolation,
         LimitKind::Syscalls,
         LimitKind::Network,
+        LimitKind::Isolation,
     ];
 
     /// The limits a backend enforces (or reports as not enforced): the fields of a
@@ -79,6 +82,7 @@ impl LimitKind {
             LimitKind::RequireIsolation => "require_isolation",
             LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
+            LimitKind::Isolation => "isolation",
         }
     }
 
@@ -97,6 +101,7 @@ impl LimitKind {
             LimitKind::RequireIsolation => "require_isolation",
             LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
+            LimitKind::Isolation => "isolation",
         }
     }
 
@@ -163,7 +168,8 @@ mod tests {
                 "output_limit_bytes",
                 "require_isolation",
                 "syscalls",
-                "network"
+                "network",
+                "isolation"
             ]
         );
         assert_eq!(
@@ -179,7 +185,8 @@ mod tests {
                 "output_limit",
                 "require_isolation",
                 "syscalls",
-                "network"
+                "network",
+                "isolation"
             ]
         );
         for k in LimitKind::ALL {

@@ -16,7 +16,9 @@ mod profile;
 mod units;
 
 pub use kind::{LimitKind, LIMIT_KEYS};
-pub use limits::{parse_grace, parse_swap, Limits, LimitsPatch, Network, Setting, Syscalls};
+pub use limits::{
+    parse_grace, parse_swap, Isolation, Limits, LimitsPatch, Network, Setting, Syscalls,
+};
 pub use metadata::{load_metadata, parse_metadata, Metadata};
 pub use profile::{builtin_profiles, Profile, ProfileSet, ProfileSource};
 pub use units::{

@@ -100,6 +100,63 @@ impl Network {
     }
 }
 
+/// The master switch of the sandbox (`--isolation`, profile key `isolation`): `off`
+/// is corral's behaviour before the sandbox in one word.
+///
+/// Within one layer (a profile, a metadata file, the flags, a submission) it is applied
+/// first and that layer's explicit `network` / `syscalls` keys then win over it, like
+/// systemd's per-setting options over a preset; a later layer's `isolation` again
+/// resets both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// The sandbox: every layer at its default.
+    #[default]
+    Default,
+    /// No sandbox: the host's network, no syscall filter, and none of the always-on
+    /// steps (no `setsid`, no `no_new_privs`, core dumps as inherited).
+    Off,
+}
+
+impl Isolation {
+    /// The spelling in flags, profiles and records: `default` or `off`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Default => "default",
+            Isolation::Off => "off",
+        }
+    }
+
+    /// Parses `default` or `off`.
+    pub fn parse(s: &str) -> Result<Isolation, SpecError> {
+        match s.trim() {
+            "default" => Ok(Isolation::Default),
+            "off" => Ok(Isolation::Off),
+            _ => Err(SpecError::Invalid {
+                what: "isolation",
+                value: s.to_string(),
+                why: "use \"default\" (the sandbox) or \"off\" (no sandbox: the host's network, no syscall filter)".into(),
+            }),
+        }
+    }
+
+    /// The network this switch sets.
+    pub const fn network(self) -> Network {
+        match self {
+            Isolation::Default => Network::None,
+            Isolation::Off => Network::Host,
+        }
+    }
+
+    /// The syscall filter this switch sets.
+    pub const fn syscalls(self) -> Syscalls {
+        match self {
+            Isolation::Default => Syscalls::Default,
+            Isolation::Off => Syscalls::Off,
+        }
+    }
+}
+
 /// The effective limits of one run, after all layers are merged. `None` means unlimited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
@@ -128,6 +185,10 @@ pub struct Limits {
     /// default, its own loopback-only namespace).
     #[serde(default)]
     pub network: Network,
+    /// The sandbox's master switch as last set (absent in limits stored before it
+    /// existed: the default). `network` and `syscalls` already hold its effect.
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 impl Default for Limits {
@@ -145,6 +206,7 @@ impl Default for Limits {
             require_isolation: false,
             syscalls: Syscalls::Default,
             network: Network::None,
+            isolation: Isolation::Default,
         }
     }
 }
@@ -174,6 +236,8 @@ pub struct LimitsPatch {
     pub syscalls: Option<Syscalls>,
     /// See [`Limits::network`].
     pub network: Option<Network>,
+    /// See [`Isolation`]: applied before this patch's `network` and `syscalls`.
+    pub isolation: Option<Isolation>,
 }
 
 impl LimitsPatch {
@@ -196,6 +260,11 @@ impl LimitsPatch {
         }
         if let Some(r) = self.require_isolation {
             base.require_isolation = r;
+        }
+        if let Some(i) = self.isolation {
+            base.isolation = i;
+            base.network = i.network();
+            base.syscalls = i.syscalls();
         }
         if let Some(s) = self.syscalls {
             base.syscalls = s;
@@ -245,6 +314,9 @@ impl LimitsPatch {
                 },
                 LimitKind::Syscalls => p.syscalls = Some(Syscalls::parse(&text(v)).map_err(bad)?),
                 LimitKind::Network => p.network = Some(Network::parse(&text(v)).map_err(bad)?),
+                LimitKind::Isolation => {
+                    p.isolation = Some(Isolation::parse(&text(v)).map_err(bad)?)
+                }
             }
         }
         Ok(p)
@@ -366,6 +438,38 @@ mod tests {
             .unwrap()
             .apply(&mut l);
         assert_eq!(l.syscalls, Syscalls::Off);
+    }
+
+    #[test]
+    fn isolation_off_is_host_network_and_no_filter_unless_the_layer_says_otherwise() {
+        let patch = |v: Value| LimitsPatch::from_table(v.as_object().unwrap(), "f").unwrap();
+        let mut l = Limits::default();
+        assert_eq!(l.isolation, Isolation::Default);
+        patch(json!({"isolation": "off"})).apply(&mut l);
+        assert_eq!(
+            (l.isolation, l.network, l.syscalls),
+            (Isolation::Off, Network::Host, Syscalls::Off)
+        );
+        // An explicit layer key in the same layer wins over the master switch.
+        let mut l = Limits::default();
+        patch(json!({"network": "none", "isolation": "off"})).apply(&mut l);
+        assert_eq!(
+            (l.isolation, l.network, l.syscalls),
+            (Isolation::Off, Network::None, Syscalls::Off)
+        );
+        // A later layer's switch resets an earlier layer's keys.
+        let mut l = Limits::default();
+        patch(json!({"syscalls": "off"})).apply(&mut l);
+        patch(json!({"isolation": "default"})).apply(&mut l);
+        assert_eq!(l.syscalls, Syscalls::Default);
+        let e = LimitsPatch::from_table(json!({"isolation": "none"}).as_object().unwrap(), "f")
+            .unwrap_err();
+        assert!(e.to_string().contains("invalid isolation \"none\""), "{e}");
+        // Limits stored before the key existed get the default.
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        v.as_object_mut().unwrap().remove("isolation");
+        let back: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(back.isolation, Isolation::Default);
     }
 
     #[test]

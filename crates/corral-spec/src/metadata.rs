@@ -138,6 +138,17 @@ fn merge(dst: &mut LimitsPatch, src: LimitsPatch) {
         syscalls,
         network
     );
+    // The switch resets the layers a lower patch set (src's own keys, taken above,
+    // still win: see Isolation).
+    if let Some(i) = src.isolation {
+        dst.isolation = Some(i);
+        if src.network.is_none() {
+            dst.network = None;
+        }
+        if src.syscalls.is_none() {
+            dst.syscalls = None;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ proptest! {
     #[test]
     fn profile_tables_never_panic(
         name in "[a-z_]{1,8}",
-        key in prop::sample::select(vec!["memory", "swap", "cpus", "pids", "timeout", "cpu_time", "grace", "output_limit", "require_isolation", "syscalls", "network", "inherits", "description", "bogus"]),
+        key in prop::sample::select(vec!["memory", "swap", "cpus", "pids", "timeout", "cpu_time", "grace", "output_limit", "require_isolation", "syscalls", "network", "isolation", "inherits", "description", "bogus"]),
         value in limitish(),
         as_number in any::<bool>(),
     ) {
@@ -85,7 +85,7 @@ proptest! {
 
     #[test]
     fn metadata_never_panics(
-        key in prop::sample::select(vec!["memory", "cpus", "pids", "timeout", "cpu_time", "grace", "swap", "output_limit", "require_isolation", "syscalls", "network", "nope"]),
+        key in prop::sample::select(vec!["memory", "cpus", "pids", "timeout", "cpu_time", "grace", "swap", "output_limit", "require_isolation", "syscalls", "network", "isolation", "nope"]),
         s in limitish(),
         n in any::<f64>(),
         i in any::<i64>(),
