@@ -156,9 +156,18 @@ pub struct SyscallPolicy {
     pub version: u32,
 }
 
+fn default_isolation() -> String {
+    "default".into()
+}
+
 /// The isolation layers a run asked for (profile, metadata, flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsolationRequested {
+    /// The sandbox's master switch: `default`, or `off` (no sandbox; `network` and
+    /// `syscalls` say what the run got after explicit per-layer keys). Absent in records
+    /// written before it existed: `default`.
+    #[serde(default = "default_isolation")]
+    pub isolation: String,
     /// The syscall filter: `default` or `off`.
     pub syscalls: String,
     /// The network: `none` (its own namespace, loopback only) or `host`.

@@ -182,6 +182,35 @@ pub fn compose_notes(r: &Record) -> String {
             .collect();
         out.push(format!("Isolation not applied: {}.", list.join("; ")));
     }
+    if let Some(iso) = r
+        .isolation
+        .as_ref()
+        .filter(|i| i.requested.isolation == "off")
+    {
+        let e = &iso.enforced;
+        let mut off: Vec<&str> = Vec::new();
+        if e.network.as_deref() == Some("host") {
+            off.push("the host's network");
+        }
+        if e.syscalls.is_none() {
+            off.push("no syscall filter");
+        }
+        if !e.no_new_privs {
+            off.push("no no_new_privs (setuid programs work)");
+        }
+        if !e.new_session {
+            off.push("corral's terminal session");
+        }
+        if e.core_dumps {
+            off.push("core dumps as inherited");
+        }
+        if !off.is_empty() {
+            out.push(format!(
+                "Not sandboxed (isolation off): {}.",
+                off.join(", ")
+            ));
+        }
+    }
     out.join(" ")
 }
 
@@ -219,5 +248,35 @@ mod tests {
             n.ends_with("Isolation not applied: network (no CAP_SYS_ADMIN)."),
             "{n}"
         );
+    }
+
+    #[test]
+    fn isolation_off_is_noted() {
+        let mut r = Record::new(RecordHead {
+            id: "r".into(),
+            command: vec!["true".into()],
+            cwd: None,
+            profile: "default".into(),
+            backend: "cgroup1".into(),
+            backend_reason: String::new(),
+            limits: LimitsRecord::default(),
+        });
+        r.outcome.reason = Reason::Exited;
+        let mut iso = IsolationRecord::default();
+        iso.requested.isolation = "off".into();
+        iso.enforced.network = Some("host".into());
+        iso.enforced.core_dumps = true;
+        r.isolation = Some(iso);
+        let n = compose_notes(&r);
+        assert!(
+            n.ends_with(
+                "Not sandboxed (isolation off): the host's network, no syscall filter, \
+                 no no_new_privs (setuid programs work), corral's terminal session, \
+                 core dumps as inherited."
+            ),
+            "{n}"
+        );
+        r.isolation.as_mut().unwrap().requested.isolation = "default".into();
+        assert!(!compose_notes(&r).contains("sandboxed"));
     }
 }

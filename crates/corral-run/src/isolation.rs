@@ -9,6 +9,12 @@
 //! and (`--network none`) its own network namespace with only loopback, where corral
 //! has the capabilities to make one.
 //!
+//! `--isolation off` (profile key `isolation = "off"`) is corral's behaviour before the
+//! sandbox: the host's network, no seccomp filter, and none of the always-on steps (no
+//! `setsid`, no `no_new_privs`, core dumps as inherited), except where something else
+//! needs one: the seccomp filter (an explicit `--syscalls default`) keeps
+//! `no_new_privs`, and the rlimit backend keeps `setsid` for its group kill.
+//!
 //! A layer that cannot be applied here does not fail the run: it is recorded in
 //! `isolation.not_enforced` with the reason (and the remedy), like a limit a backend
 //! cannot enforce.
@@ -16,7 +22,7 @@
 use std::sync::OnceLock;
 
 use corral_record::{IsolationEnforced, IsolationGap, IsolationRecord, IsolationRequested};
-use corral_spec::{Limits, Network, Syscalls};
+use corral_spec::{Isolation, Limits, Network, Syscalls};
 use rustix::thread::CapabilitySet;
 
 use crate::spawn::{self, SyscallFilter};
@@ -113,9 +119,11 @@ fn plan_with(
             (None, false)
         }
     };
+    let always = limits.isolation == Isolation::Default;
     IsolationPlan {
         record: IsolationRecord {
             requested: IsolationRequested {
+                isolation: limits.isolation.as_str().into(),
                 syscalls: limits.syscalls.as_str().into(),
                 network: limits.network.as_str().into(),
             },
@@ -124,9 +132,11 @@ fn plan_with(
                     policy: spawn::POLICY.into(),
                     version: spawn::POLICY_VERSION,
                 }),
-                no_new_privs: true,
-                new_session: true,
-                core_dumps: false,
+                // Without CAP_SYS_ADMIN the kernel installs a filter only under
+                // no_new_privs, and corral drops that capability in the child.
+                no_new_privs: always || filter.is_some(),
+                new_session: always,
+                core_dumps: !always,
                 network,
             },
             not_enforced,
@@ -157,7 +167,7 @@ mod tests {
         assert_eq!(
             j,
             serde_json::json!({
-                "requested": {"syscalls": "default", "network": "none"},
+                "requested": {"isolation": "default", "syscalls": "default", "network": "none"},
                 "enforced": {"syscalls": {"policy": "corral-default", "version": 1},
                              "no_new_privs": true, "new_session": true, "core_dumps": false,
                              "network": "loopback"},
@@ -184,6 +194,41 @@ mod tests {
                 why: "no seccomp here".into()
             }]
         );
+    }
+
+    #[test]
+    fn isolation_off_is_the_unsandboxed_run_and_says_so() {
+        let off = Limits {
+            isolation: Isolation::Off,
+            network: Network::Host,
+            syscalls: Syscalls::Off,
+            ..Limits::default()
+        };
+        for privs in [ROOT, USER] {
+            let p = plan_with(&off, privs, default_filter);
+            let j = serde_json::to_value(&p.record).unwrap();
+            assert_eq!(
+                j,
+                serde_json::json!({
+                    "requested": {"isolation": "off", "syscalls": "off", "network": "host"},
+                    "enforced": {"syscalls": null, "no_new_privs": false, "new_session": false,
+                                 "core_dumps": true, "network": "host"},
+                    "not_enforced": []
+                })
+            );
+            assert!(p.filter.is_none() && !p.new_network);
+        }
+        // An explicit filter under the switch keeps no_new_privs (the kernel's condition).
+        let p = plan_with(
+            &Limits {
+                syscalls: Syscalls::Default,
+                ..off
+            },
+            ROOT,
+            default_filter,
+        );
+        assert!(p.filter.is_some());
+        assert!(p.record.enforced.no_new_privs && !p.record.enforced.new_session);
     }
 
     #[test]

@@ -265,6 +265,11 @@ pub async fn run(
         ..Default::default()
     };
     sandbox.child_setup(&mut setup);
+    // A backend may need a step the isolation plan left out (the rlimit backend's
+    // setsid): the record says what the child does.
+    if let Some(iso) = rec.isolation.as_mut() {
+        iso.enforced.new_session = setup.new_session;
+    }
     let spawned = spawn::spawn(&exec, &setup, &sandbox.placement());
     drop(setup);
     drop((in_fd, out_fd, err_fd));

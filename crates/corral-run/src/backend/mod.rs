@@ -225,7 +225,8 @@ impl Plan {
             | LimitKind::OutputLimit
             | LimitKind::RequireIsolation
             | LimitKind::Syscalls
-            | LimitKind::Network => false,
+            | LimitKind::Network
+            | LimitKind::Isolation => false,
         };
         if was {
             self.gaps.push(Gap {
