@@ -8,7 +8,7 @@ use clap::Args;
 use corral_run::{RunSpec, Stdio};
 use corral_spec::{
     load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
-    parse_size_setting, parse_swap, LimitsPatch, Network, ProfileSet, Syscalls,
+    parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, ProfileSet, Syscalls,
 };
 
 /// Options of one run.
@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// The network: "none" (default: its own namespace with only loopback) or "host".
     #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     pub network: Option<String>,
+    /// The sandbox's master switch: "default" or "off" (no sandbox: the host's network,
+    /// no syscall filter, no setsid / no_new_privs / core-dump limit); an explicit
+    /// --network or --syscalls wins over it.
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
+    pub isolation: Option<String>,
     /// The run's id (1-64 of A-Z a-z 0-9 _ -); generated when absent.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
@@ -151,6 +156,11 @@ impl RunArgs {
             require_isolation: self.require_isolation.then_some(true),
             syscalls: self.syscalls.as_deref().map(Syscalls::parse).transpose()?,
             network: self.network.as_deref().map(Network::parse).transpose()?,
+            isolation: self
+                .isolation
+                .as_deref()
+                .map(Isolation::parse)
+                .transpose()?,
         })
     }
 }

@@ -42,6 +42,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
                         LimitKind::RequireIsolation => json!(l.require_isolation),
                         LimitKind::Syscalls => json!(l.syscalls.as_str()),
                         LimitKind::Network => json!(l.network.as_str()),
+                        LimitKind::Isolation => json!(l.isolation.as_str()),
                     };
                 }
                 v
@@ -52,13 +53,22 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
     }
     let none = || "-".to_string();
     println!(
-        "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>8} {:>7}  DESCRIPTION",
-        "PROFILE", "MEMORY", "CPUS", "PIDS", "TIMEOUT", "CPU-TIME", "GRACE", "SYSCALLS", "NETWORK"
+        "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>9} {:>8} {:>7}  DESCRIPTION",
+        "PROFILE",
+        "MEMORY",
+        "CPUS",
+        "PIDS",
+        "TIMEOUT",
+        "CPU-TIME",
+        "GRACE",
+        "ISOLATION",
+        "SYSCALLS",
+        "NETWORK"
     );
     for p in &profiles {
         let l = &p.limits;
         println!(
-            "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>8} {:>7}  {}",
+            "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>9} {:>8} {:>7}  {}",
             p.name,
             l.memory.map(format_bytes).unwrap_or_else(none),
             l.cpus.map(|c| format!("{c}")).unwrap_or_else(none),
@@ -66,6 +76,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
             l.timeout.map(format_duration).unwrap_or_else(none),
             l.cpu_time.map(format_duration).unwrap_or_else(none),
             format_duration(l.grace),
+            l.isolation.as_str(),
             l.syscalls.as_str(),
             l.network.as_str(),
             p.description

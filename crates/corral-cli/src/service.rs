@@ -256,6 +256,9 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     if let Some(n) = p.network {
         m.insert(LimitKind::Network.key().into(), Value::from(n.as_str()));
     }
+    if let Some(i) = p.isolation {
+        m.insert(LimitKind::Isolation.key().into(), Value::from(i.as_str()));
+    }
     m
 }
 
@@ -272,7 +275,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(LimitKind, &Option<String>); 10] = [
+    let flags: [(LimitKind, &Option<String>); 11] = [
         (LimitKind::Memory, &a.memory),
         (LimitKind::Swap, &a.swap),
         (LimitKind::Cpus, &a.cpus),
@@ -283,6 +286,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         (LimitKind::OutputLimit, &a.output_limit),
         (LimitKind::Syscalls, &a.syscalls),
         (LimitKind::Network, &a.network),
+        (LimitKind::Isolation, &a.isolation),
     ];
     let mut given = Map::new();
     for (k, v) in flags {
@@ -295,6 +299,12 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
     }
     // The same parsers as the service: a typo is reported here, precisely.
     LimitsPatch::from_table(&given, "the command line")?;
+    // --isolation resets the metadata's network and syscalls keys (one layer below the
+    // flags), as for `corral run`; the flags' own keys still win over it.
+    if given.contains_key(LimitKind::Isolation.key()) {
+        limits.remove(LimitKind::Network.key());
+        limits.remove(LimitKind::Syscalls.key());
+    }
     limits.extend(given);
     let env = a
         .env
@@ -676,6 +686,7 @@ mod tests {
             require_isolation: Some(true),
             syscalls: Some(corral_spec::Syscalls::Off),
             network: Some(corral_spec::Network::Host),
+            isolation: Some(corral_spec::Isolation::Off),
         };
         let m = patch_json(&p);
         let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();

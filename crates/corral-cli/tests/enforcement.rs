@@ -350,6 +350,15 @@ fn sandbox_off(h: &Harness) {
     h.assert_clean(&ran);
 }
 
+fn isolation_off(h: &Harness) {
+    let ran = common::run_isolation_off(h);
+    h.assert_clean(&ran);
+}
+
+fn isolation_precedence(h: &Harness) {
+    common::run_isolation_precedence(h);
+}
+
 fn sandbox_setuid(h: &Harness) {
     let ran = common::run_sandbox_setuid(h);
     if ran.record.is_some() {
@@ -552,6 +561,8 @@ scenarios!(
     signals,
     sandbox_denials,
     sandbox_off,
+    isolation_off,
+    isolation_precedence,
     sandbox_setuid,
     sandbox_tiocsti,
 );

@@ -96,6 +96,18 @@ fn sandbox_denials() {
 }
 
 #[test]
+fn isolation_off() {
+    let h = harness_or_skip!("rlimit", "isolation_off");
+    common::run_isolation_off(&h);
+}
+
+#[test]
+fn isolation_precedence() {
+    let h = harness_or_skip!("rlimit", "isolation_precedence");
+    common::run_isolation_precedence(&h);
+}
+
+#[test]
 fn sandbox_off() {
     let h = harness_or_skip!("rlimit", "sandbox_off");
     common::run_sandbox_off(&h);

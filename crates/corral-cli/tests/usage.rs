@@ -64,3 +64,68 @@ fn a_usage_error_of_run_still_fills_its_json_error_file() {
         "{err}"
     );
 }
+
+/// `corral profiles` shows the sandbox's master switch: `default` in every built-in
+/// profile, and a profile with `isolation = "off"` has the host's network and no
+/// filter, unless it sets one of them itself.
+#[test]
+fn profiles_show_the_isolation_switch() {
+    let cfg = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cfg.path().join("corral")).unwrap();
+    std::fs::write(
+        cfg.path().join("corral/profiles.toml"),
+        "[profiles.open]\nisolation = \"off\"\n\
+         [profiles.open_filtered]\nisolation = \"off\"\nsyscalls = \"default\"\n",
+    )
+    .unwrap();
+    let run = |json: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
+        c.arg("profiles").env("XDG_CONFIG_HOME", cfg.path());
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().expect("corral starts");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let layers = |name: &str| {
+        let p = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no profile {name}: {v}"));
+        (
+            p["isolation"].as_str().unwrap().to_string(),
+            p["network"].as_str().unwrap().to_string(),
+            p["syscalls"].as_str().unwrap().to_string(),
+        )
+    };
+    for builtin in ["default", "notebook", "post_process", "tool"] {
+        assert_eq!(
+            layers(builtin),
+            ("default".into(), "none".into(), "default".into())
+        );
+    }
+    assert_eq!(layers("open"), ("off".into(), "host".into(), "off".into()));
+    assert_eq!(
+        layers("open_filtered"),
+        ("off".into(), "host".into(), "default".into())
+    );
+    let table = run(false);
+    assert!(
+        table.lines().next().unwrap().contains(" ISOLATION "),
+        "{table}"
+    );
+    let open = table.lines().find(|l| l.starts_with("open ")).unwrap();
+    assert!(open.contains(" off ") && open.contains(" host "), "{table}");
+
+    let (code, stderr) = corral(&["run", "--isolation", "maybe", "--", "true"]);
+    assert_eq!(code, 125);
+    assert_eq!(
+        stderr.trim(),
+        "corral: invalid isolation \"maybe\": use \"default\" (the sandbox) or \"off\" \
+         (no sandbox: the host's network, no syscall filter)"
+    );
+}

@@ -670,7 +670,7 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
     let iso = &ran.rec()["isolation"];
     assert_eq!(
         iso["requested"],
-        serde_json::json!({"syscalls": "default", "network": "none"})
+        serde_json::json!({"isolation": "default", "syscalls": "default", "network": "none"})
     );
     assert_eq!(
         iso["enforced"],
@@ -708,6 +708,136 @@ pub fn run_sandbox_off(h: &Harness) -> Ran {
     assert_eq!(iso["enforced"]["no_new_privs"], true);
     assert_eq!(iso["not_enforced"], serde_json::json!([]));
     ran
+}
+
+/// `--isolation off`: today's unsandboxed run in one word. No filter (`Seccomp: 0`), no
+/// `no_new_privs`, core dumps as inherited (the test's own limit), no new session
+/// (except on the rlimit backend, whose group kill needs one), the host's network (a
+/// listener on the host's loopback is reached), and the record and notes say so.
+pub fn run_isolation_off(h: &Harness) -> Ran {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a host listener");
+    let port = l.local_addr().unwrap().port();
+    let shell = format!(
+        "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; echo core=$(grep 'Max core' /proc/$$/limits | tr -s ' ' | cut -d' ' -f5); \
+         echo leader=$(test \"$(cut -d' ' -f6 /proc/$$/stat)\" = $$ && echo yes || echo no); \
+         {PYTHON} -c \"import socket; socket.create_connection(('127.0.0.1', {port}), \
+         timeout=5); print('connected')\""
+    );
+    // corral starts with a soft core limit of 2 MiB where the hard limit allows it: the
+    // run inherits it (the sandbox would make it 0).
+    use std::os::unix::process::CommandExt;
+    let core = rustix::process::getrlimit(rustix::process::Resource::Core);
+    let want = 2u64 << 20;
+    let soft = if core.maximum.is_none_or(|m| m >= want) {
+        Some(want)
+    } else {
+        core.current
+    };
+    let (mut c, json) = h.command(
+        &["--isolation", "off", "--timeout", "60s"],
+        &["sh", "-c", &shell],
+    );
+    // SAFETY: setrlimit is async-signal-safe and touches nothing else of the process.
+    unsafe {
+        c.pre_exec(move || {
+            let l = rustix::process::Rlimit {
+                current: soft,
+                maximum: core.maximum,
+            };
+            rustix::process::setrlimit(rustix::process::Resource::Core, l)?;
+            Ok(())
+        });
+    }
+    let t = Instant::now();
+    let ran = finish(c.output().expect("corral starts"), &json, t.elapsed());
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let rlimit = h.backend == "rlimit";
+    let core = soft.map_or("unlimited".to_string(), |c| c.to_string());
+    let leader = if rlimit { "yes" } else { "no" };
+    assert_eq!(
+        ran.stdout,
+        format!("NoNewPrivs:\t0\nSeccomp:\t0\ncore={core}\nleader={leader}\nconnected\n"),
+        "{}",
+        ran.stderr
+    );
+    l.set_nonblocking(true).unwrap();
+    assert!(l.accept().is_ok(), "the host's listener saw no connection");
+    let iso = &ran.rec()["isolation"];
+    assert_eq!(
+        iso["requested"],
+        serde_json::json!({"isolation": "off", "syscalls": "off", "network": "host"})
+    );
+    assert_eq!(
+        iso["enforced"],
+        serde_json::json!({"syscalls": null, "no_new_privs": false, "new_session": rlimit,
+                           "core_dumps": true, "network": "host"})
+    );
+    assert_eq!(iso["not_enforced"], serde_json::json!([]));
+    assert!(
+        ran.notes()
+            .contains("Not sandboxed (isolation off): the host's network, no syscall filter"),
+        "{}",
+        ran.notes()
+    );
+    ran
+}
+
+/// An explicit layer flag wins over `--isolation off` (in either order): `--syscalls
+/// default` brings the filter back (with the `no_new_privs` it needs), `--network none`
+/// the loopback-only namespace. A bad value is exit 125 with one line, and no run.
+pub fn run_isolation_precedence(h: &Harness) {
+    let status = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status";
+    let ran = h.run(
+        &["--syscalls", "default", "--isolation", "off"],
+        &["sh", "-c", status],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(ran.stdout, "NoNewPrivs:\t1\nSeccomp:\t2\n");
+    let iso = &ran.rec()["isolation"];
+    assert_eq!(
+        iso["requested"],
+        serde_json::json!({"isolation": "off", "syscalls": "default", "network": "host"})
+    );
+    assert_eq!(iso["enforced"]["no_new_privs"], true);
+    assert_eq!(iso["enforced"]["network"], "host");
+    let notes = ran.notes();
+    assert!(
+        notes.contains("Not sandboxed (isolation off): the host's network")
+            && !notes.contains("no syscall filter")
+            && !notes.contains("no_new_privs"),
+        "{notes}"
+    );
+
+    if rustix::process::geteuid().is_root() {
+        let ran = h.run(
+            &["--isolation", "off", "--network", "none"],
+            &[
+                "sh",
+                "-c",
+                "tail -n +3 /proc/net/dev | cut -d: -f1; grep Seccomp: /proc/self/status",
+            ],
+        );
+        assert_eq!(ran.code, 0, "{}", ran.stderr);
+        assert_eq!(
+            ran.stdout.split_whitespace().collect::<Vec<_>>(),
+            ["lo", "Seccomp:", "0"]
+        );
+        let iso = &ran.rec()["isolation"];
+        assert_eq!(iso["requested"]["network"], "none");
+        assert_eq!(iso["enforced"]["network"], "loopback");
+    }
+
+    let ran = h.run(&["--isolation", "none"], &["true"]);
+    assert_eq!(ran.code, 125);
+    assert_eq!(
+        ran.stderr.trim(),
+        "corral: invalid isolation \"none\": use \"default\" (the sandbox) or \"off\" (no \
+         sandbox: the host's network, no syscall filter)"
+    );
+    let r = ran.rec();
+    assert_eq!(r["schema"], "corral.error/v1", "{r}");
+    assert_eq!(r["exit_code"], 125);
+    assert!(h.run_cgroups().is_empty());
 }
 
 /// A setuid-root copy of `id` gives euid 0 to an unprivileged caller outside corral,
