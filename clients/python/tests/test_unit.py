@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any, Dict
 
 import pytest
 
 import corral
+import corral._api as corral_api
 from corral._binary import corral_message
 from corral._options import RunOptions, seconds, size_mb, split_command
 
@@ -44,6 +46,26 @@ def test_sandbox_layers_are_flags_and_service_limits() -> None:
     opts = RunOptions(command=["x"], limits={"network": "host", "syscalls": "off"})
     assert opts.cli_flags() == ["--network", "host", "--syscalls", "off"]
     assert opts.service_body()["limits"] == {"network": "host", "syscalls": "off"}
+
+
+def test_isolation_off_is_a_flag_and_resets_the_metadata_layers() -> None:
+    opts = RunOptions(command=["x"], limits={"isolation": "off", "syscalls": "default"})
+    assert opts.cli_flags() == ["--syscalls", "default", "--isolation", "off"]
+    opts.limits_from = {"limits": {"network": "none", "syscalls": "off", "pids": 8}}
+    assert opts.service_body()["limits"] == {"pids": 8, "isolation": "off", "syscalls": "default"}
+
+
+def test_isolated_run_passes_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: Dict[str, Any] = {}
+
+    def fake(opts: RunOptions, capture_output: bool) -> Any:
+        seen["flags"] = opts.cli_flags()
+        return None
+
+    monkeypatch.delenv("CORRAL_SERVER", raising=False)
+    monkeypatch.setattr(corral_api, "run_binary", fake)
+    corral.isolated_run(["true"], isolation="off", network="none", cwd="/")
+    assert seen["flags"] == ["--network", "none", "--isolation", "off", "--cwd", "/"]
 
 
 def test_service_body_merges_metadata_under_arguments() -> None:

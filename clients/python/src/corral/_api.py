@@ -33,6 +33,7 @@ def isolated_run(
     require_isolation: bool = False,
     network: Optional[str] = None,
     syscalls: Optional[str] = None,
+    isolation: Optional[str] = None,
     limits_from: Union[None, Path, Mapping[str, Any]] = None,
     clear_env: bool = False,
     backend: Optional[str] = None,
@@ -52,7 +53,10 @@ def isolated_run(
 
     The sandbox layers work the same way: ``network`` is ``"none"`` (the run's own
     network namespace with loopback only, every built-in profile's default) or
-    ``"host"``; ``syscalls`` is ``"default"`` (corral's seccomp deny-list) or ``"off"``.
+    ``"host"``; ``syscalls`` is ``"default"`` (corral's seccomp deny-list) or ``"off"``;
+    ``isolation="off"`` is the run without a sandbox in one word (the host's network, no
+    filter, no setsid/no_new_privs, core dumps as inherited), and an explicit
+    ``network`` or ``syscalls`` beside it wins over it.
     What was applied is ``result.isolation`` (the record's ``isolation`` object).
 
     ``env`` is added to the inherited environment (with ``clear_env=True`` it is the
@@ -91,6 +95,7 @@ def isolated_run(
         ("output_limit", output_limit_mb, size_mb),
         ("network", network, str),
         ("syscalls", syscalls, str),
+        ("isolation", isolation, str),
     ):
         if value is not None:
             limits[name] = fmt(value)

@@ -62,6 +62,7 @@ LIMIT_FLAGS = (
     "output_limit",
     "network",
     "syscalls",
+    "isolation",
 )
 
 
@@ -112,6 +113,11 @@ class RunOptions:
             meta = load_metadata(self.limits_from)
             profile = profile if profile is not None else meta.get("profile")
             limits.update(metadata_limits(meta))
+        if "isolation" in self.limits:
+            # As `corral run`: the switch resets the metadata's layers; the arguments'
+            # own network/syscalls still win over it.
+            limits.pop("network", None)
+            limits.pop("syscalls", None)
         for k, v in self.limits.items():
             limits[k] = _json_number(v) if k in ("cpus", "pids") else v
         if self.require_isolation:
