@@ -2,9 +2,9 @@
 //!
 //! `launch-lib`: `corral_run::run()` in this process against `std::process::Command`
 //! spawn+wait, interleaved run by run so both see the same noise.
-//! `launch-cli`: the whole `corral run -- true` process against `true` and the peers
-//! (cgexec, systemd-run, runexec), each with the same limits, interleaved round by
-//! round.
+//! `launch-cli`: the whole `corral run -- true` process (sandboxed, and with
+//! `--isolation off`: the sandbox's start cost) against `true` and the peers (cgexec,
+//! systemd-run, runexec), each with the same limits, interleaved round by round.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -159,6 +159,18 @@ pub fn launch_cli(ctx: &Ctx) -> Result<Report> {
         ),
         ctx.corral_cmd(&corral_args),
     ));
+    // The sandbox's start cost: the same run with every sandbox layer off.
+    let mut off_args = vec!["--isolation", "off"];
+    off_args.extend(&corral_args);
+    variants.push(Peer::cmd(
+        "corral run --isolation off",
+        format!(
+            "corral run -q {} {} (no sandbox: host network, no seccomp filter, no setsid/no_new_privs/core limit)",
+            ctx.corral_flags_text(),
+            off_args.join(" ")
+        ),
+        ctx.corral_cmd(&off_args),
+    ));
     if ctx.kind != corral_run::BackendKind::Rlimit {
         let mut rl = vec!["run", "-q", "--backend", "rlimit"];
         rl.extend(&corral_args);
@@ -210,7 +222,7 @@ pub fn launch_cli(ctx: &Ctx) -> Result<Report> {
     for i in 0..rows.len() {
         let (name, r) = (rows[i].variant.clone(), rows[i].clone());
         let mut r = r;
-        if name == "corral run" || name.starts_with("corral run --backend") {
+        if name.starts_with("corral run") {
             if let Some(b) = bare {
                 r.ratio_to(&rows[b].clone(), "/true");
             }
