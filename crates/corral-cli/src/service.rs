@@ -697,4 +697,44 @@ mod tests {
         assert_eq!(LimitsPatch::from_table(&m, "test").unwrap(), p);
         assert!(patch_json(&LimitsPatch::default()).is_empty());
     }
+
+    /// `corral submit --isolation off` resets the metadata's network and syscalls
+    /// keys, as `corral run` does; the flags' own keys still win.
+    #[test]
+    fn submit_isolation_resets_the_metadata_layers() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            c: SubmitCmd,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("m.json");
+        std::fs::write(
+            &meta,
+            r#"{"limits": {"network": "none", "syscalls": "off", "pids": 8}}"#,
+        )
+        .unwrap();
+        let meta = meta.display().to_string();
+        let t = T::parse_from([
+            "t",
+            "--limits-from",
+            &meta,
+            "--isolation",
+            "off",
+            "--syscalls",
+            "default",
+            "--",
+            "true",
+        ]);
+        let req = submit_request(&t.c).unwrap();
+        let limits = Value::Object(req.limits.unwrap());
+        assert_eq!(
+            limits,
+            serde_json::json!({"pids": 8, "isolation": "off", "syscalls": "default"})
+        );
+        let t = T::parse_from(["t", "--isolation", "sometimes", "--", "true"]);
+        let e = submit_request(&t.c).unwrap_err().to_string();
+        assert!(e.contains("invalid isolation \"sometimes\""), "{e}");
+    }
 }

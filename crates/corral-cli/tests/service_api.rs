@@ -75,6 +75,13 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
                 "invalid network \"lan\"",
             ),
             (
+                "bad isolation",
+                br#"{"command": ["true"], "limits": {"isolation": "none", "memory": "64M", "cpus": 0.5}}"#
+                    .to_vec(),
+                400,
+                "invalid isolation \"none\"",
+            ),
+            (
                 "bad id",
                 br#"{"command": ["true"], "id": "a/b", "limits": {"memory": "64M", "cpus": 0.5}}"#
                     .to_vec(),
@@ -242,6 +249,24 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
             text.contains("corral_submissions_total{outcome=\"refused\"}"),
             "{text}"
         );
+
+        // A submission's isolation = "off" is the unsandboxed run, recorded as such.
+        let mut r = small(&["true"]);
+        r["limits"]["isolation"] = json!("off");
+        r["id"] = json!("open-1");
+        let (st, v) = s.submit(&r);
+        assert_eq!(st, 201, "{v}");
+        let (st, v) = s.call("GET", "/runs/open-1/wait?timeout=30");
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(reason(&v), "exited", "{v}");
+        let iso = &v["record"]["isolation"];
+        assert_eq!(
+            iso["requested"],
+            json!({"isolation": "off", "syscalls": "off", "network": "host"}),
+            "{v}"
+        );
+        assert_eq!(iso["enforced"]["network"], "host", "{v}");
+        assert!(iso["enforced"]["syscalls"].is_null(), "{v}");
         s.stop(libc::SIGTERM, Duration::from_secs(10));
         assert!(
             s.root_gone(),
