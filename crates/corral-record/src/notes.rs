@@ -219,8 +219,8 @@ mod tests {
     use super::*;
     use crate::{IsolationGap, IsolationRecord, LimitsRecord, RecordHead};
 
-    #[test]
-    fn isolation_gaps_are_noted() {
+    /// A record of a run that exited by itself.
+    fn exited() -> Record {
         let mut r = Record::new(RecordHead {
             id: "r".into(),
             command: vec!["true".into()],
@@ -231,6 +231,12 @@ mod tests {
             limits: LimitsRecord::default(),
         });
         r.outcome.reason = Reason::Exited;
+        r
+    }
+
+    #[test]
+    fn isolation_gaps_are_noted() {
+        let mut r = exited();
         r.outcome.process_exit_code = Some(0);
         assert!(!compose_notes(&r).contains("Isolation"));
         r.isolation = Some(IsolationRecord::default());
@@ -252,16 +258,7 @@ mod tests {
 
     #[test]
     fn isolation_off_is_noted() {
-        let mut r = Record::new(RecordHead {
-            id: "r".into(),
-            command: vec!["true".into()],
-            cwd: None,
-            profile: "default".into(),
-            backend: "cgroup1".into(),
-            backend_reason: String::new(),
-            limits: LimitsRecord::default(),
-        });
-        r.outcome.reason = Reason::Exited;
+        let mut r = exited();
         let mut iso = IsolationRecord::default();
         iso.requested.isolation = "off".into();
         iso.enforced.network = Some("host".into());
