@@ -35,6 +35,7 @@ const STEPS: &[&str] = &["lint", "host", "python", "vm", "systemd"];
 /// Test targets run in the cgroup v2 VM, with their filter arguments.
 const VM_TARGETS: &[(&str, &[&str])] = &[
     ("enforcement", &["cgroup2"]),
+    ("network", &["cgroup2"]),
     ("check", &[]),
     ("soak", &["--nocapture"]),
     ("service_api", &[]),

@@ -15,7 +15,7 @@
 //!
 //! Every unsafe function, all in `sys`: `child_main` and `child_fail`, and the
 //! checklist's steps `reset_signals`, `set_parent_death_signal`, `enter_cgroup`,
-//! `contain`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
+//! `enter_mount_namespace`, `contain`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
 //! `disable_core_dumps`, `new_session`, `setup_stdio`, `change_directory`, `wait_gate`,
 //! `set_no_new_privs`, `install_syscall_filter` and `exec`, all callable only in the
 //! child. Safe functions with an unsafe block, also in `sys`: `clone_into_cgroup` and
@@ -236,6 +236,22 @@ pub struct ChildSetup<'a> {
     /// Its own network namespace with only loopback, up (`--network none`). Needs
     /// `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`: see [`crate::isolation`].
     pub new_network: bool,
+    /// A private mount namespace even without [`ChildSetup::contain`]: set by each
+    /// layer that mounts something (the file system view, the pid namespace's `/proc`).
+    pub new_mount_namespace: bool,
+    /// Who the command runs as; `None` keeps corral's own identity.
+    pub identity: Option<Identity>,
+}
+
+/// The identity a run's command gets: its uid, primary gid and supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id.
+    pub uid: u32,
+    /// The primary group id.
+    pub gid: u32,
+    /// Supplementary groups (empty: none).
+    pub groups: Vec<u32>,
 }
 
 /// A started child that has not yet been confirmed to exec.

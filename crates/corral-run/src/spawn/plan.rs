@@ -49,7 +49,7 @@ pub(super) struct ChildPlan<'p> {
     pub(super) gate: RawFd,
     /// The write end of the error pipe.
     pub(super) err_tx: RawFd,
-    /// `unshare` flags (0: no containment).
+    /// `unshare` flags for the mount (and cgroup) namespace (0: none).
     pub(super) unshare_flags: libc::c_int,
     /// Where to mount a fresh cgroup2, or null.
     pub(super) cgroup2_mount: *const libc::c_char,
@@ -106,6 +106,7 @@ impl<'p> ChildPlan<'p> {
             unshare_flags: match &setup.contain {
                 Some(c) if c.cgroup_namespace => libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP,
                 Some(_) => libc::CLONE_NEWNS,
+                None if setup.new_mount_namespace => libc::CLONE_NEWNS,
                 None => 0,
             },
             cgroup2_mount: setup

@@ -6,7 +6,7 @@
 //! * [`child_main`]: runs [`CHECKLIST`], then exits;
 //! * [`child_fail`]: reports a failed step's stage and errno, then `_exit(127)`;
 //! * the steps of [`CHECKLIST`]: [`reset_signals`], [`set_parent_death_signal`],
-//!   [`enter_cgroup`], [`contain`], [`isolate_network`], [`drop_capabilities`],
+//!   [`enter_cgroup`], [`enter_mount_namespace`], [`contain`], [`isolate_network`], [`drop_capabilities`],
 //!   [`set_rlimits`], [`disable_core_dumps`], [`new_session`], [`setup_stdio`],
 //!   [`change_directory`], [`wait_gate`], [`set_no_new_privs`],
 //!   [`install_syscall_filter`], [`exec`].
@@ -44,6 +44,7 @@ const CHECKLIST: &[(Stage, Step)] = &[
     (Stage::Setup, reset_signals),
     (Stage::Setup, set_parent_death_signal),
     (Stage::Cgroup, enter_cgroup),
+    (Stage::Setup, enter_mount_namespace),
     (Stage::Setup, contain),
     (Stage::Network, isolate_network),
     (Stage::Setup, drop_capabilities),
@@ -167,13 +168,14 @@ unsafe fn enter_cgroup(plan: &ChildPlan<'_>) -> Result<(), i32> {
     Ok(())
 }
 
-/// Containment (root only): a new mount namespace (and cgroup namespace, now that the
-/// child is in its cgroup, so it is rooted there), private mounts, a fresh cgroup2
-/// mount or read-only cgroup file systems.
+/// A new mount namespace (and cgroup namespace, now that the child is in its cgroup,
+/// so it is rooted there) whose mounts no longer propagate back to the host, when any
+/// layer needs one ([`ChildPlan::unshare_flags`]): the cgroup containment, the file
+/// system view, the pid namespace's `/proc`. The layers' own mounts follow.
 ///
 /// # Safety
 /// Only in the child.
-unsafe fn contain(plan: &ChildPlan<'_>) -> Result<(), i32> {
+unsafe fn enter_mount_namespace(plan: &ChildPlan<'_>) -> Result<(), i32> {
     if plan.unshare_flags == 0 {
         return Ok(());
     }
@@ -190,7 +192,15 @@ unsafe fn contain(plan: &ChildPlan<'_>) -> Result<(), i32> {
             libc::MS_REC | libc::MS_SLAVE,
             std::ptr::null(),
         )
-    })?;
+    })
+}
+
+/// Containment (root only), in the namespace of [`enter_mount_namespace`]: a fresh
+/// cgroup2 mount or read-only cgroup file systems.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn contain(plan: &ChildPlan<'_>) -> Result<(), i32> {
     let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     if !plan.cgroup2_mount.is_null() {
         let fs = c"cgroup2".as_ptr();
