@@ -8,7 +8,7 @@ use clap::Args;
 use corral_run::{RunSpec, Stdio};
 use corral_spec::{
     load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
-    parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, ProfileSet, Syscalls,
+    parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, ProfileSet, Syscalls, User,
 };
 
 /// Options of one run.
@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// --network or --syscalls wins over it.
     #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     pub isolation: Option<String>,
+    /// Who the command runs as: "default" (an ordinary user's runs are that user;
+    /// root's get a dynamic uid), "dynamic", or USER[:GROUP] (names or numbers; root
+    /// only; "root" runs with root's uid but no capabilities).
+    #[arg(long, value_name = "USER[:GROUP]", allow_hyphen_values = true)]
+    pub user: Option<String>,
     /// The run's id (1-64 of A-Z a-z 0-9 _ -); generated when absent.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
@@ -161,6 +166,7 @@ impl RunArgs {
                 .as_deref()
                 .map(Isolation::parse)
                 .transpose()?,
+            user: self.user.as_deref().map(User::parse).transpose()?,
         })
     }
 }

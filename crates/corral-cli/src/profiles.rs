@@ -43,6 +43,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
                         LimitKind::Syscalls => json!(l.syscalls.as_str()),
                         LimitKind::Network => json!(l.network.as_str()),
                         LimitKind::Isolation => json!(l.isolation.as_str()),
+                        LimitKind::User => json!(l.user.as_string()),
                     };
                 }
                 v

@@ -172,6 +172,10 @@ pub struct IsolationRequested {
     pub syscalls: String,
     /// The network: `none` (its own namespace, loopback only) or `host`.
     pub network: String,
+    /// Who the command runs as: `default`, `dynamic` or `name[:group]`. Absent in
+    /// records written before it existed: `default`.
+    #[serde(default = "default_isolation")]
+    pub user: String,
 }
 
 /// The isolation layers really applied to the run.
@@ -188,6 +192,36 @@ pub struct IsolationEnforced {
     /// The network the run saw: `loopback` (its own namespace with only `lo`), `host`,
     /// or `null` (a namespace was asked for and could not be made: see `not_enforced`).
     pub network: Option<String>,
+    /// Who the command ran as (absent in records written before it existed).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user: Option<UserRecord>,
+    /// The capabilities the command kept: `none`, or `inherited` (`isolation = "off"`:
+    /// corral's own, less what the cgroup containment drops). Absent in records
+    /// written before it existed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub capabilities: Option<String>,
+}
+
+/// The identity a run's command had, in the record's `isolation.enforced.user`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The user's name (`corral-UID` for a dynamic uid without a passwd entry).
+    pub name: String,
+    /// The user id.
+    pub uid: u32,
+    /// The primary group id.
+    pub gid: u32,
+    /// A dynamic uid from corral's range, held by this run alone.
+    pub dynamic: bool,
+    /// Root's uid (`--user root`): root's file access, but no capabilities.
+    pub root: bool,
+    /// How files the run creates in its working directory (and `--rw` paths) get
+    /// their owner: `idmapped` (an id-mapped mount: they belong to the directory's
+    /// owner), `restored` (written as the dynamic uid through corral's run group,
+    /// given back to the directory's owner after the run), `run-user` (they belong to
+    /// the run's own user), or `not-writable` (a dynamic uid that could not be given
+    /// the directory).
+    pub files: String,
 }
 
 /// An isolation layer that was asked for but could not be applied, and why.

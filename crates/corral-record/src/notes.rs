@@ -182,6 +182,26 @@ pub fn compose_notes(r: &Record) -> String {
             .collect();
         out.push(format!("Isolation not applied: {}.", list.join("; ")));
     }
+    if let Some(u) = r
+        .isolation
+        .as_ref()
+        .and_then(|i| i.enforced.user.as_ref())
+        .filter(|u| u.root)
+    {
+        let caps = r
+            .isolation
+            .as_ref()
+            .and_then(|i| i.enforced.capabilities.as_deref());
+        out.push(format!(
+            "Ran as root (uid {}): root's access to files{}.",
+            u.uid,
+            if caps == Some("none") {
+                ", but no capabilities"
+            } else {
+                " and capabilities"
+            }
+        ));
+    }
     if let Some(iso) = r
         .isolation
         .as_ref()
@@ -254,6 +274,35 @@ mod tests {
             n.ends_with("Isolation not applied: network (no CAP_SYS_ADMIN)."),
             "{n}"
         );
+    }
+
+    #[test]
+    fn running_as_root_is_noted() {
+        let mut r = exited();
+        r.outcome.process_exit_code = Some(0);
+        let mut iso = IsolationRecord::default();
+        iso.enforced.user = Some(crate::UserRecord {
+            name: "root".into(),
+            root: true,
+            files: "run-user".into(),
+            ..Default::default()
+        });
+        iso.enforced.capabilities = Some("none".into());
+        r.isolation = Some(iso);
+        let n = compose_notes(&r);
+        assert!(
+            n.ends_with("Ran as root (uid 0): root's access to files, but no capabilities."),
+            "{n}"
+        );
+        r.isolation
+            .as_mut()
+            .unwrap()
+            .enforced
+            .user
+            .as_mut()
+            .unwrap()
+            .root = false;
+        assert!(!compose_notes(&r).contains("root"));
     }
 
     #[test]

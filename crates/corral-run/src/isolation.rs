@@ -126,6 +126,7 @@ fn plan_with(
                 isolation: limits.isolation.as_str().into(),
                 syscalls: limits.syscalls.as_str().into(),
                 network: limits.network.as_str().into(),
+                user: limits.user.as_string(),
             },
             enforced: IsolationEnforced {
                 syscalls: filter.map(|_| corral_record::SyscallPolicy {
@@ -138,6 +139,10 @@ fn plan_with(
                 new_session: always,
                 core_dumps: !always,
                 network,
+                // Filled in by the run once its identity is decided and allocated
+                // (`crate::identity`).
+                user: None,
+                capabilities: None,
             },
             not_enforced,
         },
@@ -167,8 +172,9 @@ mod tests {
         assert_eq!(
             j,
             serde_json::json!({
-                "requested": {"isolation": "default", "syscalls": "default", "network": "none"},
-                "enforced": {"syscalls": {"policy": "corral-default", "version": 1},
+                "requested": {"isolation": "default", "syscalls": "default", "network": "none",
+                              "user": "default"},
+                "enforced": {"syscalls": {"policy": "corral-default", "version": 2},
                              "no_new_privs": true, "new_session": true, "core_dumps": false,
                              "network": "loopback"},
                 "not_enforced": []
@@ -210,7 +216,8 @@ mod tests {
             assert_eq!(
                 j,
                 serde_json::json!({
-                    "requested": {"isolation": "off", "syscalls": "off", "network": "host"},
+                    "requested": {"isolation": "off", "syscalls": "off", "network": "host",
+                                  "user": "default"},
                     "enforced": {"syscalls": null, "no_new_privs": false, "new_session": false,
                                  "core_dumps": true, "network": "host"},
                     "not_enforced": []

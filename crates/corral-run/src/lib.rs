@@ -15,6 +15,8 @@
 //! * [`isolation`]: the layers beyond the limits (syscall filter, new session,
 //!   `no_new_privs`, no core dumps, the run's own network namespace), decided before
 //!   the start so the record says what was really applied.
+//! * [`identity`]: who the command runs as (the caller, a dynamic uid, `--user`), and
+//!   [`owner`]: how files it creates in its working directory keep their owner.
 //! * [`supervise`]: the event loop of one run (pidfd, timers, inotify/eventfd), the
 //!   SIGTERM → grace → kill sequence, and the wait until the tree is gone.
 //! * [`mod@run`]: ties it together and builds the [`corral_record::Record`].
@@ -25,8 +27,10 @@ pub mod backend;
 pub mod check;
 pub mod guard;
 pub mod ident;
+pub mod identity;
 pub mod isolation;
 pub mod output;
+pub mod owner;
 pub mod run;
 pub mod spawn;
 pub mod supervise;

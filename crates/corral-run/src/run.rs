@@ -79,6 +79,10 @@ pub enum RunError {
         /// The layers that cannot be applied, and why.
         gaps: Vec<corral_record::IsolationGap>,
     },
+    /// The run's identity cannot be what was asked (`--user`), or no dynamic uid is
+    /// free.
+    #[error("{0}")]
+    Identity(crate::identity::IdentityError),
     /// The backend failed to create the run's isolation.
     #[error("{0}")]
     Backend(BackendError),
@@ -104,6 +108,12 @@ impl From<BackendError> for RunError {
     }
 }
 
+impl From<crate::identity::IdentityError> for RunError {
+    fn from(e: crate::identity::IdentityError) -> Self {
+        RunError::Identity(e)
+    }
+}
+
 impl From<InvalidId> for RunError {
     fn from(e: InvalidId) -> Self {
         RunError::InvalidId(e)
@@ -125,6 +135,13 @@ impl From<std::io::Error> for RunError {
 /// Checks that `--require-isolation` can be honoured, for the limits and the
 /// isolation layers; returns the backend's plan.
 pub fn check_isolation(backend: &dyn Backend, limits: &Limits) -> Result<Plan, RunError> {
+    // An unknown user, or another user asked by an ordinary one, is refused first.
+    crate::identity::decide(
+        &limits.user,
+        limits.isolation,
+        crate::identity::Caller::current(),
+        &crate::identity::SystemDirectory,
+    )?;
     let plan = backend.plan(limits);
     if limits.require_isolation && !plan.gaps.is_empty() {
         return Err(RunError::Refused {
@@ -218,6 +235,44 @@ pub async fn run(
         Ok(e) => e,
         Err(e) => return Ok(spawn_failed(rec, e.exit_code(), e.to_string())),
     };
+    // Who the command runs as; a dynamic uid is held from here until this function
+    // returns, after the files the run created got their owner back (`owner`).
+    let mut who = crate::identity::plan(&spec.limits.user, spec.limits.isolation)?;
+    let owned = match (&mut who.identity, who.lease.is_some()) {
+        (Some(id), true) => {
+            let range = crate::identity::UidRange::from_env()?;
+            let dirs = crate::identity::owned_dirs(spec.cwd.as_deref());
+            let owned = crate::owner::prepare(&dirs, id.uid, range.run_group());
+            if owned.needs_run_group() {
+                id.groups.push(range.run_group());
+            }
+            who.record.files = owned
+                .mode()
+                .unwrap_or(crate::owner::FilesMode::NotWritable)
+                .as_str()
+                .into();
+            Some(owned)
+        }
+        _ => None,
+    };
+    if let Some(iso) = rec.isolation.as_mut() {
+        iso.enforced.user = Some(who.record.clone());
+        iso.enforced.capabilities = Some(who.capabilities.clone());
+    }
+    // Dropped in this order when the run is over: files first, then the uid.
+    let held = (owned, who.lease);
+    // The child must enter the id-mapped mount, not stay in the directory beneath it
+    // that it inherits: it changes into its working directory by path.
+    let exec = match (&held.0, &spec.cwd) {
+        (Some(o), None) if !o.trees.is_empty() => {
+            let cwd = crate::identity::owned_dirs(None);
+            match Exec::new(&spec.command, &env, cwd.first().map(|p| p.as_path())) {
+                Ok(e) => e,
+                Err(e) => return Ok(spawn_failed(rec, e.exit_code(), e.to_string())),
+            }
+        }
+        _ => exec,
+    };
     let cap = spec.limits.output_limit;
     let stdio = (|| {
         Ok::<_, std::io::Error>((
@@ -262,8 +317,17 @@ pub async fn run(
         no_new_privs: iso.record.enforced.no_new_privs,
         syscall_filter: iso.filter,
         new_network: iso.new_network,
+        identity: who.identity.clone(),
+        owned_trees: held
+            .0
+            .iter()
+            .flat_map(|o| o.trees.iter().map(|(fd, p)| (fd.as_fd(), p.clone())))
+            .collect(),
         ..Default::default()
     };
+    if !setup.owned_trees.is_empty() {
+        setup.new_mount_namespace = true;
+    }
     sandbox.child_setup(&mut setup);
     // A backend may need a step the isolation plan left out (the rlimit backend's
     // setsid): the record says what the child does.

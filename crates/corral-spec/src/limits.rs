@@ -157,6 +157,92 @@ impl Isolation {
     }
 }
 
+/// Who a run's command runs as (`--user`, profile key `user`).
+///
+/// What `Default` means is decided by corral, not here: started by an ordinary user,
+/// that user; started by root, a dynamic uid; with `isolation = "off"`, corral's own
+/// identity. Names are resolved (and refused when unknown) by `corral-run`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum User {
+    /// corral's choice (see above).
+    #[default]
+    Default,
+    /// A dynamic uid from corral's range, never shared by two live runs (root only).
+    Dynamic,
+    /// A named user (or a number), with an optional group (name or number).
+    Named {
+        /// The user's name or number.
+        user: String,
+        /// The primary group's name or number (`None`: the user's own).
+        group: Option<String>,
+    },
+}
+
+impl User {
+    /// The spelling in flags, profiles and records: `default`, `dynamic`,
+    /// `name[:group]`.
+    pub fn as_string(&self) -> String {
+        match self {
+            User::Default => "default".into(),
+            User::Dynamic => "dynamic".into(),
+            User::Named { user, group: None } => user.clone(),
+            User::Named {
+                user,
+                group: Some(g),
+            } => format!("{user}:{g}"),
+        }
+    }
+
+    /// Parses `default`, `dynamic` or `USER[:GROUP]` (names or numbers).
+    pub fn parse(s: &str) -> Result<User, SpecError> {
+        let t = s.trim();
+        let bad = |why: &str| SpecError::Invalid {
+            what: "user",
+            value: s.to_string(),
+            why: why.into(),
+        };
+        let valid = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 256
+                && n.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b':' && b != b'/')
+        };
+        match t {
+            "default" => Ok(User::Default),
+            "dynamic" => Ok(User::Dynamic),
+            _ => {
+                let (user, group) = match t.split_once(':') {
+                    Some((u, g)) => (u, Some(g)),
+                    None => (t, None),
+                };
+                if !valid(user) || group.is_some_and(|g| !valid(g)) {
+                    return Err(bad(
+                        "use \"default\", \"dynamic\" (a fresh uid for the run) or USER[:GROUP] (names or numbers)",
+                    ));
+                }
+                Ok(User::Named {
+                    user: user.into(),
+                    group: group.map(Into::into),
+                })
+            }
+        }
+    }
+}
+
+impl From<User> for String {
+    fn from(u: User) -> String {
+        u.as_string()
+    }
+}
+
+impl TryFrom<String> for User {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<User, SpecError> {
+        User::parse(&s)
+    }
+}
+
 /// The effective limits of one run, after all layers are merged. `None` means unlimited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
@@ -189,6 +275,10 @@ pub struct Limits {
     /// existed: the default). `network` and `syscalls` already hold its effect.
     #[serde(default)]
     pub isolation: Isolation,
+    /// Who the command runs as (absent in limits stored before it existed: the
+    /// default).
+    #[serde(default)]
+    pub user: User,
 }
 
 impl Default for Limits {
@@ -207,6 +297,7 @@ impl Default for Limits {
             syscalls: Syscalls::Default,
             network: Network::None,
             isolation: Isolation::Default,
+            user: User::Default,
         }
     }
 }
@@ -238,6 +329,8 @@ pub struct LimitsPatch {
     pub network: Option<Network>,
     /// See [`Isolation`]: applied before this patch's `network` and `syscalls`.
     pub isolation: Option<Isolation>,
+    /// See [`Limits::user`].
+    pub user: Option<User>,
 }
 
 impl LimitsPatch {
@@ -265,12 +358,17 @@ impl LimitsPatch {
             base.isolation = i;
             base.network = i.network();
             base.syscalls = i.syscalls();
+            // `default` is read with the switch: with `off`, corral's own identity.
+            base.user = User::Default;
         }
         if let Some(s) = self.syscalls {
             base.syscalls = s;
         }
         if let Some(n) = self.network {
             base.network = n;
+        }
+        if let Some(u) = &self.user {
+            base.user = u.clone();
         }
     }
 
@@ -317,6 +415,7 @@ impl LimitsPatch {
                 LimitKind::Isolation => {
                     p.isolation = Some(Isolation::parse(&text(v)).map_err(bad)?)
                 }
+                LimitKind::User => p.user = Some(User::parse(&text(v)).map_err(bad)?),
             }
         }
         Ok(p)
@@ -470,6 +569,46 @@ mod tests {
         v.as_object_mut().unwrap().remove("isolation");
         let back: Limits = serde_json::from_value(v).unwrap();
         assert_eq!(back.isolation, Isolation::Default);
+    }
+
+    #[test]
+    fn user_setting() {
+        let patch = |v: Value| LimitsPatch::from_table(v.as_object().unwrap(), "f");
+        let mut l = Limits::default();
+        assert_eq!(l.user, User::Default);
+        patch(json!({"user": "nobody:nogroup"}))
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(
+            l.user,
+            User::Named {
+                user: "nobody".into(),
+                group: Some("nogroup".into())
+            }
+        );
+        assert_eq!(l.user.as_string(), "nobody:nogroup");
+        patch(json!({"user": 65534})).unwrap().apply(&mut l);
+        assert_eq!(l.user.as_string(), "65534");
+        patch(json!({"user": "dynamic"})).unwrap().apply(&mut l);
+        assert_eq!(l.user, User::Dynamic);
+        // The master switch resets it to corral's choice.
+        patch(json!({"isolation": "off"})).unwrap().apply(&mut l);
+        assert_eq!(l.user, User::Default);
+        for bad in ["", "a:", ":g", "a b", "a:b:c", "../x"] {
+            let e = patch(json!({ "user": bad })).unwrap_err();
+            assert!(e.to_string().contains("invalid user"), "{bad}: {e}");
+        }
+        // A record of the limits round-trips, and old limits get the default.
+        l.user = User::parse("root").unwrap();
+        let v = serde_json::to_value(&l).unwrap();
+        assert_eq!(v["user"], "root");
+        assert_eq!(serde_json::from_value::<Limits>(v.clone()).unwrap(), l);
+        let mut v = v;
+        v.as_object_mut().unwrap().remove("user");
+        assert_eq!(
+            serde_json::from_value::<Limits>(v).unwrap().user,
+            User::Default
+        );
     }
 
     #[test]

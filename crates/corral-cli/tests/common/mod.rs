@@ -670,11 +670,22 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
     let iso = &ran.rec()["isolation"];
     assert_eq!(
         iso["requested"],
-        serde_json::json!({"isolation": "default", "syscalls": "default", "network": "none"})
+        serde_json::json!({"isolation": "default", "syscalls": "default", "network": "none",
+                           "user": "default"})
+    );
+    // The identity layer: root's runs get a dynamic uid, an ordinary user's are its
+    // own; neither keeps a capability (see identity.rs).
+    let mut enforced = iso["enforced"].clone();
+    let user = enforced.as_object_mut().unwrap().remove("user").unwrap();
+    assert_eq!(user["dynamic"], root, "{user}");
+    assert_ne!(user["uid"], 0, "{user}");
+    assert_eq!(
+        enforced.as_object_mut().unwrap().remove("capabilities"),
+        Some(serde_json::json!("none"))
     );
     assert_eq!(
-        iso["enforced"],
-        serde_json::json!({"syscalls": {"policy": "corral-default", "version": 1},
+        enforced,
+        serde_json::json!({"syscalls": {"policy": "corral-default", "version": 2},
                            "no_new_privs": true, "new_session": true, "core_dumps": false,
                            "network": if root { Some("loopback") } else { None }})
     );

@@ -16,6 +16,14 @@
 //!   set) kill the process, as seccompiler's own check does for a foreign architecture
 //!   (i386 `int 0x80`, arm32): a deny-list keyed by x86_64 numbers would not see them.
 //!
+//! Version 2 adds: no setuid or setgid bits. `chmod`, `fchmod`, `fchmodat`,
+//! `fchmodat2`, and file creation (`open`, `openat`, `creat`, `mknod`, `mknodat`) with
+//! `S_ISUID` or `S_ISGID` in the mode fail with `EPERM`, and `openat2` (its mode is in
+//! memory, where a filter cannot look) fails with `ENOSYS`, so callers fall back to
+//! `openat`. A run id-mapped onto a root-owned directory (see `crate::owner`) could
+//! otherwise leave a setuid-root program behind. `mkdir` needs no rule: the kernel
+//! drops those bits from a new directory's mode itself.
+//!
 //! Allowed on purpose: `ptrace`, `process_vm_readv`/`process_vm_writev` (debuggers and
 //! profilers such as strace, gdb, py-spy; since Linux 4.8 a tracer cannot bypass the
 //! filter, and corral needs 5.4; Docker allows them on such kernels too), the NUMA
@@ -34,7 +42,7 @@ use seccompiler::{
 /// The name of corral's default syscall policy, as the record shows it.
 pub const POLICY: &str = "corral-default";
 /// The version of [`POLICY`]: raised whenever the list of denied calls changes.
-pub const POLICY_VERSION: u32 = 1;
+pub const POLICY_VERSION: u32 = 2;
 
 /// The architecture the filter is built for: the one corral is built for.
 #[cfg(target_arch = "x86_64")]
@@ -152,6 +160,30 @@ const ALLOWED_PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff
 /// `AF_VSOCK`: sockets to the hypervisor and other VMs (isolate denies them).
 const AF_VSOCK: u64 = 40;
 
+/// `S_ISUID` and `S_ISGID`.
+const SETID_BITS: [u64; 2] = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+
+/// `fchmodat2` (Linux 6.6).
+const SYS_FCHMODAT2: i64 = 452;
+
+/// Calls whose mode argument may not carry [`SETID_BITS`]: (name, number, index of
+/// the mode argument).
+pub const NO_SETID_MODE: &[(&str, i64, u8)] = &[
+    ("fchmod", libc::SYS_fchmod, 1),
+    ("fchmodat", libc::SYS_fchmodat, 2),
+    ("fchmodat2", SYS_FCHMODAT2, 2),
+    ("openat", libc::SYS_openat, 3),
+    ("mknodat", libc::SYS_mknodat, 2),
+    #[cfg(target_arch = "x86_64")]
+    ("chmod", libc::SYS_chmod, 1),
+    #[cfg(target_arch = "x86_64")]
+    ("open", libc::SYS_open, 2),
+    #[cfg(target_arch = "x86_64")]
+    ("creat", libc::SYS_creat, 1),
+    #[cfg(target_arch = "x86_64")]
+    ("mknod", libc::SYS_mknod, 1),
+];
+
 /// A compiled seccomp program, ready to install.
 #[derive(Debug)]
 pub struct SyscallFilter {
@@ -207,6 +239,9 @@ fn build() -> R<SyscallFilter> {
         .map(|&p| cond(0, SeccompCmpOp::Ne, p))
         .collect::<R<_>>()?;
     rules.insert(libc::SYS_personality, vec![SeccompRule::new(personality)?]);
+    for &(_, nr, arg) in NO_SETID_MODE {
+        rules.insert(nr, any_flag(arg, &SETID_BITS)?);
+    }
     rules.insert(
         libc::SYS_socket,
         vec![SeccompRule::new(vec![cond(
@@ -267,8 +302,8 @@ fn jump_return(ge: bool, k: u32, ret: u32) -> [sock_filter; 2] {
 }
 
 /// What seccompiler cannot express: load the syscall number (offset 0 of
-/// `seccomp_data`); x86_64: an x32 call kills the process; `clone3` fails with
-/// `ENOSYS`. Every jump is forward and within the prelude, so seccompiler's own
+/// `seccomp_data`); x86_64: an x32 call kills the process; `clone3` and `openat2`
+/// fail with `ENOSYS`. Every jump is forward and within the prelude, so seccompiler's own
 /// relative jumps after it are untouched.
 fn prelude() -> Vec<sock_filter> {
     let mut p = vec![stmt(BPF_LD_W_ABS, 0)];
@@ -281,6 +316,11 @@ fn prelude() -> Vec<sock_filter> {
     p.extend(jump_return(
         false,
         libc::SYS_clone3 as u32,
+        RET_ERRNO | libc::ENOSYS as u32,
+    ));
+    p.extend(jump_return(
+        false,
+        libc::SYS_openat2 as u32,
         RET_ERRNO | libc::ENOSYS as u32,
     ));
     p

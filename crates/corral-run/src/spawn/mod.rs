@@ -22,6 +22,9 @@
 //! `fork_child` (start the child), [`clone3_available`], [`seccomp_filter_available`],
 //! [`fork_single_threaded`] (the crash guard), [`wait4`] and [`watch_fd`] (registers an
 //! owned fd with tokio).
+//! The identity layer adds the steps `mount_owned_dirs` (after `contain`) and
+//! `set_identity` (after `wait_gate`), and for the parent [`user_namespace`] and
+//! [`idmapped_tree`] (an id-mapped copy of the working directory's mount).
 //!
 //! The child is started with `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` so it is born
 //! inside its cgroup and never runs outside its limits; where the kernel refuses clone3
@@ -49,6 +52,7 @@ use plan::ChildPlan;
 pub use sys::{
     clone3_available, fork_single_threaded, seccomp_filter_available, wait4, watch_fd, ChildUsage,
 };
+pub use sys::{idmapped_tree, user_namespace};
 
 /// `CLONE_INTO_CGROUP`. `libc::CLONE_INTO_CGROUP` is a `c_int` on glibc targets and
 /// overflows to 0, which would silently start the child in corral's own cgroup.
@@ -78,11 +82,14 @@ pub enum Stage {
     /// Any other step: signals, the parent-death signal, containment (namespaces,
     /// mounts, capabilities), the new session, `no_new_privs`.
     Setup,
+    /// Becoming the run's user (capabilities, groups, ids), or mounting its
+    /// id-mapped working directory.
+    User,
 }
 
 impl Stage {
     /// Every stage (the error pipe sends a stage as its index here).
-    const ALL: [Stage; 9] = [
+    const ALL: [Stage; 10] = [
         Stage::Cgroup,
         Stage::Rlimit,
         Stage::Stdio,
@@ -92,6 +99,7 @@ impl Stage {
         Stage::Filter,
         Stage::Exec,
         Stage::Setup,
+        Stage::User,
     ];
 
     fn code(self) -> u8 {
@@ -239,8 +247,13 @@ pub struct ChildSetup<'a> {
     /// A private mount namespace even without [`ChildSetup::contain`]: set by each
     /// layer that mounts something (the file system view, the pid namespace's `/proc`).
     pub new_mount_namespace: bool,
-    /// Who the command runs as; `None` keeps corral's own identity.
+    /// Who the command runs as; `None` keeps corral's own identity. Applied after the
+    /// gate, with every capability dropped (see [`crate::identity`]).
     pub identity: Option<Identity>,
+    /// Detached id-mapped mount trees (see [`idmapped_tree`]) to move over these
+    /// absolute paths in the run's mount namespace (set
+    /// [`ChildSetup::new_mount_namespace`]): the working directory, `--rw` paths.
+    pub owned_trees: Vec<(BorrowedFd<'a>, CString)>,
 }
 
 /// The identity a run's command gets: its uid, primary gid and supplementary groups.
@@ -304,6 +317,10 @@ impl Spawned {
             Stage::Filter => "cannot install the syscall filter".to_string(),
             Stage::Exec => format!("cannot execute {}", exec.display),
             Stage::Setup => "cannot set up the process".to_string(),
+            Stage::User => {
+                "cannot give the run its user (its identity, or its id-mapped working directory)"
+                    .to_string()
+            }
         };
         Err(SpawnError::Child {
             stage,

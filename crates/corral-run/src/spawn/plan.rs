@@ -15,6 +15,24 @@ pub(super) struct SockFprog {
     pub(super) filter: *const seccompiler::sock_filter,
 }
 
+/// The run's identity as the child's raw calls take it.
+pub(super) struct PlannedIdentity {
+    pub(super) uid: libc::uid_t,
+    pub(super) gid: libc::gid_t,
+    pub(super) groups: Vec<libc::gid_t>,
+}
+
+/// The highest capability number this kernel knows (40 on 5.9+), read once.
+fn cap_last_cap() -> u32 {
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
+}
+
 /// Raw pointers and fd numbers the child uses. Built before cloning; every pointer
 /// points into the [`Exec`], the [`ChildSetup`] or the vectors here, and every fd is
 /// borrowed for `'p`, so the plan cannot outlive what it points to.
@@ -59,6 +77,12 @@ pub(super) struct ChildPlan<'p> {
     pub(super) drop_caps: bool,
     /// A new network namespace with loopback up.
     pub(super) new_network: bool,
+    /// The identity to switch to, if any.
+    pub(super) identity: Option<PlannedIdentity>,
+    /// The highest capability number (`/proc/sys/kernel/cap_last_cap`).
+    pub(super) cap_last_cap: u32,
+    /// Detached mount trees and the paths to move them over.
+    pub(super) owned_trees: Vec<(RawFd, *const libc::c_char)>,
     _borrows: PhantomData<&'p ()>,
 }
 
@@ -121,6 +145,17 @@ impl<'p> ChildPlan<'p> {
                 .unwrap_or_default(),
             drop_caps: setup.contain.is_some(),
             new_network: setup.new_network,
+            identity: setup.identity.as_ref().map(|i| PlannedIdentity {
+                uid: i.uid,
+                gid: i.gid,
+                groups: i.groups.clone(),
+            }),
+            cap_last_cap: cap_last_cap(),
+            owned_trees: setup
+                .owned_trees
+                .iter()
+                .map(|(fd, p)| (fd.as_raw_fd(), p.as_ptr()))
+                .collect(),
             _borrows: PhantomData,
         }
     }

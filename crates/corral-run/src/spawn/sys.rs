@@ -6,9 +6,10 @@
 //! * [`child_main`]: runs [`CHECKLIST`], then exits;
 //! * [`child_fail`]: reports a failed step's stage and errno, then `_exit(127)`;
 //! * the steps of [`CHECKLIST`]: [`reset_signals`], [`set_parent_death_signal`],
-//!   [`enter_cgroup`], [`enter_mount_namespace`], [`contain`], [`isolate_network`], [`drop_capabilities`],
+//!   [`enter_cgroup`], [`enter_mount_namespace`], [`contain`], [`mount_owned_dirs`],
+//!   [`isolate_network`], [`drop_capabilities`],
 //!   [`set_rlimits`], [`disable_core_dumps`], [`new_session`], [`setup_stdio`],
-//!   [`change_directory`], [`wait_gate`], [`set_no_new_privs`],
+//!   [`change_directory`], [`wait_gate`], [`set_identity`], [`set_no_new_privs`],
 //!   [`install_syscall_filter`], [`exec`].
 //!
 //! Safe functions with an unsafe block inside, for the parent:
@@ -20,7 +21,9 @@
 //! * [`seccomp_filter_available`]: a seccomp probe that installs nothing;
 //! * [`fork_single_threaded`]: a plain fork for the single-threaded crash guard;
 //! * [`wait4`]: reaps a child with its resource usage;
-//! * [`watch_fd`]: registers an owned fd with tokio.
+//! * [`watch_fd`]: registers an owned fd with tokio;
+//! * [`user_namespace`]: a user namespace with given id maps, for an id-mapped mount;
+//! * [`idmapped_tree`]: a detached, id-mapped copy of a directory's mount.
 //!
 //! The child of a multi-threaded process may only make async-signal-safe calls: no
 //! allocation, no locks, no panics. Every step reads only the [`ChildPlan`] the parent
@@ -30,7 +33,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::plan::ChildPlan;
 use super::{Stage, CLONE_INTO_CGROUP, CLONE_PIDFD, DROPPED_CAPABILITIES};
@@ -46,6 +49,7 @@ const CHECKLIST: &[(Stage, Step)] = &[
     (Stage::Cgroup, enter_cgroup),
     (Stage::Setup, enter_mount_namespace),
     (Stage::Setup, contain),
+    (Stage::User, mount_owned_dirs),
     (Stage::Network, isolate_network),
     (Stage::Setup, drop_capabilities),
     (Stage::Rlimit, set_rlimits),
@@ -54,6 +58,7 @@ const CHECKLIST: &[(Stage, Step)] = &[
     (Stage::Stdio, setup_stdio),
     (Stage::Chdir, change_directory),
     (Stage::Gate, wait_gate),
+    (Stage::User, set_identity),
     (Stage::Setup, set_no_new_privs),
     (Stage::Filter, install_syscall_filter),
     (Stage::Exec, exec),
@@ -234,6 +239,94 @@ unsafe fn contain(plan: &ChildPlan<'_>) -> Result<(), i32> {
         })?;
     }
     Ok(())
+}
+
+/// Moves each detached, id-mapped mount tree the parent prepared over its directory
+/// (the working directory, `--rw` paths), in the run's own mount namespace: the run
+/// then sees the directory's owner as itself, and what it creates there belongs to
+/// that owner on disk. Needs `CAP_SYS_ADMIN`: before [`drop_capabilities`].
+///
+/// # Safety
+/// Only in the child.
+unsafe fn mount_owned_dirs(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    for &(tree, target) in &plan.owned_trees {
+        // SAFETY: `tree` is an open detached mount fd (borrowed by the plan), the
+        // empty path is a static C string and `target` a NUL-terminated string of the
+        // plan's ChildSetup; move_mount only reads them.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target,
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        check(r as libc::c_int)?;
+    }
+    Ok(())
+}
+
+/// Becomes the run's user, after every privileged step and the gate: drops every
+/// capability from the bounding set (so no exec can regain one, setuid-root included),
+/// clears the ambient set, then `setgroups`, `setresgid`, `setresuid` (raw system
+/// calls: glibc's wrappers would try to signal the parent's other threads). Leaving
+/// uid 0 empties the other sets; for `--user root` they are emptied with `capset`. A
+/// change of credentials clears the parent-death signal: it is set again.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn set_identity(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    let Some(id) = &plan.identity else {
+        return Ok(());
+    };
+    for cap in 0..=plan.cap_last_cap {
+        // SAFETY: prctl(PR_CAPBSET_DROP) takes plain integers.
+        check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })?;
+    }
+    // SAFETY: prctl(PR_CAP_AMBIENT) takes plain integers.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    // Kernels before 4.3 have no ambient set (EINVAL): nothing to clear.
+    if r != 0 && errno() != libc::EINVAL {
+        return Err(errno());
+    }
+    // SAFETY: `groups` is a slice of the plan valid for reads of its length; the id
+    // calls take plain integers.
+    unsafe {
+        check(
+            libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr()) as libc::c_int,
+        )?;
+        check(libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) as libc::c_int)?;
+        check(libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) as libc::c_int)?;
+    }
+    if id.uid == 0 {
+        let mut header = CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let none = [CapData::default(); 2];
+        // SAFETY: `header` and `none` are the version-3 structures capset reads (two
+        // data entries), valid for the call.
+        let set = unsafe {
+            libc::syscall(
+                libc::SYS_capset,
+                &mut header as *mut CapHeader,
+                none.as_ptr(),
+            )
+        };
+        check(set as libc::c_int)?;
+    }
+    // SAFETY: as in set_parent_death_signal.
+    unsafe { set_parent_death_signal(plan) }
 }
 
 /// The part of `struct ifreq` that `SIOCGIFFLAGS`/`SIOCSIFFLAGS` use: the interface
@@ -574,6 +667,121 @@ pub(super) fn fork_child(plan: &ChildPlan<'_>) -> std::io::Result<i32> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(ret)
+}
+
+/// `MOVE_MOUNT_F_EMPTY_PATH` of move_mount(2).
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+/// `OPEN_TREE_CLONE` of open_tree(2).
+const OPEN_TREE_CLONE: libc::c_uint = 0x1;
+/// `MOUNT_ATTR_NOSUID` of mount_setattr(2).
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// `MOUNT_ATTR_IDMAP` of mount_setattr(2) (Linux 5.12).
+const MOUNT_ATTR_IDMAP: u64 = 0x10_0000;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A new user namespace whose `uid_map` and `gid_map` are the given lines (written by
+/// this process, which must be root in its own namespace): a helper process is cloned
+/// into it, blocks on a pipe while the maps are written and its namespace is opened,
+/// and is reaped once the pipe closes. The namespace lives on in the returned fd.
+pub fn user_namespace(uid_map: &str, gid_map: &str) -> std::io::Result<OwnedFd> {
+    let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD | libc::CLONE_NEWUSER as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    let (rx_raw, tx_raw) = (rx.as_raw_fd(), tx.as_raw_fd());
+    // SAFETY: clone3 without CLONE_VM duplicates the process like fork. The child only
+    // makes async-signal-safe calls (read on the pipe, _exit) on memory that exists
+    // before the clone, and never returns. `args` is a valid, fully initialised
+    // clone_args of the size passed, and `pidfd` is valid for the kernel's write.
+    let ret = unsafe {
+        let r = libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        );
+        if r == 0 {
+            // Its copy of the write end would keep the pipe from ever reaching EOF.
+            libc::close(tx_raw);
+            let mut b = 0u8;
+            libc::read(rx_raw, (&mut b as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+        r
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned this pidfd to us with the child; nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop(rx);
+    // The child is ours and not reaped until below: its pid cannot be reused meanwhile.
+    let proc = format!("/proc/{ret}");
+    let result = (|| {
+        std::fs::write(format!("{proc}/uid_map"), uid_map)?;
+        std::fs::write(format!("{proc}/gid_map"), gid_map)?;
+        Ok(std::fs::File::open(format!("{proc}/ns/user"))?.into())
+    })();
+    drop(tx);
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+        rustix::process::WaitIdOptions::EXITED,
+    );
+    result
+}
+
+/// A detached copy of the mount tree at `path` (recursive), id-mapped through `userns`
+/// and `nosuid`, for [`mount_owned_dirs`] to move over `path` in a run's namespace.
+/// Fails with `EINVAL` (or `EPERM`/`EOPNOTSUPP`) where a file system of the tree cannot
+/// be id-mapped (tmpfs before Linux 6.3, 9p, NFS), `ENOSYS` before Linux 5.12.
+pub fn idmapped_tree(path: &std::ffi::CStr, userns: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    // SAFETY: `path` is NUL-terminated and only read; open_tree returns a new fd.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned this fd to us; nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: `attr` is a valid mount_attr of the size passed, only read; the empty
+    // path is a static C string.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(tree)
 }
 
 /// Registers an owned fd (a pidfd, an inotify fd, an eventfd) with tokio's reactor.
