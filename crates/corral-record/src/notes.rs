@@ -192,15 +192,13 @@ pub fn compose_notes(r: &Record) -> String {
             .isolation
             .as_ref()
             .and_then(|i| i.enforced.capabilities.as_deref());
-        out.push(format!(
-            "Ran as root (uid {}): root's access to files{}.",
-            u.uid,
-            if caps == Some("none") {
-                ", but no capabilities"
-            } else {
-                " and capabilities"
-            }
-        ));
+        // With the sandbox off, corral's own identity is listed below instead.
+        if caps == Some("none") {
+            out.push(format!(
+                "Ran as root (uid {}): root's access to files, but no capabilities.",
+                u.uid
+            ));
+        }
     }
     if let Some(iso) = r
         .isolation
@@ -223,6 +221,9 @@ pub fn compose_notes(r: &Record) -> String {
         }
         if e.core_dumps {
             off.push("core dumps as inherited");
+        }
+        if e.capabilities.as_deref() == Some("inherited") {
+            off.push("corral's own user and capabilities");
         }
         if !off.is_empty() {
             out.push(format!(

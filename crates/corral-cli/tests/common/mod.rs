@@ -225,6 +225,8 @@ impl Harness {
             .arg("--")
             .args(cmd)
             .env("XDG_CONFIG_HOME", self.tmp())
+            // The run's working directory is the test's: writable by its (dynamic) user.
+            .current_dir(self.tmp())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -776,10 +778,25 @@ pub fn run_isolation_off(h: &Harness) -> Ran {
     let iso = &ran.rec()["isolation"];
     assert_eq!(
         iso["requested"],
-        serde_json::json!({"isolation": "off", "syscalls": "off", "network": "host"})
+        serde_json::json!({"isolation": "off", "syscalls": "off", "network": "host",
+                           "user": "default"})
     );
+    // corral's own identity, as before the sandbox.
+    let mut enforced = iso["enforced"].clone();
+    let user = enforced.as_object_mut().unwrap().remove("user").unwrap();
+    let me = rustix::process::getuid().as_raw();
     assert_eq!(
-        iso["enforced"],
+        (&user["uid"], &user["dynamic"]),
+        (&serde_json::json!(me), &serde_json::json!(false))
+    );
+    let caps = enforced
+        .as_object_mut()
+        .unwrap()
+        .remove("capabilities")
+        .unwrap();
+    assert_eq!(caps, if me == 0 { "inherited" } else { "none" });
+    assert_eq!(
+        enforced,
         serde_json::json!({"syscalls": null, "no_new_privs": false, "new_session": rlimit,
                            "core_dumps": true, "network": "host"})
     );
@@ -807,7 +824,8 @@ pub fn run_isolation_precedence(h: &Harness) {
     let iso = &ran.rec()["isolation"];
     assert_eq!(
         iso["requested"],
-        serde_json::json!({"isolation": "off", "syscalls": "default", "network": "host"})
+        serde_json::json!({"isolation": "off", "syscalls": "default", "network": "host",
+                           "user": "default"})
     );
     assert_eq!(iso["enforced"]["no_new_privs"], true);
     assert_eq!(iso["enforced"]["network"], "host");
@@ -852,7 +870,8 @@ pub fn run_isolation_precedence(h: &Harness) {
 }
 
 /// A setuid-root copy of `id` gives euid 0 to an unprivileged caller outside corral,
-/// and nothing inside a run (`no_new_privs`), where root first drops to `nobody`.
+/// and nothing inside a run (`no_new_privs`, no capability in the bounding set), which
+/// runs unprivileged (root's runs as a dynamic uid).
 pub fn run_sandbox_setuid(h: &Harness) -> Ran {
     use std::os::unix::fs::PermissionsExt;
     /// A setuid-root copy of `id` in `dir`, and what it says run as nobody outside
@@ -916,9 +935,14 @@ pub fn run_sandbox_setuid(h: &Harness) -> Ran {
             elapsed: Duration::ZERO,
         };
     }
-    let ran = h.run(&[], &as_nobody);
+    let _ = as_nobody;
+    // The run is already unprivileged (a dynamic uid when corral is root: see
+    // identity.rs): the setuid-root program leaves it as it is.
+    let ran = h.run(&[], &[&id, "-u"]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    assert_eq!(ran.stdout.trim(), "65534");
+    let uid = ran.rec()["isolation"]["enforced"]["user"]["uid"].to_string();
+    assert_eq!(ran.stdout.trim(), uid);
+    assert_ne!(uid, "0");
     ran
 }
 
