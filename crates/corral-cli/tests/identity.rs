@@ -360,6 +360,32 @@ scenarios!(
     unknown_user,
 );
 
+/// The rlimit backend cannot contain a process that starts its own session, but a
+/// dynamic uid's leftovers do not outlive the run: corral ends every process of the uid
+/// before giving it back.
+#[test]
+fn rlimit_leftovers_of_a_dynamic_uid_end() {
+    let h = harness_or_skip!("rlimit", "leftovers");
+    if !rustix::process::geteuid().is_root() {
+        corral_testkit::skip(
+            "rlimit leftovers",
+            &common::Missing::new(common::Feature::Root, "dynamic uids need root"),
+        );
+        return;
+    }
+    let ran = h.run(
+        &[],
+        &["sh", "-c", "setsid sleep 300 & echo $! > escapee.pid"],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let pid = common::read_pid(
+        &h.tmp().join("escapee.pid"),
+        std::time::Duration::from_secs(1),
+    )
+    .expect("the escapee wrote its pid");
+    assert!(!common::alive(pid), "the escapee {pid} outlived its run");
+}
+
 /// corral run by an ordinary user (`nobody` when the test runs as root) on the rlimit
 /// backend: the run is that user; `--user` naming itself is fine, anyone else is
 /// refused with the reason.

@@ -343,6 +343,23 @@ pub fn allocate(
     })
 }
 
+/// Ends every process of a dynamic uid when dropped: a run on the rlimit backend may
+/// leave processes that started their own session; they must not outlive the run's
+/// hold on the uid (the next run with it could signal them, and they could still write
+/// files the fallback is giving back).
+#[derive(Debug)]
+pub struct Reaper(pub Option<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(uid) = self.0 {
+            if let Err(e) = crate::spawn::kill_all_of(uid) {
+                tracing::warn!("cannot end the leftover processes of uid {uid}: {e}");
+            }
+        }
+    }
+}
+
 /// The identity a run's child switches to, and its record.
 #[derive(Debug)]
 pub struct IdentityPlan {

@@ -259,11 +259,18 @@ pub async fn run(
         iso.enforced.user = Some(who.record.clone());
         iso.enforced.capabilities = Some(who.capabilities.clone());
     }
-    // Dropped in this order when the run is over: files first, then the uid.
-    let held = (owned, who.lease);
+    // Dropped in this order when the run is over: leftover processes of a dynamic uid
+    // (the rlimit backend cannot contain them), the files, then the uid.
+    let reaper = crate::identity::Reaper(
+        who.lease
+            .as_ref()
+            .filter(|_| backend.kind() == BackendKind::Rlimit)
+            .map(|l| l.uid),
+    );
+    let held = (reaper, owned, who.lease);
     // The child must enter the id-mapped mount, not stay in the directory beneath it
     // that it inherits: it changes into its working directory by path.
-    let exec = match (&held.0, &spec.cwd) {
+    let exec = match (&held.1, &spec.cwd) {
         (Some(o), None) if !o.trees.is_empty() => {
             let cwd = crate::identity::owned_dirs(None);
             match Exec::new(&spec.command, &env, cwd.first().map(|p| p.as_path())) {
@@ -319,7 +326,7 @@ pub async fn run(
         new_network: iso.new_network,
         identity: who.identity.clone(),
         owned_trees: held
-            .0
+            .1
             .iter()
             .flat_map(|o| o.trees.iter().map(|(fd, p)| (fd.as_fd(), p.clone())))
             .collect(),

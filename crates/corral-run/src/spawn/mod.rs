@@ -52,7 +52,7 @@ use plan::ChildPlan;
 pub use sys::{
     clone3_available, fork_single_threaded, seccomp_filter_available, wait4, watch_fd, ChildUsage,
 };
-pub use sys::{idmapped_tree, user_namespace};
+pub use sys::{idmapped_tree, kill_all_of, user_namespace};
 
 /// `CLONE_INTO_CGROUP`. `libc::CLONE_INTO_CGROUP` is a `c_int` on glibc targets and
 /// overflows to 0, which would silently start the child in corral's own cgroup.

@@ -23,7 +23,8 @@
 //! * [`wait4`]: reaps a child with its resource usage;
 //! * [`watch_fd`]: registers an owned fd with tokio;
 //! * [`user_namespace`]: a user namespace with given id maps, for an id-mapped mount;
-//! * [`idmapped_tree`]: a detached, id-mapped copy of a directory's mount.
+//! * [`idmapped_tree`]: a detached, id-mapped copy of a directory's mount;
+//! * [`kill_all_of`]: ends every process of a dynamic uid.
 //!
 //! The child of a multi-threaded process may only make async-signal-safe calls: no
 //! allocation, no locks, no panics. Every step reads only the [`ChildPlan`] the parent
@@ -782,6 +783,54 @@ pub fn idmapped_tree(path: &std::ffi::CStr, userns: BorrowedFd<'_>) -> std::io::
         return Err(std::io::Error::last_os_error());
     }
     Ok(tree)
+}
+
+/// Sends SIGKILL to every process of `uid` (a dynamic uid whose run is over): a helper
+/// cloned from this process becomes `uid` and calls `kill(-1, SIGKILL)`, which reaches
+/// exactly the processes that uid may signal, its own (never the caller). Returns once
+/// the helper is reaped.
+pub fn kill_all_of(uid: u32) -> std::io::Result<()> {
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM duplicates the process like fork. The child only
+    // makes raw, async-signal-safe system calls with plain integers (setresgid,
+    // setresuid, kill, _exit) and never returns. `args` is a valid, fully initialised
+    // clone_args of the size passed, and `pidfd` is valid for the kernel's write.
+    let ret = unsafe {
+        let r = libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        );
+        if r == 0 {
+            // Raw calls: only this thread exists, and glibc's wrappers would signal the
+            // parent's others.
+            let ok = libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                == 0
+                && libc::syscall(libc::SYS_setresgid, uid, uid, uid) == 0
+                && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0;
+            if ok {
+                libc::kill(-1, libc::SIGKILL);
+            }
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+        r
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned this pidfd to us with the child; nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    rustix::process::waitid(
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+        rustix::process::WaitIdOptions::EXITED,
+    )?;
+    Ok(())
 }
 
 /// Registers an owned fd (a pidfd, an inotify fd, an eventfd) with tokio's reactor.
