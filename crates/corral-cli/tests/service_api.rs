@@ -126,6 +126,20 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
                 422,
                 "no CPU limit",
             ),
+            (
+                "unknown user",
+                br#"{"command": ["true"], "limits": {"memory": "64M", "cpus": 0.5, "user": "nosuchuser"}}"#
+                    .to_vec(),
+                422,
+                "unknown user \"nosuchuser\" (--user)",
+            ),
+            (
+                "bad user",
+                br#"{"command": ["true"], "limits": {"memory": "64M", "cpus": 0.5, "user": "a:"}}"#
+                    .to_vec(),
+                400,
+                "invalid user \"a:\"",
+            ),
         ];
         for (what, body, code, msg) in &cases {
             let (st, v) = s.post_raw(body);
@@ -262,7 +276,7 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
         let iso = &v["record"]["isolation"];
         assert_eq!(
             iso["requested"],
-            json!({"isolation": "off", "syscalls": "off", "network": "host"}),
+            json!({"isolation": "off", "syscalls": "off", "network": "host", "user": "default"}),
             "{v}"
         );
         assert_eq!(iso["enforced"]["network"], "host", "{v}");
@@ -385,11 +399,14 @@ fn graceful_shutdown_drains_then_cancels() {
             "exited"
         );
         let pidfile = s.dir.path().join("sleeper.pid");
-        let (_, v) = s.submit(&small(&[
+        let mut sleeper = small(&[
             "sh",
             "-c",
             &format!("echo $$ > {}; exec sleep 60", pidfile.display()),
-        ]));
+        ]);
+        // Its working directory is where it writes: the run's (dynamic) user may.
+        sleeper["cwd"] = json!(s.dir.path());
+        let (_, v) = s.submit(&sleeper);
         let sleeper = v["id"].as_str().unwrap().to_string();
         let (st, v) = s.submit(&small(&["sh", "-c", "echo later"]));
         assert_eq!((st, v["state"].as_str()), (201, Some("queued")), "{v}");

@@ -28,8 +28,9 @@ fn kill_9_then_restart_reaps_and_resumes() {
         for i in 0..3 {
             let pidfile = s.dir.path().join(format!("grandchild-{i}"));
             let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+            // The working directory is where it writes: the run's (dynamic) user may.
             let (st, v) = s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim,
-                                            "priority": 5}));
+                                            "priority": 5, "cwd": s.dir.path()}));
             assert_eq!(st, 201, "{v}");
             inflight.push((v["id"].as_str().unwrap().to_string(), pidfile));
         }
@@ -102,7 +103,8 @@ fn restart_reaps_what_even_the_guard_missed() {
         let lim = json!({"memory": "64M", "cpus": 0.25, "timeout": "120s"});
         let pidfile = s.dir.path().join("grandchild");
         let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
-        let (st, v) = s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim}));
+        let (st, v) =
+            s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim, "cwd": s.dir.path()}));
         assert_eq!(st, 201, "{v}");
         let id = v["id"].as_str().unwrap().to_string();
         let grandchild: i32 = eventually(Duration::from_secs(10), || {

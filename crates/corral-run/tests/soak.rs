@@ -77,6 +77,17 @@ fn base_limits() -> Limits {
 }
 
 fn case(work: Work, n: usize, dir: &Path, token: &str, escape_to: &Path) -> Case {
+    // Each run works in its own directory: the only place a run started by root (a
+    // dynamic uid) may write. The page-cache hog's is on a disk (the target directory),
+    // not /tmp: a tmpfs would make it a shared-memory hog.
+    let dir = match work {
+        Work::PageCache => {
+            let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("soak-{token}-{n}"));
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        }
+        _ => dir.to_path_buf(),
+    };
     let pidfile = dir.join(format!("{n}.pids"));
     let p = pidfile.display().to_string();
     let mut limits = base_limits();
@@ -93,8 +104,7 @@ fn case(work: Work, n: usize, dir: &Path, token: &str, escape_to: &Path) -> Case
         // On a disk (the target directory), not /tmp: a tmpfs would make this a
         // shared-memory hog.
         Work::PageCache => sh(format!(
-            "echo $$ > {p}; dd if=/dev/zero of={dir}/pc-{token}-{n} bs=1M count=150 status=none; rm -f {dir}/pc-{token}-{n}",
-            dir = env!("CARGO_TARGET_TMPDIR")
+            "echo $$ > {p}; dd if=/dev/zero of=pc-{token}-{n} bs=1M count=150 status=none; rm -f pc-{token}-{n}"
         )),
         Work::TmpfsHog => {
             let f = PathBuf::from(format!("/dev/shm/corral-soak-{token}-{n}"));
@@ -157,10 +167,11 @@ fn case(work: Work, n: usize, dir: &Path, token: &str, escape_to: &Path) -> Case
             stderr: Stdio::Null,
             profile: "soak".into(),
             limits,
+            cwd: Some(dir.clone()),
             ..RunSpec::default()
         },
         pidfile,
-        cleanup,
+        cleanup: cleanup.or_else(|| (work == Work::PageCache).then(|| dir.clone())),
     }
 }
 
@@ -440,7 +451,11 @@ fn soak() {
                 failures.push(format!("{work:?}: processes {live:?} outlived the run"));
             }
             if let Some(f) = &c.cleanup {
-                let _ = std::fs::remove_file(f);
+                let _ = if f.is_dir() {
+                    std::fs::remove_dir_all(f)
+                } else {
+                    std::fs::remove_file(f)
+                };
             }
         }
         if i == 6 {

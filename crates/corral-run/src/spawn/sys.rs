@@ -691,7 +691,7 @@ struct MountAttr {
 /// A new user namespace whose `uid_map` and `gid_map` are the given lines (written by
 /// this process, which must be root in its own namespace): a helper process is cloned
 /// into it, blocks on a pipe while the maps are written and its namespace is opened,
-/// and is reaped once the pipe closes. The namespace lives on in the returned fd.
+/// and exits on the byte that follows, to be reaped here. The namespace lives on in the returned fd.
 pub fn user_namespace(uid_map: &str, gid_map: &str) -> std::io::Result<OwnedFd> {
     let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let mut pidfd: libc::c_int = -1;
@@ -713,10 +713,13 @@ pub fn user_namespace(uid_map: &str, gid_map: &str) -> std::io::Result<OwnedFd> 
             std::mem::size_of::<CloneArgs>(),
         );
         if r == 0 {
-            // Its copy of the write end would keep the pipe from ever reaching EOF.
+            // Released by a byte, not by EOF: a child another thread cloned meanwhile
+            // may hold a copy of the write end.
             libc::close(tx_raw);
             let mut b = 0u8;
-            libc::read(rx_raw, (&mut b as *mut u8).cast(), 1);
+            while libc::read(rx_raw, (&mut b as *mut u8).cast(), 1) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
             libc::_exit(0);
         }
         r
@@ -734,6 +737,9 @@ pub fn user_namespace(uid_map: &str, gid_map: &str) -> std::io::Result<OwnedFd> 
         std::fs::write(format!("{proc}/gid_map"), gid_map)?;
         Ok(std::fs::File::open(format!("{proc}/ns/user"))?.into())
     })();
+    if rustix::io::write(&tx, b"x") != Ok(1) {
+        let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+    }
     drop(tx);
     let _ = rustix::process::waitid(
         rustix::process::WaitId::PidFd(pidfd.as_fd()),
