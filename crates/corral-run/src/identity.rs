@@ -175,6 +175,8 @@ pub trait Directory {
     fn account(&self, user: &str, group: Option<&str>) -> Result<Account, IdentityError>;
     /// True when `id` exists as a uid or a gid.
     fn id_exists(&self, id: u32) -> bool;
+    /// The name of `uid` (the number when it has none).
+    fn name_of(&self, uid: u32) -> String;
 }
 
 /// The system's passwd and group databases (NSS).
@@ -235,6 +237,14 @@ impl Directory for SystemDirectory {
                 }
             }
         })
+    }
+
+    fn name_of(&self, uid: u32) -> String {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| uid.to_string())
     }
 
     fn id_exists(&self, id: u32) -> bool {
@@ -390,14 +400,7 @@ fn plan_for(
     dir: &dyn Directory,
     alloc: impl FnOnce() -> Result<UidLease, IdentityError>,
 ) -> Result<IdentityPlan, IdentityError> {
-    let name_of = |uid: u32| {
-        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| uid.to_string())
-    };
-    let _ = dir;
+    let name_of = |uid: u32| dir.name_of(uid);
     Ok(match decision {
         Decision::Own => IdentityPlan {
             identity: None,
@@ -504,6 +507,13 @@ mod tests {
         fn id_exists(&self, id: u32) -> bool {
             self.taken.contains(&id)
         }
+        fn name_of(&self, uid: u32) -> String {
+            match uid {
+                0 => "root".into(),
+                1000 => "alice".into(),
+                n => n.to_string(),
+            }
+        }
     }
 
     const ROOT: Caller = Caller {
@@ -587,6 +597,7 @@ mod tests {
         let p = plan_for(Decision::Own, ALICE, &t, || unreachable!()).unwrap();
         assert!(p.identity.is_none() && p.lease.is_none());
         assert_eq!((p.record.uid, p.record.dynamic), (1000, false));
+        assert_eq!(p.record.name, "alice");
         assert_eq!(p.capabilities, "none");
         let p = plan_for(Decision::Own, ROOT, &t, || unreachable!()).unwrap();
         assert!(p.record.root);
