@@ -78,6 +78,8 @@ struct Grant {
     dev: u64,
     owner: u32,
     gid: u32,
+    /// The lock files' path without the suffix.
+    key: String,
     state: OwnedFd,
     users: OwnedFd,
 }
@@ -190,11 +192,22 @@ fn lend(path: &Path, run_group: u32) -> std::io::Result<Option<Grant>> {
             Mode::from_raw_mode(0o600),
         )
     };
-    let (state, users) = (lock("state")?, lock("users")?);
-    rustix::fs::flock(&state, FlockOperation::LockExclusive)?;
-    // Under the state lock no run is restoring the directory, so this cannot block.
-    rustix::fs::flock(&users, FlockOperation::LockShared)?;
+    let (state, users) = loop {
+        let state = lock("state")?;
+        rustix::fs::flock(&state, FlockOperation::LockExclusive)?;
+        // The last run of the directory removes its files under this lock: a file
+        // locked after that is no longer the one at the path.
+        if rustix::fs::fstat(&state)?.st_nlink == 0 {
+            continue;
+        }
+        let users = lock("users")?;
+        // Under the state lock no run is restoring the directory, so this cannot block.
+        rustix::fs::flock(&users, FlockOperation::LockShared)?;
+        break (state, users);
+    };
     let result = (|| -> std::io::Result<u32> {
+        // Read under the lock: a run giving it back may have changed it meanwhile.
+        let st = rustix::fs::fstat(&dir)?;
         let saved = read_state(&state);
         let gid = match saved {
             // Lent already (by a live run, or by one whose corral died).
@@ -216,6 +229,7 @@ fn lend(path: &Path, run_group: u32) -> std::io::Result<Option<Grant>> {
         dev: st.st_dev,
         owner: st.st_uid,
         gid,
+        key,
         state,
         users,
     }))
@@ -277,6 +291,10 @@ fn unlend(g: &Grant) -> std::io::Result<()> {
             rustix::fs::fchmod(&g.dir, Mode::from_raw_mode(mode))?;
             write_state(&g.state, None)?;
         }
+        // Nobody uses the directory: its lock files go (a run waiting for the state
+        // lock sees the unlinked file and opens a new one).
+        let _ = std::fs::remove_file(format!("{}.users", g.key));
+        let _ = std::fs::remove_file(format!("{}.state", g.key));
         Ok(())
     })();
     let _ = rustix::fs::flock(&g.state, FlockOperation::Unlock);
@@ -413,6 +431,38 @@ mod tests {
         unlend(&b).unwrap();
         let m = std::fs::metadata(&p).unwrap();
         assert_eq!((m.gid(), m.mode() & 0o7777), (0, 0o750));
+        // Its lock files are gone with the last run, and it can be lent again.
+        assert!(!Path::new(&format!("{}.state", b.key)).exists());
+        let c = lend(&p, group).unwrap().unwrap();
+        unlend(&c).unwrap();
+        assert!(!Path::new(&format!("{}.users", c.key)).exists());
         assert!(lend(Path::new("/"), group).unwrap().is_none());
+    }
+
+    #[test]
+    fn concurrent_lending_always_ends_restored() {
+        if !root() {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().canonicalize().unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let group = 4_000_001;
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        let g = lend(&p, group).unwrap().unwrap();
+                        let m = std::fs::metadata(&p).unwrap();
+                        assert_eq!((m.gid(), m.mode() & 0o7777), (group, 0o771));
+                        assert_eq!(g.gid, 0);
+                        unlend(&g).unwrap();
+                    }
+                });
+            }
+        });
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!((m.gid(), m.mode() & 0o7777), (0, 0o711));
     }
 }
