@@ -141,3 +141,13 @@ def test_result_properties() -> None:
     r = corral.IsolatedResult.from_record(rec, "o", "e")
     assert (r.returncode, r.reason, r.ok, r.killed_by_limit, r.run_id) == (124, "timeout", False, True, "x")
     assert r.not_enforced == [{"limit": "cpus", "why": "w"}] and r.completion_notes == "Stopped."
+
+
+def test_user_is_a_flag_and_a_service_key() -> None:
+    opts = RunOptions(command=["x"], limits={"user": "nobody:nogroup"})
+    assert opts.cli_flags() == ["--user", "nobody:nogroup"]
+    assert opts.service_body()["limits"] == {"user": "nobody:nogroup"}
+    # --isolation resets the metadata's user, like its other layers.
+    opts = RunOptions(command=["x"], limits={"isolation": "off"})
+    opts.limits_from = {"limits": {"user": "root", "pids": 8}}
+    assert opts.service_body()["limits"] == {"pids": 8, "isolation": "off"}

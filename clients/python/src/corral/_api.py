@@ -34,6 +34,7 @@ def isolated_run(
     network: Optional[str] = None,
     syscalls: Optional[str] = None,
     isolation: Optional[str] = None,
+    user: Optional[str] = None,
     limits_from: Union[None, Path, Mapping[str, Any]] = None,
     clear_env: bool = False,
     backend: Optional[str] = None,
@@ -56,8 +57,12 @@ def isolated_run(
     ``"host"``; ``syscalls`` is ``"default"`` (corral's seccomp deny-list) or ``"off"``;
     ``isolation="off"`` is the run without a sandbox in one word (the host's network, no
     filter, no setsid/no_new_privs, core dumps as inherited), and an explicit
-    ``network`` or ``syscalls`` beside it wins over it.
-    What was applied is ``result.isolation`` (the record's ``isolation`` object).
+    ``network`` or ``syscalls`` beside it wins over it. ``user`` is who the command runs
+    as: ``"default"`` (an ordinary user's runs are that user, root's a dynamic uid),
+    ``"dynamic"``, or ``"name[:group]"`` (root only; an unknown one raises
+    ``CorralError``).
+    What was applied is ``result.isolation`` (the record's ``isolation`` object, with
+    ``enforced["user"]``: name, uid, gid, dynamic, root, files).
 
     ``env`` is added to the inherited environment (with ``clear_env=True`` it is the
     whole environment). ``cwd`` defaults to this process' working directory. Standard
@@ -96,6 +101,7 @@ def isolated_run(
         ("network", network, str),
         ("syscalls", syscalls, str),
         ("isolation", isolation, str),
+        ("user", user, str),
     ):
         if value is not None:
             limits[name] = fmt(value)

@@ -63,6 +63,7 @@ LIMIT_FLAGS = (
     "network",
     "syscalls",
     "isolation",
+    "user",
 )
 
 
@@ -118,6 +119,7 @@ class RunOptions:
             # own network/syscalls still win over it.
             limits.pop("network", None)
             limits.pop("syscalls", None)
+            limits.pop("user", None)
         for k, v in self.limits.items():
             limits[k] = _json_number(v) if k in ("cpus", "pids") else v
         if self.require_isolation:
