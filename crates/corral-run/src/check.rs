@@ -115,6 +115,18 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
     let seccomp = crate::spawn::seccomp_filter_available();
     let privs = crate::isolation::Privileges::current();
     let netns = privs.sys_admin && privs.net_admin;
+    let caller = crate::identity::Caller::current();
+    let range = crate::identity::UidRange::from_env();
+    let dynamic = caller.root && range.is_ok();
+    let range_text = match &range {
+        Ok(r) => format!("{}-{}", r.first, r.last),
+        Err(e) => e.to_string(),
+    };
+    let idmap_here = caller.root
+        && std::env::current_dir()
+            .ok()
+            .and_then(|d| d.canonicalize().ok())
+            .is_some_and(|d| crate::owner::idmap_supported(&d));
     let features = vec![
         feature("clone3_into_cgroup", clone3, "the child is born in its cgroup; without it corral forks and moves the child before exec"),
         feature("pidfd", kernel_at_least(&kernel, 5, 4), "race-free waiting and signalling (required)"),
@@ -124,7 +136,12 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         feature("pids.peak", v2_ok && has("pids.peak", (6, 1)), "peak process count of a v2 run"),
         feature("seccomp_filter", seccomp.is_ok(), "the syscall filter of every run (--syscalls default); without it the record lists syscalls as not enforced"),
         feature("network_namespace", netns, "each run gets its own network with only loopback; without CAP_SYS_ADMIN and CAP_NET_ADMIN runs share the host's network (reported per run)"),
+        feature("dynamic_uid", dynamic, &format!("root's runs run as a dynamic uid from {range_text} (CORRAL_UID_RANGE) without capabilities; an ordinary user's runs are that user")),
+        feature("idmapped_mount", idmap_here, "files a dynamic uid writes in its working directory belong to the directory's owner at once (probed on this directory; needs root and Linux 5.12, tmpfs 6.3); elsewhere corral gives them back after the run"),
     ];
+    if let Err(e) = &range {
+        remedies.push(format!("{e}"));
+    }
     if !netns {
         remedies.push("runs share the host's network: a network namespace per run needs CAP_SYS_ADMIN and CAP_NET_ADMIN; run corral as root (or use the corral service)".into());
     }

@@ -171,6 +171,12 @@ fn idmap(dir: &Path, run_uid: u32) -> std::io::Result<(OwnedFd, CString)> {
     Ok((tree, path))
 }
 
+/// True when `dir` (absolute) can be id-mapped here (root only): a probe that mounts
+/// nothing.
+pub fn idmap_supported(dir: &Path) -> bool {
+    dir != Path::new("/") && idmap(dir, 4_000_000).is_ok()
+}
+
 /// The fallback: the directory's group becomes `run_group` with `g+rwx` while any run
 /// uses it. `None` for `/`.
 fn lend(path: &Path, run_group: u32) -> std::io::Result<Option<Grant>> {
