@@ -24,9 +24,10 @@
 //!   directory restores them.
 //!
 //! When neither works (a read-only file system, a `chown` refused by NFS root
-//! squashing) or the directory is `/` (a mount over `/` would hide every other
-//! mount), the directory is left as it is: `not-writable` (the run can write only
-//! what its uid could anyway).
+//! squashing), or the directory is a system directory ([`protected`]: `/` (a mount
+//! over it would hide every other mount), `/root`, `/var`, `/home`, `/etc` and `/usr`
+//! and what is beneath those two, ...), the directory is left as it is:
+//! `not-writable` (the run can write only what its uid could anyway).
 //!
 //! A directory owned by root: id-mapping makes the run's files root's on disk, so a
 //! run must not be able to leave a setuid or setgid file. It has no `CAP_FSETID` (a
@@ -109,6 +110,20 @@ impl OwnedDirs {
     }
 }
 
+/// System directories a run is never given, whoever owns them: exactly these, and
+/// (for the first group) anything beneath them. An id-mapped `/etc` or a lent `/usr`
+/// would hand a dynamic uid the host's own files.
+const PROTECTED_TREES: [&str; 6] = ["/etc", "/usr", "/boot", "/proc", "/sys", "/dev"];
+const PROTECTED_DIRS: [&str; 11] = [
+    "/", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/var", "/root", "/run", "/home",
+];
+
+/// True for a directory [`prepare`] leaves alone (see [`PROTECTED_TREES`]).
+pub fn protected(dir: &Path) -> bool {
+    PROTECTED_DIRS.iter().any(|p| dir == Path::new(p))
+        || PROTECTED_TREES.iter().any(|p| dir.starts_with(p))
+}
+
 /// Prepares `dirs` (absolute, canonical) for a run as `run_uid` (gid the same), with
 /// `run_group` as the fallback's group.
 pub fn prepare(dirs: &[PathBuf], run_uid: u32, run_group: u32) -> OwnedDirs {
@@ -120,6 +135,11 @@ pub fn prepare(dirs: &[PathBuf], run_uid: u32, run_group: u32) -> OwnedDirs {
         run_group,
     };
     for d in dirs {
+        if protected(d) {
+            tracing::info!("{}: a system directory, not given to the run", d.display());
+            out.modes.push(FilesMode::NotWritable);
+            continue;
+        }
         let mode = match idmap(d, run_uid) {
             Ok(tree) => {
                 out.trees.push(tree);
@@ -174,7 +194,7 @@ fn idmap(dir: &Path, run_uid: u32) -> std::io::Result<(OwnedFd, CString)> {
 /// True when `dir` (absolute) can be id-mapped here (root only): a probe that mounts
 /// nothing.
 pub fn idmap_supported(dir: &Path) -> bool {
-    dir != Path::new("/") && idmap(dir, 4_000_000).is_ok()
+    !protected(dir) && idmap(dir, 4_000_000).is_ok()
 }
 
 /// The fallback: the directory's group becomes `run_group` with `g+rwx` while any run
@@ -377,6 +397,35 @@ mod tests {
 
     fn root() -> bool {
         rustix::process::geteuid().is_root()
+    }
+
+    #[test]
+    fn system_directories_are_never_given() {
+        for p in [
+            "/",
+            "/etc",
+            "/etc/ssl",
+            "/usr/local/src",
+            "/root",
+            "/var",
+            "/home",
+            "/proc/1",
+        ] {
+            assert!(protected(Path::new(p)), "{p}");
+        }
+        for p in [
+            "/root/project",
+            "/var/tmp",
+            "/home/ana",
+            "/tmp/x",
+            "/srv/data",
+            "/usrx",
+        ] {
+            assert!(!protected(Path::new(p)), "{p}");
+        }
+        let o = prepare(&[PathBuf::from("/etc")], 4_000_000, 4_000_001);
+        assert_eq!(o.mode(), Some(FilesMode::NotWritable));
+        assert!(o.trees.is_empty() && !o.needs_run_group());
     }
 
     #[test]
