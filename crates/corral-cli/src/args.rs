@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use corral_run::{RunSpec, Stdio};
+use corral_spec::{check_hide_path, check_rw_path, FsMode};
 use corral_spec::{
     load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
     parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, ProfileSet, Syscalls,
@@ -74,6 +75,17 @@ pub struct RunArgs {
     /// --network or --syscalls wins over it.
     #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     pub isolation: Option<String>,
+    /// The file-system view: "read-only" (default: the host read-only; writable are the
+    /// working directory, each --rw path and a private /tmp and /dev/shm) or "host".
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
+    pub fs: Option<String>,
+    /// Keep PATH writable in the read-only view (repeatable; relative to the working
+    /// directory); it must exist.
+    #[arg(long, value_name = "PATH")]
+    pub rw: Vec<String>,
+    /// Cover PATH (absolute; repeatable) with an empty read-only directory (or file).
+    #[arg(long, value_name = "PATH")]
+    pub hide: Vec<String>,
     /// The run's id (1-64 of A-Z a-z 0-9 _ -); generated when absent.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
@@ -161,6 +173,23 @@ impl RunArgs {
                 .as_deref()
                 .map(Isolation::parse)
                 .transpose()?,
+            fs: self.fs.as_deref().map(FsMode::parse).transpose()?,
+            rw: self
+                .rw
+                .iter()
+                .map(|p| {
+                    let p = PathBuf::from(p);
+                    check_rw_path(&p).map(|()| p)
+                })
+                .collect::<Result<_, _>>()?,
+            hide: self
+                .hide
+                .iter()
+                .map(|p| {
+                    let p = PathBuf::from(p);
+                    check_hide_path(&p).map(|()| p)
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }

@@ -43,6 +43,9 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
                         LimitKind::Syscalls => json!(l.syscalls.as_str()),
                         LimitKind::Network => json!(l.network.as_str()),
                         LimitKind::Isolation => json!(l.isolation.as_str()),
+                        LimitKind::Fs => json!(l.fs.as_str()),
+                        LimitKind::Rw => json!(l.rw),
+                        LimitKind::Hide => json!(l.hide),
                     };
                 }
                 v

@@ -172,6 +172,36 @@ pub struct IsolationRequested {
     pub syscalls: String,
     /// The network: `none` (its own namespace, loopback only) or `host`.
     pub network: String,
+    /// The file-system view asked for (`null` only in records written before the
+    /// layer existed).
+    #[serde(default)]
+    pub fs: Option<FsRequested>,
+}
+
+/// The file-system view a run asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsRequested {
+    /// `read-only` (the host read-only) or `host` (the host's files).
+    pub mode: String,
+    /// The paths to keep writable besides the working directory, as absolute paths.
+    pub rw: Vec<String>,
+    /// The paths to hide.
+    pub hide: Vec<String>,
+}
+
+/// The file-system view a run got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsEnforced {
+    /// `read-only` or `host`.
+    pub mode: String,
+    /// Every writable path: in the read-only view the working directory, each `rw`
+    /// path, `/tmp` and `/dev/shm`; with `host`, `/` (everything corral may write).
+    pub writable: Vec<String>,
+    /// Each path covered by an empty read-only directory (or file).
+    pub hidden: Vec<String>,
+    /// `/tmp` and `/dev/shm` are private to the run (fresh tmpfs mounts whose pages
+    /// count against its memory budget), gone when it ends.
+    pub private_tmp: bool,
 }
 
 /// The isolation layers really applied to the run.
@@ -188,6 +218,10 @@ pub struct IsolationEnforced {
     /// The network the run saw: `loopback` (its own namespace with only `lo`), `host`,
     /// or `null` (a namespace was asked for and could not be made: see `not_enforced`).
     pub network: Option<String>,
+    /// The file-system view the run saw, or `null` where it could not be applied
+    /// (see `not_enforced`).
+    #[serde(default)]
+    pub fs: Option<FsEnforced>,
 }
 
 /// An isolation layer that was asked for but could not be applied, and why.

@@ -22,7 +22,7 @@
 use std::sync::OnceLock;
 
 use corral_record::{IsolationEnforced, IsolationGap, IsolationRecord, IsolationRequested};
-use corral_spec::{Isolation, Limits, Network, Syscalls};
+use corral_spec::{FsMode, Isolation, Limits, Network, Syscalls};
 use rustix::thread::CapabilitySet;
 
 use crate::spawn::{self, SyscallFilter};
@@ -58,6 +58,9 @@ pub struct IsolationPlan {
     pub filter: Option<&'static SyscallFilter>,
     /// The child enters its own network namespace with loopback up.
     pub new_network: bool,
+    /// The file-system view the child builds (`None`: none, the host's files as they
+    /// are; `Some(Host)` only covers the `hide` paths).
+    pub fs: Option<FsMode>,
 }
 
 /// The `network` layer cannot be applied without these capabilities (rootless runs get
@@ -67,6 +70,62 @@ const NETWORK_GAP: &str = "a network namespace needs CAP_SYS_ADMIN and CAP_NET_A
      corral uses user namespaces), so the run shares the host's network; run corral as \
      root (or submit to the corral service) to give each run its own loopback-only \
      network, or pass --network host to ask for the host's network";
+
+/// The `fs` layer's read-only view cannot be applied without CAP_SYS_ADMIN.
+const FS_GAP: &str = "a read-only view of the host's files needs CAP_SYS_ADMIN, which \
+     corral lacks here (run by an ordinary user: rootless runs get one only once corral \
+     uses user namespaces), so the run can write wherever its user can; run corral as \
+     root (or submit to the corral service) to get the read-only view and a private /tmp, \
+     or pass --fs host to ask for the host's files";
+
+/// Hidden paths (`--fs host --hide ...`) cannot be covered without CAP_SYS_ADMIN.
+const HIDE_GAP: &str = "hiding paths (--hide) needs CAP_SYS_ADMIN, which corral lacks \
+     here (run by an ordinary user: rootless runs get it only once corral uses user \
+     namespaces), so they stay visible; run corral as root (or submit to the corral \
+     service) to hide them";
+
+/// Whether this kernel has `mount_setattr` (the read-only view's one call), probed
+/// once per process.
+fn mount_setattr() -> Result<(), String> {
+    static KERNEL: OnceLock<Result<(), String>> = OnceLock::new();
+    KERNEL
+        .get_or_init(|| {
+            spawn::mount_setattr_available().map_err(|e| {
+                format!(
+                    "a read-only view of the host's files needs mount_setattr (Linux 5.12), \
+                     which this kernel refuses ({e}), so the run can write wherever its user \
+                     can; upgrade the kernel, or pass --fs host to ask for the host's files"
+                )
+            })
+        })
+        .clone()
+}
+
+/// The `fs` layer for `limits`, for a process with `privs` on a kernel where
+/// `mount_setattr` says whether the read-only step is possible: the view the child
+/// builds, or the gap that says why none is.
+fn plan_fs(
+    limits: &Limits,
+    privs: Privileges,
+    mount_setattr: impl FnOnce() -> Result<(), String>,
+) -> (Option<FsMode>, Option<IsolationGap>) {
+    let gap = |why: String| {
+        Some(IsolationGap {
+            layer: "fs".into(),
+            why,
+        })
+    };
+    match limits.fs {
+        FsMode::Host if limits.hide.is_empty() => (Some(FsMode::Host), None),
+        FsMode::Host if privs.sys_admin => (Some(FsMode::Host), None),
+        FsMode::Host => (None, gap(HIDE_GAP.into())),
+        FsMode::ReadOnly if !privs.sys_admin => (None, gap(FS_GAP.into())),
+        FsMode::ReadOnly => match mount_setattr() {
+            Ok(()) => (Some(FsMode::ReadOnly), None),
+            Err(why) => (None, gap(why)),
+        },
+    }
+}
 
 /// Whether this host can install corral's filter: the kernel's answer and the
 /// compiled program, probed once per process.
@@ -119,6 +178,8 @@ fn plan_with(
             (None, false)
         }
     };
+    let (fs, fs_gap) = plan_fs(limits, privs, mount_setattr);
+    not_enforced.extend(fs_gap);
     let always = limits.isolation == Isolation::Default;
     IsolationPlan {
         record: IsolationRecord {
@@ -126,6 +187,7 @@ fn plan_with(
                 isolation: limits.isolation.as_str().into(),
                 syscalls: limits.syscalls.as_str().into(),
                 network: limits.network.as_str().into(),
+                fs: Some(crate::fsview::requested(limits)),
             },
             enforced: IsolationEnforced {
                 syscalls: filter.map(|_| corral_record::SyscallPolicy {
@@ -138,11 +200,25 @@ fn plan_with(
                 new_session: always,
                 core_dumps: !always,
                 network,
+                // The paths as given; `run` fills in the resolved ones.
+                fs: fs.map(|mode| {
+                    let entry = |p: &std::path::PathBuf| crate::fsview::Entry {
+                        path: p.clone(),
+                        dir: true,
+                    };
+                    let paths = crate::fsview::ViewPaths {
+                        writable: limits.rw.iter().map(entry).collect(),
+                        hide: limits.hide.iter().map(entry).collect(),
+                        private: ["/tmp", "/dev/shm"].map(Into::into).to_vec(),
+                    };
+                    crate::fsview::enforced(mode, &paths)
+                }),
             },
             not_enforced,
         },
         filter,
         new_network,
+        fs,
     }
 }
 
@@ -167,10 +243,13 @@ mod tests {
         assert_eq!(
             j,
             serde_json::json!({
-                "requested": {"isolation": "default", "syscalls": "default", "network": "none"},
+                "requested": {"isolation": "default", "syscalls": "default", "network": "none",
+                              "fs": {"mode": "read-only", "rw": [], "hide": []}},
                 "enforced": {"syscalls": {"policy": "corral-default", "version": 1},
                              "no_new_privs": true, "new_session": true, "core_dumps": false,
-                             "network": "loopback"},
+                             "network": "loopback",
+                             "fs": {"mode": "read-only", "writable": ["/tmp", "/dev/shm"],
+                                    "hidden": [], "private_tmp": true}},
                 "not_enforced": []
             })
         );
@@ -202,6 +281,7 @@ mod tests {
             isolation: Isolation::Off,
             network: Network::Host,
             syscalls: Syscalls::Off,
+            fs: FsMode::Host,
             ..Limits::default()
         };
         for privs in [ROOT, USER] {
@@ -210,13 +290,17 @@ mod tests {
             assert_eq!(
                 j,
                 serde_json::json!({
-                    "requested": {"isolation": "off", "syscalls": "off", "network": "host"},
+                    "requested": {"isolation": "off", "syscalls": "off", "network": "host",
+                                  "fs": {"mode": "host", "rw": [], "hide": []}},
                     "enforced": {"syscalls": null, "no_new_privs": false, "new_session": false,
-                                 "core_dumps": true, "network": "host"},
+                                 "core_dumps": true, "network": "host",
+                                 "fs": {"mode": "host", "writable": ["/"], "hidden": [],
+                                        "private_tmp": false}},
                     "not_enforced": []
                 })
             );
             assert!(p.filter.is_none() && !p.new_network);
+            assert_eq!(p.fs, Some(FsMode::Host));
         }
         // An explicit filter under the switch keeps no_new_privs (the kernel's condition).
         let p = plan_with(
@@ -244,6 +328,7 @@ mod tests {
     fn host_network_is_what_was_asked_for_anyone() {
         let host = Limits {
             network: Network::Host,
+            fs: FsMode::Host,
             ..Limits::default()
         };
         for privs in [ROOT, USER] {
@@ -268,8 +353,15 @@ mod tests {
             assert!(!p.new_network);
             assert_eq!(p.record.requested.network, "none");
             assert_eq!(p.record.enforced.network, None);
-            assert_eq!(p.record.not_enforced.len(), 1);
-            let gap = &p.record.not_enforced[0];
+            // (The fs layer's own gap is tested below.)
+            let gaps: Vec<_> = p
+                .record
+                .not_enforced
+                .iter()
+                .filter(|g| g.layer != "fs")
+                .collect();
+            assert_eq!(gaps.len(), 1);
+            let gap = gaps[0];
             assert_eq!(gap.layer, "network");
             assert!(gap.why.contains("CAP_SYS_ADMIN"), "{}", gap.why);
             assert!(gap.why.contains("--network host"), "{}", gap.why);
@@ -285,7 +377,7 @@ mod tests {
             .iter()
             .map(|g| g.layer.as_str())
             .collect();
-        assert_eq!(layers, ["syscalls", "network"]);
+        assert_eq!(layers, ["syscalls", "network", "fs"]);
     }
 
     #[test]
@@ -295,5 +387,85 @@ mod tests {
         assert_eq!(v["requested"]["network"], "none");
         assert!(v["enforced"]["network"].is_null());
         assert_eq!(v["not_enforced"][0]["layer"], "network");
+    }
+
+    #[test]
+    fn root_gets_the_read_only_view_where_the_kernel_has_mount_setattr() {
+        let ok = || Ok(());
+        let (fs, gap) = plan_fs(&Limits::default(), ROOT, ok);
+        assert_eq!((fs, gap), (Some(FsMode::ReadOnly), None));
+        let p = plan_with(&Limits::default(), ROOT, default_filter);
+        assert_eq!(p.fs, Some(FsMode::ReadOnly));
+        let e = p.record.enforced.fs.unwrap();
+        assert_eq!((e.mode.as_str(), e.private_tmp), ("read-only", true));
+        // An old kernel: the gap says which call is missing and what to do.
+        let (fs, gap) = plan_fs(&Limits::default(), ROOT, || {
+            Err("needs mount_setattr (Linux 5.12) ... pass --fs host".into())
+        });
+        assert_eq!(fs, None);
+        let gap = gap.unwrap();
+        assert_eq!(gap.layer, "fs");
+        assert!(gap.why.contains("mount_setattr"), "{}", gap.why);
+        // The real probe's sentence.
+        if let Err(why) = mount_setattr() {
+            assert!(
+                why.contains("Linux 5.12") && why.contains("--fs host"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ordinary_user_is_told_the_files_are_not_read_only_and_why() {
+        let p = plan_with(&Limits::default(), USER, default_filter);
+        assert_eq!(p.fs, None);
+        assert!(p.record.enforced.fs.is_none());
+        assert_eq!(p.record.requested.fs.as_ref().unwrap().mode, "read-only");
+        let gap = p
+            .record
+            .not_enforced
+            .iter()
+            .find(|g| g.layer == "fs")
+            .unwrap();
+        assert!(gap.why.contains("CAP_SYS_ADMIN"), "{}", gap.why);
+        assert!(gap.why.contains("user namespaces"), "{}", gap.why);
+        assert!(gap.why.contains("--fs host"), "{}", gap.why);
+        // The probe is not consulted without the capability.
+        let (fs, _) = plan_fs(&Limits::default(), USER, || panic!("probed"));
+        assert_eq!(fs, None);
+    }
+
+    #[test]
+    fn the_host_view_needs_nothing_unless_it_hides() {
+        let host = Limits {
+            fs: FsMode::Host,
+            ..Limits::default()
+        };
+        for privs in [ROOT, USER] {
+            let (fs, gap) = plan_fs(&host, privs, || panic!("probed"));
+            assert_eq!((fs, gap), (Some(FsMode::Host), None));
+        }
+        let hiding = Limits {
+            hide: vec!["/home".into()],
+            ..host
+        };
+        assert_eq!(
+            plan_fs(&hiding, ROOT, || panic!("probed")),
+            (Some(FsMode::Host), None)
+        );
+        let (fs, gap) = plan_fs(&hiding, USER, || panic!("probed"));
+        assert_eq!(fs, None);
+        assert!(gap
+            .unwrap()
+            .why
+            .starts_with("hiding paths (--hide) needs CAP_SYS_ADMIN"));
+        // The record lists what was asked, as given.
+        let p = plan_with(&hiding, ROOT, default_filter);
+        let r = p.record.requested.fs.unwrap();
+        assert_eq!(
+            (r.mode.as_str(), r.hide),
+            ("host", vec!["/home".to_string()])
+        );
+        assert_eq!(p.record.enforced.fs.unwrap().hidden, ["/home"]);
     }
 }

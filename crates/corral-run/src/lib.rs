@@ -14,7 +14,8 @@
 //!   `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` and the child's checklist of setup steps.
 //! * [`isolation`]: the layers beyond the limits (syscall filter, new session,
 //!   `no_new_privs`, no core dumps, the run's own network namespace), decided before
-//!   the start so the record says what was really applied.
+//!   the start so the record says what was really applied; [`fsview`]: the read-only
+//!   view of the host's files, its writable and hidden paths.
 //! * [`supervise`]: the event loop of one run (pidfd, timers, inotify/eventfd), the
 //!   SIGTERM → grace → kill sequence, and the wait until the tree is gone.
 //! * [`mod@run`]: ties it together and builds the [`corral_record::Record`].
@@ -23,6 +24,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod fsview;
 pub mod guard;
 pub mod ident;
 pub mod isolation;

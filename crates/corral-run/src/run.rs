@@ -185,7 +185,7 @@ fn open_stdio(
 /// (nothing is created for it); only corral's own failures are errors.
 pub async fn run(
     backend: &dyn Backend,
-    spec: RunSpec,
+    mut spec: RunSpec,
     cancel: watch::Receiver<Option<Cancel>>,
 ) -> Result<Record, RunError> {
     let id = match &spec.id {
@@ -198,6 +198,13 @@ pub async fn run(
     if spec.command.is_empty() {
         return Err(RunError::NoCommand);
     }
+    // Relative `rw` paths are relative to the run's working directory.
+    let run_cwd = spec
+        .cwd
+        .clone()
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("/"));
+    crate::fsview::absolute_rw(&mut spec.limits, &run_cwd);
     let plan = check_isolation(backend, &spec.limits)?;
     let mut rec = base_record(backend, &spec, &id, &plan);
     let iso = crate::isolation::plan(&spec.limits);
@@ -214,7 +221,32 @@ pub async fn run(
             return Ok(spawn_failed(rec, 125, why));
         }
     }
-    let exec = match Exec::new(&spec.command, &env, spec.cwd.as_deref()) {
+    let fs_paths = match crate::fsview::resolve(&spec.limits, iso.fs, &run_cwd) {
+        Ok(p) => p,
+        Err(e) => return Ok(spawn_failed(rec, 125, e.to_string())),
+    };
+    // `--fs host` without hidden paths mounts nothing: no mount namespace for it.
+    let fs_view = iso
+        .fs
+        .map(|mode| crate::fsview::layout(mode, &fs_paths))
+        .filter(|v| v.read_only || !v.steps.is_empty());
+    if let (Some(mode), Some(i)) = (iso.fs, rec.isolation.as_mut()) {
+        i.enforced.fs = Some(crate::fsview::enforced(mode, &fs_paths));
+    }
+    let env = {
+        let mut env = env;
+        if iso.fs == Some(corral_spec::FsMode::ReadOnly) {
+            crate::fsview::adjust_env(&mut env, &spec.env, spec.clear_env);
+        }
+        env
+    };
+    // In a view the child changes into the working directory after its mounts: the
+    // one it inherits would still be the host's (read-only) one.
+    let exec_cwd = match &fs_view {
+        Some(_) => Some(run_cwd.as_path()),
+        None => spec.cwd.as_deref(),
+    };
+    let exec = match Exec::new(&spec.command, &env, exec_cwd) {
         Ok(e) => e,
         Err(e) => return Ok(spawn_failed(rec, e.exit_code(), e.to_string())),
     };
@@ -262,6 +294,8 @@ pub async fn run(
         no_new_privs: iso.record.enforced.no_new_privs,
         syscall_filter: iso.filter,
         new_network: iso.new_network,
+        new_mount_namespace: fs_view.is_some(),
+        fs_view,
         ..Default::default()
     };
     sandbox.child_setup(&mut setup);

@@ -36,11 +36,17 @@ pub enum LimitKind {
     Network,
     /// The sandbox's master switch ([`crate::Limits::isolation`]).
     Isolation,
+    /// The file-system view ([`crate::Limits::fs`]).
+    Fs,
+    /// Writable paths in the read-only view ([`crate::Limits::rw`]).
+    Rw,
+    /// Hidden paths ([`crate::Limits::hide`]).
+    Hide,
 }
 
 impl LimitKind {
     /// Every limit, in the order `corral profiles` prints them.
-    pub const ALL: [LimitKind; 12] = [
+    pub const ALL: [LimitKind; 15] = [
         LimitKind::Memory,
         LimitKind::Swap,
         LimitKind::Cpus,
@@ -53,6 +59,9 @@ impl LimitKind {
         LimitKind::Syscalls,
         LimitKind::Network,
         LimitKind::Isolation,
+        LimitKind::Fs,
+        LimitKind::Rw,
+        LimitKind::Hide,
     ];
 
     /// The limits a backend enforces (or reports as not enforced): the fields of a
@@ -83,6 +92,9 @@ impl LimitKind {
             LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
             LimitKind::Isolation => "isolation",
+            LimitKind::Fs => "fs",
+            LimitKind::Rw => "rw",
+            LimitKind::Hide => "hide",
         }
     }
 
@@ -102,6 +114,9 @@ impl LimitKind {
             LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
             LimitKind::Isolation => "isolation",
+            LimitKind::Fs => "fs",
+            LimitKind::Rw => "rw",
+            LimitKind::Hide => "hide",
         }
     }
 
@@ -169,7 +184,10 @@ mod tests {
                 "require_isolation",
                 "syscalls",
                 "network",
-                "isolation"
+                "isolation",
+                "fs",
+                "rw",
+                "hide"
             ]
         );
         assert_eq!(
@@ -186,7 +204,10 @@ mod tests {
                 "require_isolation",
                 "syscalls",
                 "network",
-                "isolation"
+                "isolation",
+                "fs",
+                "rw",
+                "hide"
             ]
         );
         for k in LimitKind::ALL {

@@ -226,7 +226,10 @@ impl Plan {
             | LimitKind::RequireIsolation
             | LimitKind::Syscalls
             | LimitKind::Network
-            | LimitKind::Isolation => false,
+            | LimitKind::Isolation
+            | LimitKind::Fs
+            | LimitKind::Rw
+            | LimitKind::Hide => false,
         };
         if was {
             self.gaps.push(Gap {

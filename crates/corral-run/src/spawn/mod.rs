@@ -15,11 +15,13 @@
 //!
 //! Every unsafe function, all in `sys`: `child_main` and `child_fail`, and the
 //! checklist's steps `reset_signals`, `set_parent_death_signal`, `enter_cgroup`,
-//! `enter_mount_namespace`, `contain`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
+//! `enter_mount_namespace`, `contain`, `clone_writable_paths`, `make_read_only`,
+//! `build_fs_view`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
 //! `disable_core_dumps`, `new_session`, `setup_stdio`, `change_directory`, `wait_gate`,
 //! `set_no_new_privs`, `install_syscall_filter` and `exec`, all callable only in the
 //! child. Safe functions with an unsafe block, also in `sys`: `clone_into_cgroup` and
 //! `fork_child` (start the child), [`clone3_available`], [`seccomp_filter_available`],
+//! [`mount_setattr_available`],
 //! [`fork_single_threaded`] (the crash guard), [`wait4`] and [`watch_fd`] (registers an
 //! owned fd with tokio).
 //!
@@ -47,7 +49,8 @@ pub use exec::Exec;
 pub use filter::{SyscallFilter, DENIED as DENIED_SYSCALLS, POLICY, POLICY_VERSION};
 use plan::ChildPlan;
 pub use sys::{
-    clone3_available, fork_single_threaded, seccomp_filter_available, wait4, watch_fd, ChildUsage,
+    clone3_available, fork_single_threaded, mount_setattr_available, seccomp_filter_available,
+    wait4, watch_fd, ChildUsage,
 };
 
 /// `CLONE_INTO_CGROUP`. `libc::CLONE_INTO_CGROUP` is a `c_int` on glibc targets and
@@ -78,11 +81,14 @@ pub enum Stage {
     /// Any other step: signals, the parent-death signal, containment (namespaces,
     /// mounts, capabilities), the new session, `no_new_privs`.
     Setup,
+    /// Building the file-system view (read-only mounts, writable paths, private
+    /// `/tmp`, hidden paths).
+    Files,
 }
 
 impl Stage {
     /// Every stage (the error pipe sends a stage as its index here).
-    const ALL: [Stage; 9] = [
+    const ALL: [Stage; 10] = [
         Stage::Cgroup,
         Stage::Rlimit,
         Stage::Stdio,
@@ -92,6 +98,7 @@ impl Stage {
         Stage::Filter,
         Stage::Exec,
         Stage::Setup,
+        Stage::Files,
     ];
 
     fn code(self) -> u8 {
@@ -241,6 +248,47 @@ pub struct ChildSetup<'a> {
     pub new_mount_namespace: bool,
     /// Who the command runs as; `None` keeps corral's own identity.
     pub identity: Option<Identity>,
+    /// The file-system view, built in the run's own mount namespace (set
+    /// [`ChildSetup::new_mount_namespace`] with it): see [`crate::fsview`].
+    pub fs_view: Option<FsView>,
+}
+
+/// The mounts of the file-system view, laid out by [`crate::fsview::layout`] and done
+/// by the child after [`Containment`], in this order: each [`FsView::writable`] path is
+/// cloned as a detached mount tree with its own flags (`open_tree(OPEN_TREE_CLONE |
+/// AT_RECURSIVE)`), every mount becomes read-only (`mount_setattr("/", AT_RECURSIVE,
+/// MOUNT_ATTR_RDONLY)`, when [`FsView::read_only`]), then [`FsView::steps`] run top to
+/// bottom (private tmpfs mounts, mount points in them, the clones attached back with
+/// `move_mount`, `HOME`, the hidden paths).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsView {
+    /// Make every mount of the namespace read-only.
+    pub read_only: bool,
+    /// The paths that stay writable, each cloned before the read-only step and attached
+    /// back by an [`FsStep::Attach`]. (An id-mapped mount would be set on the detached
+    /// clone, before it is attached.)
+    pub writable: Vec<CString>,
+    /// What follows the read-only step, in order.
+    pub steps: Vec<FsStep>,
+}
+
+/// One step of the file-system view after the read-only step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsStep {
+    /// A fresh tmpfs here (mode 1777, nosuid, nodev): the private `/tmp`, `/dev/shm`.
+    PrivateTmpfs(CString),
+    /// A directory (0755; one that exists is fine): a mount point in a private tmpfs.
+    MakeDir(CString),
+    /// An empty file: a mount point in a private tmpfs for a writable file.
+    MakeFile(CString),
+    /// Attach the clone of [`FsView::writable`]`[i]` back at its path.
+    Attach(usize),
+    /// `HOME`: a directory (0700) owned by [`ChildSetup::identity`] where set.
+    Home(CString),
+    /// Cover a directory with an empty read-only tmpfs.
+    HideDir(CString),
+    /// Cover a file with a read-only bind of `/dev/null`.
+    HideFile(CString),
 }
 
 /// The identity a run's command gets: its uid, primary gid and supplementary groups.
@@ -304,6 +352,9 @@ impl Spawned {
             Stage::Filter => "cannot install the syscall filter".to_string(),
             Stage::Exec => format!("cannot execute {}", exec.display),
             Stage::Setup => "cannot set up the process".to_string(),
+            Stage::Files => "cannot build the run's read-only file-system view (--fs host \
+                             runs it on the host's files)"
+                .to_string(),
         };
         Err(SpawnError::Child {
             stage,

@@ -2,10 +2,11 @@
 //! plain C data (pointers, fd numbers, integers) by ordinary safe code in the parent.
 //! The child may not allocate, so nothing in it is built after the clone.
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use super::{ChildSetup, Exec, Placement, Rlimit};
+use super::{ChildSetup, Exec, FsStep, Placement, Rlimit};
 
 /// `struct sock_fprog` of seccomp(2): a program of `len` instructions. The filter it
 /// points to is borrowed by the plan's [`ChildSetup`] for `'p`.
@@ -13,6 +14,34 @@ use super::{ChildSetup, Exec, Placement, Rlimit};
 pub(super) struct SockFprog {
     pub(super) len: libc::c_ushort,
     pub(super) filter: *const seccompiler::sock_filter,
+}
+
+/// What one [`FsStep`] does, for the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FsOpKind {
+    /// See [`FsStep::PrivateTmpfs`].
+    PrivateTmpfs,
+    /// See [`FsStep::MakeDir`].
+    MakeDir,
+    /// See [`FsStep::MakeFile`].
+    MakeFile,
+    /// See [`FsStep::Attach`].
+    Attach,
+    /// See [`FsStep::Home`].
+    Home,
+    /// See [`FsStep::HideDir`].
+    HideDir,
+    /// See [`FsStep::HideFile`].
+    HideFile,
+}
+
+/// One [`FsStep`] as C data: its kind, its path (NUL-terminated, owned by the
+/// [`ChildSetup`]'s view) and, for [`FsOpKind::Attach`], the index of the clone.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FsOp {
+    pub(super) kind: FsOpKind,
+    pub(super) path: *const libc::c_char,
+    pub(super) index: usize,
 }
 
 /// Raw pointers and fd numbers the child uses. Built before cloning; every pointer
@@ -59,6 +88,17 @@ pub(super) struct ChildPlan<'p> {
     pub(super) drop_caps: bool,
     /// A new network namespace with loopback up.
     pub(super) new_network: bool,
+    /// The file-system view: make every mount read-only.
+    pub(super) fs_read_only: bool,
+    /// The file-system view: the paths cloned before the read-only step.
+    pub(super) fs_writable: Vec<*const libc::c_char>,
+    /// The clones' mount fds, one per `fs_writable` path: written by the child (into
+    /// its own copy of this memory), allocated here.
+    pub(super) fs_trees: Vec<Cell<RawFd>>,
+    /// The file-system view's steps after the read-only step.
+    pub(super) fs_ops: Vec<FsOp>,
+    /// The owner (uid, gid) of `HOME`, when not the child's own.
+    pub(super) fs_home_owner: Option<(u32, u32)>,
     _borrows: PhantomData<&'p ()>,
 }
 
@@ -119,8 +159,27 @@ impl<'p> ChildPlan<'p> {
                 .as_ref()
                 .map(|c| c.readonly.iter().map(|m| m.as_ptr()).collect())
                 .unwrap_or_default(),
-            drop_caps: setup.contain.is_some(),
+            // The file-system view needs CAP_SYS_ADMIN gone too: with it, root could
+            // remount the view read-write.
+            drop_caps: setup.contain.is_some() || setup.fs_view.is_some(),
             new_network: setup.new_network,
+            fs_read_only: setup.fs_view.as_ref().is_some_and(|v| v.read_only),
+            fs_writable: setup
+                .fs_view
+                .iter()
+                .flat_map(|v| v.writable.iter().map(|p| p.as_ptr()))
+                .collect(),
+            fs_trees: setup
+                .fs_view
+                .iter()
+                .flat_map(|v| v.writable.iter().map(|_| Cell::new(-1)))
+                .collect(),
+            fs_ops: setup
+                .fs_view
+                .iter()
+                .flat_map(|v| v.steps.iter().map(fs_op))
+                .collect(),
+            fs_home_owner: setup.identity.as_ref().map(|i| (i.uid, i.gid)),
             _borrows: PhantomData,
         }
     }
@@ -128,5 +187,27 @@ impl<'p> ChildPlan<'p> {
     /// Adds a file the child writes itself into (the clone3 fallback's `cgroup.procs`).
     pub(super) fn also_enter(&mut self, procs: BorrowedFd<'p>) {
         self.procs.push(procs.as_raw_fd());
+    }
+}
+
+/// One view step as the child's C data.
+fn fs_op(step: &FsStep) -> FsOp {
+    let op = |kind, path: &std::ffi::CString| FsOp {
+        kind,
+        path: path.as_ptr(),
+        index: 0,
+    };
+    match step {
+        FsStep::PrivateTmpfs(p) => op(FsOpKind::PrivateTmpfs, p),
+        FsStep::MakeDir(p) => op(FsOpKind::MakeDir, p),
+        FsStep::MakeFile(p) => op(FsOpKind::MakeFile, p),
+        FsStep::Attach(i) => FsOp {
+            kind: FsOpKind::Attach,
+            path: std::ptr::null(),
+            index: *i,
+        },
+        FsStep::Home(p) => op(FsOpKind::Home, p),
+        FsStep::HideDir(p) => op(FsOpKind::HideDir, p),
+        FsStep::HideFile(p) => op(FsOpKind::HideFile, p),
     }
 }
