@@ -408,7 +408,9 @@ fn start_tree(h: &Harness) -> (std::process::Child, Vec<i32>, std::path::PathBuf
          setsid sh -c 'sleep 300 & echo $! >> {p}; wait' & echo $$ >> {p}; wait",
         p = pids.display()
     );
-    let (mut c, json) = h.command(&["--timeout", "120s"], &["sh", "-c", &script]);
+    // The pid file is outside the working directory: writable only through --rw.
+    let tmp = h.tmp().to_str().unwrap();
+    let (mut c, json) = h.command(&["--timeout", "120s", "--rw", tmp], &["sh", "-c", &script]);
     let child = c.spawn().unwrap();
     let t = Instant::now();
     loop {

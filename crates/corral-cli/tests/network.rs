@@ -191,7 +191,9 @@ fn rlimit_as_ordinary_user() {
         } else {
             Command::new(common::corral_bin())
         };
-        c.args(["run", "--backend", "rlimit", "--json"])
+        // `--fs host`: this test is about the network layer (tests/fsview.rs covers
+        // the file-system layer's gap for an ordinary user).
+        c.args(["run", "--backend", "rlimit", "--fs", "host", "--json"])
             .arg(&json)
             .args(args)
             .args(["--", "true"])

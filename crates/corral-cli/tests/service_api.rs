@@ -384,12 +384,16 @@ fn graceful_shutdown_drains_then_cancels() {
             reason(&s.call("GET", &format!("/runs/{quick}")).1),
             "exited"
         );
-        let pidfile = s.dir.path().join("sleeper.pid");
-        let (_, v) = s.submit(&small(&[
+        // Not in the service's own (hidden) directory: in a scratch one the run may write.
+        let scratch = tempfile::tempdir().unwrap();
+        let pidfile = scratch.path().join("sleeper.pid");
+        let mut req = small(&[
             "sh",
             "-c",
             &format!("echo $$ > {}; exec sleep 60", pidfile.display()),
-        ]));
+        ]);
+        req["limits"]["rw"] = json!([scratch.path()]);
+        let (_, v) = s.submit(&req);
         let sleeper = v["id"].as_str().unwrap().to_string();
         let (st, v) = s.submit(&small(&["sh", "-c", "echo later"]));
         assert_eq!((st, v["state"].as_str()), (201, Some("queued")), "{v}");
@@ -582,7 +586,7 @@ fn old_output_is_pruned_but_records_and_running_runs_stay() {
     each_backend("prune", |b| {
         let mut s = Svc::new(b, "prune", "--budget-memory 1G --keep-output 2s");
         // A file no run accounts for, written an hour ago: removed at start.
-        let out_dir = s.dir.path().join("output");
+        let out_dir = s.ledger().parent().unwrap().join("output");
         std::fs::create_dir_all(&out_dir).unwrap();
         let orphan = out_dir.join("orphan-run.stdout");
         std::fs::write(&orphan, "old").unwrap();

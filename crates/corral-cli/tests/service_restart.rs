@@ -25,10 +25,14 @@ fn kill_9_then_restart_reaps_and_resumes() {
         // only the direct child when the service dies), submitted first and with a
         // higher priority, so they are the ones in flight.
         let mut inflight = Vec::new();
+        // Not in the service's own (hidden) directory: in a scratch one the runs may write.
+        let scratch = tempfile::tempdir().unwrap();
+        let mut lim_rw = lim.clone();
+        lim_rw["rw"] = json!([scratch.path()]);
         for i in 0..3 {
-            let pidfile = s.dir.path().join(format!("grandchild-{i}"));
+            let pidfile = scratch.path().join(format!("grandchild-{i}"));
             let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
-            let (st, v) = s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim,
+            let (st, v) = s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim_rw,
                                             "priority": 5}));
             assert_eq!(st, 201, "{v}");
             inflight.push((v["id"].as_str().unwrap().to_string(), pidfile));
@@ -99,8 +103,11 @@ fn restart_reaps_what_even_the_guard_missed() {
     each_backend("reap", |b| {
         let mut s = Svc::new(b, "reap", "--budget-memory 1G --budget-cpus 2");
         s.start();
-        let lim = json!({"memory": "64M", "cpus": 0.25, "timeout": "120s"});
-        let pidfile = s.dir.path().join("grandchild");
+        // Not in the service's own (hidden) directory: in a scratch one the run may write.
+        let scratch = tempfile::tempdir().unwrap();
+        let lim = json!({"memory": "64M", "cpus": 0.25, "timeout": "120s",
+                         "rw": [scratch.path()]});
+        let pidfile = scratch.path().join("grandchild");
         let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
         let (st, v) = s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim}));
         assert_eq!(st, 201, "{v}");
