@@ -408,9 +408,7 @@ fn start_tree(h: &Harness) -> (std::process::Child, Vec<i32>, std::path::PathBuf
          setsid sh -c 'sleep 300 & echo $! >> {p}; wait' & echo $$ >> {p}; wait",
         p = pids.display()
     );
-    // The pid file is outside the working directory: writable only through --rw.
-    let tmp = h.tmp().to_str().unwrap();
-    let (mut c, json) = h.command(&["--timeout", "120s", "--rw", tmp], &["sh", "-c", &script]);
+    let (mut c, json) = h.command(&["--timeout", "120s"], &["sh", "-c", &script]);
     let child = c.spawn().unwrap();
     let t = Instant::now();
     loop {

@@ -85,12 +85,14 @@ fn host_is_read_only(h: &Harness) {
         assert!(!p.exists(), "{} appeared on the host", p.display());
     }
     let fs = &ran.rec()["isolation"];
+    // (The harness passes its scratch directory as --rw to every run.)
+    let tmp = h.tmp().display().to_string();
     assert_eq!(
         fs["requested"]["fs"],
-        json!({"mode": "read-only", "rw": [], "hide": []})
+        json!({"mode": "read-only", "rw": [tmp], "hide": []})
     );
-    let work = std::fs::canonicalize(&work).unwrap();
-    let mut writable = vec![json!(work.display().to_string()), json!("/tmp")];
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap().display().to_string();
+    let mut writable = vec![json!(canon(&work)), json!(canon(h.tmp())), json!("/tmp")];
     if Path::new("/dev/shm").is_dir() {
         writable.push(json!("/dev/shm"));
     }
@@ -130,13 +132,14 @@ fn working_directory_and_rw_are_writable(h: &Harness) {
     let rw = std::fs::canonicalize(out.path()).unwrap();
     let enforced = &ran.rec()["isolation"]["enforced"]["fs"];
     assert_eq!(
-        enforced["writable"][1],
+        // The working directory, the harness's scratch directory (--rw), then ours.
+        enforced["writable"][2],
         rw.display().to_string(),
         "{enforced}"
     );
     assert_eq!(
         ran.rec()["isolation"]["requested"]["fs"]["rw"],
-        json!([out.path().display().to_string()])
+        json!([h.tmp(), out.path()])
     );
     // A relative --rw path is relative to the working directory.
     std::fs::create_dir_all(work.join("sub")).unwrap();

@@ -28,14 +28,7 @@ fn timeout_ends_the_process_group() {
     let pidfile = h.tmp().join("child.pid");
     let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
     let ran = h.run(
-        &[
-            "--timeout",
-            "1s",
-            "--grace",
-            "1s",
-            "--rw",
-            h.tmp().to_str().unwrap(),
-        ],
+        &["--timeout", "1s", "--grace", "1s"],
         &["sh", "-c", &script],
     );
     assert_eq!(ran.reason(), "timeout", "{}", ran.rec());

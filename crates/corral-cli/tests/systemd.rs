@@ -203,9 +203,7 @@ fn crash_gc(h: &Harness) {
         "sleep 300 & echo $! >> {p}; setsid sh -c 'sleep 300 & echo $! >> {p}; wait' & wait",
         p = pids.display()
     );
-    // The pid file is outside the working directory: writable only through --rw.
-    let tmp = h.tmp().to_str().unwrap();
-    let (mut c, _json) = h.command(&["--timeout", "120s", "--rw", tmp], &["sh", "-c", &script]);
+    let (mut c, _json) = h.command(&["--timeout", "120s"], &["sh", "-c", &script]);
     let mut child = c.spawn().unwrap();
     let t = Instant::now();
     let tree: Vec<i32> = loop {

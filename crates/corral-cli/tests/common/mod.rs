@@ -219,8 +219,12 @@ impl Harness {
         if !self.root_arg.is_empty() {
             c.args(["--cgroup-root", &self.root_arg]);
         }
+        // The scratch directory is under /tmp, which the read-only view replaces with a
+        // private one: each run gets it as a `--rw` path (its scripts, pid files).
         c.arg("--json")
             .arg(&json)
+            .arg("--rw")
+            .arg(self.tmp())
             .args(args)
             .arg("--")
             .args(cmd)
@@ -668,15 +672,30 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
     // namespace; an ordinary user's share the host's network, listed as not enforced.
     let root = rustix::process::geteuid().is_root();
     let iso = &ran.rec()["isolation"];
+    let tmp = h.tmp().display().to_string();
     assert_eq!(
         iso["requested"],
-        serde_json::json!({"isolation": "default", "syscalls": "default", "network": "none"})
+        serde_json::json!({"isolation": "default", "syscalls": "default", "network": "none",
+                           "fs": {"mode": "read-only", "rw": [tmp], "hide": []}})
     );
+    // The file-system view (tests/fsview.rs) beside them, for root.
+    let fs = root.then(|| {
+        // The working directory (corral's), the scratch directory, the private ones.
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap().display().to_string();
+        let cwd = canon(&std::env::current_dir().unwrap());
+        let mut writable = vec![cwd, canon(h.tmp()), "/tmp".to_string()];
+        if Path::new("/dev/shm").is_dir() {
+            writable.push("/dev/shm".to_string());
+        }
+        serde_json::json!({"mode": "read-only", "writable": writable, "hidden": [],
+                           "private_tmp": true})
+    });
     assert_eq!(
         iso["enforced"],
         serde_json::json!({"syscalls": {"policy": "corral-default", "version": 1},
                            "no_new_privs": true, "new_session": true, "core_dumps": false,
-                           "network": if root { Some("loopback") } else { None }})
+                           "network": if root { Some("loopback") } else { None },
+                           "fs": fs})
     );
     let gaps: Vec<&str> = iso["not_enforced"]
         .as_array()
@@ -684,7 +703,7 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
         .iter()
         .map(|g| g["layer"].as_str().unwrap())
         .collect();
-    let want: &[&str] = if root { &[] } else { &["network"] };
+    let want: &[&str] = if root { &[] } else { &["network", "fs"] };
     assert_eq!(gaps, want, "{iso}");
     ran
 }
@@ -763,14 +782,18 @@ pub fn run_isolation_off(h: &Harness) -> Ran {
     l.set_nonblocking(true).unwrap();
     assert!(l.accept().is_ok(), "the host's listener saw no connection");
     let iso = &ran.rec()["isolation"];
+    let tmp = h.tmp().display().to_string();
     assert_eq!(
         iso["requested"],
-        serde_json::json!({"isolation": "off", "syscalls": "off", "network": "host"})
+        serde_json::json!({"isolation": "off", "syscalls": "off", "network": "host",
+                           "fs": {"mode": "host", "rw": [tmp], "hide": []}})
     );
     assert_eq!(
         iso["enforced"],
         serde_json::json!({"syscalls": null, "no_new_privs": false, "new_session": rlimit,
-                           "core_dumps": true, "network": "host"})
+                           "core_dumps": true, "network": "host",
+                           "fs": {"mode": "host", "writable": ["/"], "hidden": [],
+                                  "private_tmp": false}})
     );
     assert_eq!(iso["not_enforced"], serde_json::json!([]));
     assert!(
@@ -794,9 +817,11 @@ pub fn run_isolation_precedence(h: &Harness) {
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_eq!(ran.stdout, "NoNewPrivs:\t1\nSeccomp:\t2\n");
     let iso = &ran.rec()["isolation"];
+    let tmp = h.tmp().display().to_string();
     assert_eq!(
         iso["requested"],
-        serde_json::json!({"isolation": "off", "syscalls": "default", "network": "host"})
+        serde_json::json!({"isolation": "off", "syscalls": "default", "network": "host",
+                           "fs": {"mode": "host", "rw": [tmp], "hide": []}})
     );
     assert_eq!(iso["enforced"]["no_new_privs"], true);
     assert_eq!(iso["enforced"]["network"], "host");
@@ -942,7 +967,13 @@ pub fn run_sandbox_tiocsti(h: &Harness) {
     if !h.root_arg.is_empty() {
         line += &format!(" --cgroup-root {}", h.root_arg);
     }
-    line += &format!(" --json {} -- {PYTHON} {}", json.display(), probe.display());
+    // The probe is in the scratch directory under /tmp: see Harness::command.
+    line += &format!(
+        " --json {} --rw {} -- {PYTHON} {}",
+        json.display(),
+        h.tmp().display(),
+        probe.display()
+    );
     let out = Command::new("script")
         .args(["-qec", &line, "/dev/null"])
         .env("XDG_CONFIG_HOME", h.tmp())
