@@ -260,11 +260,26 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
         assert_eq!(st, 200, "{v}");
         assert_eq!(reason(&v), "exited", "{v}");
         let iso = &v["record"]["isolation"];
+        // The host's files, but never the service's own directory (ledger, outputs).
+        let state = std::fs::canonicalize(s.ledger().parent().unwrap()).unwrap();
+        let state = state.display().to_string();
         assert_eq!(
             iso["requested"],
-            json!({"isolation": "off", "syscalls": "off", "network": "host"}),
+            json!({"isolation": "off", "syscalls": "off", "network": "host",
+                   "fs": {"mode": "host", "rw": [], "hide": [state]}}),
             "{v}"
         );
+        assert_eq!(iso["enforced"]["fs"]["hidden"], json!([state]), "{v}");
+        // Even on the host's files a run sees it empty: no ledger, no run's output.
+        // (Here it is under /tmp, which the default view's private /tmp hides anyway.)
+        let mut r = small(&["ls", "-A", &state]);
+        r["id"] = json!("peek-1");
+        r["limits"]["fs"] = json!("host");
+        assert_eq!(s.submit(&r).0, 201);
+        let (_, v) = s.call("GET", "/runs/peek-1/wait?timeout=30");
+        assert_eq!(reason(&v), "exited", "{v}");
+        assert_eq!(v["record"]["outcome"]["exit_code"], 0, "{v}");
+        assert_eq!(get_raw(&s, "/runs/peek-1/output"), (200, String::new()));
         assert_eq!(iso["enforced"]["network"], "host", "{v}");
         assert!(iso["enforced"]["syscalls"].is_null(), "{v}");
         s.stop(libc::SIGTERM, Duration::from_secs(10));
