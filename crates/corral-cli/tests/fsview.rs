@@ -254,11 +254,12 @@ fn host_fs_writes_the_host(h: &Harness) {
 }
 
 fn home_is_private_and_writable(h: &Harness) {
-    let script = "echo \"$HOME $TMPDIR\"; stat -c '%a' \"$HOME\"; \
+    // (The harness sets XDG_CONFIG_HOME for corral: it points into the read-only host.)
+    let script = "echo \"$HOME $TMPDIR ${XDG_CONFIG_HOME-unset}\"; stat -c '%a' \"$HOME\"; \
                   mkdir -p \"$HOME/.cache/pip\" && echo cache > \"$HOME/.cache/pip/x\" && echo ok";
     let ran = h.run(&[], &["sh", "-c", script]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    assert_eq!(lines(&ran.stdout), ["/tmp/home /tmp", "700", "ok"]);
+    assert_eq!(lines(&ran.stdout), ["/tmp/home /tmp unset", "700", "ok"]);
     assert!(!Path::new("/tmp/home/.cache/pip/x").exists());
     // An explicit HOME wins.
     let ran = h.run(&["--env", "HOME=/nonexistent"], &["sh", "-c", "echo $HOME"]);

@@ -283,15 +283,30 @@ pub fn enforced(mode: FsMode, paths: &ViewPaths) -> FsEnforced {
     }
 }
 
+/// Inherited variables that point into the (now read-only) real home or the host's
+/// runtime directory: dropped in the read-only view, so that tools fall back to their
+/// defaults under the private `HOME` (Jupyter's runtime directory is under
+/// `XDG_DATA_HOME`, pip's and matplotlib's caches under `XDG_CACHE_HOME`).
+const DROPPED_ENV: [&str; 5] = [
+    "XDG_CONFIG_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_DATA_HOME",
+    "XDG_STATE_HOME",
+    "XDG_RUNTIME_DIR",
+];
+
 /// The environment of a run in the read-only view: `HOME` is [`HOME`] and `TMPDIR`
-/// `/tmp` (an inherited one may point somewhere read-only now), unless the caller set
-/// them (`explicit`), or cleared the environment (then it is exactly what was given).
+/// `/tmp` (an inherited one may point somewhere read-only now), and [`DROPPED_ENV`]
+/// are unset, unless the caller set them (`explicit`), or cleared the environment
+/// (then it is exactly what was given).
 pub fn adjust_env(env: &mut Vec<(String, String)>, explicit: &[(String, String)], clear: bool) {
     if clear {
         return;
     }
+    let given = |k: &str| explicit.iter().any(|(ek, _)| ek == k);
+    env.retain(|(k, _)| given(k) || !DROPPED_ENV.contains(&k.as_str()));
     for (k, v) in [("HOME", HOME), ("TMPDIR", "/tmp")] {
-        if explicit.iter().any(|(ek, _)| ek == k) {
+        if given(k) {
             continue;
         }
         env.retain(|(ek, _)| ek != k);
@@ -470,6 +485,10 @@ mod tests {
             ("HOME".to_string(), "/root".to_string()),
             ("TMPDIR".to_string(), "/var/tmp/me".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
+            (
+                "XDG_DATA_HOME".to_string(),
+                "/root/.local/share".to_string(),
+            ),
         ];
         let mut env = inherited.clone();
         adjust_env(&mut env, &[], false);
@@ -480,11 +499,16 @@ mod tests {
                 ("TMPDIR".to_string(), "/tmp".to_string())
             ]
         );
-        let explicit = vec![("HOME".to_string(), "/data/h".to_string())];
+        let explicit = vec![
+            ("HOME".to_string(), "/data/h".to_string()),
+            ("XDG_DATA_HOME".to_string(), "/data/x".to_string()),
+        ];
         let mut env = inherited.clone();
         env[0].1 = "/data/h".into();
+        env[3].1 = "/data/x".into();
         adjust_env(&mut env, &explicit, false);
         assert!(env.contains(&("HOME".to_string(), "/data/h".to_string())));
+        assert!(env.contains(&("XDG_DATA_HOME".to_string(), "/data/x".to_string())));
         assert!(env.contains(&("TMPDIR".to_string(), "/tmp".to_string())));
         let mut env = explicit.clone();
         adjust_env(&mut env, &explicit, true);
