@@ -53,6 +53,14 @@ fn check_matches_the_host() {
         .find(|f| f["name"] == "network_namespace")
         .expect("the network_namespace feature");
     assert_eq!(netns["available"], root, "{netns}");
+    // So does the read-only view (and mount_setattr: every kernel here is >= 5.12).
+    let view = r["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "read_only_view")
+        .expect("the read_only_view feature");
+    assert_eq!(view["available"], root, "{view}");
     for c in &layout.v2_controllers {
         assert!(r["cgroup2_controllers"]
             .as_array()

@@ -115,6 +115,8 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
     let seccomp = crate::spawn::seccomp_filter_available();
     let privs = crate::isolation::Privileges::current();
     let netns = privs.sys_admin && privs.net_admin;
+    let mount_setattr = crate::spawn::mount_setattr_available();
+    let fs_view = privs.sys_admin && mount_setattr.is_ok();
     let features = vec![
         feature("clone3_into_cgroup", clone3, "the child is born in its cgroup; without it corral forks and moves the child before exec"),
         feature("pidfd", kernel_at_least(&kernel, 5, 4), "race-free waiting and signalling (required)"),
@@ -124,7 +126,13 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         feature("pids.peak", v2_ok && has("pids.peak", (6, 1)), "peak process count of a v2 run"),
         feature("seccomp_filter", seccomp.is_ok(), "the syscall filter of every run (--syscalls default); without it the record lists syscalls as not enforced"),
         feature("network_namespace", netns, "each run gets its own network with only loopback; without CAP_SYS_ADMIN and CAP_NET_ADMIN runs share the host's network (reported per run)"),
+        feature("read_only_view", fs_view, "each run sees the host's files read-only with a private /tmp (--fs read-only); needs CAP_SYS_ADMIN and mount_setattr (Linux 5.12), else runs write wherever their user may (reported per run)"),
     ];
+    if !privs.sys_admin {
+        remedies.push("runs can write wherever their user may: the read-only view of the host's files needs CAP_SYS_ADMIN; run corral as root (or use the corral service)".into());
+    } else if let Err(e) = &mount_setattr {
+        remedies.push(format!("runs can write wherever their user may: the read-only view needs mount_setattr (Linux 5.12), which this kernel refuses ({e}); upgrade the kernel"));
+    }
     if !netns {
         remedies.push("runs share the host's network: a network namespace per run needs CAP_SYS_ADMIN and CAP_NET_ADMIN; run corral as root (or use the corral service)".into());
     }
