@@ -80,6 +80,12 @@ fn case(work: Work, n: usize, dir: &Path, token: &str, escape_to: &Path) -> Case
     let pidfile = dir.join(format!("{n}.pids"));
     let p = pidfile.display().to_string();
     let mut limits = base_limits();
+    // The pid files' directory and the page-cache workload's disk directory stay
+    // writable in the read-only view (a /dev/shm hog fills the run's private /dev/shm).
+    limits.rw = vec![
+        dir.to_path_buf(),
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    ];
     let mut stdout = Stdio::Null;
     let mut cleanup = None;
     let sh = |s: String| vec!["sh".to_string(), "-c".to_string(), s];
