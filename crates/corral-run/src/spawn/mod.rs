@@ -600,6 +600,54 @@ mod tests {
     }
 
     #[test]
+    fn the_file_system_view_runs_or_fails_with_its_own_stage() {
+        let privs = crate::isolation::Privileges::current();
+        if !privs.sys_admin || crate::spawn::mount_setattr_available().is_err() {
+            // The parent never asks without them (isolation::plan_fs).
+            return;
+        }
+        let run = |view: FsView, script: &str| {
+            let exec = Exec::new(
+                &["sh".into(), "-c".into(), script.into()],
+                &[("PATH".into(), "/usr/bin:/bin".into())],
+                Some(Path::new("/")),
+            )
+            .unwrap();
+            let setup = ChildSetup {
+                new_mount_namespace: true,
+                fs_view: Some(view),
+                ..Default::default()
+            };
+            spawn(&exec, &setup, &Placement::default())
+                .unwrap()
+                .confirm(&exec)
+        };
+        let tmpfs = |p: &str| FsStep::PrivateTmpfs(CString::new(p).unwrap());
+        let view = FsView {
+            read_only: true,
+            writable: Vec::new(),
+            steps: vec![tmpfs("/tmp")],
+        };
+        // /etc is read-only (sh's own error ends in 1), the private /tmp is writable.
+        let (_pid, pidfd, _) = run(
+            view.clone(),
+            "touch /etc/corral-unit-x 2>/dev/null && exit 3; touch /tmp/x || exit 4",
+        )
+        .unwrap();
+        assert_eq!(exit_status(&pidfd), Some(0));
+        assert!(!Path::new("/etc/corral-unit-x").exists());
+        // A writable path that vanished between the parent's check and the child.
+        let gone = FsView {
+            writable: vec![CString::new("/nonexistent-corral-dir").unwrap()],
+            ..view
+        };
+        let e = run(gone, "true").unwrap_err();
+        assert_eq!(failed_stage(&e), Some((Stage::Files, Some(libc::ENOENT))));
+        assert!(e.to_string().contains("file-system view"), "{e}");
+        assert_eq!(e.exit_code(), 125);
+    }
+
+    #[test]
     fn a_released_gate_lets_the_child_exec() {
         let exec = true_exec();
         let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
