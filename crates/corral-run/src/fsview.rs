@@ -18,6 +18,8 @@
 //! would be hidden, and the service hides its state directory this way). A hidden path
 //! inside a writable one is hidden. A working directory of `/` stays read-only (it
 //! would make everything writable), and one of `/tmp` or `/dev/shm` is the private one.
+//! The kernel's interfaces (`/proc`, `/sys`, `/dev` but `/dev/shm`) are never made
+//! writable: a `rw` path there is refused, a working directory there stays read-only.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -129,13 +131,21 @@ pub fn resolve(limits: &Limits, mode: Option<FsMode>, cwd: &Path) -> Result<View
     };
     let is_private = |p: &Path| PRIVATE.iter().any(|t| p == Path::new(t));
     if mode == FsMode::ReadOnly {
-        if cwd.parent().is_some() && !is_private(&cwd) {
+        if cwd.parent().is_some() && !is_private(&cwd) && !kernel_interface(&cwd) {
             writable.push(Entry {
                 path: cwd.clone(),
                 dir: true,
             });
         }
         for (given, e) in rw {
+            if kernel_interface(&e.path) {
+                return Err(BadPath(format!(
+                    "--rw {}: {} is a kernel interface (/proc, /sys, /dev), which stays \
+                     read-only in the view",
+                    given.display(),
+                    e.path.display()
+                )));
+            }
             if is_private(&e.path) {
                 return Err(BadPath(format!(
                     "--rw {}: {} is the run's own private directory in the read-only view; \
@@ -166,6 +176,12 @@ pub fn resolve(limits: &Limits, mode: Option<FsMode>, cwd: &Path) -> Result<View
         hide,
         private,
     })
+}
+
+/// Under `/proc`, `/sys` or `/dev` (but not the private `/dev/shm`): the kernel's
+/// interfaces (sysctls, cgroup and device files), never made writable by a view.
+fn kernel_interface(p: &Path) -> bool {
+    ["/proc", "/sys", "/dev"].iter().any(|k| p.starts_with(k)) && !p.starts_with("/dev/shm")
 }
 
 fn cstring(p: &Path) -> CString {
@@ -456,6 +472,12 @@ mod tests {
         assert!(e.contains("must be an absolute path"), "{e}");
         let e = err(&limits(&[Path::new("/tmp")], &[]), ro, &work);
         assert!(e.contains("the run's own private directory"), "{e}");
+        let e = err(&limits(&[Path::new("/proc/sys")], &[]), ro, &work);
+        assert!(e.contains("is a kernel interface"), "{e}");
+        assert!(resolve(&limits(&[], &[]), ro, Path::new("/sys"))
+            .unwrap()
+            .writable
+            .is_empty());
         // A writable path (or the working directory) under a hidden one.
         let e = err(&limits(&[&secret.join(".")], &[&base]), ro, &work);
         assert!(e.contains("is inside the hidden path"), "{e}");
