@@ -332,6 +332,25 @@ unsafe fn make_read_only(plan: &ChildPlan<'_>) -> Result<(), i32> {
 /// # Safety
 /// Only in the child.
 unsafe fn build_fs_view(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if plan.fs_ops.is_empty() {
+        return Ok(());
+    }
+    // The modes below exactly (mount points 0755, HOME 0700), whatever corral's umask:
+    // another identity must be able to reach its working directory in the private /tmp.
+    // SAFETY: umask takes and returns a mode only.
+    let umask = unsafe { libc::umask(0) };
+    // SAFETY: we are the child (this function's contract).
+    let result = unsafe { fs_view_steps(plan) };
+    // SAFETY: as above; the command gets corral's umask back.
+    unsafe { libc::umask(umask) };
+    result
+}
+
+/// The steps of [`build_fs_view`].
+///
+/// # Safety
+/// Only in the child.
+unsafe fn fs_view_steps(plan: &ChildPlan<'_>) -> Result<(), i32> {
     let tmpfs = c"tmpfs".as_ptr();
     let null = std::ptr::null::<libc::c_char>();
     for op in &plan.fs_ops {
