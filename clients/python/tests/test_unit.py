@@ -13,6 +13,7 @@ import corral
 import corral._api as corral_api
 from corral._binary import corral_message
 from corral._options import RunOptions, seconds, size_mb, split_command
+from corral._result import IsolatedResult
 
 
 def test_formatting() -> None:
@@ -53,6 +54,32 @@ def test_isolation_off_is_a_flag_and_resets_the_metadata_layers() -> None:
     assert opts.cli_flags() == ["--syscalls", "default", "--isolation", "off"]
     opts.limits_from = {"limits": {"network": "none", "syscalls": "off", "pids": 8}}
     assert opts.service_body()["limits"] == {"pids": 8, "isolation": "off", "syscalls": "default"}
+
+
+def test_file_system_view_flags_and_service_limits() -> None:
+    opts = RunOptions(command=["x"], limits={"fs": "host"}, rw=["out", "/data"], hide=["/home"])
+    assert opts.cli_flags() == ["--fs", "host", "--rw", "out", "--rw", "/data", "--hide", "/home"]
+    opts.limits_from = {"limits": {"rw": ["/data", "/srv"], "fs": "read-only"}}
+    assert opts.service_body()["limits"] == {"fs": "host", "rw": ["/data", "/srv", "out"], "hide": ["/home"]}
+    opts.limits = {"isolation": "off"}
+    assert "fs" not in opts.service_body()["limits"]
+
+
+def test_notebook_keeps_its_directories_writable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: Dict[str, Any] = {}
+
+    def fake(opts: RunOptions, capture_output: bool) -> Any:
+        seen["flags"] = opts.cli_flags()
+        return IsolatedResult.__new__(IsolatedResult)
+
+    monkeypatch.delenv("CORRAL_SERVER", raising=False)
+    monkeypatch.setenv("CORRAL_NBCONVERT", "nbconvert")
+    monkeypatch.setattr(corral_api, "run_binary", fake)
+    nb = tmp_path / "a" / "x.ipynb"
+    corral.run_notebook_isolated(nb, output_path=tmp_path / "b" / "y.ipynb", cwd="/", rw=["/data"])
+    flags = seen["flags"]
+    rw = [flags[i + 1] for i, f in enumerate(flags) if f == "--rw"]
+    assert rw == ["/data", str(tmp_path / "a"), str(tmp_path / "b")]
 
 
 def test_isolated_run_passes_isolation(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ import importlib.util
 import os
 import shutil
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from ._binary import run_binary
 from ._options import Command, Limit, RunOptions, plain, seconds, size_mb, split_command
@@ -34,6 +34,9 @@ def isolated_run(
     network: Optional[str] = None,
     syscalls: Optional[str] = None,
     isolation: Optional[str] = None,
+    fs: Optional[str] = None,
+    rw: Sequence[Path] = (),
+    hide: Sequence[Path] = (),
     limits_from: Union[None, Path, Mapping[str, Any]] = None,
     clear_env: bool = False,
     backend: Optional[str] = None,
@@ -55,8 +58,11 @@ def isolated_run(
     network namespace with loopback only, every built-in profile's default) or
     ``"host"``; ``syscalls`` is ``"default"`` (corral's seccomp deny-list) or ``"off"``;
     ``isolation="off"`` is the run without a sandbox in one word (the host's network, no
-    filter, no setsid/no_new_privs, core dumps as inherited), and an explicit
-    ``network`` or ``syscalls`` beside it wins over it.
+    filter, the host's files, no setsid/no_new_privs, core dumps as inherited), and an
+    explicit ``network``, ``syscalls`` or ``fs`` beside it wins over it. ``fs`` is
+    ``"read-only"`` (every built-in profile's default: the host's files read-only;
+    writable are ``cwd``, each ``rw`` path and a private ``/tmp``, with ``HOME`` in
+    it) or ``"host"``; ``hide`` paths are covered by an empty directory (or file).
     What was applied is ``result.isolation`` (the record's ``isolation`` object).
 
     ``env`` is added to the inherited environment (with ``clear_env=True`` it is the
@@ -96,6 +102,7 @@ def isolated_run(
         ("network", network, str),
         ("syscalls", syscalls, str),
         ("isolation", isolation, str),
+        ("fs", fs, str),
     ):
         if value is not None:
             limits[name] = fmt(value)
@@ -113,6 +120,8 @@ def isolated_run(
         limits_from=meta,
         backend=backend,
         run_id=run_id,
+        rw=[os.fspath(p) for p in rw],
+        hide=[os.fspath(p) for p in hide],
     )
     server = server if server is not None else os.environ.get("CORRAL_SERVER") or None
     if server:
@@ -172,9 +181,20 @@ def run_notebook_isolated(
     if allow_errors:
         cmd.append("--allow-errors")
     kw.setdefault("profile", "notebook")
+    # The kernel runs in the notebook's directory and nbconvert writes the output's:
+    # both stay writable in the read-only view, wherever ``cwd`` is.
+    run_cwd = os.path.abspath(cwd) if cwd is not None else os.path.dirname(src)
+    # (A working directory of / stays read-only in the view.)
+    outside = {
+        d
+        for d in (os.path.dirname(src), os.path.dirname(out))
+        if run_cwd == "/" or os.path.commonpath([d, run_cwd]) != run_cwd
+    }
+    if outside:
+        kw["rw"] = [*kw.get("rw", ()), *sorted(outside)]
     result = isolated_run(
         cmd,
-        cwd=cwd if cwd is not None else os.path.dirname(src),
+        cwd=run_cwd,
         timeout_seconds=timeout_seconds,
         memory_limit_mb=memory_limit_mb,
         **kw,

@@ -63,6 +63,7 @@ LIMIT_FLAGS = (
     "network",
     "syscalls",
     "isolation",
+    "fs",
 )
 
 
@@ -82,6 +83,10 @@ class RunOptions:
     limits_from: Union[None, str, Mapping[str, Any]] = None
     backend: Optional[str] = None
     run_id: Optional[str] = None
+    #: Paths kept writable in the read-only view (``--rw``, repeatable).
+    rw: List[str] = field(default_factory=list)
+    #: Paths covered by an empty read-only directory (``--hide``, repeatable).
+    hide: List[str] = field(default_factory=list)
 
     def cli_flags(self) -> List[str]:
         """The ``corral run`` flags, without ``--json``/``--stdout``/``--stderr``."""
@@ -91,6 +96,10 @@ class RunOptions:
         for name in LIMIT_FLAGS:
             if name in self.limits:
                 out += ["--" + name.replace("_", "-"), self.limits[name]]
+        for p in self.rw:
+            out += ["--rw", p]
+        for p in self.hide:
+            out += ["--hide", p]
         if self.cwd is not None:
             out += ["--cwd", self.cwd]
         for k, v in self.env.items():
@@ -118,8 +127,15 @@ class RunOptions:
             # own network/syscalls still win over it.
             limits.pop("network", None)
             limits.pop("syscalls", None)
+            limits.pop("fs", None)
         for k, v in self.limits.items():
             limits[k] = _json_number(v) if k in ("cpus", "pids") else v
+        # The path lists add up (the metadata's, then the arguments'), as in `corral run`.
+        for key, paths in (("rw", self.rw), ("hide", self.hide)):
+            if paths:
+                before = limits.get(key, [])
+                before = [before] if isinstance(before, str) else list(before)
+                limits[key] = before + [p for p in paths if p not in before]
         if self.require_isolation:
             limits["require_isolation"] = True
         return {
