@@ -11,13 +11,15 @@
 //!   its [`Stage`].
 //!
 //! * `filter` (safe): the seccomp program (policy `corral-default`), compiled in the
-//!   parent with `seccompiler`, so the child only hands it to the kernel.
+//!   parent with `seccompiler`, so the child only hands it to the kernel;
+//! * `landlock` (safe): the Landlock ruleset restricting writes, built in the parent
+//!   with the `landlock` crate, so the child only hands its fd to the kernel.
 //!
 //! Every unsafe function, all in `sys`: `child_main` and `child_fail`, and the
 //! checklist's steps `reset_signals`, `set_parent_death_signal`, `enter_cgroup`,
 //! `enter_mount_namespace`, `contain`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
 //! `disable_core_dumps`, `new_session`, `setup_stdio`, `change_directory`, `wait_gate`,
-//! `set_no_new_privs`, `install_syscall_filter` and `exec`, all callable only in the
+//! `set_no_new_privs`, `restrict_writes`, `install_syscall_filter` and `exec`, all callable only in the
 //! child. Safe functions with an unsafe block, also in `sys`: `clone_into_cgroup` and
 //! `fork_child` (start the child), [`clone3_available`], [`seccomp_filter_available`],
 //! [`fork_single_threaded`] (the crash guard), [`wait4`] and [`watch_fd`] (registers an
@@ -36,6 +38,7 @@
 
 mod exec;
 mod filter;
+mod landlock;
 mod plan;
 #[allow(unsafe_code)]
 mod sys;
@@ -45,6 +48,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 pub use exec::Exec;
 pub use filter::{SyscallFilter, DENIED as DENIED_SYSCALLS, POLICY, POLICY_VERSION};
+pub use landlock::{kernel_abi as landlock_abi, WriteRules};
 use plan::ChildPlan;
 pub use sys::{
     clone3_available, fork_single_threaded, seccomp_filter_available, wait4, watch_fd, ChildUsage,
@@ -73,6 +77,8 @@ pub enum Stage {
     Network,
     /// Installing the syscall filter.
     Filter,
+    /// Restricting writes with Landlock.
+    Landlock,
     /// `execve` itself.
     Exec,
     /// Any other step: signals, the parent-death signal, containment (namespaces,
@@ -82,7 +88,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage (the error pipe sends a stage as its index here).
-    const ALL: [Stage; 9] = [
+    const ALL: [Stage; 10] = [
         Stage::Cgroup,
         Stage::Rlimit,
         Stage::Stdio,
@@ -90,6 +96,7 @@ impl Stage {
         Stage::Gate,
         Stage::Network,
         Stage::Filter,
+        Stage::Landlock,
         Stage::Exec,
         Stage::Setup,
     ];
@@ -241,6 +248,8 @@ pub struct ChildSetup<'a> {
     pub new_mount_namespace: bool,
     /// Who the command runs as; `None` keeps corral's own identity.
     pub identity: Option<Identity>,
+    /// A Landlock ruleset restricting writes, applied after `no_new_privs`.
+    pub write_rules: Option<&'a WriteRules>,
 }
 
 /// The identity a run's command gets: its uid, primary gid and supplementary groups.
@@ -302,6 +311,7 @@ impl Spawned {
                     .to_string()
             }
             Stage::Filter => "cannot install the syscall filter".to_string(),
+            Stage::Landlock => "cannot restrict writes with Landlock".to_string(),
             Stage::Exec => format!("cannot execute {}", exec.display),
             Stage::Setup => "cannot set up the process".to_string(),
         };
@@ -375,7 +385,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     #[test]
     fn stage_codes_roundtrip() {
@@ -546,6 +556,50 @@ mod tests {
             assert!(e.to_string().contains("network namespace"), "{e}");
             assert_eq!(e.exit_code(), 125);
         }
+    }
+
+    #[test]
+    fn landlock_rules_leave_only_their_paths_writable() {
+        let abi = match crate::spawn::landlock_abi() {
+            Ok(abi) => abi,
+            Err(why) => {
+                corral_testkit::skip_control("landlock", &why);
+                return;
+            }
+        };
+        let base = PathBuf::from(format!("/var/tmp/corral-landlock-{}", std::process::id()));
+        let (open, shut) = (base.join("open"), base.join("shut"));
+        std::fs::create_dir_all(&open).unwrap();
+        std::fs::create_dir_all(&shut).unwrap();
+        let rules = WriteRules::build(std::slice::from_ref(&open), abi).unwrap();
+        assert_eq!(rules.abi(), abi);
+        let script = format!(
+            "echo a > {o}/f && ! echo b > {s}/f && ! mkdir {s}/d && echo c > /dev/null \\
+             && echo d > /tmp/corral-landlock-$$ && rm /tmp/corral-landlock-$$",
+            o = open.display(),
+            s = shut.display()
+        );
+        let exec = Exec::new(
+            &["sh".into(), "-c".into(), script],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            None,
+        )
+        .unwrap();
+        let setup = ChildSetup {
+            no_new_privs: true,
+            write_rules: Some(&rules),
+            ..Default::default()
+        };
+        let (_pid, pidfd, _) = spawn(&exec, &setup, &Placement::default())
+            .unwrap()
+            .confirm(&exec)
+            .unwrap();
+        let status = exit_status(&pidfd);
+        let wrote_open = open.join("f").exists();
+        let wrote_shut = shut.join("f").exists() || shut.join("d").exists();
+        std::fs::remove_dir_all(&base).unwrap();
+        assert_eq!(status, Some(0));
+        assert!(wrote_open && !wrote_shut);
     }
 
     #[test]

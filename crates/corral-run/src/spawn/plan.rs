@@ -59,6 +59,8 @@ pub(super) struct ChildPlan<'p> {
     pub(super) drop_caps: bool,
     /// A new network namespace with loopback up.
     pub(super) new_network: bool,
+    /// The Landlock ruleset to restrict writes with, or -1.
+    pub(super) landlock: RawFd,
     _borrows: PhantomData<&'p ()>,
 }
 
@@ -121,6 +123,7 @@ impl<'p> ChildPlan<'p> {
                 .unwrap_or_default(),
             drop_caps: setup.contain.is_some(),
             new_network: setup.new_network,
+            landlock: setup.write_rules.map_or(-1, |r| r.fd().as_raw_fd()),
             _borrows: PhantomData,
         }
     }

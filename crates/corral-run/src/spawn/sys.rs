@@ -8,7 +8,7 @@
 //! * the steps of [`CHECKLIST`]: [`reset_signals`], [`set_parent_death_signal`],
 //!   [`enter_cgroup`], [`enter_mount_namespace`], [`contain`], [`isolate_network`], [`drop_capabilities`],
 //!   [`set_rlimits`], [`disable_core_dumps`], [`new_session`], [`setup_stdio`],
-//!   [`change_directory`], [`wait_gate`], [`set_no_new_privs`],
+//!   [`change_directory`], [`wait_gate`], [`set_no_new_privs`], [`restrict_writes`],
 //!   [`install_syscall_filter`], [`exec`].
 //!
 //! Safe functions with an unsafe block inside, for the parent:
@@ -55,6 +55,7 @@ const CHECKLIST: &[(Stage, Step)] = &[
     (Stage::Chdir, change_directory),
     (Stage::Gate, wait_gate),
     (Stage::Setup, set_no_new_privs),
+    (Stage::Landlock, restrict_writes),
     (Stage::Filter, install_syscall_filter),
     (Stage::Exec, exec),
 ];
@@ -473,6 +474,21 @@ unsafe fn set_no_new_privs(plan: &ChildPlan<'_>) -> Result<(), i32> {
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
 }
 
+/// `landlock_restrict_self` with the plan's ruleset, if any: from here on the process
+/// (and all it starts) may write only beneath the ruleset's paths. After
+/// [`set_no_new_privs`], which Landlock requires of a process without `CAP_SYS_ADMIN`.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn restrict_writes(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if plan.landlock < 0 {
+        return Ok(());
+    }
+    // SAFETY: landlock_restrict_self takes an fd (open: borrowed by the plan) and flags.
+    let ret = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, plan.landlock, 0u32) };
+    check(ret as libc::c_int)
+}
+
 /// Installs the plan's seccomp program, if any: the last step before exec, so that
 /// none of corral's own steps meets it.
 ///
@@ -627,6 +643,28 @@ pub fn seccomp_filter_available() -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// This kernel's Landlock ABI version (`landlock_create_ruleset` with
+/// `LANDLOCK_CREATE_RULESET_VERSION`), or the error it answered (`ENOSYS`: no Landlock;
+/// `EOPNOTSUPP`: built in but not enabled at boot).
+pub(super) fn landlock_abi() -> std::io::Result<u32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag the call only
+    // returns the ABI version; it reads no memory and creates no ruleset.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as u32)
     }
 }
 
