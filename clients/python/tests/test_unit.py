@@ -55,6 +55,28 @@ def test_isolation_off_is_a_flag_and_resets_the_metadata_layers() -> None:
     assert opts.service_body()["limits"] == {"pids": 8, "isolation": "off", "syscalls": "default"}
 
 
+def test_layers_and_path_lists() -> None:
+    opts = RunOptions(
+        command=["x"],
+        limits={"pid_ns": "off", "fs": "read-only", "user": "dynamic"},
+        rw=["/data/out", "/data/cache"],
+        hide=["/home"],
+    )
+    assert opts.cli_flags() == [
+        "--pid-ns", "off", "--fs", "read-only", "--user", "dynamic",
+        "--rw", "/data/out", "--rw", "/data/cache", "--hide", "/home",
+    ]
+    # The metadata's lists and the arguments' add up, without repeats.
+    opts.limits_from = {"limits": {"rw": ["/data/out", "/scratch"], "hide": ["/root"]}}
+    limits = opts.service_body()["limits"]
+    assert limits["rw"] == ["/data/out", "/scratch", "/data/cache"]
+    assert limits["hide"] == ["/root", "/home"]
+    # The switch resets every layer the metadata set.
+    opts = RunOptions(command=["x"], limits={"isolation": "off"})
+    opts.limits_from = {"limits": {"pid_ns": "on", "fs": "read-only", "user": "nobody"}}
+    assert opts.service_body()["limits"] == {"isolation": "off"}
+
+
 def test_isolated_run_passes_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: Dict[str, Any] = {}
 
@@ -66,6 +88,10 @@ def test_isolated_run_passes_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(corral_api, "run_binary", fake)
     corral.isolated_run(["true"], isolation="off", network="none", cwd="/")
     assert seen["flags"] == ["--network", "none", "--isolation", "off", "--cwd", "/"]
+    corral.isolated_run(["true"], fs="read-only", rw="/data", hide=["/home"], cwd="/")
+    assert seen["flags"] == [
+        "--fs", "read-only", "--rw", "/data", "--hide", "/home", "--cwd", "/",
+    ]
 
 
 def test_service_body_merges_metadata_under_arguments() -> None:

@@ -6,7 +6,7 @@ import importlib.util
 import os
 import shutil
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from ._binary import run_binary
 from ._options import Command, Limit, RunOptions, plain, seconds, size_mb, split_command
@@ -33,6 +33,11 @@ def isolated_run(
     require_isolation: bool = False,
     network: Optional[str] = None,
     syscalls: Optional[str] = None,
+    pid_ns: Optional[str] = None,
+    fs: Optional[str] = None,
+    rw: Sequence[Union[str, Path]] = (),
+    hide: Sequence[Union[str, Path]] = (),
+    user: Optional[str] = None,
     isolation: Optional[str] = None,
     limits_from: Union[None, Path, Mapping[str, Any]] = None,
     clear_env: bool = False,
@@ -54,9 +59,14 @@ def isolated_run(
     The sandbox layers work the same way: ``network`` is ``"none"`` (the run's own
     network namespace with loopback only, every built-in profile's default) or
     ``"host"``; ``syscalls`` is ``"default"`` (corral's seccomp deny-list) or ``"off"``;
-    ``isolation="off"`` is the run without a sandbox in one word (the host's network, no
-    filter, no setsid/no_new_privs, core dumps as inherited), and an explicit
-    ``network`` or ``syscalls`` beside it wins over it.
+    ``pid_ns`` is ``"on"`` (the run sees only its own processes) or ``"off"``; ``fs`` is
+    ``"read-only"`` (the host read-only; writable are ``cwd``, each ``rw`` path and a
+    private ``/tmp``) or ``"host"``; ``hide`` paths appear empty; ``user`` is who the
+    run is when corral runs as root (``"dynamic"``, the default there, or
+    ``"NAME[:GROUP]"``). ``isolation="off"`` is the run without a sandbox in one word
+    (the host's network, file system and processes, corral's own identity, no filter,
+    no setsid/no_new_privs, core dumps as inherited), and an explicit layer beside it
+    wins over it.
     What was applied is ``result.isolation`` (the record's ``isolation`` object).
 
     ``env`` is added to the inherited environment (with ``clear_env=True`` it is the
@@ -95,6 +105,9 @@ def isolated_run(
         ("output_limit", output_limit_mb, size_mb),
         ("network", network, str),
         ("syscalls", syscalls, str),
+        ("pid_ns", pid_ns, str),
+        ("fs", fs, str),
+        ("user", user, str),
         ("isolation", isolation, str),
     ):
         if value is not None:
@@ -110,6 +123,8 @@ def isolated_run(
         profile=profile,
         limits=limits,
         require_isolation=require_isolation,
+        rw=[os.path.abspath(p) for p in _paths(rw)],
+        hide=[os.fspath(p) for p in _paths(hide)],
         limits_from=meta,
         backend=backend,
         run_id=run_id,
@@ -118,6 +133,11 @@ def isolated_run(
     if server:
         return run_service(opts, server, capture_output)
     return run_binary(opts, capture_output)
+
+
+def _paths(v: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Union[str, Path]]:
+    """One path or a sequence of paths (a lone string is one path, not characters)."""
+    return [v] if isinstance(v, (str, os.PathLike)) else list(v)
 
 
 def nbconvert_command() -> List[str]:
