@@ -10,6 +10,13 @@
 //!   the clone, and the child's setup as a checklist of named steps, each failing with
 //!   its [`Stage`].
 //!
+//! With a pid namespace (`--pid-ns on`) the child is born with `clone3(CLONE_NEWPID)`
+//! as pid 1 of the new namespace (also where it is not born in a cgroup: v1, rlimit),
+//! mounts a fresh `/proc`, and after the gate forks: the command becomes pid 2, and pid
+//! 1 stays as a mini-init (`sys::run_init`) that forwards signals, reaps orphans and
+//! reports the command's wait status on a pipe ([`Spawned::main_status`]); when it
+//! exits the kernel kills whatever is left in the namespace.
+//!
 //! * `filter` (safe): the seccomp program (policy `corral-default`), compiled in the
 //!   parent with `seccompiler`, so the child only hands it to the kernel.
 //!
@@ -18,8 +25,9 @@
 //! `enter_mount_namespace`, `contain`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
 //! `disable_core_dumps`, `new_session`, `setup_stdio`, `change_directory`, `wait_gate`,
 //! `set_no_new_privs`, `install_syscall_filter` and `exec`, all callable only in the
-//! child. Safe functions with an unsafe block, also in `sys`: `clone_into_cgroup` and
-//! `fork_child` (start the child), [`clone3_available`], [`seccomp_filter_available`],
+//! child, plus the pid namespace's `mount_proc`, `start_init` and `run_init`. Safe
+//! functions with an unsafe block, also in `sys`: `clone_into_cgroup`,
+//! `clone_new_pid_ns` and `fork_child` (start the child), [`clone3_available`], [`seccomp_filter_available`],
 //! [`fork_single_threaded`] (the crash guard), [`wait4`] and [`watch_fd`] (registers an
 //! owned fd with tokio).
 //!
@@ -241,6 +249,13 @@ pub struct ChildSetup<'a> {
     pub new_mount_namespace: bool,
     /// Who the command runs as; `None` keeps corral's own identity.
     pub identity: Option<Identity>,
+    /// Its own pid namespace (`--pid-ns on`): the child is born its pid 1 with
+    /// `clone3(CLONE_NEWPID)`, mounts a fresh `/proc` (in a private mount namespace)
+    /// and, after the gate, forks: the command runs as pid 2 while pid 1 stays as a
+    /// mini-init that forwards signals, reaps orphans and reports the command's wait
+    /// status on [`Spawned::main_status`]. Needs `CAP_SYS_ADMIN` and clone3: see
+    /// [`crate::isolation`].
+    pub pid_namespace: bool,
 }
 
 /// The identity a run's command gets: its uid, primary gid and supplementary groups.
@@ -263,6 +278,11 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
     /// True when it was placed with `CLONE_INTO_CGROUP`.
     pub clone_into_cgroup: bool,
+    /// With a pid namespace: the read end of the pipe on which the mini-init (the
+    /// process above, pid 1 of the namespace) writes the command's raw wait status (4
+    /// bytes) and then how many processes were still in the namespace (4 bytes) when
+    /// the command ended. Nothing (EOF) when the init was killed first.
+    pub main_status: Option<OwnedFd>,
     err_rx: OwnedFd,
 }
 
@@ -334,7 +354,17 @@ pub fn spawn(
         setup.stdout.map(high_fd).transpose()?,
         setup.stderr.map(high_fd).transpose()?,
     ];
+    let status = match setup.pid_namespace {
+        true => {
+            let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(os)?;
+            Some((rx, high_fd(tx.as_fd())?))
+        }
+        false => None,
+    };
     let mut plan = ChildPlan::new(exec, setup, placement, &stdio, err_tx.as_fd());
+    if let Some((_, tx)) = &status {
+        plan.report_main_status(tx.as_fd());
+    }
 
     let mut born = None;
     if let Some(dir) = placement.cgroup_dir {
@@ -350,6 +380,21 @@ pub fn spawn(
         }
     }
     let clone_into_cgroup = born.is_some();
+    if born.is_none() && setup.pid_namespace {
+        // Only clone3 makes the child pid 1 of a new namespace; the parent asked for
+        // one only where the kernel answers clone3 (isolation::plan), so a refusal
+        // here fails the start rather than run the command outside its namespace.
+        let (pid, pidfd) = sys::clone_new_pid_ns(&plan).map_err(|e| {
+            SpawnError::Os(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "clone3(CLONE_NEWPID) for the run's own pid namespace: {e} \
+                     (--pid-ns off runs it in the host's)"
+                ),
+            ))
+        })?;
+        born = Some((pid, pidfd));
+    }
     let (pid, pidfd) = match born {
         Some(b) => b,
         None => {
@@ -368,6 +413,7 @@ pub fn spawn(
         pid,
         pidfd,
         clone_into_cgroup,
+        main_status: status.map(|(rx, _tx)| rx),
         err_rx,
     })
 }

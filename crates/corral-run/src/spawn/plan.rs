@@ -59,6 +59,10 @@ pub(super) struct ChildPlan<'p> {
     pub(super) drop_caps: bool,
     /// A new network namespace with loopback up.
     pub(super) new_network: bool,
+    /// Born pid 1 of a new pid namespace: mount a fresh `/proc` and run the mini-init.
+    pub(super) pid_ns: bool,
+    /// The write end of the main-status pipe the mini-init reports on, or -1.
+    pub(super) status_tx: RawFd,
     _borrows: PhantomData<&'p ()>,
 }
 
@@ -121,8 +125,15 @@ impl<'p> ChildPlan<'p> {
                 .unwrap_or_default(),
             drop_caps: setup.contain.is_some(),
             new_network: setup.new_network,
+            pid_ns: setup.pid_namespace,
+            status_tx: -1,
             _borrows: PhantomData,
         }
+    }
+
+    /// The pipe on which the mini-init reports the command's wait status.
+    pub(super) fn report_main_status(&mut self, tx: BorrowedFd<'p>) {
+        self.status_tx = tx.as_raw_fd();
     }
 
     /// Adds a file the child writes itself into (the clone3 fallback's `cgroup.procs`).
