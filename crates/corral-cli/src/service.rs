@@ -692,6 +692,7 @@ mod tests {
             syscalls: Some(corral_spec::Syscalls::Off),
             network: Some(corral_spec::Network::Host),
             isolation: Some(corral_spec::Isolation::Off),
+            pid_ns: Some(corral_spec::PidNs::Off),
         };
         let m = patch_json(&p);
         let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();

@@ -402,6 +402,8 @@ fn graceful_shutdown_drains_then_cancels() {
                 .ok()
         })
         .expect("the sleeper started");
+        // The run's own namespace's pid: the sleeper's on the host.
+        let pid = common::host_pid(s.pid(), pid).expect("the sleeper on the host");
         let t = Instant::now();
         s.signal(libc::SIGTERM);
         // While draining: no new runs, reads still work.

@@ -203,7 +203,12 @@ fn crash_gc(h: &Harness) {
         "sleep 300 & echo $! >> {p}; setsid sh -c 'sleep 300 & echo $! >> {p}; wait' & wait",
         p = pids.display()
     );
-    let (mut c, _json) = h.command(&["--timeout", "120s"], &["sh", "-c", &script]);
+    // In its own pid namespace the tree would die with the run's init when corral is
+    // killed: this is about orphans that outlive corral (the host's pid namespace).
+    let (mut c, _json) = h.command(
+        &["--timeout", "120s", "--pid-ns", "off"],
+        &["sh", "-c", &script],
+    );
     let mut child = c.spawn().unwrap();
     let t = Instant::now();
     let tree: Vec<i32> = loop {
