@@ -262,7 +262,7 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
         let iso = &v["record"]["isolation"];
         assert_eq!(
             iso["requested"],
-            json!({"isolation": "off", "syscalls": "off", "network": "host"}),
+            json!({"isolation": "off", "syscalls": "off", "network": "host", "pid_ns": "off"}),
             "{v}"
         );
         assert_eq!(iso["enforced"]["network"], "host", "{v}");

@@ -292,6 +292,8 @@ mod tests {
     fn host_network_is_what_was_asked_for_anyone() {
         let host = Limits {
             network: Network::Host,
+            // (An ordinary user's pid namespace gap is not this test's.)
+            pid_ns: PidNs::Off,
             ..Limits::default()
         };
         for privs in [ROOT, USER] {
