@@ -34,6 +34,7 @@ def isolated_run(
     network: Optional[str] = None,
     syscalls: Optional[str] = None,
     isolation: Optional[str] = None,
+    pid_ns: Optional[str] = None,
     limits_from: Union[None, Path, Mapping[str, Any]] = None,
     clear_env: bool = False,
     backend: Optional[str] = None,
@@ -54,9 +55,11 @@ def isolated_run(
     The sandbox layers work the same way: ``network`` is ``"none"`` (the run's own
     network namespace with loopback only, every built-in profile's default) or
     ``"host"``; ``syscalls`` is ``"default"`` (corral's seccomp deny-list) or ``"off"``;
+    ``pid_ns`` is ``"on"`` (the run's own pid namespace: it sees only its own
+    processes, the default) or ``"off"``;
     ``isolation="off"`` is the run without a sandbox in one word (the host's network, no
-    filter, no setsid/no_new_privs, core dumps as inherited), and an explicit
-    ``network`` or ``syscalls`` beside it wins over it.
+    filter, the host's pid namespace, no setsid/no_new_privs, core dumps as inherited),
+    and an explicit ``network``, ``syscalls`` or ``pid_ns`` beside it wins over it.
     What was applied is ``result.isolation`` (the record's ``isolation`` object).
 
     ``env`` is added to the inherited environment (with ``clear_env=True`` it is the
@@ -95,6 +98,7 @@ def isolated_run(
         ("output_limit", output_limit_mb, size_mb),
         ("network", network, str),
         ("syscalls", syscalls, str),
+        ("pid_ns", pid_ns, str),
         ("isolation", isolation, str),
     ):
         if value is not None:

@@ -62,6 +62,7 @@ LIMIT_FLAGS = (
     "output_limit",
     "network",
     "syscalls",
+    "pid_ns",
     "isolation",
 )
 
@@ -115,9 +116,10 @@ class RunOptions:
             limits.update(metadata_limits(meta))
         if "isolation" in self.limits:
             # As `corral run`: the switch resets the metadata's layers; the arguments'
-            # own network/syscalls still win over it.
+            # own network/syscalls/pid_ns still win over it.
             limits.pop("network", None)
             limits.pop("syscalls", None)
+            limits.pop("pid_ns", None)
         for k, v in self.limits.items():
             limits[k] = _json_number(v) if k in ("cpus", "pids") else v
         if self.require_isolation:
