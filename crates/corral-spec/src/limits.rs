@@ -549,4 +549,40 @@ mod tests {
         let back: Limits = serde_json::from_value(v).unwrap();
         assert_eq!(back.network, Network::None);
     }
+
+    #[test]
+    fn pid_ns_setting() {
+        let mut l = Limits::default();
+        assert_eq!(l.pid_ns, PidNs::On);
+        let t = json!({"pid_ns": "off"});
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::Off);
+        let t = json!({"pid_ns": "yes"});
+        let e = LimitsPatch::from_table(t.as_object().unwrap(), "f").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid pid namespace setting \"yes\": use \"on\""),
+            "{e}"
+        );
+        assert_eq!(PidNs::parse(" on ").unwrap().as_str(), "on");
+        // The switch turns it off; an explicit key in the same layer wins.
+        let t = json!({"isolation": "off"});
+        let mut l = Limits::default();
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::Off);
+        let t = json!({"pid_ns": "on", "isolation": "off"});
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::On);
+        // Limits stored before the key existed get the default.
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        v.as_object_mut().unwrap().remove("pid_ns");
+        let back: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(back.pid_ns, PidNs::On);
+    }
 }

@@ -594,6 +594,76 @@ mod tests {
         }
     }
 
+    /// Reads what a mini-init wrote on its status pipe: the raw wait status and the
+    /// number of processes left, or `None` on EOF.
+    fn read_main_status(fd: &OwnedFd) -> Option<(i32, u32)> {
+        let mut buf = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            match rustix::io::read(fd, &mut buf[got..]).unwrap() {
+                0 => break,
+                n => got += n,
+            }
+        }
+        (got == 8).then(|| {
+            (
+                i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+                u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+            )
+        })
+    }
+
+    #[test]
+    fn a_pid_namespace_runs_the_command_as_pid_2_under_the_init() {
+        let privs = crate::isolation::Privileges::current();
+        if !(privs.sys_admin && privs.clone3) {
+            // The parent never asks without them (isolation::plan).
+            return;
+        }
+        let exec = Exec::new(
+            &[
+                "sh".into(),
+                "-c".into(),
+                "[ $$ = 2 ] && [ \"$(cat /proc/1/comm)\" = corral-init ] \
+                 && [ \"$(ls /proc | grep -c '^[0-9]*$')\" -le 6 ] && (sleep 30 &) && exit 5"
+                    .into(),
+            ],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            None,
+        )
+        .unwrap();
+        let setup = ChildSetup {
+            pid_namespace: true,
+            ..Default::default()
+        };
+        let mut s = spawn(&exec, &setup, &Placement::default()).unwrap();
+        let status = s.main_status.take().expect("a status pipe");
+        let (_pid, pidfd, _) = s.confirm(&exec).unwrap();
+        // The init exits with the command's code; the pipe has its raw status and the
+        // orphaned sleep it left behind (killed with the namespace).
+        assert_eq!(exit_status(&pidfd), Some(5));
+        assert_eq!(read_main_status(&status), Some((5 << 8, 1)));
+
+        // An exec failure of the command (pid 2) still reaches the error pipe.
+        use std::os::unix::fs::PermissionsExt;
+        let f = std::env::temp_dir().join(format!("corral-pidns-noexec-{}", std::process::id()));
+        std::fs::write(&f, b"\x7fnot a program").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exec = Exec::new(&[f.display().to_string()], &[], None).unwrap();
+        let mut s = spawn(&exec, &setup, &Placement::default()).unwrap();
+        let status = s.main_status.take().unwrap();
+        let e = s.confirm(&exec).unwrap_err();
+        let _ = std::fs::remove_file(&f);
+        assert!(
+            matches!(
+                failed_stage(&e),
+                Some((Stage::Exec, Some(libc::ENOEXEC | libc::ETXTBSY)))
+            ),
+            "{e}"
+        );
+        assert_eq!(read_main_status(&status), Some((127 << 8, 0)));
+    }
+
     #[test]
     fn a_released_gate_lets_the_child_exec() {
         let exec = true_exec();

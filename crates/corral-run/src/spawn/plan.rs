@@ -110,7 +110,7 @@ impl<'p> ChildPlan<'p> {
             unshare_flags: match &setup.contain {
                 Some(c) if c.cgroup_namespace => libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP,
                 Some(_) => libc::CLONE_NEWNS,
-                None if setup.new_mount_namespace => libc::CLONE_NEWNS,
+                None if setup.new_mount_namespace || setup.pid_namespace => libc::CLONE_NEWNS,
                 None => 0,
             },
             cgroup2_mount: setup

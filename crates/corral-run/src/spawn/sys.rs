@@ -326,6 +326,11 @@ unsafe fn mount_proc(plan: &ChildPlan<'_>) -> Result<(), i32> {
     if !plan.pid_ns {
         return Ok(());
     }
+    // Never outside a private mount namespace: the detach below would take the host's
+    // /proc away.
+    if plan.unshare_flags & libc::CLONE_NEWNS == 0 {
+        return Err(libc::EINVAL);
+    }
     let proc_ = c"proc".as_ptr();
     // SAFETY: static C strings; a null data pointer is allowed. A failed detach (no
     // mount on /proc) leaves the directory for the mount below.
