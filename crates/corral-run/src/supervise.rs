@@ -174,7 +174,8 @@ pub async fn supervise(
 
 /// What a mini-init wrote on its status pipe: the command's raw wait status and the
 /// number of processes left in the namespace, or `None` (no pipe, or the init was
-/// killed before the command ended). Called once the init has exited.
+/// killed before the command ended). Called once the init has exited, so the
+/// non-blocking read finds whatever it wrote.
 fn read_main_status(pipe: &Option<OwnedFd>) -> Option<(i32, u32)> {
     let fd = pipe.as_ref()?;
     let mut buf = [0u8; 8];

@@ -281,7 +281,8 @@ pub struct Spawned {
     /// With a pid namespace: the read end of the pipe on which the mini-init (the
     /// process above, pid 1 of the namespace) writes the command's raw wait status (4
     /// bytes) and then how many processes were still in the namespace (4 bytes) when
-    /// the command ended. Nothing (EOF) when the init was killed first.
+    /// the command ended. Nothing (EOF or `EAGAIN`: the fd is non-blocking) when the
+    /// init was killed first; read it once the init has exited.
     pub main_status: Option<OwnedFd>,
     err_rx: OwnedFd,
 }
@@ -356,7 +357,11 @@ pub fn spawn(
     ];
     let status = match setup.pid_namespace {
         true => {
-            let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(os)?;
+            // Non-blocking: read once the init has exited, so whatever it wrote is
+            // there, while a sibling child that has not exec'd yet may still hold a
+            // copy of the write end.
+            let flags = rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK;
+            let (rx, tx) = rustix::pipe::pipe_with(flags).map_err(os)?;
             Some((rx, high_fd(tx.as_fd())?))
         }
         false => None,
