@@ -319,7 +319,12 @@ fn contained(h: &Harness) {
              grep memory /proc/self/cgroup"
         }
     };
-    let ran = h.run(&["--memory", "100M"], &["sh", "-c", script]);
+    // The host's pid namespace, so that pid 1 is the host's init (in the run's own,
+    // /proc/1 is the run's init, whose view of the cgroups is the run's own).
+    let ran = h.run(
+        &["--memory", "100M", "--pid-ns", "off"],
+        &["sh", "-c", script],
+    );
     assert_eq!(ran.reason(), "exited", "{}", ran.rec());
     assert!(!ran.stdout.contains("escaped"), "{}", ran.stdout);
     common::assert_capabilities_dropped(&ran.stdout);
