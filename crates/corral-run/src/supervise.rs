@@ -13,6 +13,8 @@
 //! [`crate::spawn::Spawned::main_status`]), so exit codes, signals and leftovers are
 //! recorded as without the namespace. An init that corral killed wrote nothing: its own
 //! status (SIGKILL) is then the run's, as for a command killed without the namespace.
+//! The SIGTERM that ends such a run goes to the init alone, which passes it on to every
+//! process of its namespace (`kill(-1)`): each gets it once, as with `signal_all`.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -121,7 +123,17 @@ pub async fn supervise(
     match cause {
         Some(KillCause::Oom) => kill(sandbox),
         Some(_) => {
-            sandbox.signal_all(Signal::TERM);
+            match &main_status {
+                // A pid namespace's init passes SIGTERM on to every process of the
+                // namespace: signalled directly too, each would get it twice (once
+                // forwarded), and a handler could run twice.
+                Some(_) => {
+                    let _ = rustix::process::pidfd_send_signal(main.get_ref(), Signal::TERM);
+                }
+                None => {
+                    sandbox.signal_all(Signal::TERM);
+                }
+            }
             let grace_end = Instant::now() + limits.grace;
             if !wait_empty(sandbox, &events, &main, grace_end).await {
                 grace_expired = true;

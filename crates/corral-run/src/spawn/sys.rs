@@ -684,7 +684,9 @@ unsafe fn count_others() -> u32 {
 /// The mini-init, pid 1 of the run's pid namespace, `main` (pid 2) being the command.
 /// It closes every fd except the status pipe (so the error pipe reports the command's
 /// exec and captured output sees EOF when the command ends), then waits for signals:
-/// each of [`FORWARDED`] goes on to `main`; on SIGCHLD it reaps every child. When `main`
+/// SIGTERM goes on to every process of the namespace (the supervisor ends a run with a
+/// pid namespace by sending SIGTERM to its init alone, so each process gets it once),
+/// each other signal of [`FORWARDED`] to `main`; on SIGCHLD it reaps every child. When `main`
 /// has ended it writes `main`'s raw wait status (4 bytes) and the number of processes
 /// still in the namespace (4 bytes) to the status pipe and exits, and the kernel kills
 /// those processes. Async-signal-safe calls only.
@@ -715,6 +717,13 @@ unsafe fn run_init(plan: &ChildPlan<'_>, main: libc::pid_t, waited: &libc::sigse
             let mut info: libc::siginfo_t = std::mem::zeroed();
             let sig = libc::sigwaitinfo(waited, &mut info);
             if sig < 0 {
+                continue;
+            }
+            if sig == libc::SIGTERM {
+                // The run is being ended: every process of the namespace gets it once,
+                // as corral's own signal to the whole tree would give it (kill(-1)
+                // from pid 1 reaches all of its namespace but itself).
+                libc::kill(-1, sig);
                 continue;
             }
             if sig != libc::SIGCHLD {
