@@ -377,6 +377,29 @@ pub fn alive(pid: i32) -> bool {
 /// returned as they are. `None` when no such process is alive, so call it while the
 /// run is.
 pub fn host_pid(ancestor: i32, ns_pid: i32) -> Option<i32> {
+    // Without a namespace the pid is the host's (an orphan's parent is then no longer
+    // the run's, so it is not checked). The small pids of a namespace are kernel
+    // threads on the host (parent 0 or kthreadd): never a run's.
+    host_pid_in_ns(ancestor, ns_pid).or_else(|| {
+        let s = std::fs::read_to_string(format!("/proc/{ns_pid}/status")).ok()?;
+        let field = |name: &str| -> Vec<i32> {
+            s.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let kernel_thread = matches!(field("PPid:").first(), Some(0) | Some(2) | None);
+        (field("NSpid:").len() == 1 && !kernel_thread).then_some(ns_pid)
+    })
+}
+
+/// The host pid of the descendant of `ancestor` that a pid namespace below this one
+/// knows as `ns_pid` (the last entry of its `NSpid:`), if one is alive.
+pub fn host_pid_in_ns(ancestor: i32, ns_pid: i32) -> Option<i32> {
     let status = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
     let field = |s: &str, name: &str| -> Vec<i32> {
         s.lines()
@@ -400,7 +423,7 @@ pub fn host_pid(ancestor: i32, ns_pid: i32) -> Option<i32> {
         }
         false
     };
-    let in_ns = std::fs::read_dir("/proc")
+    std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -409,15 +432,7 @@ pub fn host_pid(ancestor: i32, ns_pid: i32) -> Option<i32> {
                 let ns = field(&s, "NSpid:");
                 ns.len() > 1 && ns.last() == Some(&ns_pid) && descends(pid)
             })
-        });
-    // Without a namespace the pid is the host's (an orphan's parent is then no longer
-    // the run's, so it is not checked). The small pids of a namespace are kernel
-    // threads on the host (parent 0 or kthreadd): never a run's.
-    in_ns.or_else(|| {
-        status(ns_pid)
-            .filter(|s| field(s, "NSpid:").len() == 1 && field(s, "PPid:").first() > Some(&2))
-            .map(|_| ns_pid)
-    })
+        })
 }
 
 /// Waits until `path` holds a pid, up to `within`.
@@ -657,11 +672,15 @@ pub fn run_escapee(h: &Harness, script: &str) -> Ran {
     let t = Instant::now();
     let child = c.spawn().expect("corral starts");
     let pid = read_pid(&pidfile, Duration::from_secs(1)).expect("the escapee wrote its pid");
-    // The pid the run wrote is its own namespace's: the escapee's on the host, found
-    // while the run still has it. (None: in its pid namespace it was killed already,
-    // with the init, as soon as the main process ended: `leftover_killed` says so.)
-    let pid = host_pid(child.id() as i32, pid);
+    // In its own pid namespace the run wrote that namespace's pid: the escapee's host
+    // pid is found while the run still has it. (None: it was killed already, with the
+    // init, as soon as the main process ended; `leftover_killed` says so.)
+    let in_ns = host_pid_in_ns(child.id() as i32, pid);
     let ran = finish(child.wait_with_output().unwrap(), &json, t.elapsed());
+    let pid = match ran.rec()["isolation"]["enforced"]["pid_ns"] == true {
+        true => in_ns,
+        false => Some(pid),
+    };
     assert_eq!(ran.reason(), "exited", "{}", ran.rec());
     if let Some(pid) = pid {
         assert!(!alive(pid), "the escaped sleep {pid} outlived its run");
