@@ -48,6 +48,13 @@ def test_sandbox_layers_are_flags_and_service_limits() -> None:
     assert opts.service_body()["limits"] == {"network": "host", "syscalls": "off"}
 
 
+def test_pid_ns_is_a_flag_and_a_service_limit() -> None:
+    opts = RunOptions(command=["x"], limits={"pid_ns": "off", "isolation": "default"})
+    assert opts.cli_flags() == ["--pid-ns", "off", "--isolation", "default"]
+    opts.limits_from = {"limits": {"pid_ns": "off", "pids": 8}}
+    assert opts.service_body()["limits"] == {"pids": 8, "pid_ns": "off", "isolation": "default"}
+
+
 def test_isolation_off_is_a_flag_and_resets_the_metadata_layers() -> None:
     opts = RunOptions(command=["x"], limits={"isolation": "off", "syscalls": "default"})
     assert opts.cli_flags() == ["--syscalls", "default", "--isolation", "off"]

@@ -8,7 +8,7 @@ use clap::Args;
 use corral_run::{RunSpec, Stdio};
 use corral_spec::{
     load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
-    parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, ProfileSet, Syscalls,
+    parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, PidNs, ProfileSet, Syscalls,
 };
 
 /// Options of one run.
@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// --network or --syscalls wins over it.
     #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     pub isolation: Option<String>,
+    /// The pid namespace: "on" (default: the run sees and signals only its own
+    /// processes, /proc shows only them) or "off" (the host's).
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
+    pub pid_ns: Option<String>,
     /// The run's id (1-64 of A-Z a-z 0-9 _ -); generated when absent.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
@@ -161,6 +165,7 @@ impl RunArgs {
                 .as_deref()
                 .map(Isolation::parse)
                 .transpose()?,
+            pid_ns: self.pid_ns.as_deref().map(PidNs::parse).transpose()?,
         })
     }
 }

@@ -259,6 +259,9 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     if let Some(i) = p.isolation {
         m.insert(LimitKind::Isolation.key().into(), Value::from(i.as_str()));
     }
+    if let Some(n) = p.pid_ns {
+        m.insert(LimitKind::PidNs.key().into(), Value::from(n.as_str()));
+    }
     m
 }
 
@@ -275,7 +278,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(LimitKind, &Option<String>); 11] = [
+    let flags: [(LimitKind, &Option<String>); 12] = [
         (LimitKind::Memory, &a.memory),
         (LimitKind::Swap, &a.swap),
         (LimitKind::Cpus, &a.cpus),
@@ -287,6 +290,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         (LimitKind::Syscalls, &a.syscalls),
         (LimitKind::Network, &a.network),
         (LimitKind::Isolation, &a.isolation),
+        (LimitKind::PidNs, &a.pid_ns),
     ];
     let mut given = Map::new();
     for (k, v) in flags {
@@ -304,6 +308,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
     if given.contains_key(LimitKind::Isolation.key()) {
         limits.remove(LimitKind::Network.key());
         limits.remove(LimitKind::Syscalls.key());
+        limits.remove(LimitKind::PidNs.key());
     }
     limits.extend(given);
     let env = a
@@ -687,6 +692,7 @@ mod tests {
             syscalls: Some(corral_spec::Syscalls::Off),
             network: Some(corral_spec::Network::Host),
             isolation: Some(corral_spec::Isolation::Off),
+            pid_ns: Some(corral_spec::PidNs::Off),
         };
         let m = patch_json(&p);
         let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();

@@ -115,6 +115,7 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
     let seccomp = crate::spawn::seccomp_filter_available();
     let privs = crate::isolation::Privileges::current();
     let netns = privs.sys_admin && privs.net_admin;
+    let pidns = privs.sys_admin && privs.clone3;
     let features = vec![
         feature("clone3_into_cgroup", clone3, "the child is born in its cgroup; without it corral forks and moves the child before exec"),
         feature("pidfd", kernel_at_least(&kernel, 5, 4), "race-free waiting and signalling (required)"),
@@ -124,7 +125,15 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         feature("pids.peak", v2_ok && has("pids.peak", (6, 1)), "peak process count of a v2 run"),
         feature("seccomp_filter", seccomp.is_ok(), "the syscall filter of every run (--syscalls default); without it the record lists syscalls as not enforced"),
         feature("network_namespace", netns, "each run gets its own network with only loopback; without CAP_SYS_ADMIN and CAP_NET_ADMIN runs share the host's network (reported per run)"),
+        feature("pid_namespace", pidns, "each run gets its own pid namespace (it sees only its own processes); without CAP_SYS_ADMIN and clone3 runs see the host's (reported per run)"),
     ];
+    if !pidns {
+        remedies.push(if privs.sys_admin {
+            "runs see the host's processes: a pid namespace per run needs clone3 (Linux 5.3) and a seccomp policy around corral that allows it".into()
+        } else {
+            "runs see the host's processes: a pid namespace per run needs CAP_SYS_ADMIN; run corral as root (or use the corral service)".into()
+        });
+    }
     if !netns {
         remedies.push("runs share the host's network: a network namespace per run needs CAP_SYS_ADMIN and CAP_NET_ADMIN; run corral as root (or use the corral service)".into());
     }

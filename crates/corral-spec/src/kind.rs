@@ -36,11 +36,13 @@ pub enum LimitKind {
     Network,
     /// The sandbox's master switch ([`crate::Limits::isolation`]).
     Isolation,
+    /// The pid namespace ([`crate::Limits::pid_ns`]).
+    PidNs,
 }
 
 impl LimitKind {
     /// Every limit, in the order `corral profiles` prints them.
-    pub const ALL: [LimitKind; 12] = [
+    pub const ALL: [LimitKind; 13] = [
         LimitKind::Memory,
         LimitKind::Swap,
         LimitKind::Cpus,
@@ -53,6 +55,7 @@ impl LimitKind {
         LimitKind::Syscalls,
         LimitKind::Network,
         LimitKind::Isolation,
+        LimitKind::PidNs,
     ];
 
     /// The limits a backend enforces (or reports as not enforced): the fields of a
@@ -83,6 +86,7 @@ impl LimitKind {
             LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
             LimitKind::Isolation => "isolation",
+            LimitKind::PidNs => "pid_ns",
         }
     }
 
@@ -102,6 +106,7 @@ impl LimitKind {
             LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
             LimitKind::Isolation => "isolation",
+            LimitKind::PidNs => "pid_ns",
         }
     }
 
@@ -169,7 +174,8 @@ mod tests {
                 "require_isolation",
                 "syscalls",
                 "network",
-                "isolation"
+                "isolation",
+                "pid_ns"
             ]
         );
         assert_eq!(
@@ -186,7 +192,8 @@ mod tests {
                 "require_isolation",
                 "syscalls",
                 "network",
-                "isolation"
+                "isolation",
+                "pid_ns"
             ]
         );
         for k in LimitKind::ALL {

@@ -17,7 +17,7 @@ mod units;
 
 pub use kind::{LimitKind, LIMIT_KEYS};
 pub use limits::{
-    parse_grace, parse_swap, Isolation, Limits, LimitsPatch, Network, Setting, Syscalls,
+    parse_grace, parse_swap, Isolation, Limits, LimitsPatch, Network, PidNs, Setting, Syscalls,
 };
 pub use metadata::{load_metadata, parse_metadata, Metadata};
 pub use profile::{builtin_profiles, Profile, ProfileSet, ProfileSource};

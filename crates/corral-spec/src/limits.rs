@@ -100,6 +100,41 @@ impl Network {
     }
 }
 
+/// The pid namespace of a run (`--pid-ns`, profile key `pid_ns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PidNs {
+    /// Its own pid namespace: it sees and signals only its own processes, and `/proc`
+    /// shows only them.
+    #[default]
+    On,
+    /// The host's pid namespace, as without corral.
+    Off,
+}
+
+impl PidNs {
+    /// The spelling in flags, profiles and records: `on` or `off`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PidNs::On => "on",
+            PidNs::Off => "off",
+        }
+    }
+
+    /// Parses `on` or `off`.
+    pub fn parse(s: &str) -> Result<PidNs, SpecError> {
+        match s.trim() {
+            "on" => Ok(PidNs::On),
+            "off" => Ok(PidNs::Off),
+            _ => Err(SpecError::Invalid {
+                what: "pid namespace setting",
+                value: s.to_string(),
+                why: "use \"on\" (its own pid namespace: it sees only its own processes) or \"off\" (the host's)".into(),
+            }),
+        }
+    }
+}
+
 /// The master switch of the sandbox (`--isolation`, profile key `isolation`): `off`
 /// is corral's behaviour before the sandbox in one word.
 ///
@@ -148,6 +183,14 @@ impl Isolation {
         }
     }
 
+    /// The pid namespace setting this switch sets.
+    pub const fn pid_ns(self) -> PidNs {
+        match self {
+            Isolation::Default => PidNs::On,
+            Isolation::Off => PidNs::Off,
+        }
+    }
+
     /// The syscall filter this switch sets.
     pub const fn syscalls(self) -> Syscalls {
         match self {
@@ -189,6 +232,10 @@ pub struct Limits {
     /// existed: the default). `network` and `syscalls` already hold its effect.
     #[serde(default)]
     pub isolation: Isolation,
+    /// The pid namespace (absent in limits stored before it existed: the default, its
+    /// own namespace).
+    #[serde(default)]
+    pub pid_ns: PidNs,
 }
 
 impl Default for Limits {
@@ -207,6 +254,7 @@ impl Default for Limits {
             syscalls: Syscalls::Default,
             network: Network::None,
             isolation: Isolation::Default,
+            pid_ns: PidNs::On,
         }
     }
 }
@@ -238,6 +286,8 @@ pub struct LimitsPatch {
     pub network: Option<Network>,
     /// See [`Isolation`]: applied before this patch's `network` and `syscalls`.
     pub isolation: Option<Isolation>,
+    /// See [`Limits::pid_ns`].
+    pub pid_ns: Option<PidNs>,
 }
 
 impl LimitsPatch {
@@ -265,12 +315,16 @@ impl LimitsPatch {
             base.isolation = i;
             base.network = i.network();
             base.syscalls = i.syscalls();
+            base.pid_ns = i.pid_ns();
         }
         if let Some(s) = self.syscalls {
             base.syscalls = s;
         }
         if let Some(n) = self.network {
             base.network = n;
+        }
+        if let Some(p) = self.pid_ns {
+            base.pid_ns = p;
         }
     }
 
@@ -317,6 +371,7 @@ impl LimitsPatch {
                 LimitKind::Isolation => {
                     p.isolation = Some(Isolation::parse(&text(v)).map_err(bad)?)
                 }
+                LimitKind::PidNs => p.pid_ns = Some(PidNs::parse(&text(v)).map_err(bad)?),
             }
         }
         Ok(p)
@@ -493,5 +548,41 @@ mod tests {
         v.as_object_mut().unwrap().remove("network");
         let back: Limits = serde_json::from_value(v).unwrap();
         assert_eq!(back.network, Network::None);
+    }
+
+    #[test]
+    fn pid_ns_setting() {
+        let mut l = Limits::default();
+        assert_eq!(l.pid_ns, PidNs::On);
+        let t = json!({"pid_ns": "off"});
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::Off);
+        let t = json!({"pid_ns": "yes"});
+        let e = LimitsPatch::from_table(t.as_object().unwrap(), "f").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid pid namespace setting \"yes\": use \"on\""),
+            "{e}"
+        );
+        assert_eq!(PidNs::parse(" on ").unwrap().as_str(), "on");
+        // The switch turns it off; an explicit key in the same layer wins.
+        let t = json!({"isolation": "off"});
+        let mut l = Limits::default();
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::Off);
+        let t = json!({"pid_ns": "on", "isolation": "off"});
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::On);
+        // Limits stored before the key existed get the default.
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        v.as_object_mut().unwrap().remove("pid_ns");
+        let back: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(back.pid_ns, PidNs::On);
     }
 }

@@ -136,7 +136,8 @@ fn merge(dst: &mut LimitsPatch, src: LimitsPatch) {
         output_limit,
         require_isolation,
         syscalls,
-        network
+        network,
+        pid_ns
     );
     // The switch resets the layers a lower patch set (src's own keys, taken above,
     // still win: see Isolation).
@@ -147,6 +148,9 @@ fn merge(dst: &mut LimitsPatch, src: LimitsPatch) {
         }
         if src.syscalls.is_none() {
             dst.syscalls = None;
+        }
+        if src.pid_ns.is_none() {
+            dst.pid_ns = None;
         }
     }
 }

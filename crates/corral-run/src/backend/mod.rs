@@ -226,7 +226,8 @@ impl Plan {
             | LimitKind::RequireIsolation
             | LimitKind::Syscalls
             | LimitKind::Network
-            | LimitKind::Isolation => false,
+            | LimitKind::Isolation
+            | LimitKind::PidNs => false,
         };
         if was {
             self.gaps.push(Gap {

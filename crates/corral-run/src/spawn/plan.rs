@@ -61,6 +61,10 @@ pub(super) struct ChildPlan<'p> {
     pub(super) new_network: bool,
     /// The Landlock ruleset to restrict writes with, or -1.
     pub(super) landlock: RawFd,
+    /// Born pid 1 of a new pid namespace: mount a fresh `/proc` and run the mini-init.
+    pub(super) pid_ns: bool,
+    /// The write end of the main-status pipe the mini-init reports on, or -1.
+    pub(super) status_tx: RawFd,
     _borrows: PhantomData<&'p ()>,
 }
 
@@ -108,7 +112,7 @@ impl<'p> ChildPlan<'p> {
             unshare_flags: match &setup.contain {
                 Some(c) if c.cgroup_namespace => libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP,
                 Some(_) => libc::CLONE_NEWNS,
-                None if setup.new_mount_namespace => libc::CLONE_NEWNS,
+                None if setup.new_mount_namespace || setup.pid_namespace => libc::CLONE_NEWNS,
                 None => 0,
             },
             cgroup2_mount: setup
@@ -124,8 +128,15 @@ impl<'p> ChildPlan<'p> {
             drop_caps: setup.contain.is_some(),
             new_network: setup.new_network,
             landlock: setup.write_rules.map_or(-1, |r| r.fd().as_raw_fd()),
+            pid_ns: setup.pid_namespace,
+            status_tx: -1,
             _borrows: PhantomData,
         }
+    }
+
+    /// The pipe on which the mini-init reports the command's wait status.
+    pub(super) fn report_main_status(&mut self, tx: BorrowedFd<'p>) {
+        self.status_tx = tx.as_raw_fd();
     }
 
     /// Adds a file the child writes itself into (the clone3 fallback's `cgroup.procs`).
