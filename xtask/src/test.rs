@@ -36,6 +36,7 @@ const STEPS: &[&str] = &["lint", "host", "python", "vm", "systemd"];
 const VM_TARGETS: &[(&str, &[&str])] = &[
     ("enforcement", &["cgroup2"]),
     ("network", &["cgroup2"]),
+    ("pidns", &["cgroup2"]),
     ("fsview", &["cgroup2"]),
     ("check", &[]),
     ("soak", &["--nocapture"]),

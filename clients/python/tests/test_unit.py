@@ -49,6 +49,13 @@ def test_sandbox_layers_are_flags_and_service_limits() -> None:
     assert opts.service_body()["limits"] == {"network": "host", "syscalls": "off"}
 
 
+def test_pid_ns_is_a_flag_and_a_service_limit() -> None:
+    opts = RunOptions(command=["x"], limits={"pid_ns": "off", "isolation": "default"})
+    assert opts.cli_flags() == ["--pid-ns", "off", "--isolation", "default"]
+    opts.limits_from = {"limits": {"pid_ns": "off", "pids": 8}}
+    assert opts.service_body()["limits"] == {"pids": 8, "pid_ns": "off", "isolation": "default"}
+
+
 def test_isolation_off_is_a_flag_and_resets_the_metadata_layers() -> None:
     opts = RunOptions(command=["x"], limits={"isolation": "off", "syscalls": "default"})
     assert opts.cli_flags() == ["--syscalls", "default", "--isolation", "off"]
@@ -80,6 +87,26 @@ def test_notebook_keeps_its_directories_writable(monkeypatch: pytest.MonkeyPatch
     flags = seen["flags"]
     rw = [flags[i + 1] for i, f in enumerate(flags) if f == "--rw"]
     assert rw == ["/data", str(tmp_path / "a"), str(tmp_path / "b")]
+def test_layers_and_path_lists() -> None:
+    opts = RunOptions(
+        command=["x"],
+        limits={"pid_ns": "off", "fs": "read-only", "user": "dynamic"},
+        rw=["/data/out", "/data/cache"],
+        hide=["/home"],
+    )
+    assert opts.cli_flags() == [
+        "--pid-ns", "off", "--fs", "read-only", "--user", "dynamic",
+        "--rw", "/data/out", "--rw", "/data/cache", "--hide", "/home",
+    ]
+    # The metadata's lists and the arguments' add up, without repeats.
+    opts.limits_from = {"limits": {"rw": ["/data/out", "/scratch"], "hide": ["/root"]}}
+    limits = opts.service_body()["limits"]
+    assert limits["rw"] == ["/data/out", "/scratch", "/data/cache"]
+    assert limits["hide"] == ["/root", "/home"]
+    # The switch resets every layer the metadata set.
+    opts = RunOptions(command=["x"], limits={"isolation": "off"})
+    opts.limits_from = {"limits": {"pid_ns": "on", "fs": "read-only", "user": "nobody"}}
+    assert opts.service_body()["limits"] == {"isolation": "off"}
 
 
 def test_isolated_run_passes_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,6 +120,10 @@ def test_isolated_run_passes_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(corral_api, "run_binary", fake)
     corral.isolated_run(["true"], isolation="off", network="none", cwd="/")
     assert seen["flags"] == ["--network", "none", "--isolation", "off", "--cwd", "/"]
+    corral.isolated_run(["true"], fs="read-only", rw="/data", hide=["/home"], cwd="/")
+    assert seen["flags"] == [
+        "--fs", "read-only", "--rw", "/data", "--hide", "/home", "--cwd", "/",
+    ]
 
 
 def test_service_body_merges_metadata_under_arguments() -> None:

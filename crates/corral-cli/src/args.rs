@@ -9,7 +9,7 @@ use corral_run::{RunSpec, Stdio};
 use corral_spec::{check_hide_path, check_rw_path, FsMode};
 use corral_spec::{
     load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
-    parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, ProfileSet, Syscalls,
+    parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, PidNs, ProfileSet, Syscalls,
 };
 
 /// Options of one run.
@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Cover PATH (absolute; repeatable) with an empty read-only directory (or file).
     #[arg(long, value_name = "PATH")]
     pub hide: Vec<String>,
+    /// The pid namespace: "on" (default: the run sees and signals only its own
+    /// processes, /proc shows only them) or "off" (the host's).
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
+    pub pid_ns: Option<String>,
     /// The run's id (1-64 of A-Z a-z 0-9 _ -); generated when absent.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
@@ -190,6 +194,7 @@ impl RunArgs {
                     check_hide_path(&p).map(|()| p)
                 })
                 .collect::<Result<_, _>>()?,
+            pid_ns: self.pid_ns.as_deref().map(PidNs::parse).transpose()?,
         })
     }
 }

@@ -259,6 +259,9 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     if let Some(i) = p.isolation {
         m.insert(LimitKind::Isolation.key().into(), Value::from(i.as_str()));
     }
+    if let Some(n) = p.pid_ns {
+        m.insert(LimitKind::PidNs.key().into(), Value::from(n.as_str()));
+    }
     if let Some(f) = p.fs {
         m.insert(LimitKind::Fs.key().into(), Value::from(f.as_str()));
     }
@@ -291,7 +294,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(LimitKind, &Option<String>); 12] = [
+    let flags: [(LimitKind, &Option<String>); 13] = [
         (LimitKind::Memory, &a.memory),
         (LimitKind::Swap, &a.swap),
         (LimitKind::Cpus, &a.cpus),
@@ -304,6 +307,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         (LimitKind::Network, &a.network),
         (LimitKind::Isolation, &a.isolation),
         (LimitKind::Fs, &a.fs),
+        (LimitKind::PidNs, &a.pid_ns),
     ];
     let mut given = Map::new();
     for (k, v) in flags {
@@ -333,6 +337,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         limits.remove(LimitKind::Network.key());
         limits.remove(LimitKind::Syscalls.key());
         limits.remove(LimitKind::Fs.key());
+        limits.remove(LimitKind::PidNs.key());
     }
     limits.extend(given);
     let env = a
@@ -719,6 +724,7 @@ mod tests {
             fs: Some(corral_spec::FsMode::Host),
             rw: vec!["out".into(), "/data".into()],
             hide: vec!["/home".into()],
+            pid_ns: Some(corral_spec::PidNs::Off),
         };
         let m = patch_json(&p);
         let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();

@@ -388,13 +388,22 @@ fn rlimit_as_ordinary_user() {
         } else {
             Command::new(common::corral_bin())
         };
-        // `--network host`: this test is about the file-system layer.
-        c.args(["run", "--backend", "rlimit", "--network", "host", "--json"])
-            .arg(&json)
-            .args(args)
-            .args(["--", "true"])
-            .env("XDG_CONFIG_HOME", h.tmp())
-            .current_dir(h.tmp());
+        // `--network host`, `--pid-ns off`: this test is about the file-system layer.
+        c.args([
+            "run",
+            "--backend",
+            "rlimit",
+            "--network",
+            "host",
+            "--pid-ns",
+            "off",
+            "--json",
+        ])
+        .arg(&json)
+        .args(args)
+        .args(["--", "true"])
+        .env("XDG_CONFIG_HOME", h.tmp())
+        .current_dir(h.tmp());
         let t = std::time::Instant::now();
         common::finish(c.output().expect("corral starts"), &json, t.elapsed())
     };

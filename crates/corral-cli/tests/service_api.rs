@@ -265,7 +265,7 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
         let state = state.display().to_string();
         assert_eq!(
             iso["requested"],
-            json!({"isolation": "off", "syscalls": "off", "network": "host",
+            json!({"isolation": "off", "syscalls": "off", "network": "host", "pid_ns": "off",
                    "fs": {"mode": "host", "rw": [], "hide": [state]}}),
             "{v}"
         );
@@ -421,6 +421,8 @@ fn graceful_shutdown_drains_then_cancels() {
                 .ok()
         })
         .expect("the sleeper started");
+        // The run's own namespace's pid: the sleeper's on the host.
+        let pid = common::host_pid(s.pid(), pid).expect("the sleeper on the host");
         let t = Instant::now();
         s.signal(libc::SIGTERM);
         // While draining: no new runs, reads still work.

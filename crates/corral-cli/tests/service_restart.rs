@@ -53,6 +53,8 @@ fn kill_9_then_restart_reaps_and_resumes() {
                 })
                 .expect("the in-flight run started its grandchild")
             })
+            // Pids of each run's own namespace: the grandchildren's on the host.
+            .map(|p| common::host_pid(s.pid(), p).expect("the grandchild on the host"))
             .collect();
         assert_eq!(s.run_cgroups_memory(), 3);
         s.kill9();
@@ -104,9 +106,12 @@ fn restart_reaps_what_even_the_guard_missed() {
         let mut s = Svc::new(b, "reap", "--budget-memory 1G --budget-cpus 2");
         s.start();
         // Not in the service's own (hidden) directory: in a scratch one the run may write.
+        // In its own pid namespace the grandchild would die with the run's init when
+        // the service dies: this is about a run whose orphans outlive it (the host's
+        // pid namespace), which only the restart can reap.
         let scratch = tempfile::tempdir().unwrap();
         let lim = json!({"memory": "64M", "cpus": 0.25, "timeout": "120s",
-                         "rw": [scratch.path()]});
+                         "rw": [scratch.path()], "pid_ns": "off"});
         let pidfile = scratch.path().join("grandchild");
         let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
         let (st, v) = s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim}));

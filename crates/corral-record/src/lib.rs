@@ -160,6 +160,10 @@ fn default_isolation() -> String {
     "default".into()
 }
 
+fn default_pid_ns() -> String {
+    "off".into()
+}
+
 /// The isolation layers a run asked for (profile, metadata, flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsolationRequested {
@@ -172,6 +176,10 @@ pub struct IsolationRequested {
     pub syscalls: String,
     /// The network: `none` (its own namespace, loopback only) or `host`.
     pub network: String,
+    /// The pid namespace: `on` (its own) or `off` (the host's). Absent in records
+    /// written before it existed: `off`, what those runs had.
+    #[serde(default = "default_pid_ns")]
+    pub pid_ns: String,
     /// The file-system view asked for (`null` only in records written before the
     /// layer existed).
     #[serde(default)]
@@ -222,6 +230,10 @@ pub struct IsolationEnforced {
     /// (see `not_enforced`).
     #[serde(default)]
     pub fs: Option<FsEnforced>,
+    /// Whether the run had its own pid namespace (its command pid 2 under corral's
+    /// mini-init, a fresh `/proc`). Absent in records written before it existed: `false`.
+    #[serde(default)]
+    pub pid_ns: bool,
 }
 
 /// An isolation layer that was asked for but could not be applied, and why.

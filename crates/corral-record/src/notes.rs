@@ -204,6 +204,9 @@ pub fn compose_notes(r: &Record) -> String {
         if e.core_dumps {
             off.push("core dumps as inherited");
         }
+        if !e.pid_ns && iso.requested.pid_ns == "off" {
+            off.push("the host's processes visible");
+        }
         if !off.is_empty() {
             out.push(format!(
                 "Not sandboxed (isolation off): {}.",

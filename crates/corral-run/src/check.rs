@@ -117,6 +117,7 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
     let netns = privs.sys_admin && privs.net_admin;
     let mount_setattr = crate::spawn::mount_setattr_available();
     let fs_view = privs.sys_admin && mount_setattr.is_ok();
+    let pidns = privs.sys_admin && privs.clone3;
     let features = vec![
         feature("clone3_into_cgroup", clone3, "the child is born in its cgroup; without it corral forks and moves the child before exec"),
         feature("pidfd", kernel_at_least(&kernel, 5, 4), "race-free waiting and signalling (required)"),
@@ -127,11 +128,19 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         feature("seccomp_filter", seccomp.is_ok(), "the syscall filter of every run (--syscalls default); without it the record lists syscalls as not enforced"),
         feature("network_namespace", netns, "each run gets its own network with only loopback; without CAP_SYS_ADMIN and CAP_NET_ADMIN runs share the host's network (reported per run)"),
         feature("read_only_view", fs_view, "each run sees the host's files read-only with a private /tmp (--fs read-only); needs CAP_SYS_ADMIN and mount_setattr (Linux 5.12), else runs write wherever their user may (reported per run)"),
+        feature("pid_namespace", pidns, "each run gets its own pid namespace (it sees only its own processes); without CAP_SYS_ADMIN and clone3 runs see the host's (reported per run)"),
     ];
     if !privs.sys_admin {
         remedies.push("runs can write wherever their user may: the read-only view of the host's files needs CAP_SYS_ADMIN; run corral as root (or use the corral service)".into());
     } else if let Err(e) = &mount_setattr {
         remedies.push(format!("runs can write wherever their user may: the read-only view needs mount_setattr (Linux 5.12), which this kernel refuses ({e}); upgrade the kernel"));
+    }
+    if !pidns {
+        remedies.push(if privs.sys_admin {
+            "runs see the host's processes: a pid namespace per run needs clone3 (Linux 5.3) and a seccomp policy around corral that allows it".into()
+        } else {
+            "runs see the host's processes: a pid namespace per run needs CAP_SYS_ADMIN; run corral as root (or use the corral service)".into()
+        });
     }
     if !netns {
         remedies.push("runs share the host's network: a network namespace per run needs CAP_SYS_ADMIN and CAP_NET_ADMIN; run corral as root (or use the corral service)".into());

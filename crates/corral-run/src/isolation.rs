@@ -7,7 +7,9 @@
 //! dumps off (`RLIMIT_CORE` 0) and `no_new_privs`. By default (`--syscalls default`)
 //! also the seccomp filter [`crate::spawn::POLICY`], where the kernel can install one,
 //! and (`--network none`) its own network namespace with only loopback, where corral
-//! has the capabilities to make one.
+//! has the capabilities to make one, and (`--pid-ns on`) its own pid namespace, where
+//! corral has `CAP_SYS_ADMIN` and the kernel `clone3`: the command runs as pid 2 under
+//! corral's mini-init (pid 1) with a fresh `/proc` (see [`crate::spawn`]).
 //!
 //! `--isolation off` (profile key `isolation = "off"`) is corral's behaviour before the
 //! sandbox: the host's network, no seccomp filter, and none of the always-on steps (no
@@ -22,7 +24,7 @@
 use std::sync::OnceLock;
 
 use corral_record::{IsolationEnforced, IsolationGap, IsolationRecord, IsolationRequested};
-use corral_spec::{FsMode, Isolation, Limits, Network, Syscalls};
+use corral_spec::{FsMode, Isolation, Limits, Network, PidNs, Syscalls};
 use rustix::thread::CapabilitySet;
 
 use crate::spawn::{self, SyscallFilter};
@@ -34,6 +36,9 @@ pub struct Privileges {
     pub sys_admin: bool,
     /// `CAP_NET_ADMIN`: bringing the new namespace's loopback up.
     pub net_admin: bool,
+    /// The kernel answers `clone3` (5.3+): a pid namespace is made with
+    /// `clone3(CLONE_NEWPID)`, never on the `fork` fallback.
+    pub clone3: bool,
 }
 
 impl Privileges {
@@ -45,6 +50,7 @@ impl Privileges {
         Privileges {
             sys_admin: eff.contains(CapabilitySet::SYS_ADMIN),
             net_admin: eff.contains(CapabilitySet::NET_ADMIN),
+            clone3: spawn::clone3_available(),
         }
     }
 }
@@ -61,6 +67,9 @@ pub struct IsolationPlan {
     /// The file-system view the child builds (`None`: none, the host's files as they
     /// are; `Some(Host)` only covers the `hide` paths).
     pub fs: Option<FsMode>,
+    /// The child is born in its own pid namespace (`clone3(CLONE_NEWPID)`), mounts a
+    /// fresh `/proc` and runs the command under corral's mini-init.
+    pub pid_ns: bool,
 }
 
 /// The `network` layer cannot be applied without these capabilities (rootless runs get
@@ -126,6 +135,20 @@ fn plan_fs(
         },
     }
 }
+/// The `pid_ns` layer cannot be applied without CAP_SYS_ADMIN (rootless runs get a pid
+/// namespace only once corral uses user namespaces).
+const PID_NS_GAP: &str = "a pid namespace needs CAP_SYS_ADMIN, which corral lacks here \
+     (run by an ordinary user: rootless runs get one only once corral uses user \
+     namespaces), so the run sees and may signal the host's processes; run corral as root \
+     (or submit to the corral service) to give each run its own pid namespace, or pass \
+     --pid-ns off to ask for the host's";
+
+/// The `pid_ns` layer cannot be applied without clone3 (the fork fallback cannot make
+/// the child pid 1 of a new namespace).
+const PID_NS_CLONE3_GAP: &str = "a pid namespace needs clone3 (Linux 5.3+), which this \
+     kernel (or a seccomp filter around corral) refuses, so the run sees and may signal \
+     the host's processes; run corral on a kernel that allows clone3 to give each run its \
+     own pid namespace, or pass --pid-ns off to ask for the host's";
 
 /// Whether this host can install corral's filter: the kernel's answer and the
 /// compiled program, probed once per process.
@@ -178,6 +201,22 @@ fn plan_with(
             (None, false)
         }
     };
+    let pid_ns = match limits.pid_ns {
+        PidNs::Off => false,
+        PidNs::On if privs.sys_admin && privs.clone3 => true,
+        PidNs::On => {
+            not_enforced.push(IsolationGap {
+                layer: "pid_ns".into(),
+                why: if privs.sys_admin {
+                    PID_NS_CLONE3_GAP
+                } else {
+                    PID_NS_GAP
+                }
+                .into(),
+            });
+            false
+        }
+    };
     let (fs, fs_gap) = plan_fs(limits, privs, mount_setattr);
     not_enforced.extend(fs_gap);
     let always = limits.isolation == Isolation::Default;
@@ -188,6 +227,7 @@ fn plan_with(
                 syscalls: limits.syscalls.as_str().into(),
                 network: limits.network.as_str().into(),
                 fs: Some(crate::fsview::requested(limits)),
+                pid_ns: limits.pid_ns.as_str().into(),
             },
             enforced: IsolationEnforced {
                 syscalls: filter.map(|_| corral_record::SyscallPolicy {
@@ -213,12 +253,14 @@ fn plan_with(
                     };
                     crate::fsview::enforced(mode, &paths)
                 }),
+                pid_ns,
             },
             not_enforced,
         },
         filter,
         new_network,
         fs,
+        pid_ns,
     }
 }
 
@@ -229,10 +271,12 @@ mod tests {
     const ROOT: Privileges = Privileges {
         sys_admin: true,
         net_admin: true,
+        clone3: true,
     };
     const USER: Privileges = Privileges {
         sys_admin: false,
         net_admin: false,
+        clone3: true,
     };
 
     #[test]
@@ -244,10 +288,11 @@ mod tests {
             j,
             serde_json::json!({
                 "requested": {"isolation": "default", "syscalls": "default", "network": "none",
+                              "pid_ns": "on",
                               "fs": {"mode": "read-only", "rw": [], "hide": []}},
                 "enforced": {"syscalls": {"policy": "corral-default", "version": 1},
                              "no_new_privs": true, "new_session": true, "core_dumps": false,
-                             "network": "loopback",
+                             "network": "loopback", "pid_ns": true,
                              "fs": {"mode": "read-only", "writable": ["/tmp", "/dev/shm"],
                                     "hidden": [], "private_tmp": true}},
                 "not_enforced": []
@@ -282,6 +327,7 @@ mod tests {
             network: Network::Host,
             syscalls: Syscalls::Off,
             fs: FsMode::Host,
+            pid_ns: PidNs::Off,
             ..Limits::default()
         };
         for privs in [ROOT, USER] {
@@ -291,15 +337,16 @@ mod tests {
                 j,
                 serde_json::json!({
                     "requested": {"isolation": "off", "syscalls": "off", "network": "host",
+                                  "pid_ns": "off",
                                   "fs": {"mode": "host", "rw": [], "hide": []}},
                     "enforced": {"syscalls": null, "no_new_privs": false, "new_session": false,
-                                 "core_dumps": true, "network": "host",
+                                 "core_dumps": true, "network": "host", "pid_ns": false,
                                  "fs": {"mode": "host", "writable": ["/"], "hidden": [],
                                         "private_tmp": false}},
                     "not_enforced": []
                 })
             );
-            assert!(p.filter.is_none() && !p.new_network);
+            assert!(p.filter.is_none() && !p.new_network && !p.pid_ns);
             assert_eq!(p.fs, Some(FsMode::Host));
         }
         // An explicit filter under the switch keeps no_new_privs (the kernel's condition).
@@ -329,6 +376,8 @@ mod tests {
         let host = Limits {
             network: Network::Host,
             fs: FsMode::Host,
+            // (An ordinary user's pid namespace gap is not this test's.)
+            pid_ns: PidNs::Off,
             ..Limits::default()
         };
         for privs in [ROOT, USER] {
@@ -347,21 +396,29 @@ mod tests {
             Privileges {
                 sys_admin: true,
                 net_admin: false,
+                clone3: true,
             },
         ] {
             let p = plan_with(&Limits::default(), privs, default_filter);
             assert!(!p.new_network);
             assert_eq!(p.record.requested.network, "none");
             assert_eq!(p.record.enforced.network, None);
-            // (The fs layer's own gap is tested below.)
-            let gaps: Vec<_> = p
+            // The network's gap, and the pid namespace's where CAP_SYS_ADMIN is missing
+            // (the fs layer's own gap is tested below).
+            let layers: Vec<&str> = p
                 .record
                 .not_enforced
                 .iter()
-                .filter(|g| g.layer != "fs")
+                .map(|g| g.layer.as_str())
+                .filter(|l| *l != "fs")
                 .collect();
-            assert_eq!(gaps.len(), 1);
-            let gap = gaps[0];
+            let want: &[&str] = if privs.sys_admin {
+                &["network"]
+            } else {
+                &["network", "pid_ns"]
+            };
+            assert_eq!(layers, want);
+            let gap = &p.record.not_enforced[0];
             assert_eq!(gap.layer, "network");
             assert!(gap.why.contains("CAP_SYS_ADMIN"), "{}", gap.why);
             assert!(gap.why.contains("--network host"), "{}", gap.why);
@@ -377,7 +434,82 @@ mod tests {
             .iter()
             .map(|g| g.layer.as_str())
             .collect();
-        assert_eq!(layers, ["syscalls", "network", "fs"]);
+        assert_eq!(layers, ["syscalls", "network", "pid_ns", "fs"]);
+    }
+
+    #[test]
+    fn root_gets_a_pid_namespace_by_default() {
+        let p = plan_with(&Limits::default(), ROOT, default_filter);
+        assert!(p.pid_ns);
+        assert_eq!(p.record.requested.pid_ns, "on");
+        assert!(p.record.enforced.pid_ns);
+        assert!(p.record.not_enforced.is_empty());
+        // --pid-ns off is what was asked for, for anyone.
+        let off = Limits {
+            pid_ns: PidNs::Off,
+            ..Limits::default()
+        };
+        for privs in [ROOT, USER] {
+            let p = plan_with(&off, privs, default_filter);
+            assert!(!p.pid_ns);
+            assert_eq!(p.record.requested.pid_ns, "off");
+            assert!(!p.record.enforced.pid_ns);
+            assert!(p.record.not_enforced.iter().all(|g| g.layer != "pid_ns"));
+        }
+    }
+
+    #[test]
+    fn an_ordinary_user_is_told_the_pids_are_not_isolated_and_why() {
+        let p = plan_with(&Limits::default(), USER, default_filter);
+        assert!(!p.pid_ns);
+        assert!(!p.record.enforced.pid_ns);
+        let gaps: Vec<&IsolationGap> = p
+            .record
+            .not_enforced
+            .iter()
+            .filter(|g| g.layer == "pid_ns")
+            .collect();
+        assert_eq!(gaps.len(), 1);
+        assert!(gaps[0].why.contains("CAP_SYS_ADMIN"), "{}", gaps[0].why);
+        assert!(gaps[0].why.contains("user namespaces"), "{}", gaps[0].why);
+        assert!(gaps[0].why.contains("--pid-ns off"), "{}", gaps[0].why);
+    }
+
+    #[test]
+    fn without_clone3_root_is_told_the_kernel_refuses_it() {
+        let no_clone3 = Privileges {
+            clone3: false,
+            ..ROOT
+        };
+        let p = plan_with(&Limits::default(), no_clone3, default_filter);
+        assert!(!p.pid_ns);
+        assert!(p.new_network, "the other layers do not depend on clone3");
+        assert_eq!(p.record.not_enforced.len(), 1);
+        let gap = &p.record.not_enforced[0];
+        assert_eq!(gap.layer, "pid_ns");
+        assert!(gap.why.contains("clone3"), "{}", gap.why);
+        assert!(gap.why.contains("--pid-ns off"), "{}", gap.why);
+    }
+
+    #[test]
+    fn isolation_off_turns_the_pid_namespace_off_unless_asked() {
+        let mut l = Limits::default();
+        corral_spec::LimitsPatch {
+            isolation: Some(Isolation::Off),
+            ..Default::default()
+        }
+        .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::Off);
+        assert!(!plan_with(&l, ROOT, default_filter).pid_ns);
+        corral_spec::LimitsPatch {
+            isolation: Some(Isolation::Off),
+            pid_ns: Some(PidNs::On),
+            ..Default::default()
+        }
+        .apply(&mut l);
+        let p = plan_with(&l, ROOT, default_filter);
+        assert!(p.pid_ns && p.record.enforced.pid_ns);
+        assert_eq!(p.record.requested.isolation, "off");
     }
 
     #[test]

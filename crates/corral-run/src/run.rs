@@ -298,6 +298,9 @@ pub async fn run(
         fs_view,
         ..Default::default()
     };
+    // The pid namespace: born pid 1 of it, a fresh /proc in a private mount namespace.
+    setup.pid_namespace = iso.pid_ns;
+    setup.new_mount_namespace |= iso.pid_ns;
     sandbox.child_setup(&mut setup);
     // A backend may need a step the isolation plan left out (the rlimit backend's
     // setsid): the record says what the child does.
@@ -305,6 +308,15 @@ pub async fn run(
         iso.enforced.new_session = setup.new_session;
     }
     let spawned = spawn::spawn(&exec, &setup, &sandbox.placement());
+    // With a pid namespace the supervised pid is the mini-init; the command's own
+    // status comes from this pipe.
+    let (spawned, main_status) = match spawned {
+        Ok(mut s) => {
+            let m = s.main_status.take();
+            (Ok(s), m)
+        }
+        Err(e) => (Err(e), None),
+    };
     drop(setup);
     drop((in_fd, out_fd, err_fd));
     let confirmed = match spawned {
@@ -347,7 +359,15 @@ pub async fn run(
         }
     };
 
-    let sup = supervise(sandbox.as_mut(), pidfd, &spec.limits, started, cancel).await;
+    let sup = supervise(
+        sandbox.as_mut(),
+        pidfd,
+        main_status,
+        &spec.limits,
+        started,
+        cancel,
+    )
+    .await;
     let sup = match sup {
         Ok(s) => s,
         Err(e) => {

@@ -36,6 +36,8 @@ pub enum LimitKind {
     Network,
     /// The sandbox's master switch ([`crate::Limits::isolation`]).
     Isolation,
+    /// The pid namespace ([`crate::Limits::pid_ns`]).
+    PidNs,
     /// The file-system view ([`crate::Limits::fs`]).
     Fs,
     /// Writable paths in the read-only view ([`crate::Limits::rw`]).
@@ -46,7 +48,7 @@ pub enum LimitKind {
 
 impl LimitKind {
     /// Every limit, in the order `corral profiles` prints them.
-    pub const ALL: [LimitKind; 15] = [
+    pub const ALL: [LimitKind; 16] = [
         LimitKind::Memory,
         LimitKind::Swap,
         LimitKind::Cpus,
@@ -59,6 +61,7 @@ impl LimitKind {
         LimitKind::Syscalls,
         LimitKind::Network,
         LimitKind::Isolation,
+        LimitKind::PidNs,
         LimitKind::Fs,
         LimitKind::Rw,
         LimitKind::Hide,
@@ -92,6 +95,7 @@ impl LimitKind {
             LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
             LimitKind::Isolation => "isolation",
+            LimitKind::PidNs => "pid_ns",
             LimitKind::Fs => "fs",
             LimitKind::Rw => "rw",
             LimitKind::Hide => "hide",
@@ -114,6 +118,7 @@ impl LimitKind {
             LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
             LimitKind::Isolation => "isolation",
+            LimitKind::PidNs => "pid_ns",
             LimitKind::Fs => "fs",
             LimitKind::Rw => "rw",
             LimitKind::Hide => "hide",
@@ -185,6 +190,7 @@ mod tests {
                 "syscalls",
                 "network",
                 "isolation",
+                "pid_ns",
                 "fs",
                 "rw",
                 "hide"
@@ -205,6 +211,7 @@ mod tests {
                 "syscalls",
                 "network",
                 "isolation",
+                "pid_ns",
                 "fs",
                 "rw",
                 "hide"

@@ -138,6 +138,41 @@ impl FsMode {
     }
 }
 
+/// The pid namespace of a run (`--pid-ns`, profile key `pid_ns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PidNs {
+    /// Its own pid namespace: it sees and signals only its own processes, and `/proc`
+    /// shows only them.
+    #[default]
+    On,
+    /// The host's pid namespace, as without corral.
+    Off,
+}
+
+impl PidNs {
+    /// The spelling in flags, profiles and records: `on` or `off`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PidNs::On => "on",
+            PidNs::Off => "off",
+        }
+    }
+
+    /// Parses `on` or `off`.
+    pub fn parse(s: &str) -> Result<PidNs, SpecError> {
+        match s.trim() {
+            "on" => Ok(PidNs::On),
+            "off" => Ok(PidNs::Off),
+            _ => Err(SpecError::Invalid {
+                what: "pid namespace setting",
+                value: s.to_string(),
+                why: "use \"on\" (its own pid namespace: it sees only its own processes) or \"off\" (the host's)".into(),
+            }),
+        }
+    }
+}
+
 /// Checks a path for `hide`: absolute, not `/`, no NUL byte.
 pub fn check_hide_path(p: &Path) -> Result<(), SpecError> {
     let bad = |why: &str| SpecError::Invalid {
@@ -241,6 +276,14 @@ impl Isolation {
         }
     }
 
+    /// The pid namespace setting this switch sets.
+    pub const fn pid_ns(self) -> PidNs {
+        match self {
+            Isolation::Default => PidNs::On,
+            Isolation::Off => PidNs::Off,
+        }
+    }
+
     /// The syscall filter this switch sets.
     pub const fn syscalls(self) -> Syscalls {
         match self {
@@ -290,6 +333,10 @@ pub struct Limits {
     /// existed: the default). `network` and `syscalls` already hold its effect.
     #[serde(default)]
     pub isolation: Isolation,
+    /// The pid namespace (absent in limits stored before it existed: the default, its
+    /// own namespace).
+    #[serde(default)]
+    pub pid_ns: PidNs,
     /// The file-system view (absent in limits stored before it existed: the default,
     /// read-only).
     #[serde(default)]
@@ -319,6 +366,7 @@ impl Default for Limits {
             syscalls: Syscalls::Default,
             network: Network::None,
             isolation: Isolation::Default,
+            pid_ns: PidNs::On,
             fs: FsMode::ReadOnly,
             rw: Vec::new(),
             hide: Vec::new(),
@@ -353,6 +401,8 @@ pub struct LimitsPatch {
     pub network: Option<Network>,
     /// See [`Isolation`]: applied before this patch's `network` and `syscalls`.
     pub isolation: Option<Isolation>,
+    /// See [`Limits::pid_ns`].
+    pub pid_ns: Option<PidNs>,
     /// See [`Limits::fs`].
     pub fs: Option<FsMode>,
     /// Added to [`Limits::rw`] (lists add up across layers, deduplicated).
@@ -386,6 +436,7 @@ impl LimitsPatch {
             base.isolation = i;
             base.network = i.network();
             base.syscalls = i.syscalls();
+            base.pid_ns = i.pid_ns();
             base.fs = i.fs();
         }
         if let Some(f) = self.fs {
@@ -398,6 +449,9 @@ impl LimitsPatch {
         }
         if let Some(n) = self.network {
             base.network = n;
+        }
+        if let Some(p) = self.pid_ns {
+            base.pid_ns = p;
         }
     }
 
@@ -444,6 +498,7 @@ impl LimitsPatch {
                 LimitKind::Isolation => {
                     p.isolation = Some(Isolation::parse(&text(v)).map_err(bad)?)
                 }
+                LimitKind::PidNs => p.pid_ns = Some(PidNs::parse(&text(v)).map_err(bad)?),
                 LimitKind::Fs => p.fs = Some(FsMode::parse(&text(v)).map_err(bad)?),
                 LimitKind::Rw => {
                     for path in path_list(v).map_err(err)? {
@@ -709,5 +764,41 @@ mod tests {
         let back: Limits = serde_json::from_value(v).unwrap();
         assert_eq!(back, Limits::default());
         assert_eq!(serde_json::to_value(FsMode::ReadOnly).unwrap(), "read-only");
+    }
+
+    #[test]
+    fn pid_ns_setting() {
+        let mut l = Limits::default();
+        assert_eq!(l.pid_ns, PidNs::On);
+        let t = json!({"pid_ns": "off"});
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::Off);
+        let t = json!({"pid_ns": "yes"});
+        let e = LimitsPatch::from_table(t.as_object().unwrap(), "f").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid pid namespace setting \"yes\": use \"on\""),
+            "{e}"
+        );
+        assert_eq!(PidNs::parse(" on ").unwrap().as_str(), "on");
+        // The switch turns it off; an explicit key in the same layer wins.
+        let t = json!({"isolation": "off"});
+        let mut l = Limits::default();
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::Off);
+        let t = json!({"pid_ns": "on", "isolation": "off"});
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::On);
+        // Limits stored before the key existed get the default.
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        v.as_object_mut().unwrap().remove("pid_ns");
+        let back: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(back.pid_ns, PidNs::On);
     }
 }

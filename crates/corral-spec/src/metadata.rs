@@ -137,6 +137,7 @@ fn merge(dst: &mut LimitsPatch, src: LimitsPatch) {
         require_isolation,
         syscalls,
         network,
+        pid_ns,
         fs
     );
     crate::limits::add_paths(&mut dst.rw, &src.rw);
@@ -150,6 +151,9 @@ fn merge(dst: &mut LimitsPatch, src: LimitsPatch) {
         }
         if src.syscalls.is_none() {
             dst.syscalls = None;
+        }
+        if src.pid_ns.is_none() {
+            dst.pid_ns = None;
         }
         if src.fs.is_none() {
             dst.fs = None;

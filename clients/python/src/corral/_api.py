@@ -33,10 +33,12 @@ def isolated_run(
     require_isolation: bool = False,
     network: Optional[str] = None,
     syscalls: Optional[str] = None,
-    isolation: Optional[str] = None,
+    pid_ns: Optional[str] = None,
     fs: Optional[str] = None,
-    rw: Sequence[Path] = (),
-    hide: Sequence[Path] = (),
+    rw: Sequence[Union[str, Path]] = (),
+    hide: Sequence[Union[str, Path]] = (),
+    user: Optional[str] = None,
+    isolation: Optional[str] = None,
     limits_from: Union[None, Path, Mapping[str, Any]] = None,
     clear_env: bool = False,
     backend: Optional[str] = None,
@@ -57,12 +59,14 @@ def isolated_run(
     The sandbox layers work the same way: ``network`` is ``"none"`` (the run's own
     network namespace with loopback only, every built-in profile's default) or
     ``"host"``; ``syscalls`` is ``"default"`` (corral's seccomp deny-list) or ``"off"``;
-    ``isolation="off"`` is the run without a sandbox in one word (the host's network, no
-    filter, the host's files, no setsid/no_new_privs, core dumps as inherited), and an
-    explicit ``network``, ``syscalls`` or ``fs`` beside it wins over it. ``fs`` is
-    ``"read-only"`` (every built-in profile's default: the host's files read-only;
-    writable are ``cwd``, each ``rw`` path and a private ``/tmp``, with ``HOME`` in
-    it) or ``"host"``; ``hide`` paths are covered by an empty directory (or file).
+    ``pid_ns`` is ``"on"`` (the run sees only its own processes) or ``"off"``; ``fs`` is
+    ``"read-only"`` (the host read-only; writable are ``cwd``, each ``rw`` path and a
+    private ``/tmp``) or ``"host"``; ``hide`` paths appear empty; ``user`` is who the
+    run is when corral runs as root (``"dynamic"``, the default there, or
+    ``"NAME[:GROUP]"``). ``isolation="off"`` is the run without a sandbox in one word
+    (the host's network, file system and processes, corral's own identity, no filter,
+    no setsid/no_new_privs, core dumps as inherited), and an explicit layer beside it
+    wins over it.
     What was applied is ``result.isolation`` (the record's ``isolation`` object).
 
     ``env`` is added to the inherited environment (with ``clear_env=True`` it is the
@@ -101,8 +105,10 @@ def isolated_run(
         ("output_limit", output_limit_mb, size_mb),
         ("network", network, str),
         ("syscalls", syscalls, str),
-        ("isolation", isolation, str),
+        ("pid_ns", pid_ns, str),
         ("fs", fs, str),
+        ("user", user, str),
+        ("isolation", isolation, str),
     ):
         if value is not None:
             limits[name] = fmt(value)
@@ -117,16 +123,21 @@ def isolated_run(
         profile=profile,
         limits=limits,
         require_isolation=require_isolation,
+        rw=[os.fspath(p) for p in _paths(rw)],
+        hide=[os.fspath(p) for p in _paths(hide)],
         limits_from=meta,
         backend=backend,
         run_id=run_id,
-        rw=[os.fspath(p) for p in rw],
-        hide=[os.fspath(p) for p in hide],
     )
     server = server if server is not None else os.environ.get("CORRAL_SERVER") or None
     if server:
         return run_service(opts, server, capture_output)
     return run_binary(opts, capture_output)
+
+
+def _paths(v: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Union[str, Path]]:
+    """One path or a sequence of paths (a lone string is one path, not characters)."""
+    return [v] if isinstance(v, (str, os.PathLike)) else list(v)
 
 
 def nbconvert_command() -> List[str]:

@@ -374,6 +374,71 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// The host pid of the process that a run's command knows as `ns_pid` (a pid it
+/// wrote, `$$` or `$!`): the descendant of `ancestor` (the corral process, or the
+/// service) whose innermost pid (`NSpid:` in `/proc/PID/status`) is `ns_pid`. Runs
+/// without a pid namespace (`--pid-ns off`, an ordinary user) see host pids: those are
+/// returned as they are. `None` when no such process is alive, so call it while the
+/// run is.
+pub fn host_pid(ancestor: i32, ns_pid: i32) -> Option<i32> {
+    // Without a namespace the pid is the host's (an orphan's parent is then no longer
+    // the run's, so it is not checked). The small pids of a namespace are kernel
+    // threads on the host (parent 0 or kthreadd): never a run's.
+    host_pid_in_ns(ancestor, ns_pid).or_else(|| {
+        let s = std::fs::read_to_string(format!("/proc/{ns_pid}/status")).ok()?;
+        let field = |name: &str| -> Vec<i32> {
+            s.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let kernel_thread = matches!(field("PPid:").first(), Some(0) | Some(2) | None);
+        (field("NSpid:").len() == 1 && !kernel_thread).then_some(ns_pid)
+    })
+}
+
+/// The host pid of the descendant of `ancestor` that a pid namespace below this one
+/// knows as `ns_pid` (the last entry of its `NSpid:`), if one is alive.
+pub fn host_pid_in_ns(ancestor: i32, ns_pid: i32) -> Option<i32> {
+    let status = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+    let field = |s: &str, name: &str| -> Vec<i32> {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let descends = |mut pid: i32| {
+        for _ in 0..64 {
+            if pid == ancestor {
+                return true;
+            }
+            match status(pid).map(|s| field(&s, "PPid:")) {
+                Some(p) if !p.is_empty() && p[0] > 1 => pid = p[0],
+                _ => return false,
+            }
+        }
+        false
+    };
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| {
+            status(pid).is_some_and(|s| {
+                let ns = field(&s, "NSpid:");
+                ns.len() > 1 && ns.last() == Some(&ns_pid) && descends(pid)
+            })
+        })
+}
+
 /// Waits until `path` holds a pid, up to `within`.
 pub fn read_pid(path: &Path, within: Duration) -> Option<i32> {
     let t = Instant::now();
@@ -607,10 +672,23 @@ pub fn assert_limits_enforced(r: &Value) {
 pub fn run_escapee(h: &Harness, script: &str) -> Ran {
     let pidfile = h.tmp().join("escapee.pid");
     let script = script.replace("{p}", &pidfile.display().to_string());
-    let ran = h.run(&["--timeout", "60s"], &["sh", "-c", &script]);
+    let (mut c, json) = h.command(&["--timeout", "60s"], &["sh", "-c", &script]);
+    let t = Instant::now();
+    let child = c.spawn().expect("corral starts");
     let pid = read_pid(&pidfile, Duration::from_secs(1)).expect("the escapee wrote its pid");
+    // In its own pid namespace the run wrote that namespace's pid: the escapee's host
+    // pid is found while the run still has it. (None: it was killed already, with the
+    // init, as soon as the main process ended; `leftover_killed` says so.)
+    let in_ns = host_pid_in_ns(child.id() as i32, pid);
+    let ran = finish(child.wait_with_output().unwrap(), &json, t.elapsed());
+    let pid = match ran.rec()["isolation"]["enforced"]["pid_ns"] == true {
+        true => in_ns,
+        false => Some(pid),
+    };
     assert_eq!(ran.reason(), "exited", "{}", ran.rec());
-    assert!(!alive(pid), "the escaped sleep {pid} outlived its run");
+    if let Some(pid) = pid {
+        assert!(!alive(pid), "the escaped sleep {pid} outlived its run");
+    }
     assert!(ran.num("/events/leftover_killed") >= 1.0, "{}", ran.rec());
     ran
 }
@@ -676,6 +754,7 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
     assert_eq!(
         iso["requested"],
         serde_json::json!({"isolation": "default", "syscalls": "default", "network": "none",
+                           "pid_ns": "on",
                            "fs": {"mode": "read-only", "rw": [tmp], "hide": []}})
     );
     // The file-system view (tests/fsview.rs) beside them, for root.
@@ -695,6 +774,7 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
         serde_json::json!({"syscalls": {"policy": "corral-default", "version": 1},
                            "no_new_privs": true, "new_session": true, "core_dumps": false,
                            "network": if root { Some("loopback") } else { None },
+                           "pid_ns": root,
                            "fs": fs})
     );
     let gaps: Vec<&str> = iso["not_enforced"]
@@ -703,7 +783,11 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
         .iter()
         .map(|g| g["layer"].as_str().unwrap())
         .collect();
-    let want: &[&str] = if root { &[] } else { &["network", "fs"] };
+    let want: &[&str] = if root {
+        &[]
+    } else {
+        &["network", "pid_ns", "fs"]
+    };
     assert_eq!(gaps, want, "{iso}");
     ran
 }
@@ -786,12 +870,13 @@ pub fn run_isolation_off(h: &Harness) -> Ran {
     assert_eq!(
         iso["requested"],
         serde_json::json!({"isolation": "off", "syscalls": "off", "network": "host",
+                           "pid_ns": "off",
                            "fs": {"mode": "host", "rw": [tmp], "hide": []}})
     );
     assert_eq!(
         iso["enforced"],
         serde_json::json!({"syscalls": null, "no_new_privs": false, "new_session": rlimit,
-                           "core_dumps": true, "network": "host",
+                           "core_dumps": true, "network": "host", "pid_ns": false,
                            "fs": {"mode": "host", "writable": ["/"], "hidden": [],
                                   "private_tmp": false}})
     );
@@ -821,6 +906,7 @@ pub fn run_isolation_precedence(h: &Harness) {
     assert_eq!(
         iso["requested"],
         serde_json::json!({"isolation": "off", "syscalls": "default", "network": "host",
+                           "pid_ns": "off",
                            "fs": {"mode": "host", "rw": [tmp], "hide": []}})
     );
     assert_eq!(iso["enforced"]["no_new_privs"], true);

@@ -227,6 +227,7 @@ impl Plan {
             | LimitKind::Syscalls
             | LimitKind::Network
             | LimitKind::Isolation
+            | LimitKind::PidNs
             | LimitKind::Fs
             | LimitKind::Rw
             | LimitKind::Hide => false,

@@ -10,17 +10,27 @@
 //!   the clone, and the child's setup as a checklist of named steps, each failing with
 //!   its [`Stage`].
 //!
+//! With a pid namespace (`--pid-ns on`) the child is born with `clone3(CLONE_NEWPID)`
+//! as pid 1 of the new namespace (also where it is not born in a cgroup: v1, rlimit),
+//! mounts a fresh `/proc`, and after the gate forks: the command becomes pid 2, and pid
+//! 1 stays as a mini-init (`sys::run_init`) that forwards signals, reaps orphans and
+//! reports the command's wait status on a pipe ([`Spawned::main_status`]); when it
+//! exits the kernel kills whatever is left in the namespace.
+//!
 //! * `filter` (safe): the seccomp program (policy `corral-default`), compiled in the
-//!   parent with `seccompiler`, so the child only hands it to the kernel.
+//!   parent with `seccompiler`, so the child only hands it to the kernel;
+//! * `landlock` (safe): the Landlock ruleset restricting writes, built in the parent
+//!   with the `landlock` crate, so the child only hands its fd to the kernel.
 //!
 //! Every unsafe function, all in `sys`: `child_main` and `child_fail`, and the
 //! checklist's steps `reset_signals`, `set_parent_death_signal`, `enter_cgroup`,
 //! `enter_mount_namespace`, `contain`, `clone_writable_paths`, `make_read_only`,
 //! `build_fs_view`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
 //! `disable_core_dumps`, `new_session`, `setup_stdio`, `change_directory`, `wait_gate`,
-//! `set_no_new_privs`, `install_syscall_filter` and `exec`, all callable only in the
-//! child. Safe functions with an unsafe block, also in `sys`: `clone_into_cgroup` and
-//! `fork_child` (start the child), [`clone3_available`], [`seccomp_filter_available`],
+//! `set_no_new_privs`, `restrict_writes`, `install_syscall_filter` and `exec`, all callable only in the
+//! child, plus the pid namespace's `mount_proc`, `start_init` and `run_init`. Safe
+//! functions with an unsafe block, also in `sys`: `clone_into_cgroup`,
+//! `clone_new_pid_ns` and `fork_child` (start the child), [`clone3_available`], [`seccomp_filter_available`],
 //! [`mount_setattr_available`],
 //! [`fork_single_threaded`] (the crash guard), [`wait4`] and [`watch_fd`] (registers an
 //! owned fd with tokio).
@@ -38,6 +48,7 @@
 
 mod exec;
 mod filter;
+mod landlock;
 mod plan;
 #[allow(unsafe_code)]
 mod sys;
@@ -47,6 +58,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 pub use exec::Exec;
 pub use filter::{SyscallFilter, DENIED as DENIED_SYSCALLS, POLICY, POLICY_VERSION};
+pub use landlock::{kernel_abi as landlock_abi, WriteRules};
 use plan::ChildPlan;
 pub use sys::{
     clone3_available, fork_single_threaded, mount_setattr_available, seccomp_filter_available,
@@ -76,6 +88,8 @@ pub enum Stage {
     Network,
     /// Installing the syscall filter.
     Filter,
+    /// Restricting writes with Landlock.
+    Landlock,
     /// `execve` itself.
     Exec,
     /// Any other step: signals, the parent-death signal, containment (namespaces,
@@ -88,7 +102,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage (the error pipe sends a stage as its index here).
-    const ALL: [Stage; 10] = [
+    const ALL: [Stage; 11] = [
         Stage::Cgroup,
         Stage::Rlimit,
         Stage::Stdio,
@@ -96,6 +110,7 @@ impl Stage {
         Stage::Gate,
         Stage::Network,
         Stage::Filter,
+        Stage::Landlock,
         Stage::Exec,
         Stage::Setup,
         Stage::Files,
@@ -248,6 +263,15 @@ pub struct ChildSetup<'a> {
     pub new_mount_namespace: bool,
     /// Who the command runs as; `None` keeps corral's own identity.
     pub identity: Option<Identity>,
+    /// A Landlock ruleset restricting writes, applied after `no_new_privs`.
+    pub write_rules: Option<&'a WriteRules>,
+    /// Its own pid namespace (`--pid-ns on`): the child is born its pid 1 with
+    /// `clone3(CLONE_NEWPID)`, mounts a fresh `/proc` (in a private mount namespace)
+    /// and, after the gate, forks: the command runs as pid 2 while pid 1 stays as a
+    /// mini-init that forwards signals, reaps orphans and reports the command's wait
+    /// status on [`Spawned::main_status`]. Needs `CAP_SYS_ADMIN` and clone3: see
+    /// [`crate::isolation`].
+    pub pid_namespace: bool,
     /// The file-system view, built in the run's own mount namespace (set
     /// [`ChildSetup::new_mount_namespace`] with it): see [`crate::fsview`].
     pub fs_view: Option<FsView>,
@@ -311,6 +335,12 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
     /// True when it was placed with `CLONE_INTO_CGROUP`.
     pub clone_into_cgroup: bool,
+    /// With a pid namespace: the read end of the pipe on which the mini-init (the
+    /// process above, pid 1 of the namespace) writes the command's raw wait status (4
+    /// bytes) and then how many processes were still in the namespace (4 bytes) when
+    /// the command ended. Nothing (EOF or `EAGAIN`: the fd is non-blocking) when the
+    /// init was killed first; read it once the init has exited.
+    pub main_status: Option<OwnedFd>,
     err_rx: OwnedFd,
 }
 
@@ -350,6 +380,7 @@ impl Spawned {
                     .to_string()
             }
             Stage::Filter => "cannot install the syscall filter".to_string(),
+            Stage::Landlock => "cannot restrict writes with Landlock".to_string(),
             Stage::Exec => format!("cannot execute {}", exec.display),
             Stage::Setup => "cannot set up the process".to_string(),
             Stage::Files => "cannot build the run's read-only file-system view (--fs host \
@@ -385,7 +416,21 @@ pub fn spawn(
         setup.stdout.map(high_fd).transpose()?,
         setup.stderr.map(high_fd).transpose()?,
     ];
+    let status = match setup.pid_namespace {
+        true => {
+            // Non-blocking: read once the init has exited, so whatever it wrote is
+            // there, while a sibling child that has not exec'd yet may still hold a
+            // copy of the write end.
+            let flags = rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK;
+            let (rx, tx) = rustix::pipe::pipe_with(flags).map_err(os)?;
+            Some((rx, high_fd(tx.as_fd())?))
+        }
+        false => None,
+    };
     let mut plan = ChildPlan::new(exec, setup, placement, &stdio, err_tx.as_fd());
+    if let Some((_, tx)) = &status {
+        plan.report_main_status(tx.as_fd());
+    }
 
     let mut born = None;
     if let Some(dir) = placement.cgroup_dir {
@@ -401,6 +446,21 @@ pub fn spawn(
         }
     }
     let clone_into_cgroup = born.is_some();
+    if born.is_none() && setup.pid_namespace {
+        // Only clone3 makes the child pid 1 of a new namespace; the parent asked for
+        // one only where the kernel answers clone3 (isolation::plan), so a refusal
+        // here fails the start rather than run the command outside its namespace.
+        let (pid, pidfd) = sys::clone_new_pid_ns(&plan).map_err(|e| {
+            SpawnError::Os(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "clone3(CLONE_NEWPID) for the run's own pid namespace: {e} \
+                     (--pid-ns off runs it in the host's)"
+                ),
+            ))
+        })?;
+        born = Some((pid, pidfd));
+    }
     let (pid, pidfd) = match born {
         Some(b) => b,
         None => {
@@ -419,6 +479,7 @@ pub fn spawn(
         pid,
         pidfd,
         clone_into_cgroup,
+        main_status: status.map(|(rx, _tx)| rx),
         err_rx,
     })
 }
@@ -426,7 +487,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     #[test]
     fn stage_codes_roundtrip() {
@@ -597,6 +658,120 @@ mod tests {
             assert!(e.to_string().contains("network namespace"), "{e}");
             assert_eq!(e.exit_code(), 125);
         }
+    }
+
+    /// Reads what a mini-init wrote on its status pipe: the raw wait status and the
+    /// number of processes left, or `None` on EOF.
+    fn read_main_status(fd: &OwnedFd) -> Option<(i32, u32)> {
+        let mut buf = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            match rustix::io::read(fd, &mut buf[got..]).unwrap() {
+                0 => break,
+                n => got += n,
+            }
+        }
+        (got == 8).then(|| {
+            (
+                i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+                u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+            )
+        })
+    }
+
+    #[test]
+    fn a_pid_namespace_runs_the_command_as_pid_2_under_the_init() {
+        let privs = crate::isolation::Privileges::current();
+        if !(privs.sys_admin && privs.clone3) {
+            // The parent never asks without them (isolation::plan).
+            return;
+        }
+        let exec = Exec::new(
+            &[
+                "sh".into(),
+                "-c".into(),
+                "[ $$ = 2 ] && [ \"$(cat /proc/1/comm)\" = corral-init ] \
+                 && [ \"$(ls /proc | grep -c '^[0-9]*$')\" -le 6 ] && (sleep 30 &) && exit 5"
+                    .into(),
+            ],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            None,
+        )
+        .unwrap();
+        let setup = ChildSetup {
+            pid_namespace: true,
+            ..Default::default()
+        };
+        let mut s = spawn(&exec, &setup, &Placement::default()).unwrap();
+        let status = s.main_status.take().expect("a status pipe");
+        let (_pid, pidfd, _) = s.confirm(&exec).unwrap();
+        // The init exits with the command's code; the pipe has its raw status and the
+        // orphaned sleep it left behind (killed with the namespace).
+        assert_eq!(exit_status(&pidfd), Some(5));
+        assert_eq!(read_main_status(&status), Some((5 << 8, 1)));
+
+        // An exec failure of the command (pid 2) still reaches the error pipe.
+        use std::os::unix::fs::PermissionsExt;
+        let f = std::env::temp_dir().join(format!("corral-pidns-noexec-{}", std::process::id()));
+        std::fs::write(&f, b"\x7fnot a program").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exec = Exec::new(&[f.display().to_string()], &[], None).unwrap();
+        let mut s = spawn(&exec, &setup, &Placement::default()).unwrap();
+        let status = s.main_status.take().unwrap();
+        let e = s.confirm(&exec).unwrap_err();
+        let _ = std::fs::remove_file(&f);
+        assert!(
+            matches!(
+                failed_stage(&e),
+                Some((Stage::Exec, Some(libc::ENOEXEC | libc::ETXTBSY)))
+            ),
+            "{e}"
+        );
+        assert_eq!(read_main_status(&status), Some((127 << 8, 0)));
+    }
+
+    #[test]
+    fn landlock_rules_leave_only_their_paths_writable() {
+        let abi = match crate::spawn::landlock_abi() {
+            Ok(abi) => abi,
+            Err(why) => {
+                corral_testkit::skip_control("landlock", &why);
+                return;
+            }
+        };
+        let base = PathBuf::from(format!("/var/tmp/corral-landlock-{}", std::process::id()));
+        let (open, shut) = (base.join("open"), base.join("shut"));
+        std::fs::create_dir_all(&open).unwrap();
+        std::fs::create_dir_all(&shut).unwrap();
+        let rules = WriteRules::build(std::slice::from_ref(&open), abi).unwrap();
+        assert_eq!(rules.abi(), abi);
+        let script = format!(
+            "echo a > {o}/f && ! echo b > {s}/f && ! mkdir {s}/d && echo c > /dev/null \\
+             && echo d > /tmp/corral-landlock-$$ && rm /tmp/corral-landlock-$$",
+            o = open.display(),
+            s = shut.display()
+        );
+        let exec = Exec::new(
+            &["sh".into(), "-c".into(), script],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            None,
+        )
+        .unwrap();
+        let setup = ChildSetup {
+            no_new_privs: true,
+            write_rules: Some(&rules),
+            ..Default::default()
+        };
+        let (_pid, pidfd, _) = spawn(&exec, &setup, &Placement::default())
+            .unwrap()
+            .confirm(&exec)
+            .unwrap();
+        let status = exit_status(&pidfd);
+        let wrote_open = open.join("f").exists();
+        let wrote_shut = shut.join("f").exists() || shut.join("d").exists();
+        std::fs::remove_dir_all(&base).unwrap();
+        assert_eq!(status, Some(0));
+        assert!(wrote_open && !wrote_shut);
     }
 
     #[test]

@@ -99,6 +99,12 @@ pub(super) struct ChildPlan<'p> {
     pub(super) fs_ops: Vec<FsOp>,
     /// The owner (uid, gid) of `HOME`, when not the child's own.
     pub(super) fs_home_owner: Option<(u32, u32)>,
+    /// The Landlock ruleset to restrict writes with, or -1.
+    pub(super) landlock: RawFd,
+    /// Born pid 1 of a new pid namespace: mount a fresh `/proc` and run the mini-init.
+    pub(super) pid_ns: bool,
+    /// The write end of the main-status pipe the mini-init reports on, or -1.
+    pub(super) status_tx: RawFd,
     _borrows: PhantomData<&'p ()>,
 }
 
@@ -146,7 +152,7 @@ impl<'p> ChildPlan<'p> {
             unshare_flags: match &setup.contain {
                 Some(c) if c.cgroup_namespace => libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP,
                 Some(_) => libc::CLONE_NEWNS,
-                None if setup.new_mount_namespace => libc::CLONE_NEWNS,
+                None if setup.new_mount_namespace || setup.pid_namespace => libc::CLONE_NEWNS,
                 None => 0,
             },
             cgroup2_mount: setup
@@ -180,8 +186,16 @@ impl<'p> ChildPlan<'p> {
                 .flat_map(|v| v.steps.iter().map(fs_op))
                 .collect(),
             fs_home_owner: setup.identity.as_ref().map(|i| (i.uid, i.gid)),
+            landlock: setup.write_rules.map_or(-1, |r| r.fd().as_raw_fd()),
+            pid_ns: setup.pid_namespace,
+            status_tx: -1,
             _borrows: PhantomData,
         }
+    }
+
+    /// The pipe on which the mini-init reports the command's wait status.
+    pub(super) fn report_main_status(&mut self, tx: BorrowedFd<'p>) {
+        self.status_tx = tx.as_raw_fd();
     }
 
     /// Adds a file the child writes itself into (the clone3 fallback's `cgroup.procs`).
