@@ -234,6 +234,12 @@ pub struct IsolationEnforced {
     /// mini-init, a fresh `/proc`). Absent in records written before it existed: `false`.
     #[serde(default)]
     pub pid_ns: bool,
+    /// The Landlock ABI version of the ruleset that restricted the run's writes to its
+    /// writable paths (the second file-system layer, with the read-only view), or
+    /// `null`: none (no read-only view, or a kernel without Landlock: see
+    /// `not_enforced`).
+    #[serde(default)]
+    pub landlock: Option<u32>,
 }
 
 /// An isolation layer that was asked for but could not be applied, and why.

@@ -70,6 +70,8 @@ pub struct IsolationPlan {
     /// The child is born in its own pid namespace (`clone3(CLONE_NEWPID)`), mounts a
     /// fresh `/proc` and runs the command under corral's mini-init.
     pub pid_ns: bool,
+    /// The Landlock ABI to restrict writes with (the read-only view's second layer).
+    pub landlock: Option<u32>,
 }
 
 /// The `network` layer cannot be applied without these capabilities (rootless runs get
@@ -166,7 +168,37 @@ fn default_filter() -> Result<&'static SyscallFilter, String> {
 
 /// The isolation plan for `limits` on this host, for this process.
 pub fn plan(limits: &Limits) -> IsolationPlan {
-    plan_with(limits, Privileges::current(), default_filter)
+    let mut p = plan_with(limits, Privileges::current(), default_filter);
+    plan_landlock(&mut p, landlock_abi);
+    p
+}
+
+/// This kernel's Landlock ABI, probed once per process.
+fn landlock_abi() -> Result<u32, String> {
+    static KERNEL: OnceLock<Result<u32, String>> = OnceLock::new();
+    KERNEL.get_or_init(spawn::landlock_abi).clone()
+}
+
+/// Landlock, the read-only view's second layer: where the view is read-only, writes
+/// are also restricted to its writable paths with a Landlock ruleset, if the kernel
+/// (`abi`) has Landlock; else a `landlock` gap (the view itself still holds).
+fn plan_landlock(p: &mut IsolationPlan, abi: impl FnOnce() -> Result<u32, String>) {
+    if p.fs != Some(FsMode::ReadOnly) {
+        return;
+    }
+    match abi() {
+        Ok(abi) => {
+            p.landlock = Some(abi);
+            p.record.enforced.landlock = Some(abi);
+        }
+        Err(why) => p.record.not_enforced.push(IsolationGap {
+            layer: "landlock".into(),
+            why: format!(
+                "{why}: writes are kept to the working directory, the --rw paths and the \
+                 private /tmp by the read-only mounts alone, without Landlock's second check"
+            ),
+        }),
+    }
 }
 
 /// The isolation plan for `limits`, for a process with `privs`, where `filter` says
@@ -254,6 +286,8 @@ fn plan_with(
                     crate::fsview::enforced(mode, &paths)
                 }),
                 pid_ns,
+                // Decided by `plan_landlock`, after the view.
+                landlock: None,
             },
             not_enforced,
         },
@@ -261,6 +295,7 @@ fn plan_with(
         new_network,
         fs,
         pid_ns,
+        landlock: None,
     }
 }
 
@@ -292,7 +327,7 @@ mod tests {
                               "fs": {"mode": "read-only", "rw": [], "hide": []}},
                 "enforced": {"syscalls": {"policy": "corral-default", "version": 1},
                              "no_new_privs": true, "new_session": true, "core_dumps": false,
-                             "network": "loopback", "pid_ns": true,
+                             "network": "loopback", "pid_ns": true, "landlock": null,
                              "fs": {"mode": "read-only", "writable": ["/tmp", "/dev/shm"],
                                     "hidden": [], "private_tmp": true}},
                 "not_enforced": []
@@ -340,7 +375,7 @@ mod tests {
                                   "pid_ns": "off",
                                   "fs": {"mode": "host", "rw": [], "hide": []}},
                     "enforced": {"syscalls": null, "no_new_privs": false, "new_session": false,
-                                 "core_dumps": true, "network": "host", "pid_ns": false,
+                                 "core_dumps": true, "network": "host", "pid_ns": false, "landlock": null,
                                  "fs": {"mode": "host", "writable": ["/"], "hidden": [],
                                         "private_tmp": false}},
                     "not_enforced": []
@@ -435,6 +470,36 @@ mod tests {
             .map(|g| g.layer.as_str())
             .collect();
         assert_eq!(layers, ["syscalls", "network", "pid_ns", "fs"]);
+    }
+
+    #[test]
+    fn landlock_backs_the_read_only_view_where_the_kernel_has_it() {
+        let mut p = plan_with(&Limits::default(), ROOT, default_filter);
+        plan_landlock(&mut p, || Ok(4));
+        assert_eq!(p.landlock, Some(4));
+        assert_eq!(p.record.enforced.landlock, Some(4));
+        assert!(p.record.not_enforced.is_empty());
+        // No Landlock: a gap that says the view itself still holds.
+        let mut p = plan_with(&Limits::default(), ROOT, default_filter);
+        plan_landlock(&mut p, || Err("this kernel has no Landlock".into()));
+        assert_eq!((p.landlock, p.record.enforced.landlock), (None, None));
+        assert_eq!(p.record.not_enforced.len(), 1);
+        assert_eq!(p.record.not_enforced[0].layer, "landlock");
+        assert!(p.record.not_enforced[0]
+            .why
+            .contains("read-only mounts alone"));
+        // Without the read-only view (--fs host, or no view for an ordinary user)
+        // there is nothing for Landlock to repeat: not asked, not a gap.
+        let host = Limits {
+            fs: FsMode::Host,
+            ..Limits::default()
+        };
+        for (limits, privs) in [(host, ROOT), (Limits::default(), USER)] {
+            let mut p = plan_with(&limits, privs, default_filter);
+            let gaps = p.record.not_enforced.len();
+            plan_landlock(&mut p, || Ok(4));
+            assert_eq!((p.landlock, p.record.not_enforced.len()), (None, gaps));
+        }
     }
 
     #[test]

@@ -233,6 +233,17 @@ pub async fn run(
     if let (Some(mode), Some(i)) = (iso.fs, rec.isolation.as_mut()) {
         i.enforced.fs = Some(crate::fsview::enforced(mode, &fs_paths));
     }
+    // The view's second layer: a Landlock ruleset keeps writes to the same paths.
+    let write_rules = match iso.landlock {
+        Some(abi) if fs_view.as_ref().is_some_and(|v| v.read_only) => {
+            let paths: Vec<PathBuf> = fs_paths.writable.iter().map(|e| e.path.clone()).collect();
+            match spawn::WriteRules::build(&paths, abi) {
+                Ok(r) => Some(r),
+                Err(why) => return Ok(spawn_failed(rec, 125, why)),
+            }
+        }
+        _ => None,
+    };
     let env = {
         let mut env = env;
         if iso.fs == Some(corral_spec::FsMode::ReadOnly) {
@@ -296,6 +307,7 @@ pub async fn run(
         new_network: iso.new_network,
         new_mount_namespace: fs_view.is_some(),
         fs_view,
+        write_rules: write_rules.as_ref(),
         ..Default::default()
     };
     // The pid namespace: born pid 1 of it, a fresh /proc in a private mount namespace.

@@ -769,13 +769,17 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
         serde_json::json!({"mode": "read-only", "writable": writable, "hidden": [],
                            "private_tmp": true})
     });
+    // Landlock backs the read-only view with this kernel's ABI (root: the view).
+    let landlock = iso["enforced"]["landlock"].clone();
+    assert_eq!(landlock.as_u64().is_some_and(|abi| abi >= 1), root, "{iso}");
     assert_eq!(
         iso["enforced"],
         serde_json::json!({"syscalls": {"policy": "corral-default", "version": 1},
                            "no_new_privs": true, "new_session": true, "core_dumps": false,
                            "network": if root { Some("loopback") } else { None },
                            "pid_ns": root,
-                           "fs": fs})
+                           "fs": fs,
+                           "landlock": landlock})
     );
     let gaps: Vec<&str> = iso["not_enforced"]
         .as_array()
@@ -877,6 +881,7 @@ pub fn run_isolation_off(h: &Harness) -> Ran {
         iso["enforced"],
         serde_json::json!({"syscalls": null, "no_new_privs": false, "new_session": rlimit,
                            "core_dumps": true, "network": "host", "pid_ns": false,
+                           "landlock": null,
                            "fs": {"mode": "host", "writable": ["/"], "hidden": [],
                                   "private_tmp": false}})
     );

@@ -1,17 +1,21 @@
 //! The second file-system layer: a Landlock ruleset (Linux 5.13+) that lets the run
 //! write only beneath the paths its read-only view leaves writable. Built here, in the
 //! parent and in safe code, with the `landlock` crate (maintained by Landlock's author);
-//! the child only calls `landlock_restrict_self` with its fd, after `no_new_privs`
+//! the child only adds the rules for its private tmpfs mounts and calls
+//! `landlock_restrict_self` with the ruleset's fd, after `no_new_privs`
 //! (`spawn/sys.rs`).
 //!
 //! Only writes are handled (reads stay as the mounts and the file permissions decide),
 //! so the ruleset repeats the view's promise in a second, independent mechanism: a
 //! mount the view failed to make read-only, or one that appears later, is still not
-//! writable. Rules are bound to inodes, not to names: a rule on the host's `/tmp`
-//! covers the private tmpfs mounted over it in the run's namespace (Landlock walks up
-//! through mount points), and a rule on the working directory covers an id-mapped
-//! mount of it.
+//! writable. Rules are bound to inodes, not to names, and Landlock does not look at a
+//! directory that a mount covers: a rule on the host's `/tmp` says nothing about the
+//! private tmpfs mounted over it. So the rules for the private `/tmp` and `/dev/shm`
+//! are added by the child once it has mounted them ([`WriteRules::private`]); a rule
+//! on a writable directory covers the clone of it that the view attaches (the clone's
+//! root is that same directory).
 
+use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -20,9 +24,12 @@ use landlock::{
     RulesetCreatedAttr, ABI,
 };
 
-/// Paths beneath which every run may write, whatever its view: devices (`/dev/null`,
-/// terminals, the private `/dev/shm` mounted over `/dev/shm`) and the private `/tmp`.
-const DEVICES_AND_TMP: &[&str] = &["/dev", "/tmp"];
+/// Paths beneath which every run may write: devices (`/dev/null`, terminals; the
+/// host's devtmpfs, whose nodes the read-only view keeps read-only anyway).
+const DEVICES: &[&str] = &["/dev"];
+
+/// The private tmpfs mounts of the view, whose rules the child adds after mounting.
+const PRIVATE: &[&CStr] = &[c"/tmp", c"/dev/shm"];
 
 /// `/proc`, where writing an existing file is allowed (a thread's name in
 /// `/proc/self/task/*/comm`, as glibc's `pthread_setname_np` does) but creating or
@@ -35,6 +42,7 @@ pub struct WriteRules {
     fd: OwnedFd,
     abi: u32,
     paths: Vec<PathBuf>,
+    private_access: u64,
 }
 
 /// The ABI version of this kernel's Landlock (`Err` with the reason when it has none).
@@ -49,8 +57,9 @@ pub fn kernel_abi() -> Result<u32, String> {
 }
 
 impl WriteRules {
-    /// A ruleset that allows writing beneath each of `writable` (and the devices, the
-    /// private `/tmp` and existing `/proc` files), for this kernel's Landlock ABI `abi`.
+    /// A ruleset that allows writing beneath each of `writable` (and the devices and
+    /// existing `/proc` files; the child adds the private tmpfs mounts), for this
+    /// kernel's Landlock ABI `abi`.
     pub fn build(writable: &[PathBuf], abi: u32) -> Result<WriteRules, String> {
         let level = ABI::from(abi as i32);
         let all = AccessFs::from_write(level);
@@ -66,11 +75,14 @@ impl WriteRules {
             .handle_access(all)
             .and_then(|r| r.create())
             .map_err(|e| err("cannot create the ruleset", &e))?;
-        let mut paths: Vec<PathBuf> = DEVICES_AND_TMP.iter().map(PathBuf::from).collect();
+        let mut paths: Vec<PathBuf> = DEVICES.iter().map(PathBuf::from).collect();
         paths.extend(writable.iter().cloned());
+        let file_rights = all & AccessFs::from_file(level);
         for p in &paths {
+            // A writable file (not a directory) takes only the rights files have.
+            let rights = if p.is_dir() { all } else { file_rights };
             created = created
-                .add_rule(beneath(p, all)?)
+                .add_rule(beneath(p, rights)?)
                 .map_err(|e| err(&format!("cannot add {}", p.display()), &e))?;
         }
         created = created
@@ -78,7 +90,12 @@ impl WriteRules {
             .map_err(|e| err("cannot add /proc", &e))?;
         let fd: Option<OwnedFd> = created.into();
         let fd = fd.ok_or_else(|| "Landlock: the kernel gave no ruleset".to_string())?;
-        Ok(WriteRules { fd, abi, paths })
+        Ok(WriteRules {
+            fd,
+            abi,
+            paths,
+            private_access: all.bits(),
+        })
     }
 
     /// The Landlock ABI version the rules were built for (the record's `landlock`).
@@ -86,9 +103,22 @@ impl WriteRules {
         self.abi
     }
 
-    /// The paths beneath which writing is allowed (besides existing `/proc` files).
+    /// The paths beneath which writing is allowed (besides existing `/proc` files and
+    /// the private tmpfs mounts).
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths
+    }
+
+    /// The private tmpfs mounts (`/tmp`, `/dev/shm`) the child adds a rule for once it
+    /// has mounted them, each with the rights in [`WriteRules::private_access`]; one that
+    /// is not a directory in the run's view (no `/dev/shm`) is skipped.
+    pub fn private(&self) -> &'static [&'static CStr] {
+        PRIVATE
+    }
+
+    /// The rights (`LANDLOCK_ACCESS_FS_*` bits) for the private mounts: every write.
+    pub fn private_access(&self) -> u64 {
+        self.private_access
     }
 
     /// The ruleset's fd, for the child.

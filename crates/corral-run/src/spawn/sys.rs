@@ -992,8 +992,19 @@ unsafe fn set_no_new_privs(plan: &ChildPlan<'_>) -> Result<(), i32> {
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
 }
 
-/// `landlock_restrict_self` with the plan's ruleset, if any: from here on the process
-/// (and all it starts) may write only beneath the ruleset's paths. After
+/// `struct landlock_path_beneath_attr` (packed, as the kernel declares it).
+#[repr(C, packed)]
+struct LandlockPathBeneath {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// `LANDLOCK_RULE_PATH_BENEATH`.
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
+
+/// `landlock_restrict_self` with the plan's ruleset, if any, after adding the rules for
+/// the private tmpfs mounts: from here on the process (and all it starts) may write
+/// only beneath the ruleset's paths. After
 /// [`set_no_new_privs`], which Landlock requires of a process without `CAP_SYS_ADMIN`.
 ///
 /// # Safety
@@ -1001,6 +1012,43 @@ unsafe fn set_no_new_privs(plan: &ChildPlan<'_>) -> Result<(), i32> {
 unsafe fn restrict_writes(plan: &ChildPlan<'_>) -> Result<(), i32> {
     if plan.landlock < 0 {
         return Ok(());
+    }
+    // The private tmpfs mounts exist only now, in this namespace: their rules are added
+    // here (a rule on the directory they cover would not reach them).
+    for dir in plan.landlock_private {
+        // SAFETY: `dir` is a static NUL-terminated string; open takes flags only.
+        let fd = unsafe {
+            libc::open(
+                dir.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            match errno() {
+                // Not in this view (a host without /dev/shm): nothing to allow.
+                libc::ENOENT | libc::ENOTDIR => continue,
+                e => return Err(e),
+            }
+        }
+        let attr = LandlockPathBeneath {
+            allowed_access: plan.landlock_private_access,
+            parent_fd: fd,
+        };
+        // SAFETY: `attr` is a valid, packed `struct landlock_path_beneath_attr` for
+        // reads during the call; the ruleset fd is open (borrowed by the plan); `fd` is
+        // the O_PATH fd opened above, closed right after.
+        let ret = unsafe {
+            let r = libc::syscall(
+                libc::SYS_landlock_add_rule,
+                plan.landlock,
+                LANDLOCK_RULE_PATH_BENEATH,
+                &attr as *const LandlockPathBeneath,
+                0u32,
+            );
+            libc::close(fd);
+            r
+        };
+        check(ret as libc::c_int)?;
     }
     // SAFETY: landlock_restrict_self takes an fd (open: borrowed by the plan) and flags.
     let ret = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, plan.landlock, 0u32) };
