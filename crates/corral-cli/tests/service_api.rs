@@ -636,10 +636,12 @@ fn old_output_is_pruned_but_records_and_running_runs_stay() {
         })
         .expect("the quiet run printed");
 
-        // The finished run's files go within --keep-output plus one pass (1 s).
+        // The finished run's files go within --keep-output plus one pass (1 s): both
+        // (the pass removes one after the other).
         let done_out = out_dir.join(format!("{done}.stdout"));
+        let done_err = out_dir.join(format!("{done}.stderr"));
         eventually(Duration::from_secs(8), || {
-            (!done_out.exists()).then_some(())
+            (!done_out.exists() && !done_err.exists()).then_some(())
         })
         .expect("the finished run's output is removed");
         let (st, body) = get_raw(&s, &format!("/runs/{done}/output?stream=stderr"));

@@ -236,8 +236,7 @@ pub async fn run(
     // The view's second layer: a Landlock ruleset keeps writes to the same paths.
     let write_rules = match iso.landlock {
         Some(abi) if fs_view.as_ref().is_some_and(|v| v.read_only) => {
-            let paths: Vec<PathBuf> = fs_paths.writable.iter().map(|e| e.path.clone()).collect();
-            match spawn::WriteRules::build(&paths, abi) {
+            match spawn::WriteRules::build(abi) {
                 Ok(r) => Some(r),
                 Err(why) => return Ok(spawn_failed(rec, 125, why)),
             }

@@ -1,23 +1,25 @@
 //! The second file-system layer: a Landlock ruleset (Linux 5.13+) that lets the run
 //! write only beneath the paths its read-only view leaves writable. Built here, in the
 //! parent and in safe code, with the `landlock` crate (maintained by Landlock's author);
-//! the child only adds the rules for its private tmpfs mounts and calls
-//! `landlock_restrict_self` with the ruleset's fd, after `no_new_privs`
-//! (`spawn/sys.rs`).
+//! the child adds the rules for the view's writable paths and private tmpfs mounts as
+//! it sees them and calls `landlock_restrict_self` with the ruleset's fd, after
+//! `no_new_privs` (`spawn/sys.rs`).
 //!
 //! Only writes are handled (reads stay as the mounts and the file permissions decide),
 //! so the ruleset repeats the view's promise in a second, independent mechanism: a
 //! mount the view failed to make read-only, or one that appears later, is still not
 //! writable. Rules are bound to inodes, not to names, and Landlock does not look at a
 //! directory that a mount covers: a rule on the host's `/tmp` says nothing about the
-//! private tmpfs mounted over it. So the rules for the private `/tmp` and `/dev/shm`
-//! are added by the child once it has mounted them ([`WriteRules::private`]); a rule
-//! on a writable directory covers the clone of it that the view attaches (the clone's
-//! root is that same directory).
+//! private tmpfs mounted over it. And on a file system without stable inodes (9p
+//! without a cache makes a new inode per lookup) a rule on a path opened in the parent
+//! may not match the directory the run walks through. So the child adds the rules for
+//! the view's writable paths and the private `/tmp` and `/dev/shm` itself, after its
+//! mounts, opening each as it sees it (the mount pins that directory, and everything
+//! below it is reached through it).
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use landlock::{
     AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -41,8 +43,8 @@ const PROC: &str = "/proc";
 pub struct WriteRules {
     fd: OwnedFd,
     abi: u32,
-    paths: Vec<PathBuf>,
-    private_access: u64,
+    dir_access: u64,
+    file_access: u64,
 }
 
 /// The ABI version of this kernel's Landlock (`Err` with the reason when it has none).
@@ -57,10 +59,10 @@ pub fn kernel_abi() -> Result<u32, String> {
 }
 
 impl WriteRules {
-    /// A ruleset that allows writing beneath each of `writable` (and the devices and
-    /// existing `/proc` files; the child adds the private tmpfs mounts), for this
-    /// kernel's Landlock ABI `abi`.
-    pub fn build(writable: &[PathBuf], abi: u32) -> Result<WriteRules, String> {
+    /// A ruleset that allows writing beneath the devices and to existing `/proc` files,
+    /// for this kernel's Landlock ABI `abi`; the child adds the view's writable paths
+    /// and private mounts.
+    pub fn build(abi: u32) -> Result<WriteRules, String> {
         let level = ABI::from(abi as i32);
         let all = AccessFs::from_write(level);
         let proc_rights: BitFlags<AccessFs> = all & (AccessFs::WriteFile | AccessFs::Truncate);
@@ -75,15 +77,10 @@ impl WriteRules {
             .handle_access(all)
             .and_then(|r| r.create())
             .map_err(|e| err("cannot create the ruleset", &e))?;
-        let mut paths: Vec<PathBuf> = DEVICES.iter().map(PathBuf::from).collect();
-        paths.extend(writable.iter().cloned());
-        let file_rights = all & AccessFs::from_file(level);
-        for p in &paths {
-            // A writable file (not a directory) takes only the rights files have.
-            let rights = if p.is_dir() { all } else { file_rights };
+        for p in DEVICES {
             created = created
-                .add_rule(beneath(p, rights)?)
-                .map_err(|e| err(&format!("cannot add {}", p.display()), &e))?;
+                .add_rule(beneath(Path::new(p), all)?)
+                .map_err(|e| err(&format!("cannot add {p}"), &e))?;
         }
         created = created
             .add_rule(beneath(Path::new(PROC), proc_rights)?)
@@ -93,8 +90,8 @@ impl WriteRules {
         Ok(WriteRules {
             fd,
             abi,
-            paths,
-            private_access: all.bits(),
+            dir_access: all.bits(),
+            file_access: (all & AccessFs::from_file(level)).bits(),
         })
     }
 
@@ -103,22 +100,22 @@ impl WriteRules {
         self.abi
     }
 
-    /// The paths beneath which writing is allowed (besides existing `/proc` files and
-    /// the private tmpfs mounts).
-    pub fn paths(&self) -> &[PathBuf] {
-        &self.paths
-    }
-
     /// The private tmpfs mounts (`/tmp`, `/dev/shm`) the child adds a rule for once it
-    /// has mounted them, each with the rights in [`WriteRules::private_access`]; one that
-    /// is not a directory in the run's view (no `/dev/shm`) is skipped.
+    /// has mounted them; one that is not a directory in the run's view (no `/dev/shm`)
+    /// is skipped.
     pub fn private(&self) -> &'static [&'static CStr] {
         PRIVATE
     }
 
-    /// The rights (`LANDLOCK_ACCESS_FS_*` bits) for the private mounts: every write.
-    pub fn private_access(&self) -> u64 {
-        self.private_access
+    /// The rights (`LANDLOCK_ACCESS_FS_*` bits) beneath a writable directory: every
+    /// write.
+    pub fn dir_access(&self) -> u64 {
+        self.dir_access
+    }
+
+    /// The rights for a writable file: the writes a file has (no making or removing).
+    pub fn file_access(&self) -> u64 {
+        self.file_access
     }
 
     /// The ruleset's fd, for the child.

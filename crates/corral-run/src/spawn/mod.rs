@@ -731,7 +731,7 @@ mod tests {
     }
 
     #[test]
-    fn landlock_rules_leave_only_their_paths_writable() {
+    fn landlock_rules_leave_only_the_views_writable_paths_writable() {
         let abi = match crate::spawn::landlock_abi() {
             Ok(abi) => abi,
             Err(why) => {
@@ -739,25 +739,43 @@ mod tests {
                 return;
             }
         };
+        let privs = crate::isolation::Privileges::current();
+        if !privs.sys_admin {
+            // The view (whose writable paths the rules follow) needs root.
+            return;
+        }
         let base = PathBuf::from(format!("/var/tmp/corral-landlock-{}", std::process::id()));
         let (open, shut) = (base.join("open"), base.join("shut"));
         std::fs::create_dir_all(&open).unwrap();
         std::fs::create_dir_all(&shut).unwrap();
-        let rules = WriteRules::build(std::slice::from_ref(&open), abi).unwrap();
+        let rules = WriteRules::build(abi).unwrap();
         assert_eq!(rules.abi(), abi);
+        // A view without its read-only step: only Landlock keeps `shut` unwritable
+        // (EACCES, where the read-only mounts would answer EROFS).
+        let view = FsView {
+            read_only: false,
+            writable: vec![CString::new(open.as_os_str().as_encoded_bytes()).unwrap()],
+            steps: vec![
+                FsStep::PrivateTmpfs(CString::new("/tmp").unwrap()),
+                FsStep::Attach(0),
+            ],
+        };
         let script = format!(
-            "echo a > {o}/f && ! echo b > {s}/f && ! mkdir {s}/d && echo c > /dev/null \\
-             && echo d > /tmp/corral-landlock-$$ && rm /tmp/corral-landlock-$$",
+            "echo a > {o}/f && echo c > /dev/null && echo d > /tmp/x \\
+             && ! echo b 2>/dev/null > {s}/f && ! mkdir {s}/d 2>/dev/null \\
+             && python3 -c 'import os,errno\ntry: os.open(\"{s}/g\", os.O_CREAT|os.O_WRONLY)\nexcept OSError as e: raise SystemExit(0 if e.errno == errno.EACCES else 7)\nraise SystemExit(8)'",
             o = open.display(),
             s = shut.display()
         );
         let exec = Exec::new(
             &["sh".into(), "-c".into(), script],
             &[("PATH".into(), "/usr/bin:/bin".into())],
-            None,
+            Some(Path::new("/")),
         )
         .unwrap();
         let setup = ChildSetup {
+            new_mount_namespace: true,
+            fs_view: Some(view),
             no_new_privs: true,
             write_rules: Some(&rules),
             ..Default::default()
@@ -768,7 +786,7 @@ mod tests {
             .unwrap();
         let status = exit_status(&pidfd);
         let wrote_open = open.join("f").exists();
-        let wrote_shut = shut.join("f").exists() || shut.join("d").exists();
+        let wrote_shut = ["f", "d", "g"].iter().any(|n| shut.join(n).exists());
         std::fs::remove_dir_all(&base).unwrap();
         assert_eq!(status, Some(0));
         assert!(wrote_open && !wrote_shut);

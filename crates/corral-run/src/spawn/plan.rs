@@ -101,10 +101,13 @@ pub(super) struct ChildPlan<'p> {
     pub(super) fs_home_owner: Option<(u32, u32)>,
     /// The Landlock ruleset to restrict writes with, or -1.
     pub(super) landlock: RawFd,
-    /// Directories (the private tmpfs mounts) the child adds to the ruleset first.
+    /// Directories (the private tmpfs mounts) the child adds to the ruleset, besides
+    /// `fs_writable`.
     pub(super) landlock_private: &'static [&'static std::ffi::CStr],
-    /// The rights of those rules.
-    pub(super) landlock_private_access: u64,
+    /// The rights of a rule for a writable directory.
+    pub(super) landlock_dir_access: u64,
+    /// The rights of a rule for a writable file.
+    pub(super) landlock_file_access: u64,
     /// Born pid 1 of a new pid namespace: mount a fresh `/proc` and run the mini-init.
     pub(super) pid_ns: bool,
     /// The write end of the main-status pipe the mini-init reports on, or -1.
@@ -192,7 +195,8 @@ impl<'p> ChildPlan<'p> {
             fs_home_owner: setup.identity.as_ref().map(|i| (i.uid, i.gid)),
             landlock: setup.write_rules.map_or(-1, |r| r.fd().as_raw_fd()),
             landlock_private: setup.write_rules.map_or(&[], |r| r.private()),
-            landlock_private_access: setup.write_rules.map_or(0, |r| r.private_access()),
+            landlock_dir_access: setup.write_rules.map_or(0, |r| r.dir_access()),
+            landlock_file_access: setup.write_rules.map_or(0, |r| r.file_access()),
             pid_ns: setup.pid_namespace,
             status_tx: -1,
             _borrows: PhantomData,

@@ -1013,25 +1013,33 @@ unsafe fn restrict_writes(plan: &ChildPlan<'_>) -> Result<(), i32> {
     if plan.landlock < 0 {
         return Ok(());
     }
-    // The private tmpfs mounts exist only now, in this namespace: their rules are added
-    // here (a rule on the directory they cover would not reach them).
-    for dir in plan.landlock_private {
-        // SAFETY: `dir` is a static NUL-terminated string; open takes flags only.
-        let fd = unsafe {
-            libc::open(
-                dir.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
+    // The private tmpfs mounts exist only now, in this namespace, and the writable
+    // paths are rules on the directories as the run sees them (see spawn/landlock.rs).
+    let private = plan.landlock_private.iter().map(|d| (d.as_ptr(), true));
+    let writable = plan.fs_writable.iter().map(|&p| (p, false));
+    for (path, optional) in private.chain(writable) {
+        // SAFETY: `path` is a NUL-terminated string (static, or of the plan's view);
+        // open takes flags only.
+        let fd = unsafe { libc::open(path, libc::O_PATH | libc::O_CLOEXEC) };
         if fd < 0 {
             match errno() {
-                // Not in this view (a host without /dev/shm): nothing to allow.
-                libc::ENOENT | libc::ENOTDIR => continue,
+                // A private mount this view lacks (a host without /dev/shm).
+                libc::ENOENT if optional => continue,
                 e => return Err(e),
             }
         }
+        // SAFETY: an all-zero stat is valid storage for fstat, which fills it; `fd` is
+        // the O_PATH fd opened above (fstat works on those).
+        let is_dir = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        };
         let attr = LandlockPathBeneath {
-            allowed_access: plan.landlock_private_access,
+            allowed_access: if is_dir {
+                plan.landlock_dir_access
+            } else {
+                plan.landlock_file_access
+            },
             parent_fd: fd,
         };
         // SAFETY: `attr` is a valid, packed `struct landlock_path_beneath_attr` for
