@@ -36,6 +36,8 @@ const STEPS: &[&str] = &["lint", "host", "python", "vm", "systemd"];
 const VM_TARGETS: &[(&str, &[&str])] = &[
     ("enforcement", &["cgroup2"]),
     ("network", &["cgroup2"]),
+    ("pidns", &["cgroup2"]),
+    ("fsview", &["cgroup2"]),
     ("identity", &["cgroup2"]),
     ("check", &[]),
     ("soak", &["--nocapture"]),

@@ -13,6 +13,7 @@ import corral
 import corral._api as corral_api
 from corral._binary import corral_message
 from corral._options import RunOptions, seconds, size_mb, split_command
+from corral._result import IsolatedResult
 
 
 def test_formatting() -> None:
@@ -48,11 +49,64 @@ def test_sandbox_layers_are_flags_and_service_limits() -> None:
     assert opts.service_body()["limits"] == {"network": "host", "syscalls": "off"}
 
 
+def test_pid_ns_is_a_flag_and_a_service_limit() -> None:
+    opts = RunOptions(command=["x"], limits={"pid_ns": "off", "isolation": "default"})
+    assert opts.cli_flags() == ["--pid-ns", "off", "--isolation", "default"]
+    opts.limits_from = {"limits": {"pid_ns": "off", "pids": 8}}
+    assert opts.service_body()["limits"] == {"pids": 8, "pid_ns": "off", "isolation": "default"}
+
+
 def test_isolation_off_is_a_flag_and_resets_the_metadata_layers() -> None:
     opts = RunOptions(command=["x"], limits={"isolation": "off", "syscalls": "default"})
     assert opts.cli_flags() == ["--syscalls", "default", "--isolation", "off"]
     opts.limits_from = {"limits": {"network": "none", "syscalls": "off", "pids": 8}}
     assert opts.service_body()["limits"] == {"pids": 8, "isolation": "off", "syscalls": "default"}
+
+
+def test_file_system_view_flags_and_service_limits() -> None:
+    opts = RunOptions(command=["x"], limits={"fs": "host"}, rw=["out", "/data"], hide=["/home"])
+    assert opts.cli_flags() == ["--fs", "host", "--rw", "out", "--rw", "/data", "--hide", "/home"]
+    opts.limits_from = {"limits": {"rw": ["/data", "/srv"], "fs": "read-only"}}
+    assert opts.service_body()["limits"] == {"fs": "host", "rw": ["/data", "/srv", "out"], "hide": ["/home"]}
+    opts.limits = {"isolation": "off"}
+    assert "fs" not in opts.service_body()["limits"]
+
+
+def test_notebook_keeps_its_directories_writable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: Dict[str, Any] = {}
+
+    def fake(opts: RunOptions, capture_output: bool) -> Any:
+        seen["flags"] = opts.cli_flags()
+        return IsolatedResult.__new__(IsolatedResult)
+
+    monkeypatch.delenv("CORRAL_SERVER", raising=False)
+    monkeypatch.setenv("CORRAL_NBCONVERT", "nbconvert")
+    monkeypatch.setattr(corral_api, "run_binary", fake)
+    nb = tmp_path / "a" / "x.ipynb"
+    corral.run_notebook_isolated(nb, output_path=tmp_path / "b" / "y.ipynb", cwd="/", rw=["/data"])
+    flags = seen["flags"]
+    rw = [flags[i + 1] for i, f in enumerate(flags) if f == "--rw"]
+    assert rw == ["/data", str(tmp_path / "a"), str(tmp_path / "b")]
+def test_layers_and_path_lists() -> None:
+    opts = RunOptions(
+        command=["x"],
+        limits={"pid_ns": "off", "fs": "read-only", "user": "dynamic"},
+        rw=["/data/out", "/data/cache"],
+        hide=["/home"],
+    )
+    assert opts.cli_flags() == [
+        "--pid-ns", "off", "--fs", "read-only", "--user", "dynamic",
+        "--rw", "/data/out", "--rw", "/data/cache", "--hide", "/home",
+    ]
+    # The metadata's lists and the arguments' add up, without repeats.
+    opts.limits_from = {"limits": {"rw": ["/data/out", "/scratch"], "hide": ["/root"]}}
+    limits = opts.service_body()["limits"]
+    assert limits["rw"] == ["/data/out", "/scratch", "/data/cache"]
+    assert limits["hide"] == ["/root", "/home"]
+    # The switch resets every layer the metadata set.
+    opts = RunOptions(command=["x"], limits={"isolation": "off"})
+    opts.limits_from = {"limits": {"pid_ns": "on", "fs": "read-only", "user": "nobody"}}
+    assert opts.service_body()["limits"] == {"isolation": "off"}
 
 
 def test_isolated_run_passes_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,6 +120,10 @@ def test_isolated_run_passes_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(corral_api, "run_binary", fake)
     corral.isolated_run(["true"], isolation="off", network="none", cwd="/")
     assert seen["flags"] == ["--network", "none", "--isolation", "off", "--cwd", "/"]
+    corral.isolated_run(["true"], fs="read-only", rw="/data", hide=["/home"], cwd="/")
+    assert seen["flags"] == [
+        "--fs", "read-only", "--rw", "/data", "--hide", "/home", "--cwd", "/",
+    ]
 
 
 def test_service_body_merges_metadata_under_arguments() -> None:

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use corral_run::{RunSpec, Stdio};
+use corral_spec::{check_hide_path, check_rw_path, FsMode};
 use corral_spec::{
     load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
-    parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, ProfileSet, Syscalls, User,
+    parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, PidNs, ProfileSet, Syscalls,
+    User,
 };
 
 /// Options of one run.
@@ -74,6 +76,21 @@ pub struct RunArgs {
     /// --network or --syscalls wins over it.
     #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     pub isolation: Option<String>,
+    /// The file-system view: "read-only" (default: the host read-only; writable are the
+    /// working directory, each --rw path and a private /tmp and /dev/shm) or "host".
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
+    pub fs: Option<String>,
+    /// Keep PATH writable in the read-only view (repeatable; relative to the working
+    /// directory); it must exist.
+    #[arg(long, value_name = "PATH")]
+    pub rw: Vec<String>,
+    /// Cover PATH (absolute; repeatable) with an empty read-only directory (or file).
+    #[arg(long, value_name = "PATH")]
+    pub hide: Vec<String>,
+    /// The pid namespace: "on" (default: the run sees and signals only its own
+    /// processes, /proc shows only them) or "off" (the host's).
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
+    pub pid_ns: Option<String>,
     /// Who the command runs as: "default" (an ordinary user's runs are that user;
     /// root's get a dynamic uid), "dynamic", or USER[:GROUP] (names or numbers; root
     /// only; "root" runs with root's uid but no capabilities).
@@ -166,6 +183,24 @@ impl RunArgs {
                 .as_deref()
                 .map(Isolation::parse)
                 .transpose()?,
+            fs: self.fs.as_deref().map(FsMode::parse).transpose()?,
+            rw: self
+                .rw
+                .iter()
+                .map(|p| {
+                    let p = PathBuf::from(p);
+                    check_rw_path(&p).map(|()| p)
+                })
+                .collect::<Result<_, _>>()?,
+            hide: self
+                .hide
+                .iter()
+                .map(|p| {
+                    let p = PathBuf::from(p);
+                    check_hide_path(&p).map(|()| p)
+                })
+                .collect::<Result<_, _>>()?,
+            pid_ns: self.pid_ns.as_deref().map(PidNs::parse).transpose()?,
             user: self.user.as_deref().map(User::parse).transpose()?,
         })
     }

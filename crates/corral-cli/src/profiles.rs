@@ -43,6 +43,10 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
                         LimitKind::Syscalls => json!(l.syscalls.as_str()),
                         LimitKind::Network => json!(l.network.as_str()),
                         LimitKind::Isolation => json!(l.isolation.as_str()),
+                        LimitKind::Fs => json!(l.fs.as_str()),
+                        LimitKind::Rw => json!(l.rw),
+                        LimitKind::Hide => json!(l.hide),
+                        LimitKind::PidNs => json!(l.pid_ns.as_str()),
                         LimitKind::User => json!(l.user.as_string()),
                     };
                 }
@@ -54,7 +58,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
     }
     let none = || "-".to_string();
     println!(
-        "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>9} {:>8} {:>7}  DESCRIPTION",
+        "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>9} {:>8} {:>7} {:>6}  DESCRIPTION",
         "PROFILE",
         "MEMORY",
         "CPUS",
@@ -64,12 +68,13 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
         "GRACE",
         "ISOLATION",
         "SYSCALLS",
-        "NETWORK"
+        "NETWORK",
+        "PID-NS"
     );
     for p in &profiles {
         let l = &p.limits;
         println!(
-            "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>9} {:>8} {:>7}  {}",
+            "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>9} {:>8} {:>7} {:>6}  {}",
             p.name,
             l.memory.map(format_bytes).unwrap_or_else(none),
             l.cpus.map(|c| format!("{c}")).unwrap_or_else(none),
@@ -80,6 +85,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
             l.isolation.as_str(),
             l.syscalls.as_str(),
             l.network.as_str(),
+            l.pid_ns.as_str(),
             p.description
         );
     }

@@ -259,6 +259,25 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     if let Some(i) = p.isolation {
         m.insert(LimitKind::Isolation.key().into(), Value::from(i.as_str()));
     }
+    if let Some(n) = p.pid_ns {
+        m.insert(LimitKind::PidNs.key().into(), Value::from(n.as_str()));
+    }
+    if let Some(f) = p.fs {
+        m.insert(LimitKind::Fs.key().into(), Value::from(f.as_str()));
+    }
+    let paths = |v: &[std::path::PathBuf]| {
+        Value::from(
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>(),
+        )
+    };
+    if !p.rw.is_empty() {
+        m.insert(LimitKind::Rw.key().into(), paths(&p.rw));
+    }
+    if !p.hide.is_empty() {
+        m.insert(LimitKind::Hide.key().into(), paths(&p.hide));
+    }
     if let Some(u) = &p.user {
         m.insert(LimitKind::User.key().into(), Value::from(u.as_string()));
     }
@@ -278,7 +297,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(LimitKind, &Option<String>); 12] = [
+    let flags: [(LimitKind, &Option<String>); 14] = [
         (LimitKind::Memory, &a.memory),
         (LimitKind::Swap, &a.swap),
         (LimitKind::Cpus, &a.cpus),
@@ -290,6 +309,8 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         (LimitKind::Syscalls, &a.syscalls),
         (LimitKind::Network, &a.network),
         (LimitKind::Isolation, &a.isolation),
+        (LimitKind::Fs, &a.fs),
+        (LimitKind::PidNs, &a.pid_ns),
         (LimitKind::User, &a.user),
     ];
     let mut given = Map::new();
@@ -301,6 +322,17 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
     if a.require_isolation {
         given.insert(LimitKind::RequireIsolation.key().into(), Value::from(true));
     }
+    // The lists add up: the metadata's paths, then the flags'.
+    for (k, flag) in [(LimitKind::Rw, &a.rw), (LimitKind::Hide, &a.hide)] {
+        if !flag.is_empty() {
+            let mut all = match limits.remove(k.key()) {
+                Some(Value::Array(v)) => v,
+                _ => Vec::new(),
+            };
+            all.extend(flag.iter().map(|p| Value::from(p.clone())));
+            given.insert(k.key().into(), Value::from(all));
+        }
+    }
     // The same parsers as the service: a typo is reported here, precisely.
     LimitsPatch::from_table(&given, "the command line")?;
     // --isolation resets the metadata's network and syscalls keys (one layer below the
@@ -308,6 +340,8 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
     if given.contains_key(LimitKind::Isolation.key()) {
         limits.remove(LimitKind::Network.key());
         limits.remove(LimitKind::Syscalls.key());
+        limits.remove(LimitKind::Fs.key());
+        limits.remove(LimitKind::PidNs.key());
         limits.remove(LimitKind::User.key());
     }
     limits.extend(given);
@@ -692,6 +726,10 @@ mod tests {
             syscalls: Some(corral_spec::Syscalls::Off),
             network: Some(corral_spec::Network::Host),
             isolation: Some(corral_spec::Isolation::Off),
+            fs: Some(corral_spec::FsMode::Host),
+            rw: vec!["out".into(), "/data".into()],
+            hide: vec!["/home".into()],
+            pid_ns: Some(corral_spec::PidNs::Off),
             user: Some(corral_spec::User::parse("nobody:nogroup").unwrap()),
         };
         let m = patch_json(&p);

@@ -53,6 +53,22 @@ fn check_matches_the_host() {
         .find(|f| f["name"] == "network_namespace")
         .expect("the network_namespace feature");
     assert_eq!(netns["available"], root, "{netns}");
+    // So does the read-only view (and mount_setattr: every kernel here is >= 5.12).
+    let view = r["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "read_only_view")
+        .expect("the read_only_view feature");
+    assert_eq!(view["available"], root, "{view}");
+    // So does a pid namespace (and clone3, which this kernel has).
+    let pidns = r["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "pid_namespace")
+        .expect("the pid_namespace feature");
+    assert_eq!(pidns["available"], root, "{pidns}");
     for c in &layout.v2_controllers {
         assert!(r["cgroup2_controllers"]
             .as_array()

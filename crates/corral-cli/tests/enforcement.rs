@@ -319,7 +319,12 @@ fn contained(h: &Harness) {
              grep memory /proc/self/cgroup"
         }
     };
-    let ran = h.run(&["--memory", "100M"], &["sh", "-c", script]);
+    // The host's pid namespace, so that pid 1 is the host's init (in the run's own,
+    // /proc/1 is the run's init, whose view of the cgroups is the run's own).
+    let ran = h.run(
+        &["--memory", "100M", "--pid-ns", "off"],
+        &["sh", "-c", script],
+    );
     assert_eq!(ran.reason(), "exited", "{}", ran.rec());
     assert!(!ran.stdout.contains("escaped"), "{}", ran.stdout);
     common::assert_capabilities_dropped(&ran.stdout);
@@ -415,6 +420,12 @@ fn start_tree(h: &Harness) -> (std::process::Child, Vec<i32>, std::path::PathBuf
         let text = std::fs::read_to_string(&pids).unwrap_or_default();
         let v: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
         if v.len() >= 4 {
+            // The run wrote its own namespace's pids: their host pids, while it runs.
+            let corral = child.id() as i32;
+            let v = v
+                .iter()
+                .map(|&p| common::host_pid(corral, p).expect("a pid of the run on the host"))
+                .collect();
             return (child, v, json);
         }
         assert!(

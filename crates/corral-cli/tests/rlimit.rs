@@ -27,13 +27,18 @@ fn timeout_ends_the_process_group() {
     let h = harness_or_skip!("rlimit", "timeout");
     let pidfile = h.tmp().join("child.pid");
     let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
-    let ran = h.run(
+    let (mut c, json) = h.command(
         &["--timeout", "1s", "--grace", "1s"],
         &["sh", "-c", &script],
     );
+    let t = std::time::Instant::now();
+    let child = c.spawn().expect("corral starts");
+    let pid = read_pid(&pidfile, Duration::from_secs(1)).unwrap();
+    // A pid of the run's own namespace (as root): the member's host pid, while it runs.
+    let pid = common::host_pid(child.id() as i32, pid).expect("the member on the host");
+    let ran = common::finish(child.wait_with_output().unwrap(), &json, t.elapsed());
     assert_eq!(ran.reason(), "timeout", "{}", ran.rec());
     assert_eq!(ran.code, 124);
-    let pid = read_pid(&pidfile, Duration::from_secs(1)).unwrap();
     assert!(!alive(pid), "the group member {pid} outlived the run");
     assert!(ran.elapsed < Duration::from_secs(3));
 }

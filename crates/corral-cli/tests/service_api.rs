@@ -274,11 +274,26 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
         assert_eq!(st, 200, "{v}");
         assert_eq!(reason(&v), "exited", "{v}");
         let iso = &v["record"]["isolation"];
+        // The host's files, but never the service's own directory (ledger, outputs).
+        let state = std::fs::canonicalize(s.ledger().parent().unwrap()).unwrap();
+        let state = state.display().to_string();
         assert_eq!(
             iso["requested"],
-            json!({"isolation": "off", "syscalls": "off", "network": "host", "user": "default"}),
+            json!({"isolation": "off", "syscalls": "off", "network": "host", "user": "default",
+                   "pid_ns": "off", "fs": {"mode": "host", "rw": [], "hide": [state]}}),
             "{v}"
         );
+        assert_eq!(iso["enforced"]["fs"]["hidden"], json!([state]), "{v}");
+        // Even on the host's files a run sees it empty: no ledger, no run's output.
+        // (Here it is under /tmp, which the default view's private /tmp hides anyway.)
+        let mut r = small(&["ls", "-A", &state]);
+        r["id"] = json!("peek-1");
+        r["limits"]["fs"] = json!("host");
+        assert_eq!(s.submit(&r).0, 201);
+        let (_, v) = s.call("GET", "/runs/peek-1/wait?timeout=30");
+        assert_eq!(reason(&v), "exited", "{v}");
+        assert_eq!(v["record"]["outcome"]["exit_code"], 0, "{v}");
+        assert_eq!(get_raw(&s, "/runs/peek-1/output"), (200, String::new()));
         assert_eq!(iso["enforced"]["network"], "host", "{v}");
         assert!(iso["enforced"]["syscalls"].is_null(), "{v}");
         s.stop(libc::SIGTERM, Duration::from_secs(10));
@@ -398,15 +413,16 @@ fn graceful_shutdown_drains_then_cancels() {
             reason(&s.call("GET", &format!("/runs/{quick}")).1),
             "exited"
         );
-        let pidfile = s.dir.path().join("sleeper.pid");
-        let mut sleeper = small(&[
+        // Not in the service's own (hidden) directory: in a scratch one the run may write.
+        let scratch = tempfile::tempdir().unwrap();
+        let pidfile = scratch.path().join("sleeper.pid");
+        let mut req = small(&[
             "sh",
             "-c",
             &format!("echo $$ > {}; exec sleep 60", pidfile.display()),
         ]);
-        // Its working directory is where it writes: the run's (dynamic) user may.
-        sleeper["cwd"] = json!(s.dir.path());
-        let (_, v) = s.submit(&sleeper);
+        req["limits"]["rw"] = json!([scratch.path()]);
+        let (_, v) = s.submit(&req);
         let sleeper = v["id"].as_str().unwrap().to_string();
         let (st, v) = s.submit(&small(&["sh", "-c", "echo later"]));
         assert_eq!((st, v["state"].as_str()), (201, Some("queued")), "{v}");
@@ -419,6 +435,8 @@ fn graceful_shutdown_drains_then_cancels() {
                 .ok()
         })
         .expect("the sleeper started");
+        // The run's own namespace's pid: the sleeper's on the host.
+        let pid = common::host_pid(s.pid(), pid).expect("the sleeper on the host");
         let t = Instant::now();
         s.signal(libc::SIGTERM);
         // While draining: no new runs, reads still work.
@@ -599,7 +617,7 @@ fn old_output_is_pruned_but_records_and_running_runs_stay() {
     each_backend("prune", |b| {
         let mut s = Svc::new(b, "prune", "--budget-memory 1G --keep-output 2s");
         // A file no run accounts for, written an hour ago: removed at start.
-        let out_dir = s.dir.path().join("output");
+        let out_dir = s.ledger().parent().unwrap().join("output");
         std::fs::create_dir_all(&out_dir).unwrap();
         let orphan = out_dir.join("orphan-run.stdout");
         std::fs::write(&orphan, "old").unwrap();
@@ -632,10 +650,12 @@ fn old_output_is_pruned_but_records_and_running_runs_stay() {
         })
         .expect("the quiet run printed");
 
-        // The finished run's files go within --keep-output plus one pass (1 s).
+        // The finished run's files go within --keep-output plus one pass (1 s): both
+        // (the pass removes one after the other).
         let done_out = out_dir.join(format!("{done}.stdout"));
+        let done_err = out_dir.join(format!("{done}.stderr"));
         eventually(Duration::from_secs(8), || {
-            (!done_out.exists()).then_some(())
+            (!done_out.exists() && !done_err.exists()).then_some(())
         })
         .expect("the finished run's output is removed");
         let (st, body) = get_raw(&s, &format!("/runs/{done}/output?stream=stderr"));

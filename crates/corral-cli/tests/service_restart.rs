@@ -25,12 +25,15 @@ fn kill_9_then_restart_reaps_and_resumes() {
         // only the direct child when the service dies), submitted first and with a
         // higher priority, so they are the ones in flight.
         let mut inflight = Vec::new();
+        // Not in the service's own (hidden) directory: in a scratch one the runs may write.
+        let scratch = tempfile::tempdir().unwrap();
+        let mut lim_rw = lim.clone();
+        lim_rw["rw"] = json!([scratch.path()]);
         for i in 0..3 {
-            let pidfile = s.dir.path().join(format!("grandchild-{i}"));
+            let pidfile = scratch.path().join(format!("grandchild-{i}"));
             let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
-            // The working directory is where it writes: the run's (dynamic) user may.
-            let (st, v) = s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim,
-                                            "priority": 5, "cwd": s.dir.path()}));
+            let (st, v) = s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim_rw,
+                                            "priority": 5}));
             assert_eq!(st, 201, "{v}");
             inflight.push((v["id"].as_str().unwrap().to_string(), pidfile));
         }
@@ -50,6 +53,8 @@ fn kill_9_then_restart_reaps_and_resumes() {
                 })
                 .expect("the in-flight run started its grandchild")
             })
+            // Pids of each run's own namespace: the grandchildren's on the host.
+            .map(|p| common::host_pid(s.pid(), p).expect("the grandchild on the host"))
             .collect();
         assert_eq!(s.run_cgroups_memory(), 3);
         s.kill9();
@@ -100,8 +105,14 @@ fn restart_reaps_what_even_the_guard_missed() {
     each_backend("reap", |b| {
         let mut s = Svc::new(b, "reap", "--budget-memory 1G --budget-cpus 2");
         s.start();
-        let lim = json!({"memory": "64M", "cpus": 0.25, "timeout": "120s"});
-        let pidfile = s.dir.path().join("grandchild");
+        // Not in the service's own (hidden) directory: in a scratch one the run may write.
+        // In its own pid namespace the grandchild would die with the run's init when
+        // the service dies: this is about a run whose orphans outlive it (the host's
+        // pid namespace), which only the restart can reap.
+        let scratch = tempfile::tempdir().unwrap();
+        let lim = json!({"memory": "64M", "cpus": 0.25, "timeout": "120s",
+                         "rw": [scratch.path()], "pid_ns": "off"});
+        let pidfile = scratch.path().join("grandchild");
         let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
         let (st, v) =
             s.submit(&json!({"command": ["sh", "-c", cmd], "limits": lim, "cwd": s.dir.path()}));

@@ -160,6 +160,10 @@ fn default_isolation() -> String {
     "default".into()
 }
 
+fn default_pid_ns() -> String {
+    "off".into()
+}
+
 /// The isolation layers a run asked for (profile, metadata, flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsolationRequested {
@@ -176,6 +180,40 @@ pub struct IsolationRequested {
     /// records written before it existed: `default`.
     #[serde(default = "default_isolation")]
     pub user: String,
+    /// The pid namespace: `on` (its own) or `off` (the host's). Absent in records
+    /// written before it existed: `off`, what those runs had.
+    #[serde(default = "default_pid_ns")]
+    pub pid_ns: String,
+    /// The file-system view asked for (`null` only in records written before the
+    /// layer existed).
+    #[serde(default)]
+    pub fs: Option<FsRequested>,
+}
+
+/// The file-system view a run asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsRequested {
+    /// `read-only` (the host read-only) or `host` (the host's files).
+    pub mode: String,
+    /// The paths to keep writable besides the working directory, as absolute paths.
+    pub rw: Vec<String>,
+    /// The paths to hide.
+    pub hide: Vec<String>,
+}
+
+/// The file-system view a run got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsEnforced {
+    /// `read-only` or `host`.
+    pub mode: String,
+    /// Every writable path: in the read-only view the working directory, each `rw`
+    /// path, `/tmp` and `/dev/shm`; with `host`, `/` (everything corral may write).
+    pub writable: Vec<String>,
+    /// Each path covered by an empty read-only directory (or file).
+    pub hidden: Vec<String>,
+    /// `/tmp` and `/dev/shm` are private to the run (fresh tmpfs mounts whose pages
+    /// count against its memory budget), gone when it ends.
+    pub private_tmp: bool,
 }
 
 /// The isolation layers really applied to the run.
@@ -192,6 +230,20 @@ pub struct IsolationEnforced {
     /// The network the run saw: `loopback` (its own namespace with only `lo`), `host`,
     /// or `null` (a namespace was asked for and could not be made: see `not_enforced`).
     pub network: Option<String>,
+    /// The file-system view the run saw, or `null` where it could not be applied
+    /// (see `not_enforced`).
+    #[serde(default)]
+    pub fs: Option<FsEnforced>,
+    /// Whether the run had its own pid namespace (its command pid 2 under corral's
+    /// mini-init, a fresh `/proc`). Absent in records written before it existed: `false`.
+    #[serde(default)]
+    pub pid_ns: bool,
+    /// The Landlock ABI version of the ruleset that restricted the run's writes to its
+    /// writable paths (the second file-system layer, with the read-only view), or
+    /// `null`: none (no read-only view, or a kernel without Landlock: see
+    /// `not_enforced`).
+    #[serde(default)]
+    pub landlock: Option<u32>,
     /// Who the command ran as (absent in records written before it existed).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub user: Option<UserRecord>,

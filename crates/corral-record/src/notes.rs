@@ -225,6 +225,9 @@ pub fn compose_notes(r: &Record) -> String {
         if e.capabilities.as_deref() == Some("inherited") {
             off.push("corral's own user and capabilities");
         }
+        if !e.pid_ns && iso.requested.pid_ns == "off" {
+            off.push("the host's processes visible");
+        }
         if !off.is_empty() {
             out.push(format!(
                 "Not sandboxed (isolation off): {}.",

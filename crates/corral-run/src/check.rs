@@ -127,6 +127,9 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
             .ok()
             .and_then(|d| d.canonicalize().ok())
             .is_some_and(|d| crate::owner::idmap_supported(&d));
+    let mount_setattr = crate::spawn::mount_setattr_available();
+    let fs_view = privs.sys_admin && mount_setattr.is_ok();
+    let pidns = privs.sys_admin && privs.clone3;
     let features = vec![
         feature("clone3_into_cgroup", clone3, "the child is born in its cgroup; without it corral forks and moves the child before exec"),
         feature("pidfd", kernel_at_least(&kernel, 5, 4), "race-free waiting and signalling (required)"),
@@ -138,9 +141,23 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         feature("network_namespace", netns, "each run gets its own network with only loopback; without CAP_SYS_ADMIN and CAP_NET_ADMIN runs share the host's network (reported per run)"),
         feature("dynamic_uid", dynamic, &format!("root's runs run as a dynamic uid from {range_text} (CORRAL_UID_RANGE) without capabilities; an ordinary user's runs are that user")),
         feature("idmapped_mount", idmap_here, "files a dynamic uid writes in its working directory belong to the directory's owner at once (probed on this directory; needs root and Linux 5.12, tmpfs 6.3); elsewhere corral gives them back after the run"),
+        feature("read_only_view", fs_view, "each run sees the host's files read-only with a private /tmp (--fs read-only); needs CAP_SYS_ADMIN and mount_setattr (Linux 5.12), else runs write wherever their user may (reported per run)"),
+        feature("pid_namespace", pidns, "each run gets its own pid namespace (it sees only its own processes); without CAP_SYS_ADMIN and clone3 runs see the host's (reported per run)"),
     ];
     if let Err(e) = &range {
         remedies.push(format!("{e}"));
+    }
+    if !privs.sys_admin {
+        remedies.push("runs can write wherever their user may: the read-only view of the host's files needs CAP_SYS_ADMIN; run corral as root (or use the corral service)".into());
+    } else if let Err(e) = &mount_setattr {
+        remedies.push(format!("runs can write wherever their user may: the read-only view needs mount_setattr (Linux 5.12), which this kernel refuses ({e}); upgrade the kernel"));
+    }
+    if !pidns {
+        remedies.push(if privs.sys_admin {
+            "runs see the host's processes: a pid namespace per run needs clone3 (Linux 5.3) and a seccomp policy around corral that allows it".into()
+        } else {
+            "runs see the host's processes: a pid namespace per run needs CAP_SYS_ADMIN; run corral as root (or use the corral service)".into()
+        });
     }
     if !netns {
         remedies.push("runs share the host's network: a network namespace per run needs CAP_SYS_ADMIN and CAP_NET_ADMIN; run corral as root (or use the corral service)".into());

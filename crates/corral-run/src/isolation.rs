@@ -7,7 +7,9 @@
 //! dumps off (`RLIMIT_CORE` 0) and `no_new_privs`. By default (`--syscalls default`)
 //! also the seccomp filter [`crate::spawn::POLICY`], where the kernel can install one,
 //! and (`--network none`) its own network namespace with only loopback, where corral
-//! has the capabilities to make one.
+//! has the capabilities to make one, and (`--pid-ns on`) its own pid namespace, where
+//! corral has `CAP_SYS_ADMIN` and the kernel `clone3`: the command runs as pid 2 under
+//! corral's mini-init (pid 1) with a fresh `/proc` (see [`crate::spawn`]).
 //!
 //! `--isolation off` (profile key `isolation = "off"`) is corral's behaviour before the
 //! sandbox: the host's network, no seccomp filter, and none of the always-on steps (no
@@ -22,7 +24,7 @@
 use std::sync::OnceLock;
 
 use corral_record::{IsolationEnforced, IsolationGap, IsolationRecord, IsolationRequested};
-use corral_spec::{Isolation, Limits, Network, Syscalls};
+use corral_spec::{FsMode, Isolation, Limits, Network, PidNs, Syscalls};
 use rustix::thread::CapabilitySet;
 
 use crate::spawn::{self, SyscallFilter};
@@ -34,6 +36,9 @@ pub struct Privileges {
     pub sys_admin: bool,
     /// `CAP_NET_ADMIN`: bringing the new namespace's loopback up.
     pub net_admin: bool,
+    /// The kernel answers `clone3` (5.3+): a pid namespace is made with
+    /// `clone3(CLONE_NEWPID)`, never on the `fork` fallback.
+    pub clone3: bool,
 }
 
 impl Privileges {
@@ -45,6 +50,7 @@ impl Privileges {
         Privileges {
             sys_admin: eff.contains(CapabilitySet::SYS_ADMIN),
             net_admin: eff.contains(CapabilitySet::NET_ADMIN),
+            clone3: spawn::clone3_available(),
         }
     }
 }
@@ -58,6 +64,14 @@ pub struct IsolationPlan {
     pub filter: Option<&'static SyscallFilter>,
     /// The child enters its own network namespace with loopback up.
     pub new_network: bool,
+    /// The file-system view the child builds (`None`: none, the host's files as they
+    /// are; `Some(Host)` only covers the `hide` paths).
+    pub fs: Option<FsMode>,
+    /// The child is born in its own pid namespace (`clone3(CLONE_NEWPID)`), mounts a
+    /// fresh `/proc` and runs the command under corral's mini-init.
+    pub pid_ns: bool,
+    /// The Landlock ABI to restrict writes with (the read-only view's second layer).
+    pub landlock: Option<u32>,
 }
 
 /// The `network` layer cannot be applied without these capabilities (rootless runs get
@@ -67,6 +81,76 @@ const NETWORK_GAP: &str = "a network namespace needs CAP_SYS_ADMIN and CAP_NET_A
      corral uses user namespaces), so the run shares the host's network; run corral as \
      root (or submit to the corral service) to give each run its own loopback-only \
      network, or pass --network host to ask for the host's network";
+
+/// The `fs` layer's read-only view cannot be applied without CAP_SYS_ADMIN.
+const FS_GAP: &str = "a read-only view of the host's files needs CAP_SYS_ADMIN, which \
+     corral lacks here (run by an ordinary user: rootless runs get one only once corral \
+     uses user namespaces), so the run can write wherever its user can; run corral as \
+     root (or submit to the corral service) to get the read-only view and a private /tmp, \
+     or pass --fs host to ask for the host's files";
+
+/// Hidden paths (`--fs host --hide ...`) cannot be covered without CAP_SYS_ADMIN.
+const HIDE_GAP: &str = "hiding paths (--hide) needs CAP_SYS_ADMIN, which corral lacks \
+     here (run by an ordinary user: rootless runs get it only once corral uses user \
+     namespaces), so they stay visible; run corral as root (or submit to the corral \
+     service) to hide them";
+
+/// Whether this kernel has `mount_setattr` (the read-only view's one call), probed
+/// once per process.
+fn mount_setattr() -> Result<(), String> {
+    static KERNEL: OnceLock<Result<(), String>> = OnceLock::new();
+    KERNEL
+        .get_or_init(|| {
+            spawn::mount_setattr_available().map_err(|e| {
+                format!(
+                    "a read-only view of the host's files needs mount_setattr (Linux 5.12), \
+                     which this kernel refuses ({e}), so the run can write wherever its user \
+                     can; upgrade the kernel, or pass --fs host to ask for the host's files"
+                )
+            })
+        })
+        .clone()
+}
+
+/// The `fs` layer for `limits`, for a process with `privs` on a kernel where
+/// `mount_setattr` says whether the read-only step is possible: the view the child
+/// builds, or the gap that says why none is.
+fn plan_fs(
+    limits: &Limits,
+    privs: Privileges,
+    mount_setattr: impl FnOnce() -> Result<(), String>,
+) -> (Option<FsMode>, Option<IsolationGap>) {
+    let gap = |why: String| {
+        Some(IsolationGap {
+            layer: "fs".into(),
+            why,
+        })
+    };
+    match limits.fs {
+        FsMode::Host if limits.hide.is_empty() => (Some(FsMode::Host), None),
+        FsMode::Host if privs.sys_admin => (Some(FsMode::Host), None),
+        FsMode::Host => (None, gap(HIDE_GAP.into())),
+        FsMode::ReadOnly if !privs.sys_admin => (None, gap(FS_GAP.into())),
+        FsMode::ReadOnly => match mount_setattr() {
+            Ok(()) => (Some(FsMode::ReadOnly), None),
+            Err(why) => (None, gap(why)),
+        },
+    }
+}
+/// The `pid_ns` layer cannot be applied without CAP_SYS_ADMIN (rootless runs get a pid
+/// namespace only once corral uses user namespaces).
+const PID_NS_GAP: &str = "a pid namespace needs CAP_SYS_ADMIN, which corral lacks here \
+     (run by an ordinary user: rootless runs get one only once corral uses user \
+     namespaces), so the run sees and may signal the host's processes; run corral as root \
+     (or submit to the corral service) to give each run its own pid namespace, or pass \
+     --pid-ns off to ask for the host's";
+
+/// The `pid_ns` layer cannot be applied without clone3 (the fork fallback cannot make
+/// the child pid 1 of a new namespace).
+const PID_NS_CLONE3_GAP: &str = "a pid namespace needs clone3 (Linux 5.3+), which this \
+     kernel (or a seccomp filter around corral) refuses, so the run sees and may signal \
+     the host's processes; run corral on a kernel that allows clone3 to give each run its \
+     own pid namespace, or pass --pid-ns off to ask for the host's";
 
 /// Whether this host can install corral's filter: the kernel's answer and the
 /// compiled program, probed once per process.
@@ -84,7 +168,37 @@ fn default_filter() -> Result<&'static SyscallFilter, String> {
 
 /// The isolation plan for `limits` on this host, for this process.
 pub fn plan(limits: &Limits) -> IsolationPlan {
-    plan_with(limits, Privileges::current(), default_filter)
+    let mut p = plan_with(limits, Privileges::current(), default_filter);
+    plan_landlock(&mut p, landlock_abi);
+    p
+}
+
+/// This kernel's Landlock ABI, probed once per process.
+fn landlock_abi() -> Result<u32, String> {
+    static KERNEL: OnceLock<Result<u32, String>> = OnceLock::new();
+    KERNEL.get_or_init(spawn::landlock_abi).clone()
+}
+
+/// Landlock, the read-only view's second layer: where the view is read-only, writes
+/// are also restricted to its writable paths with a Landlock ruleset, if the kernel
+/// (`abi`) has Landlock; else a `landlock` gap (the view itself still holds).
+fn plan_landlock(p: &mut IsolationPlan, abi: impl FnOnce() -> Result<u32, String>) {
+    if p.fs != Some(FsMode::ReadOnly) {
+        return;
+    }
+    match abi() {
+        Ok(abi) => {
+            p.landlock = Some(abi);
+            p.record.enforced.landlock = Some(abi);
+        }
+        Err(why) => p.record.not_enforced.push(IsolationGap {
+            layer: "landlock".into(),
+            why: format!(
+                "{why}: writes are kept to the working directory, the --rw paths and the \
+                 private /tmp by the read-only mounts alone, without Landlock's second check"
+            ),
+        }),
+    }
 }
 
 /// The isolation plan for `limits`, for a process with `privs`, where `filter` says
@@ -119,6 +233,24 @@ fn plan_with(
             (None, false)
         }
     };
+    let pid_ns = match limits.pid_ns {
+        PidNs::Off => false,
+        PidNs::On if privs.sys_admin && privs.clone3 => true,
+        PidNs::On => {
+            not_enforced.push(IsolationGap {
+                layer: "pid_ns".into(),
+                why: if privs.sys_admin {
+                    PID_NS_CLONE3_GAP
+                } else {
+                    PID_NS_GAP
+                }
+                .into(),
+            });
+            false
+        }
+    };
+    let (fs, fs_gap) = plan_fs(limits, privs, mount_setattr);
+    not_enforced.extend(fs_gap);
     let always = limits.isolation == Isolation::Default;
     IsolationPlan {
         record: IsolationRecord {
@@ -127,6 +259,8 @@ fn plan_with(
                 syscalls: limits.syscalls.as_str().into(),
                 network: limits.network.as_str().into(),
                 user: limits.user.as_string(),
+                fs: Some(crate::fsview::requested(limits)),
+                pid_ns: limits.pid_ns.as_str().into(),
             },
             enforced: IsolationEnforced {
                 syscalls: filter.map(|_| corral_record::SyscallPolicy {
@@ -143,11 +277,30 @@ fn plan_with(
                 // (`crate::identity`).
                 user: None,
                 capabilities: None,
+                // The paths as given; `run` fills in the resolved ones.
+                fs: fs.map(|mode| {
+                    let entry = |p: &std::path::PathBuf| crate::fsview::Entry {
+                        path: p.clone(),
+                        dir: true,
+                    };
+                    let paths = crate::fsview::ViewPaths {
+                        writable: limits.rw.iter().map(entry).collect(),
+                        hide: limits.hide.iter().map(entry).collect(),
+                        private: ["/tmp", "/dev/shm"].map(Into::into).to_vec(),
+                    };
+                    crate::fsview::enforced(mode, &paths)
+                }),
+                pid_ns,
+                // Decided by `plan_landlock`, after the view.
+                landlock: None,
             },
             not_enforced,
         },
         filter,
         new_network,
+        fs,
+        pid_ns,
+        landlock: None,
     }
 }
 
@@ -158,10 +311,12 @@ mod tests {
     const ROOT: Privileges = Privileges {
         sys_admin: true,
         net_admin: true,
+        clone3: true,
     };
     const USER: Privileges = Privileges {
         sys_admin: false,
         net_admin: false,
+        clone3: true,
     };
 
     #[test]
@@ -173,10 +328,14 @@ mod tests {
             j,
             serde_json::json!({
                 "requested": {"isolation": "default", "syscalls": "default", "network": "none",
-                              "user": "default"},
+                              "user": "default",
+                              "pid_ns": "on",
+                              "fs": {"mode": "read-only", "rw": [], "hide": []}},
                 "enforced": {"syscalls": {"policy": "corral-default", "version": 2},
                              "no_new_privs": true, "new_session": true, "core_dumps": false,
-                             "network": "loopback"},
+                             "network": "loopback", "pid_ns": true, "landlock": null,
+                             "fs": {"mode": "read-only", "writable": ["/tmp", "/dev/shm"],
+                                    "hidden": [], "private_tmp": true}},
                 "not_enforced": []
             })
         );
@@ -208,6 +367,8 @@ mod tests {
             isolation: Isolation::Off,
             network: Network::Host,
             syscalls: Syscalls::Off,
+            fs: FsMode::Host,
+            pid_ns: PidNs::Off,
             ..Limits::default()
         };
         for privs in [ROOT, USER] {
@@ -217,13 +378,18 @@ mod tests {
                 j,
                 serde_json::json!({
                     "requested": {"isolation": "off", "syscalls": "off", "network": "host",
-                                  "user": "default"},
+                                  "user": "default",
+                                  "pid_ns": "off",
+                                  "fs": {"mode": "host", "rw": [], "hide": []}},
                     "enforced": {"syscalls": null, "no_new_privs": false, "new_session": false,
-                                 "core_dumps": true, "network": "host"},
+                                 "core_dumps": true, "network": "host", "pid_ns": false, "landlock": null,
+                                 "fs": {"mode": "host", "writable": ["/"], "hidden": [],
+                                        "private_tmp": false}},
                     "not_enforced": []
                 })
             );
-            assert!(p.filter.is_none() && !p.new_network);
+            assert!(p.filter.is_none() && !p.new_network && !p.pid_ns);
+            assert_eq!(p.fs, Some(FsMode::Host));
         }
         // An explicit filter under the switch keeps no_new_privs (the kernel's condition).
         let p = plan_with(
@@ -251,6 +417,9 @@ mod tests {
     fn host_network_is_what_was_asked_for_anyone() {
         let host = Limits {
             network: Network::Host,
+            fs: FsMode::Host,
+            // (An ordinary user's pid namespace gap is not this test's.)
+            pid_ns: PidNs::Off,
             ..Limits::default()
         };
         for privs in [ROOT, USER] {
@@ -269,13 +438,28 @@ mod tests {
             Privileges {
                 sys_admin: true,
                 net_admin: false,
+                clone3: true,
             },
         ] {
             let p = plan_with(&Limits::default(), privs, default_filter);
             assert!(!p.new_network);
             assert_eq!(p.record.requested.network, "none");
             assert_eq!(p.record.enforced.network, None);
-            assert_eq!(p.record.not_enforced.len(), 1);
+            // The network's gap, and the pid namespace's where CAP_SYS_ADMIN is missing
+            // (the fs layer's own gap is tested below).
+            let layers: Vec<&str> = p
+                .record
+                .not_enforced
+                .iter()
+                .map(|g| g.layer.as_str())
+                .filter(|l| *l != "fs")
+                .collect();
+            let want: &[&str] = if privs.sys_admin {
+                &["network"]
+            } else {
+                &["network", "pid_ns"]
+            };
+            assert_eq!(layers, want);
             let gap = &p.record.not_enforced[0];
             assert_eq!(gap.layer, "network");
             assert!(gap.why.contains("CAP_SYS_ADMIN"), "{}", gap.why);
@@ -292,7 +476,112 @@ mod tests {
             .iter()
             .map(|g| g.layer.as_str())
             .collect();
-        assert_eq!(layers, ["syscalls", "network"]);
+        assert_eq!(layers, ["syscalls", "network", "pid_ns", "fs"]);
+    }
+
+    #[test]
+    fn landlock_backs_the_read_only_view_where_the_kernel_has_it() {
+        let mut p = plan_with(&Limits::default(), ROOT, default_filter);
+        plan_landlock(&mut p, || Ok(4));
+        assert_eq!(p.landlock, Some(4));
+        assert_eq!(p.record.enforced.landlock, Some(4));
+        assert!(p.record.not_enforced.is_empty());
+        // No Landlock: a gap that says the view itself still holds.
+        let mut p = plan_with(&Limits::default(), ROOT, default_filter);
+        plan_landlock(&mut p, || Err("this kernel has no Landlock".into()));
+        assert_eq!((p.landlock, p.record.enforced.landlock), (None, None));
+        assert_eq!(p.record.not_enforced.len(), 1);
+        assert_eq!(p.record.not_enforced[0].layer, "landlock");
+        assert!(p.record.not_enforced[0]
+            .why
+            .contains("read-only mounts alone"));
+        // Without the read-only view (--fs host, or no view for an ordinary user)
+        // there is nothing for Landlock to repeat: not asked, not a gap.
+        let host = Limits {
+            fs: FsMode::Host,
+            ..Limits::default()
+        };
+        for (limits, privs) in [(host, ROOT), (Limits::default(), USER)] {
+            let mut p = plan_with(&limits, privs, default_filter);
+            let gaps = p.record.not_enforced.len();
+            plan_landlock(&mut p, || Ok(4));
+            assert_eq!((p.landlock, p.record.not_enforced.len()), (None, gaps));
+        }
+    }
+
+    #[test]
+    fn root_gets_a_pid_namespace_by_default() {
+        let p = plan_with(&Limits::default(), ROOT, default_filter);
+        assert!(p.pid_ns);
+        assert_eq!(p.record.requested.pid_ns, "on");
+        assert!(p.record.enforced.pid_ns);
+        assert!(p.record.not_enforced.is_empty());
+        // --pid-ns off is what was asked for, for anyone.
+        let off = Limits {
+            pid_ns: PidNs::Off,
+            ..Limits::default()
+        };
+        for privs in [ROOT, USER] {
+            let p = plan_with(&off, privs, default_filter);
+            assert!(!p.pid_ns);
+            assert_eq!(p.record.requested.pid_ns, "off");
+            assert!(!p.record.enforced.pid_ns);
+            assert!(p.record.not_enforced.iter().all(|g| g.layer != "pid_ns"));
+        }
+    }
+
+    #[test]
+    fn an_ordinary_user_is_told_the_pids_are_not_isolated_and_why() {
+        let p = plan_with(&Limits::default(), USER, default_filter);
+        assert!(!p.pid_ns);
+        assert!(!p.record.enforced.pid_ns);
+        let gaps: Vec<&IsolationGap> = p
+            .record
+            .not_enforced
+            .iter()
+            .filter(|g| g.layer == "pid_ns")
+            .collect();
+        assert_eq!(gaps.len(), 1);
+        assert!(gaps[0].why.contains("CAP_SYS_ADMIN"), "{}", gaps[0].why);
+        assert!(gaps[0].why.contains("user namespaces"), "{}", gaps[0].why);
+        assert!(gaps[0].why.contains("--pid-ns off"), "{}", gaps[0].why);
+    }
+
+    #[test]
+    fn without_clone3_root_is_told_the_kernel_refuses_it() {
+        let no_clone3 = Privileges {
+            clone3: false,
+            ..ROOT
+        };
+        let p = plan_with(&Limits::default(), no_clone3, default_filter);
+        assert!(!p.pid_ns);
+        assert!(p.new_network, "the other layers do not depend on clone3");
+        assert_eq!(p.record.not_enforced.len(), 1);
+        let gap = &p.record.not_enforced[0];
+        assert_eq!(gap.layer, "pid_ns");
+        assert!(gap.why.contains("clone3"), "{}", gap.why);
+        assert!(gap.why.contains("--pid-ns off"), "{}", gap.why);
+    }
+
+    #[test]
+    fn isolation_off_turns_the_pid_namespace_off_unless_asked() {
+        let mut l = Limits::default();
+        corral_spec::LimitsPatch {
+            isolation: Some(Isolation::Off),
+            ..Default::default()
+        }
+        .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::Off);
+        assert!(!plan_with(&l, ROOT, default_filter).pid_ns);
+        corral_spec::LimitsPatch {
+            isolation: Some(Isolation::Off),
+            pid_ns: Some(PidNs::On),
+            ..Default::default()
+        }
+        .apply(&mut l);
+        let p = plan_with(&l, ROOT, default_filter);
+        assert!(p.pid_ns && p.record.enforced.pid_ns);
+        assert_eq!(p.record.requested.isolation, "off");
     }
 
     #[test]
@@ -302,5 +591,85 @@ mod tests {
         assert_eq!(v["requested"]["network"], "none");
         assert!(v["enforced"]["network"].is_null());
         assert_eq!(v["not_enforced"][0]["layer"], "network");
+    }
+
+    #[test]
+    fn root_gets_the_read_only_view_where_the_kernel_has_mount_setattr() {
+        let ok = || Ok(());
+        let (fs, gap) = plan_fs(&Limits::default(), ROOT, ok);
+        assert_eq!((fs, gap), (Some(FsMode::ReadOnly), None));
+        let p = plan_with(&Limits::default(), ROOT, default_filter);
+        assert_eq!(p.fs, Some(FsMode::ReadOnly));
+        let e = p.record.enforced.fs.unwrap();
+        assert_eq!((e.mode.as_str(), e.private_tmp), ("read-only", true));
+        // An old kernel: the gap says which call is missing and what to do.
+        let (fs, gap) = plan_fs(&Limits::default(), ROOT, || {
+            Err("needs mount_setattr (Linux 5.12) ... pass --fs host".into())
+        });
+        assert_eq!(fs, None);
+        let gap = gap.unwrap();
+        assert_eq!(gap.layer, "fs");
+        assert!(gap.why.contains("mount_setattr"), "{}", gap.why);
+        // The real probe's sentence.
+        if let Err(why) = mount_setattr() {
+            assert!(
+                why.contains("Linux 5.12") && why.contains("--fs host"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ordinary_user_is_told_the_files_are_not_read_only_and_why() {
+        let p = plan_with(&Limits::default(), USER, default_filter);
+        assert_eq!(p.fs, None);
+        assert!(p.record.enforced.fs.is_none());
+        assert_eq!(p.record.requested.fs.as_ref().unwrap().mode, "read-only");
+        let gap = p
+            .record
+            .not_enforced
+            .iter()
+            .find(|g| g.layer == "fs")
+            .unwrap();
+        assert!(gap.why.contains("CAP_SYS_ADMIN"), "{}", gap.why);
+        assert!(gap.why.contains("user namespaces"), "{}", gap.why);
+        assert!(gap.why.contains("--fs host"), "{}", gap.why);
+        // The probe is not consulted without the capability.
+        let (fs, _) = plan_fs(&Limits::default(), USER, || panic!("probed"));
+        assert_eq!(fs, None);
+    }
+
+    #[test]
+    fn the_host_view_needs_nothing_unless_it_hides() {
+        let host = Limits {
+            fs: FsMode::Host,
+            ..Limits::default()
+        };
+        for privs in [ROOT, USER] {
+            let (fs, gap) = plan_fs(&host, privs, || panic!("probed"));
+            assert_eq!((fs, gap), (Some(FsMode::Host), None));
+        }
+        let hiding = Limits {
+            hide: vec!["/home".into()],
+            ..host
+        };
+        assert_eq!(
+            plan_fs(&hiding, ROOT, || panic!("probed")),
+            (Some(FsMode::Host), None)
+        );
+        let (fs, gap) = plan_fs(&hiding, USER, || panic!("probed"));
+        assert_eq!(fs, None);
+        assert!(gap
+            .unwrap()
+            .why
+            .starts_with("hiding paths (--hide) needs CAP_SYS_ADMIN"));
+        // The record lists what was asked, as given.
+        let p = plan_with(&hiding, ROOT, default_filter);
+        let r = p.record.requested.fs.unwrap();
+        assert_eq!(
+            (r.mode.as_str(), r.hide),
+            ("host", vec!["/home".to_string()])
+        );
+        assert_eq!(p.record.enforced.fs.unwrap().hidden, ["/home"]);
     }
 }

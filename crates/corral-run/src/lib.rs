@@ -14,7 +14,8 @@
 //!   `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` and the child's checklist of setup steps.
 //! * [`isolation`]: the layers beyond the limits (syscall filter, new session,
 //!   `no_new_privs`, no core dumps, the run's own network namespace), decided before
-//!   the start so the record says what was really applied.
+//!   the start so the record says what was really applied; [`fsview`]: the read-only
+//!   view of the host's files, its writable and hidden paths.
 //! * [`identity`]: who the command runs as (the caller, a dynamic uid, `--user`), and
 //!   [`owner`]: how files it creates in its working directory keep their owner.
 //! * [`supervise`]: the event loop of one run (pidfd, timers, inotify/eventfd), the
@@ -25,6 +26,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod fsview;
 pub mod guard;
 pub mod ident;
 pub mod identity;

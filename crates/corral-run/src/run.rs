@@ -202,7 +202,7 @@ fn open_stdio(
 /// (nothing is created for it); only corral's own failures are errors.
 pub async fn run(
     backend: &dyn Backend,
-    spec: RunSpec,
+    mut spec: RunSpec,
     cancel: watch::Receiver<Option<Cancel>>,
 ) -> Result<Record, RunError> {
     let id = match &spec.id {
@@ -215,6 +215,13 @@ pub async fn run(
     if spec.command.is_empty() {
         return Err(RunError::NoCommand);
     }
+    // Relative `rw` paths are relative to the run's working directory.
+    let run_cwd = spec
+        .cwd
+        .clone()
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("/"));
+    crate::fsview::absolute_rw(&mut spec.limits, &run_cwd);
     let plan = check_isolation(backend, &spec.limits)?;
     let mut rec = base_record(backend, &spec, &id, &plan);
     let iso = crate::isolation::plan(&spec.limits);
@@ -231,7 +238,42 @@ pub async fn run(
             return Ok(spawn_failed(rec, 125, why));
         }
     }
-    let exec = match Exec::new(&spec.command, &env, spec.cwd.as_deref()) {
+    let fs_paths = match crate::fsview::resolve(&spec.limits, iso.fs, &run_cwd) {
+        Ok(p) => p,
+        Err(e) => return Ok(spawn_failed(rec, 125, e.to_string())),
+    };
+    // `--fs host` without hidden paths mounts nothing: no mount namespace for it.
+    let fs_view = iso
+        .fs
+        .map(|mode| crate::fsview::layout(mode, &fs_paths))
+        .filter(|v| v.read_only || !v.steps.is_empty());
+    if let (Some(mode), Some(i)) = (iso.fs, rec.isolation.as_mut()) {
+        i.enforced.fs = Some(crate::fsview::enforced(mode, &fs_paths));
+    }
+    // The view's second layer: a Landlock ruleset keeps writes to the same paths.
+    let write_rules = match iso.landlock {
+        Some(abi) if fs_view.as_ref().is_some_and(|v| v.read_only) => {
+            match spawn::WriteRules::build(abi) {
+                Ok(r) => Some(r),
+                Err(why) => return Ok(spawn_failed(rec, 125, why)),
+            }
+        }
+        _ => None,
+    };
+    let env = {
+        let mut env = env;
+        if iso.fs == Some(corral_spec::FsMode::ReadOnly) {
+            crate::fsview::adjust_env(&mut env, &spec.env, spec.clear_env);
+        }
+        env
+    };
+    // In a view the child changes into the working directory after its mounts: the
+    // one it inherits would still be the host's (read-only) one.
+    let exec_cwd = match &fs_view {
+        Some(_) => Some(run_cwd.as_path()),
+        None => spec.cwd.as_deref(),
+    };
+    let exec = match Exec::new(&spec.command, &env, exec_cwd) {
         Ok(e) => e,
         Err(e) => return Ok(spawn_failed(rec, e.exit_code(), e.to_string())),
     };
@@ -241,7 +283,18 @@ pub async fn run(
     let owned = match (&mut who.identity, who.lease.is_some()) {
         (Some(id), true) => {
             let range = crate::identity::UidRange::from_env()?;
-            let dirs = crate::identity::owned_dirs(spec.cwd.as_deref());
+            // The working directory and each `--rw` directory keep their owners.
+            let mut dirs = crate::identity::owned_dirs(spec.cwd.as_deref());
+            for p in &spec.limits.rw {
+                match p.canonicalize() {
+                    Ok(c) if c.is_dir() && !dirs.contains(&c) => dirs.push(c),
+                    _ => {}
+                }
+            }
+            // Parents first: each id-mapped mount is moved over its directory in this
+            // order, so one inside another (a working directory inside an `--rw` path)
+            // lies on top with its own owner's mapping.
+            dirs.sort_by_key(|d| d.components().count());
             let owned = crate::owner::prepare(&dirs, id.uid, range.run_group());
             if owned.needs_run_group() {
                 id.groups.push(range.run_group());
@@ -324,6 +377,9 @@ pub async fn run(
         no_new_privs: iso.record.enforced.no_new_privs,
         syscall_filter: iso.filter,
         new_network: iso.new_network,
+        new_mount_namespace: fs_view.is_some(),
+        fs_view,
+        write_rules: write_rules.as_ref(),
         identity: who.identity.clone(),
         owned_trees: held
             .1
@@ -335,6 +391,9 @@ pub async fn run(
     if !setup.owned_trees.is_empty() {
         setup.new_mount_namespace = true;
     }
+    // The pid namespace: born pid 1 of it, a fresh /proc in a private mount namespace.
+    setup.pid_namespace = iso.pid_ns;
+    setup.new_mount_namespace |= iso.pid_ns;
     sandbox.child_setup(&mut setup);
     // A backend may need a step the isolation plan left out (the rlimit backend's
     // setsid): the record says what the child does.
@@ -342,6 +401,15 @@ pub async fn run(
         iso.enforced.new_session = setup.new_session;
     }
     let spawned = spawn::spawn(&exec, &setup, &sandbox.placement());
+    // With a pid namespace the supervised pid is the mini-init; the command's own
+    // status comes from this pipe.
+    let (spawned, main_status) = match spawned {
+        Ok(mut s) => {
+            let m = s.main_status.take();
+            (Ok(s), m)
+        }
+        Err(e) => (Err(e), None),
+    };
     drop(setup);
     drop((in_fd, out_fd, err_fd));
     let confirmed = match spawned {
@@ -384,7 +452,15 @@ pub async fn run(
         }
     };
 
-    let sup = supervise(sandbox.as_mut(), pidfd, &spec.limits, started, cancel).await;
+    let sup = supervise(
+        sandbox.as_mut(),
+        pidfd,
+        main_status,
+        &spec.limits,
+        started,
+        cancel,
+    )
+    .await;
     let sup = match sup {
         Ok(s) => s,
         Err(e) => {

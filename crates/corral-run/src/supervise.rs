@@ -6,6 +6,15 @@
 //! signal. Nothing is polled at a fixed rate. When the run must end it sends SIGTERM to
 //! every process, waits up to the grace period for the tree to empty, then kills what
 //! is left at once. It returns only when no process of the run remains.
+//!
+//! With a pid namespace the supervised process is the namespace's mini-init, which
+//! exits as soon as the command (pid 2) has ended; the command's own wait status and
+//! how many processes it left behind come from the init's status pipe (see
+//! [`crate::spawn::Spawned::main_status`]), so exit codes, signals and leftovers are
+//! recorded as without the namespace. An init that corral killed wrote nothing: its own
+//! status (SIGKILL) is then the run's, as for a command killed without the namespace.
+//! The SIGTERM that ends such a run goes to the init alone, which passes it on to every
+//! process of its namespace (`kill(-1)`): each gets it once, as with `signal_all`.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -53,6 +62,7 @@ const EMPTY_WAIT: Duration = Duration::from_secs(10);
 pub async fn supervise(
     sandbox: &mut dyn Sandbox,
     pidfd: OwnedFd,
+    main_status: Option<OwnedFd>,
     limits: &Limits,
     started: Instant,
     mut cancel: watch::Receiver<Option<Cancel>>,
@@ -107,12 +117,23 @@ pub async fn supervise(
     // A main process that exited just as a limit fired ended by itself.
     let cause = cause.filter(|_| !has_exited(main.get_ref()));
     let oom_at_kill = sandbox.oom_kills();
+    let mut reported: Option<Option<(i32, u32)>> = None;
     let mut grace_expired = false;
     let mut leftover_killed = 0;
     match cause {
         Some(KillCause::Oom) => kill(sandbox),
         Some(_) => {
-            sandbox.signal_all(Signal::TERM);
+            match &main_status {
+                // A pid namespace's init passes SIGTERM on to every process of the
+                // namespace: signalled directly too, each would get it twice (once
+                // forwarded), and a handler could run twice.
+                Some(_) => {
+                    let _ = rustix::process::pidfd_send_signal(main.get_ref(), Signal::TERM);
+                }
+                None => {
+                    sandbox.signal_all(Signal::TERM);
+                }
+            }
             let grace_end = Instant::now() + limits.grace;
             if !wait_empty(sandbox, &events, &main, grace_end).await {
                 grace_expired = true;
@@ -121,9 +142,14 @@ pub async fn supervise(
         }
         None => {
             main.readable().await?.retain_ready();
+            // A mini-init counted what was left in its namespace before it exited,
+            // which the kernel then killed with it.
+            let in_ns = reported.get_or_insert_with(|| read_main_status(&main_status));
+            let in_ns = in_ns.map_or(0, |(_, left)| left as usize);
+            leftover_killed = in_ns as u64;
             let left = sandbox.process_count();
             if left > 0 {
-                leftover_killed = left as u64;
+                leftover_killed = (in_ns + left) as u64;
                 kill(sandbox);
             }
         }
@@ -144,6 +170,10 @@ pub async fn supervise(
     drop(events);
     let pidfd = main.into_inner();
     let status = sandbox.reap(&pidfd)?;
+    let status = match reported.unwrap_or_else(|| read_main_status(&main_status)) {
+        Some((raw, _)) => raw_wait_status(raw),
+        None => status,
+    };
     Ok(Supervised {
         status,
         kill: cause,
@@ -152,6 +182,43 @@ pub async fn supervise(
         leftover_killed,
         ended,
     })
+}
+
+/// What a mini-init wrote on its status pipe: the command's raw wait status and the
+/// number of processes left in the namespace, or `None` (no pipe, or the init was
+/// killed before the command ended). Called once the init has exited, so the
+/// non-blocking read finds whatever it wrote.
+fn read_main_status(pipe: &Option<OwnedFd>) -> Option<(i32, u32)> {
+    let fd = pipe.as_ref()?;
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => break,
+        }
+    }
+    if got < 4 {
+        return None;
+    }
+    let raw = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let left = if got == 8 {
+        u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]])
+    } else {
+        0
+    };
+    Some((raw, left))
+}
+
+/// A raw `wait` status as the record's [`WaitStatus`].
+fn raw_wait_status(raw: i32) -> WaitStatus {
+    if libc::WIFSIGNALED(raw) {
+        WaitStatus::Signaled(libc::WTERMSIG(raw))
+    } else {
+        WaitStatus::Exited(libc::WEXITSTATUS(raw))
+    }
 }
 
 fn kill(sandbox: &dyn Sandbox) {

@@ -91,6 +91,12 @@ fn case(work: Work, n: usize, dir: &Path, token: &str, escape_to: &Path) -> Case
     let pidfile = dir.join(format!("{n}.pids"));
     let p = pidfile.display().to_string();
     let mut limits = base_limits();
+    // The pid files' directory and the page-cache workload's disk directory stay
+    // writable in the read-only view (a /dev/shm hog fills the run's private /dev/shm).
+    limits.rw = vec![
+        dir.to_path_buf(),
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    ];
     let mut stdout = Stdio::Null;
     let mut cleanup = None;
     let sh = |s: String| vec!["sh".to_string(), "-c".to_string(), s];
@@ -437,6 +443,13 @@ fn soak() {
         for (c, (work, res)) in chunk.iter().zip(results) {
             *counts.entry(format!("{work:?}")).or_insert(0) += 1;
             let ready = c.pidfile.with_extension("pids.ready").exists();
+            // In its own pid namespace the run wrote that namespace's pids, which mean
+            // nothing on the host: its processes are checked by their tag below.
+            let in_pid_ns = res
+                .as_ref()
+                .ok()
+                .and_then(|r| r.isolation.as_ref())
+                .is_some_and(|i| i.enforced.pid_ns);
             let check = res.and_then(|r| verify(work, &r, kind, ready));
             if let Err(e) = check {
                 failures.push(e);
@@ -446,7 +459,11 @@ fn soak() {
                 .lines()
                 .filter_map(|l| l.trim().parse().ok())
                 .collect();
-            let live: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
+            let live: Vec<i32> = match in_pid_ns {
+                false => pids.into_iter().filter(|p| alive(*p)).collect(),
+                // Every run of the chunk has ended: nothing of this soak may be left.
+                true => tagged_processes(&token),
+            };
             if !live.is_empty() {
                 failures.push(format!("{work:?}: processes {live:?} outlived the run"));
             }

@@ -29,7 +29,7 @@ pub struct SubmitRequest {
     pub profile: Option<String>,
     /// Limit overrides, as in a profile: `memory`, `swap`, `cpus`, `pids`, `timeout`,
     /// `cpu_time`, `grace`, `output_limit` (and `require_isolation`, `syscalls`, `network`,
-    /// `isolation`).
+    /// `pid_ns`, `isolation`).
     #[serde(default)]
     pub limits: Option<Map<String, Value>>,
     /// A caller-chosen run id (1-64 of `[A-Za-z0-9_-]`); generated when null.

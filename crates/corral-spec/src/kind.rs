@@ -36,13 +36,21 @@ pub enum LimitKind {
     Network,
     /// The sandbox's master switch ([`crate::Limits::isolation`]).
     Isolation,
+    /// The pid namespace ([`crate::Limits::pid_ns`]).
+    PidNs,
+    /// The file-system view ([`crate::Limits::fs`]).
+    Fs,
+    /// Writable paths in the read-only view ([`crate::Limits::rw`]).
+    Rw,
+    /// Hidden paths ([`crate::Limits::hide`]).
+    Hide,
     /// Who the command runs as ([`crate::Limits::user`]).
     User,
 }
 
 impl LimitKind {
     /// Every limit, in the order `corral profiles` prints them.
-    pub const ALL: [LimitKind; 13] = [
+    pub const ALL: [LimitKind; 17] = [
         LimitKind::Memory,
         LimitKind::Swap,
         LimitKind::Cpus,
@@ -55,6 +63,10 @@ impl LimitKind {
         LimitKind::Syscalls,
         LimitKind::Network,
         LimitKind::Isolation,
+        LimitKind::PidNs,
+        LimitKind::Fs,
+        LimitKind::Rw,
+        LimitKind::Hide,
         LimitKind::User,
     ];
 
@@ -86,6 +98,10 @@ impl LimitKind {
             LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
             LimitKind::Isolation => "isolation",
+            LimitKind::PidNs => "pid_ns",
+            LimitKind::Fs => "fs",
+            LimitKind::Rw => "rw",
+            LimitKind::Hide => "hide",
             LimitKind::User => "user",
         }
     }
@@ -106,6 +122,10 @@ impl LimitKind {
             LimitKind::Syscalls => "syscalls",
             LimitKind::Network => "network",
             LimitKind::Isolation => "isolation",
+            LimitKind::PidNs => "pid_ns",
+            LimitKind::Fs => "fs",
+            LimitKind::Rw => "rw",
+            LimitKind::Hide => "hide",
             LimitKind::User => "user",
         }
     }
@@ -175,6 +195,10 @@ mod tests {
                 "syscalls",
                 "network",
                 "isolation",
+                "pid_ns",
+                "fs",
+                "rw",
+                "hide",
                 "user"
             ]
         );
@@ -193,6 +217,10 @@ mod tests {
                 "syscalls",
                 "network",
                 "isolation",
+                "pid_ns",
+                "fs",
+                "rw",
+                "hide",
                 "user"
             ]
         );

@@ -17,7 +17,8 @@ mod units;
 
 pub use kind::{LimitKind, LIMIT_KEYS};
 pub use limits::{
-    parse_grace, parse_swap, Isolation, Limits, LimitsPatch, Network, Setting, Syscalls, User,
+    add_paths, check_hide_path, check_rw_path, parse_grace, parse_swap, FsMode, Isolation, Limits,
+    LimitsPatch, Network, PidNs, Setting, Syscalls, User,
 };
 pub use metadata::{load_metadata, parse_metadata, Metadata};
 pub use profile::{builtin_profiles, Profile, ProfileSet, ProfileSource};

@@ -1,5 +1,6 @@
 //! The typed limits of one run, and the patches that layers apply to them.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -100,6 +101,133 @@ impl Network {
     }
 }
 
+/// The file-system view of a run (`--fs`, profile key `fs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsMode {
+    /// The host read-only: writable are only the working directory, each `rw` path and
+    /// a private `/tmp` and `/dev/shm` that vanish with the run.
+    #[default]
+    ReadOnly,
+    /// The host's files as corral sees them (only `hide` paths are covered).
+    Host,
+}
+
+impl FsMode {
+    /// The spelling in flags, profiles and records: `read-only` or `host`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FsMode::ReadOnly => "read-only",
+            FsMode::Host => "host",
+        }
+    }
+
+    /// Parses `read-only` or `host`.
+    pub fn parse(s: &str) -> Result<FsMode, SpecError> {
+        match s.trim() {
+            "read-only" => Ok(FsMode::ReadOnly),
+            "host" => Ok(FsMode::Host),
+            _ => Err(SpecError::Invalid {
+                what: "file-system view",
+                value: s.to_string(),
+                why: "use \"read-only\" (the host read-only; the working directory, --rw paths \
+                      and a private /tmp writable) or \"host\" (the host's files)"
+                    .into(),
+            }),
+        }
+    }
+}
+
+/// The pid namespace of a run (`--pid-ns`, profile key `pid_ns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PidNs {
+    /// Its own pid namespace: it sees and signals only its own processes, and `/proc`
+    /// shows only them.
+    #[default]
+    On,
+    /// The host's pid namespace, as without corral.
+    Off,
+}
+
+impl PidNs {
+    /// The spelling in flags, profiles and records: `on` or `off`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PidNs::On => "on",
+            PidNs::Off => "off",
+        }
+    }
+
+    /// Parses `on` or `off`.
+    pub fn parse(s: &str) -> Result<PidNs, SpecError> {
+        match s.trim() {
+            "on" => Ok(PidNs::On),
+            "off" => Ok(PidNs::Off),
+            _ => Err(SpecError::Invalid {
+                what: "pid namespace setting",
+                value: s.to_string(),
+                why: "use \"on\" (its own pid namespace: it sees only its own processes) or \"off\" (the host's)".into(),
+            }),
+        }
+    }
+}
+
+/// Checks a path for `hide`: absolute, not `/`, no NUL byte.
+pub fn check_hide_path(p: &Path) -> Result<(), SpecError> {
+    let bad = |why: &str| SpecError::Invalid {
+        what: "hidden path",
+        value: p.display().to_string(),
+        why: why.to_string(),
+    };
+    if !p.is_absolute() {
+        return Err(bad("must be an absolute path"));
+    }
+    if p.parent().is_none() {
+        return Err(bad(
+            "hiding / would hide everything; use a directory below it",
+        ));
+    }
+    check_nul(p).map_err(|_| bad("must not contain a NUL byte"))
+}
+
+/// Checks a path for `rw`: not empty, not `/`, no NUL byte (relative paths are
+/// resolved against the run's working directory when it starts).
+pub fn check_rw_path(p: &Path) -> Result<(), SpecError> {
+    let bad = |why: &str| SpecError::Invalid {
+        what: "writable path",
+        value: p.display().to_string(),
+        why: why.to_string(),
+    };
+    if p.as_os_str().is_empty() {
+        return Err(bad("must not be empty"));
+    }
+    if p.is_absolute() && p.parent().is_none() {
+        return Err(bad(
+            "making / writable undoes the read-only view; pass --fs host for the host's files",
+        ));
+    }
+    check_nul(p).map_err(|_| bad("must not contain a NUL byte"))
+}
+
+fn check_nul(p: &Path) -> Result<(), ()> {
+    use std::os::unix::ffi::OsStrExt;
+    if p.as_os_str().as_bytes().contains(&0) {
+        Err(())
+    } else {
+        Ok(())
+    }
+}
+
+/// Appends each path of `src` to `dst` that `dst` does not hold yet.
+pub fn add_paths(dst: &mut Vec<PathBuf>, src: &[PathBuf]) {
+    for p in src {
+        if !dst.contains(p) {
+            dst.push(p.clone());
+        }
+    }
+}
+
 /// The master switch of the sandbox (`--isolation`, profile key `isolation`): `off`
 /// is corral's behaviour before the sandbox in one word.
 ///
@@ -148,11 +276,27 @@ impl Isolation {
         }
     }
 
+    /// The pid namespace setting this switch sets.
+    pub const fn pid_ns(self) -> PidNs {
+        match self {
+            Isolation::Default => PidNs::On,
+            Isolation::Off => PidNs::Off,
+        }
+    }
+
     /// The syscall filter this switch sets.
     pub const fn syscalls(self) -> Syscalls {
         match self {
             Isolation::Default => Syscalls::Default,
             Isolation::Off => Syscalls::Off,
+        }
+    }
+
+    /// The file-system view this switch sets.
+    pub const fn fs(self) -> FsMode {
+        match self {
+            Isolation::Default => FsMode::ReadOnly,
+            Isolation::Off => FsMode::Host,
         }
     }
 }
@@ -275,6 +419,21 @@ pub struct Limits {
     /// existed: the default). `network` and `syscalls` already hold its effect.
     #[serde(default)]
     pub isolation: Isolation,
+    /// The pid namespace (absent in limits stored before it existed: the default, its
+    /// own namespace).
+    #[serde(default)]
+    pub pid_ns: PidNs,
+    /// The file-system view (absent in limits stored before it existed: the default,
+    /// read-only).
+    #[serde(default)]
+    pub fs: FsMode,
+    /// Paths writable in the read-only view besides the working directory (relative
+    /// ones are resolved against the run's working directory when it starts).
+    #[serde(default)]
+    pub rw: Vec<PathBuf>,
+    /// Absolute paths covered by an empty read-only directory (or an empty file).
+    #[serde(default)]
+    pub hide: Vec<PathBuf>,
     /// Who the command runs as (absent in limits stored before it existed: the
     /// default).
     #[serde(default)]
@@ -297,6 +456,10 @@ impl Default for Limits {
             syscalls: Syscalls::Default,
             network: Network::None,
             isolation: Isolation::Default,
+            pid_ns: PidNs::On,
+            fs: FsMode::ReadOnly,
+            rw: Vec::new(),
+            hide: Vec::new(),
             user: User::Default,
         }
     }
@@ -329,6 +492,14 @@ pub struct LimitsPatch {
     pub network: Option<Network>,
     /// See [`Isolation`]: applied before this patch's `network` and `syscalls`.
     pub isolation: Option<Isolation>,
+    /// See [`Limits::pid_ns`].
+    pub pid_ns: Option<PidNs>,
+    /// See [`Limits::fs`].
+    pub fs: Option<FsMode>,
+    /// Added to [`Limits::rw`] (lists add up across layers, deduplicated).
+    pub rw: Vec<PathBuf>,
+    /// Added to [`Limits::hide`] (lists add up across layers, deduplicated).
+    pub hide: Vec<PathBuf>,
     /// See [`Limits::user`].
     pub user: Option<User>,
 }
@@ -358,14 +529,24 @@ impl LimitsPatch {
             base.isolation = i;
             base.network = i.network();
             base.syscalls = i.syscalls();
+            base.pid_ns = i.pid_ns();
+            base.fs = i.fs();
             // `default` is read with the switch: with `off`, corral's own identity.
             base.user = User::Default;
         }
+        if let Some(f) = self.fs {
+            base.fs = f;
+        }
+        add_paths(&mut base.rw, &self.rw);
+        add_paths(&mut base.hide, &self.hide);
         if let Some(s) = self.syscalls {
             base.syscalls = s;
         }
         if let Some(n) = self.network {
             base.network = n;
+        }
+        if let Some(p) = self.pid_ns {
+            base.pid_ns = p;
         }
         if let Some(u) = &self.user {
             base.user = u.clone();
@@ -415,10 +596,39 @@ impl LimitsPatch {
                 LimitKind::Isolation => {
                     p.isolation = Some(Isolation::parse(&text(v)).map_err(bad)?)
                 }
+                LimitKind::PidNs => p.pid_ns = Some(PidNs::parse(&text(v)).map_err(bad)?),
+                LimitKind::Fs => p.fs = Some(FsMode::parse(&text(v)).map_err(bad)?),
+                LimitKind::Rw => {
+                    for path in path_list(v).map_err(err)? {
+                        check_rw_path(&path).map_err(bad)?;
+                        add_paths(&mut p.rw, &[path]);
+                    }
+                }
+                LimitKind::Hide => {
+                    for path in path_list(v).map_err(err)? {
+                        check_hide_path(&path).map_err(bad)?;
+                        add_paths(&mut p.hide, &[path]);
+                    }
+                }
                 LimitKind::User => p.user = Some(User::parse(&text(v)).map_err(bad)?),
             }
         }
         Ok(p)
+    }
+}
+
+/// A list of paths: an array of strings, or one string.
+fn path_list(v: &Value) -> Result<Vec<PathBuf>, String> {
+    match v {
+        Value::String(s) => Ok(vec![PathBuf::from(s)]),
+        Value::Array(a) => a
+            .iter()
+            .map(|e| match e {
+                Value::String(s) => Ok(PathBuf::from(s)),
+                other => Err(format!("must be a list of paths, not {other}")),
+            })
+            .collect(),
+        other => Err(format!("must be a list of paths, not {other}")),
     }
 }
 
@@ -632,5 +842,102 @@ mod tests {
         v.as_object_mut().unwrap().remove("network");
         let back: Limits = serde_json::from_value(v).unwrap();
         assert_eq!(back.network, Network::None);
+    }
+
+    #[test]
+    fn fs_lists_add_up_across_layers_and_the_switch_sets_the_mode() {
+        let patch = |v: Value| LimitsPatch::from_table(v.as_object().unwrap(), "f").unwrap();
+        let mut l = Limits::default();
+        assert_eq!((l.fs, l.rw.len(), l.hide.len()), (FsMode::ReadOnly, 0, 0));
+        patch(json!({"rw": ["/data/out", "scratch"], "hide": "/home"})).apply(&mut l);
+        patch(json!({"rw": ["/data/out", "/srv/x"], "hide": ["/root", "/home"]})).apply(&mut l);
+        let paths = |v: &[PathBuf]| {
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths(&l.rw), ["/data/out", "scratch", "/srv/x"]);
+        assert_eq!(paths(&l.hide), ["/home", "/root"]);
+        // The switch sets the mode, not the lists; a layer's own `fs` wins over it.
+        patch(json!({"isolation": "off"})).apply(&mut l);
+        assert_eq!((l.fs, l.rw.len(), l.hide.len()), (FsMode::Host, 3, 2));
+        patch(json!({"isolation": "off", "fs": "read-only"})).apply(&mut l);
+        assert_eq!(l.fs, FsMode::ReadOnly);
+        patch(json!({"fs": "host"})).apply(&mut l);
+        assert_eq!(l.fs, FsMode::Host);
+        // Bad values, each one precise message.
+        for (v, msg) in [
+            (
+                json!({"fs": "readonly"}),
+                "invalid file-system view \"readonly\"",
+            ),
+            (
+                json!({"hide": ["home"]}),
+                "invalid hidden path \"home\": must be an absolute path",
+            ),
+            (
+                json!({"hide": "/"}),
+                "invalid hidden path \"/\": hiding / would hide everything",
+            ),
+            (
+                json!({"rw": "/"}),
+                "invalid writable path \"/\": making / writable",
+            ),
+            (
+                json!({"rw": [3]}),
+                "key \"rw\": must be a list of paths, not 3",
+            ),
+            (
+                json!({"rw": ""}),
+                "invalid writable path \"\": must not be empty",
+            ),
+        ] {
+            let e = LimitsPatch::from_table(v.as_object().unwrap(), "f").unwrap_err();
+            assert!(e.to_string().contains(msg), "{e}");
+        }
+        // Limits stored before the keys existed get the defaults.
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        for k in ["fs", "rw", "hide"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let back: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(back, Limits::default());
+        assert_eq!(serde_json::to_value(FsMode::ReadOnly).unwrap(), "read-only");
+    }
+
+    #[test]
+    fn pid_ns_setting() {
+        let mut l = Limits::default();
+        assert_eq!(l.pid_ns, PidNs::On);
+        let t = json!({"pid_ns": "off"});
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::Off);
+        let t = json!({"pid_ns": "yes"});
+        let e = LimitsPatch::from_table(t.as_object().unwrap(), "f").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid pid namespace setting \"yes\": use \"on\""),
+            "{e}"
+        );
+        assert_eq!(PidNs::parse(" on ").unwrap().as_str(), "on");
+        // The switch turns it off; an explicit key in the same layer wins.
+        let t = json!({"isolation": "off"});
+        let mut l = Limits::default();
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::Off);
+        let t = json!({"pid_ns": "on", "isolation": "off"});
+        LimitsPatch::from_table(t.as_object().unwrap(), "f")
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.pid_ns, PidNs::On);
+        // Limits stored before the key existed get the default.
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        v.as_object_mut().unwrap().remove("pid_ns");
+        let back: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(back.pid_ns, PidNs::On);
     }
 }

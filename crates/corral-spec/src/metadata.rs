@@ -136,8 +136,12 @@ fn merge(dst: &mut LimitsPatch, src: LimitsPatch) {
         output_limit,
         require_isolation,
         syscalls,
-        network
+        network,
+        pid_ns,
+        fs
     );
+    crate::limits::add_paths(&mut dst.rw, &src.rw);
+    crate::limits::add_paths(&mut dst.hide, &src.hide);
     // The switch resets the layers a lower patch set (src's own keys, taken above,
     // still win: see Isolation).
     if let Some(i) = src.isolation {
@@ -147,6 +151,12 @@ fn merge(dst: &mut LimitsPatch, src: LimitsPatch) {
         }
         if src.syscalls.is_none() {
             dst.syscalls = None;
+        }
+        if src.pid_ns.is_none() {
+            dst.pid_ns = None;
+        }
+        if src.fs.is_none() {
+            dst.fs = None;
         }
     }
 }
@@ -195,6 +205,25 @@ mod tests {
         assert_eq!(md.limits.syscalls, Some(crate::Syscalls::Off));
         assert_eq!(md.limits.network, Some(crate::Network::Host));
         assert_eq!(md.limits.require_isolation, Some(true));
+    }
+
+    #[test]
+    fn fs_lists_add_up_over_the_profile() {
+        let f = file(
+            ".toml",
+            "[limits]\nfs = \"host\"\nrw = [\"out\"]\nhide = [\"/home\"]\n",
+        );
+        let md = load_metadata(f.path()).unwrap();
+        assert_eq!(md.limits.fs, Some(crate::FsMode::Host));
+        let mut l = crate::Limits {
+            rw: vec!["/data".into()],
+            hide: vec!["/home".into(), "/root".into()],
+            ..crate::Limits::default()
+        };
+        md.limits.apply(&mut l);
+        assert_eq!(l.fs, crate::FsMode::Host);
+        assert_eq!(l.rw, [Path::new("/data"), Path::new("out")]);
+        assert_eq!(l.hide, [Path::new("/home"), Path::new("/root")]);
     }
 
     #[test]

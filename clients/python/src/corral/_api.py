@@ -6,7 +6,7 @@ import importlib.util
 import os
 import shutil
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from ._binary import run_binary
 from ._options import Command, Limit, RunOptions, plain, seconds, size_mb, split_command
@@ -33,8 +33,12 @@ def isolated_run(
     require_isolation: bool = False,
     network: Optional[str] = None,
     syscalls: Optional[str] = None,
-    isolation: Optional[str] = None,
+    pid_ns: Optional[str] = None,
+    fs: Optional[str] = None,
+    rw: Sequence[Union[str, Path]] = (),
+    hide: Sequence[Union[str, Path]] = (),
     user: Optional[str] = None,
+    isolation: Optional[str] = None,
     limits_from: Union[None, Path, Mapping[str, Any]] = None,
     clear_env: bool = False,
     backend: Optional[str] = None,
@@ -55,14 +59,15 @@ def isolated_run(
     The sandbox layers work the same way: ``network`` is ``"none"`` (the run's own
     network namespace with loopback only, every built-in profile's default) or
     ``"host"``; ``syscalls`` is ``"default"`` (corral's seccomp deny-list) or ``"off"``;
-    ``isolation="off"`` is the run without a sandbox in one word (the host's network, no
-    filter, no setsid/no_new_privs, core dumps as inherited), and an explicit
-    ``network`` or ``syscalls`` beside it wins over it. ``user`` is who the command runs
-    as: ``"default"`` (an ordinary user's runs are that user, root's a dynamic uid),
-    ``"dynamic"``, or ``"name[:group]"`` (root only; an unknown one raises
-    ``CorralError``).
-    What was applied is ``result.isolation`` (the record's ``isolation`` object, with
-    ``enforced["user"]``: name, uid, gid, dynamic, root, files).
+    ``pid_ns`` is ``"on"`` (the run sees only its own processes) or ``"off"``; ``fs`` is
+    ``"read-only"`` (the host read-only; writable are ``cwd``, each ``rw`` path and a
+    private ``/tmp``) or ``"host"``; ``hide`` paths appear empty; ``user`` is who the
+    run is when corral runs as root (``"dynamic"``, the default there, or
+    ``"NAME[:GROUP]"``). ``isolation="off"`` is the run without a sandbox in one word
+    (the host's network, file system and processes, corral's own identity, no filter,
+    no setsid/no_new_privs, core dumps as inherited), and an explicit layer beside it
+    wins over it.
+    What was applied is ``result.isolation`` (the record's ``isolation`` object).
 
     ``env`` is added to the inherited environment (with ``clear_env=True`` it is the
     whole environment). ``cwd`` defaults to this process' working directory. Standard
@@ -100,8 +105,10 @@ def isolated_run(
         ("output_limit", output_limit_mb, size_mb),
         ("network", network, str),
         ("syscalls", syscalls, str),
-        ("isolation", isolation, str),
+        ("pid_ns", pid_ns, str),
+        ("fs", fs, str),
         ("user", user, str),
+        ("isolation", isolation, str),
     ):
         if value is not None:
             limits[name] = fmt(value)
@@ -116,6 +123,8 @@ def isolated_run(
         profile=profile,
         limits=limits,
         require_isolation=require_isolation,
+        rw=[os.fspath(p) for p in _paths(rw)],
+        hide=[os.fspath(p) for p in _paths(hide)],
         limits_from=meta,
         backend=backend,
         run_id=run_id,
@@ -124,6 +133,11 @@ def isolated_run(
     if server:
         return run_service(opts, server, capture_output)
     return run_binary(opts, capture_output)
+
+
+def _paths(v: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Union[str, Path]]:
+    """One path or a sequence of paths (a lone string is one path, not characters)."""
+    return [v] if isinstance(v, (str, os.PathLike)) else list(v)
 
 
 def nbconvert_command() -> List[str]:
@@ -178,9 +192,20 @@ def run_notebook_isolated(
     if allow_errors:
         cmd.append("--allow-errors")
     kw.setdefault("profile", "notebook")
+    # The kernel runs in the notebook's directory and nbconvert writes the output's:
+    # both stay writable in the read-only view, wherever ``cwd`` is.
+    run_cwd = os.path.abspath(cwd) if cwd is not None else os.path.dirname(src)
+    # (A working directory of / stays read-only in the view.)
+    outside = {
+        d
+        for d in (os.path.dirname(src), os.path.dirname(out))
+        if run_cwd == "/" or os.path.commonpath([d, run_cwd]) != run_cwd
+    }
+    if outside:
+        kw["rw"] = [*kw.get("rw", ()), *sorted(outside)]
     result = isolated_run(
         cmd,
-        cwd=cwd if cwd is not None else os.path.dirname(src),
+        cwd=run_cwd,
         timeout_seconds=timeout_seconds,
         memory_limit_mb=memory_limit_mb,
         **kw,

@@ -62,9 +62,18 @@ LIMIT_FLAGS = (
     "output_limit",
     "network",
     "syscalls",
-    "isolation",
+    "pid_ns",
+    "fs",
     "user",
+    "isolation",
 )
+
+#: The sandbox layers that ``isolation`` sets, so an explicit switch resets them.
+ISOLATION_LAYERS = ("network", "syscalls", "pid_ns", "fs", "user")
+
+#: The path lists, each passed as a repeated ``--NAME PATH``; they add up across the
+#: profile, the metadata and the arguments.
+PATH_LISTS = ("rw", "hide")
 
 
 @dataclass
@@ -80,6 +89,10 @@ class RunOptions:
     #: ``grace``, ``output_limit``, ``swap``) to their text values.
     limits: Dict[str, str] = field(default_factory=dict)
     require_isolation: bool = False
+    #: Paths the run may write besides its working directory (``--rw``).
+    rw: List[str] = field(default_factory=list)
+    #: Paths the run sees as empty (``--hide``).
+    hide: List[str] = field(default_factory=list)
     limits_from: Union[None, str, Mapping[str, Any]] = None
     backend: Optional[str] = None
     run_id: Optional[str] = None
@@ -92,6 +105,9 @@ class RunOptions:
         for name in LIMIT_FLAGS:
             if name in self.limits:
                 out += ["--" + name.replace("_", "-"), self.limits[name]]
+        for name in PATH_LISTS:
+            for path in getattr(self, name):
+                out += ["--" + name, path]
         if self.cwd is not None:
             out += ["--cwd", self.cwd]
         for k, v in self.env.items():
@@ -116,12 +132,15 @@ class RunOptions:
             limits.update(metadata_limits(meta))
         if "isolation" in self.limits:
             # As `corral run`: the switch resets the metadata's layers; the arguments'
-            # own network/syscalls still win over it.
-            limits.pop("network", None)
-            limits.pop("syscalls", None)
-            limits.pop("user", None)
+            # own layers still win over it.
+            for layer in ISOLATION_LAYERS:
+                limits.pop(layer, None)
         for k, v in self.limits.items():
             limits[k] = _json_number(v) if k in ("cpus", "pids") else v
+        for name in PATH_LISTS:
+            paths = list(limits.get(name) or []) + [p for p in getattr(self, name)]
+            if paths:
+                limits[name] = list(dict.fromkeys(paths))
         if self.require_isolation:
             limits["require_isolation"] = True
         return {

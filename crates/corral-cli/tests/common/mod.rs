@@ -219,8 +219,12 @@ impl Harness {
         if !self.root_arg.is_empty() {
             c.args(["--cgroup-root", &self.root_arg]);
         }
+        // The scratch directory is under /tmp, which the read-only view replaces with a
+        // private one: each run gets it as a `--rw` path (its scripts, pid files).
         c.arg("--json")
             .arg(&json)
+            .arg("--rw")
+            .arg(self.tmp())
             .args(args)
             .arg("--")
             .args(cmd)
@@ -370,6 +374,71 @@ pub fn alive(pid: i32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// The host pid of the process that a run's command knows as `ns_pid` (a pid it
+/// wrote, `$$` or `$!`): the descendant of `ancestor` (the corral process, or the
+/// service) whose innermost pid (`NSpid:` in `/proc/PID/status`) is `ns_pid`. Runs
+/// without a pid namespace (`--pid-ns off`, an ordinary user) see host pids: those are
+/// returned as they are. `None` when no such process is alive, so call it while the
+/// run is.
+pub fn host_pid(ancestor: i32, ns_pid: i32) -> Option<i32> {
+    // Without a namespace the pid is the host's (an orphan's parent is then no longer
+    // the run's, so it is not checked). The small pids of a namespace are kernel
+    // threads on the host (parent 0 or kthreadd): never a run's.
+    host_pid_in_ns(ancestor, ns_pid).or_else(|| {
+        let s = std::fs::read_to_string(format!("/proc/{ns_pid}/status")).ok()?;
+        let field = |name: &str| -> Vec<i32> {
+            s.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let kernel_thread = matches!(field("PPid:").first(), Some(0) | Some(2) | None);
+        (field("NSpid:").len() == 1 && !kernel_thread).then_some(ns_pid)
+    })
+}
+
+/// The host pid of the descendant of `ancestor` that a pid namespace below this one
+/// knows as `ns_pid` (the last entry of its `NSpid:`), if one is alive.
+pub fn host_pid_in_ns(ancestor: i32, ns_pid: i32) -> Option<i32> {
+    let status = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+    let field = |s: &str, name: &str| -> Vec<i32> {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let descends = |mut pid: i32| {
+        for _ in 0..64 {
+            if pid == ancestor {
+                return true;
+            }
+            match status(pid).map(|s| field(&s, "PPid:")) {
+                Some(p) if !p.is_empty() && p[0] > 1 => pid = p[0],
+                _ => return false,
+            }
+        }
+        false
+    };
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| {
+            status(pid).is_some_and(|s| {
+                let ns = field(&s, "NSpid:");
+                ns.len() > 1 && ns.last() == Some(&ns_pid) && descends(pid)
+            })
+        })
 }
 
 /// Waits until `path` holds a pid, up to `within`.
@@ -605,10 +674,23 @@ pub fn assert_limits_enforced(r: &Value) {
 pub fn run_escapee(h: &Harness, script: &str) -> Ran {
     let pidfile = h.tmp().join("escapee.pid");
     let script = script.replace("{p}", &pidfile.display().to_string());
-    let ran = h.run(&["--timeout", "60s"], &["sh", "-c", &script]);
+    let (mut c, json) = h.command(&["--timeout", "60s"], &["sh", "-c", &script]);
+    let t = Instant::now();
+    let child = c.spawn().expect("corral starts");
     let pid = read_pid(&pidfile, Duration::from_secs(1)).expect("the escapee wrote its pid");
+    // In its own pid namespace the run wrote that namespace's pid: the escapee's host
+    // pid is found while the run still has it. (None: it was killed already, with the
+    // init, as soon as the main process ended; `leftover_killed` says so.)
+    let in_ns = host_pid_in_ns(child.id() as i32, pid);
+    let ran = finish(child.wait_with_output().unwrap(), &json, t.elapsed());
+    let pid = match ran.rec()["isolation"]["enforced"]["pid_ns"] == true {
+        true => in_ns,
+        false => Some(pid),
+    };
     assert_eq!(ran.reason(), "exited", "{}", ran.rec());
-    assert!(!alive(pid), "the escaped sleep {pid} outlived its run");
+    if let Some(pid) = pid {
+        assert!(!alive(pid), "the escaped sleep {pid} outlived its run");
+    }
     assert!(ran.num("/events/leftover_killed") >= 1.0, "{}", ran.rec());
     ran
 }
@@ -670,10 +752,13 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
     // namespace; an ordinary user's share the host's network, listed as not enforced.
     let root = rustix::process::geteuid().is_root();
     let iso = &ran.rec()["isolation"];
+    let tmp = h.tmp().display().to_string();
     assert_eq!(
         iso["requested"],
         serde_json::json!({"isolation": "default", "syscalls": "default", "network": "none",
-                           "user": "default"})
+                           "user": "default",
+                           "pid_ns": "on",
+                           "fs": {"mode": "read-only", "rw": [tmp], "hide": []}})
     );
     // The identity layer: root's runs get a dynamic uid, an ordinary user's are its
     // own; neither keeps a capability (see identity.rs).
@@ -685,11 +770,29 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
         enforced.as_object_mut().unwrap().remove("capabilities"),
         Some(serde_json::json!("none"))
     );
+    // The file-system view (tests/fsview.rs) beside them, for root.
+    let fs = root.then(|| {
+        // The working directory and the scratch directory, the private ones.
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap().display().to_string();
+        // The harness runs corral in the scratch directory: the two are one path.
+        let mut writable = vec![canon(h.tmp()), "/tmp".to_string()];
+        if Path::new("/dev/shm").is_dir() {
+            writable.push("/dev/shm".to_string());
+        }
+        serde_json::json!({"mode": "read-only", "writable": writable, "hidden": [],
+                           "private_tmp": true})
+    });
+    // Landlock backs the read-only view with this kernel's ABI (root: the view).
+    let landlock = iso["enforced"]["landlock"].clone();
+    assert_eq!(landlock.as_u64().is_some_and(|abi| abi >= 1), root, "{iso}");
     assert_eq!(
         enforced,
         serde_json::json!({"syscalls": {"policy": "corral-default", "version": 2},
                            "no_new_privs": true, "new_session": true, "core_dumps": false,
-                           "network": if root { Some("loopback") } else { None }})
+                           "network": if root { Some("loopback") } else { None },
+                           "pid_ns": root,
+                           "fs": fs,
+                           "landlock": landlock})
     );
     let gaps: Vec<&str> = iso["not_enforced"]
         .as_array()
@@ -697,7 +800,11 @@ pub fn run_sandbox_denials(h: &Harness) -> Ran {
         .iter()
         .map(|g| g["layer"].as_str().unwrap())
         .collect();
-    let want: &[&str] = if root { &[] } else { &["network"] };
+    let want: &[&str] = if root {
+        &[]
+    } else {
+        &["network", "pid_ns", "fs"]
+    };
     assert_eq!(gaps, want, "{iso}");
     ran
 }
@@ -776,10 +883,13 @@ pub fn run_isolation_off(h: &Harness) -> Ran {
     l.set_nonblocking(true).unwrap();
     assert!(l.accept().is_ok(), "the host's listener saw no connection");
     let iso = &ran.rec()["isolation"];
+    let tmp = h.tmp().display().to_string();
     assert_eq!(
         iso["requested"],
         serde_json::json!({"isolation": "off", "syscalls": "off", "network": "host",
-                           "user": "default"})
+                           "user": "default",
+                           "pid_ns": "off",
+                           "fs": {"mode": "host", "rw": [tmp], "hide": []}})
     );
     // corral's own identity, as before the sandbox.
     let mut enforced = iso["enforced"].clone();
@@ -798,7 +908,10 @@ pub fn run_isolation_off(h: &Harness) -> Ran {
     assert_eq!(
         enforced,
         serde_json::json!({"syscalls": null, "no_new_privs": false, "new_session": rlimit,
-                           "core_dumps": true, "network": "host"})
+                           "core_dumps": true, "network": "host", "pid_ns": false,
+                           "landlock": null,
+                           "fs": {"mode": "host", "writable": ["/"], "hidden": [],
+                                  "private_tmp": false}})
     );
     assert_eq!(iso["not_enforced"], serde_json::json!([]));
     assert!(
@@ -822,10 +935,13 @@ pub fn run_isolation_precedence(h: &Harness) {
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_eq!(ran.stdout, "NoNewPrivs:\t1\nSeccomp:\t2\n");
     let iso = &ran.rec()["isolation"];
+    let tmp = h.tmp().display().to_string();
     assert_eq!(
         iso["requested"],
         serde_json::json!({"isolation": "off", "syscalls": "default", "network": "host",
-                           "user": "default"})
+                           "user": "default",
+                           "pid_ns": "off",
+                           "fs": {"mode": "host", "rw": [tmp], "hide": []}})
     );
     assert_eq!(iso["enforced"]["no_new_privs"], true);
     assert_eq!(iso["enforced"]["network"], "host");
@@ -977,7 +1093,13 @@ pub fn run_sandbox_tiocsti(h: &Harness) {
     if !h.root_arg.is_empty() {
         line += &format!(" --cgroup-root {}", h.root_arg);
     }
-    line += &format!(" --json {} -- {PYTHON} {}", json.display(), probe.display());
+    // The probe is in the scratch directory under /tmp: see Harness::command.
+    line += &format!(
+        " --json {} --rw {} -- {PYTHON} {}",
+        json.display(),
+        h.tmp().display(),
+        probe.display()
+    );
     let out = Command::new("script")
         .args(["-qec", &line, "/dev/null"])
         .env("XDG_CONFIG_HOME", h.tmp())

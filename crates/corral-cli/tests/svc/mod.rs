@@ -78,7 +78,9 @@ impl Svc {
 
     /// The ledger path.
     pub fn ledger(&self) -> PathBuf {
-        self.dir.path().join("ledger.db")
+        // In its own directory, which the service hides from its runs (the clients'
+        // working directory, `dir`, stays visible).
+        self.dir.path().join("state").join("ledger.db")
     }
 
     /// A client for the service.

@@ -227,6 +227,10 @@ impl Plan {
             | LimitKind::Syscalls
             | LimitKind::Network
             | LimitKind::Isolation
+            | LimitKind::PidNs
+            | LimitKind::Fs
+            | LimitKind::Rw
+            | LimitKind::Hide
             | LimitKind::User => false,
         };
         if was {

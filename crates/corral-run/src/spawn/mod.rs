@@ -10,16 +10,28 @@
 //!   the clone, and the child's setup as a checklist of named steps, each failing with
 //!   its [`Stage`].
 //!
+//! With a pid namespace (`--pid-ns on`) the child is born with `clone3(CLONE_NEWPID)`
+//! as pid 1 of the new namespace (also where it is not born in a cgroup: v1, rlimit),
+//! mounts a fresh `/proc`, and after the gate forks: the command becomes pid 2, and pid
+//! 1 stays as a mini-init (`sys::run_init`) that forwards signals, reaps orphans and
+//! reports the command's wait status on a pipe ([`Spawned::main_status`]); when it
+//! exits the kernel kills whatever is left in the namespace.
+//!
 //! * `filter` (safe): the seccomp program (policy `corral-default`), compiled in the
-//!   parent with `seccompiler`, so the child only hands it to the kernel.
+//!   parent with `seccompiler`, so the child only hands it to the kernel;
+//! * `landlock` (safe): the Landlock ruleset restricting writes, built in the parent
+//!   with the `landlock` crate, so the child only hands its fd to the kernel.
 //!
 //! Every unsafe function, all in `sys`: `child_main` and `child_fail`, and the
 //! checklist's steps `reset_signals`, `set_parent_death_signal`, `enter_cgroup`,
-//! `enter_mount_namespace`, `contain`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
+//! `enter_mount_namespace`, `contain`, `clone_writable_paths`, `make_read_only`,
+//! `build_fs_view`, `isolate_network`, `drop_capabilities`, `set_rlimits`,
 //! `disable_core_dumps`, `new_session`, `setup_stdio`, `change_directory`, `wait_gate`,
-//! `set_no_new_privs`, `install_syscall_filter` and `exec`, all callable only in the
-//! child. Safe functions with an unsafe block, also in `sys`: `clone_into_cgroup` and
-//! `fork_child` (start the child), [`clone3_available`], [`seccomp_filter_available`],
+//! `set_no_new_privs`, `restrict_writes`, `install_syscall_filter` and `exec`, all callable only in the
+//! child, plus the pid namespace's `mount_proc`, `start_init` and `run_init`. Safe
+//! functions with an unsafe block, also in `sys`: `clone_into_cgroup`,
+//! `clone_new_pid_ns` and `fork_child` (start the child), [`clone3_available`], [`seccomp_filter_available`],
+//! [`mount_setattr_available`],
 //! [`fork_single_threaded`] (the crash guard), [`wait4`] and [`watch_fd`] (registers an
 //! owned fd with tokio).
 //! The identity layer adds the steps `mount_owned_dirs` (after `contain`) and
@@ -39,6 +51,7 @@
 
 mod exec;
 mod filter;
+mod landlock;
 mod plan;
 #[allow(unsafe_code)]
 mod sys;
@@ -48,9 +61,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 pub use exec::Exec;
 pub use filter::{SyscallFilter, DENIED as DENIED_SYSCALLS, POLICY, POLICY_VERSION};
+pub use landlock::{kernel_abi as landlock_abi, WriteRules};
 use plan::ChildPlan;
 pub use sys::{
-    clone3_available, fork_single_threaded, seccomp_filter_available, wait4, watch_fd, ChildUsage,
+    clone3_available, fork_single_threaded, mount_setattr_available, seccomp_filter_available,
+    wait4, watch_fd, ChildUsage,
 };
 pub use sys::{idmapped_tree, kill_all_of, user_namespace};
 
@@ -77,11 +92,16 @@ pub enum Stage {
     Network,
     /// Installing the syscall filter.
     Filter,
+    /// Restricting writes with Landlock.
+    Landlock,
     /// `execve` itself.
     Exec,
     /// Any other step: signals, the parent-death signal, containment (namespaces,
     /// mounts, capabilities), the new session, `no_new_privs`.
     Setup,
+    /// Building the file-system view (read-only mounts, writable paths, private
+    /// `/tmp`, hidden paths).
+    Files,
     /// Becoming the run's user (capabilities, groups, ids), or mounting its
     /// id-mapped working directory.
     User,
@@ -89,7 +109,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage (the error pipe sends a stage as its index here).
-    const ALL: [Stage; 10] = [
+    const ALL: [Stage; 12] = [
         Stage::Cgroup,
         Stage::Rlimit,
         Stage::Stdio,
@@ -97,8 +117,10 @@ impl Stage {
         Stage::Gate,
         Stage::Network,
         Stage::Filter,
+        Stage::Landlock,
         Stage::Exec,
         Stage::Setup,
+        Stage::Files,
         Stage::User,
     ];
 
@@ -254,6 +276,56 @@ pub struct ChildSetup<'a> {
     /// absolute paths in the run's mount namespace (set
     /// [`ChildSetup::new_mount_namespace`]): the working directory, `--rw` paths.
     pub owned_trees: Vec<(BorrowedFd<'a>, CString)>,
+    /// A Landlock ruleset restricting writes, applied after `no_new_privs`.
+    pub write_rules: Option<&'a WriteRules>,
+    /// Its own pid namespace (`--pid-ns on`): the child is born its pid 1 with
+    /// `clone3(CLONE_NEWPID)`, mounts a fresh `/proc` (in a private mount namespace)
+    /// and, after the gate, forks: the command runs as pid 2 while pid 1 stays as a
+    /// mini-init that forwards signals, reaps orphans and reports the command's wait
+    /// status on [`Spawned::main_status`]. Needs `CAP_SYS_ADMIN` and clone3: see
+    /// [`crate::isolation`].
+    pub pid_namespace: bool,
+    /// The file-system view, built in the run's own mount namespace (set
+    /// [`ChildSetup::new_mount_namespace`] with it): see [`crate::fsview`].
+    pub fs_view: Option<FsView>,
+}
+
+/// The mounts of the file-system view, laid out by [`crate::fsview::layout`] and done
+/// by the child after [`Containment`], in this order: each [`FsView::writable`] path is
+/// cloned as a detached mount tree with its own flags (`open_tree(OPEN_TREE_CLONE |
+/// AT_RECURSIVE)`), every mount becomes read-only (`mount_setattr("/", AT_RECURSIVE,
+/// MOUNT_ATTR_RDONLY)`, when [`FsView::read_only`]), then [`FsView::steps`] run top to
+/// bottom (private tmpfs mounts, mount points in them, the clones attached back with
+/// `move_mount`, `HOME`, the hidden paths).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsView {
+    /// Make every mount of the namespace read-only.
+    pub read_only: bool,
+    /// The paths that stay writable, each cloned before the read-only step and attached
+    /// back by an [`FsStep::Attach`]. (An id-mapped mount would be set on the detached
+    /// clone, before it is attached.)
+    pub writable: Vec<CString>,
+    /// What follows the read-only step, in order.
+    pub steps: Vec<FsStep>,
+}
+
+/// One step of the file-system view after the read-only step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsStep {
+    /// A fresh tmpfs here (mode 1777, nosuid, nodev): the private `/tmp`, `/dev/shm`.
+    PrivateTmpfs(CString),
+    /// A directory (0755; one that exists is fine): a mount point in a private tmpfs.
+    MakeDir(CString),
+    /// An empty file: a mount point in a private tmpfs for a writable file.
+    MakeFile(CString),
+    /// Attach the clone of [`FsView::writable`]`[i]` back at its path.
+    Attach(usize),
+    /// `HOME`: a directory (0700) owned by [`ChildSetup::identity`] where set.
+    Home(CString),
+    /// Cover a directory with an empty read-only tmpfs.
+    HideDir(CString),
+    /// Cover a file with a read-only bind of `/dev/null`.
+    HideFile(CString),
 }
 
 /// The identity a run's command gets: its uid, primary gid and supplementary groups.
@@ -276,6 +348,12 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
     /// True when it was placed with `CLONE_INTO_CGROUP`.
     pub clone_into_cgroup: bool,
+    /// With a pid namespace: the read end of the pipe on which the mini-init (the
+    /// process above, pid 1 of the namespace) writes the command's raw wait status (4
+    /// bytes) and then how many processes were still in the namespace (4 bytes) when
+    /// the command ended. Nothing (EOF or `EAGAIN`: the fd is non-blocking) when the
+    /// init was killed first; read it once the init has exited.
+    pub main_status: Option<OwnedFd>,
     err_rx: OwnedFd,
 }
 
@@ -315,12 +393,16 @@ impl Spawned {
                     .to_string()
             }
             Stage::Filter => "cannot install the syscall filter".to_string(),
+            Stage::Landlock => "cannot restrict writes with Landlock".to_string(),
             Stage::Exec => format!("cannot execute {}", exec.display),
             Stage::Setup => "cannot set up the process".to_string(),
             Stage::User => {
                 "cannot give the run its user (its identity, or its id-mapped working directory)"
                     .to_string()
             }
+            Stage::Files => "cannot build the run's read-only file-system view (--fs host \
+                             runs it on the host's files)"
+                .to_string(),
         };
         Err(SpawnError::Child {
             stage,
@@ -351,7 +433,21 @@ pub fn spawn(
         setup.stdout.map(high_fd).transpose()?,
         setup.stderr.map(high_fd).transpose()?,
     ];
+    let status = match setup.pid_namespace {
+        true => {
+            // Non-blocking: read once the init has exited, so whatever it wrote is
+            // there, while a sibling child that has not exec'd yet may still hold a
+            // copy of the write end.
+            let flags = rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK;
+            let (rx, tx) = rustix::pipe::pipe_with(flags).map_err(os)?;
+            Some((rx, high_fd(tx.as_fd())?))
+        }
+        false => None,
+    };
     let mut plan = ChildPlan::new(exec, setup, placement, &stdio, err_tx.as_fd());
+    if let Some((_, tx)) = &status {
+        plan.report_main_status(tx.as_fd());
+    }
 
     let mut born = None;
     if let Some(dir) = placement.cgroup_dir {
@@ -367,6 +463,21 @@ pub fn spawn(
         }
     }
     let clone_into_cgroup = born.is_some();
+    if born.is_none() && setup.pid_namespace {
+        // Only clone3 makes the child pid 1 of a new namespace; the parent asked for
+        // one only where the kernel answers clone3 (isolation::plan), so a refusal
+        // here fails the start rather than run the command outside its namespace.
+        let (pid, pidfd) = sys::clone_new_pid_ns(&plan).map_err(|e| {
+            SpawnError::Os(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "clone3(CLONE_NEWPID) for the run's own pid namespace: {e} \
+                     (--pid-ns off runs it in the host's)"
+                ),
+            ))
+        })?;
+        born = Some((pid, pidfd));
+    }
     let (pid, pidfd) = match born {
         Some(b) => b,
         None => {
@@ -385,6 +496,7 @@ pub fn spawn(
         pid,
         pidfd,
         clone_into_cgroup,
+        main_status: status.map(|(rx, _tx)| rx),
         err_rx,
     })
 }
@@ -392,7 +504,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     #[test]
     fn stage_codes_roundtrip() {
@@ -563,6 +675,186 @@ mod tests {
             assert!(e.to_string().contains("network namespace"), "{e}");
             assert_eq!(e.exit_code(), 125);
         }
+    }
+
+    /// Reads what a mini-init wrote on its status pipe: the raw wait status and the
+    /// number of processes left, or `None` on EOF.
+    fn read_main_status(fd: &OwnedFd) -> Option<(i32, u32)> {
+        let mut buf = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            match rustix::io::read(fd, &mut buf[got..]).unwrap() {
+                0 => break,
+                n => got += n,
+            }
+        }
+        (got == 8).then(|| {
+            (
+                i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+                u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+            )
+        })
+    }
+
+    #[test]
+    fn a_pid_namespace_runs_the_command_as_pid_2_under_the_init() {
+        let privs = crate::isolation::Privileges::current();
+        if !(privs.sys_admin && privs.clone3) {
+            // The parent never asks without them (isolation::plan).
+            return;
+        }
+        let exec = Exec::new(
+            &[
+                "sh".into(),
+                "-c".into(),
+                "[ $$ = 2 ] && [ \"$(cat /proc/1/comm)\" = corral-init ] \
+                 && [ \"$(ls /proc | grep -c '^[0-9]*$')\" -le 6 ] && (sleep 30 &) && exit 5"
+                    .into(),
+            ],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            None,
+        )
+        .unwrap();
+        let setup = ChildSetup {
+            pid_namespace: true,
+            ..Default::default()
+        };
+        let mut s = spawn(&exec, &setup, &Placement::default()).unwrap();
+        let status = s.main_status.take().expect("a status pipe");
+        let (_pid, pidfd, _) = s.confirm(&exec).unwrap();
+        // The init exits with the command's code; the pipe has its raw status and the
+        // orphaned sleep it left behind (killed with the namespace).
+        assert_eq!(exit_status(&pidfd), Some(5));
+        assert_eq!(read_main_status(&status), Some((5 << 8, 1)));
+
+        // An exec failure of the command (pid 2) still reaches the error pipe.
+        use std::os::unix::fs::PermissionsExt;
+        let f = std::env::temp_dir().join(format!("corral-pidns-noexec-{}", std::process::id()));
+        std::fs::write(&f, b"\x7fnot a program").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exec = Exec::new(&[f.display().to_string()], &[], None).unwrap();
+        let mut s = spawn(&exec, &setup, &Placement::default()).unwrap();
+        let status = s.main_status.take().unwrap();
+        let e = s.confirm(&exec).unwrap_err();
+        let _ = std::fs::remove_file(&f);
+        assert!(
+            matches!(
+                failed_stage(&e),
+                Some((Stage::Exec, Some(libc::ENOEXEC | libc::ETXTBSY)))
+            ),
+            "{e}"
+        );
+        assert_eq!(read_main_status(&status), Some((127 << 8, 0)));
+    }
+
+    #[test]
+    fn landlock_rules_leave_only_the_views_writable_paths_writable() {
+        let abi = match crate::spawn::landlock_abi() {
+            Ok(abi) => abi,
+            Err(why) => {
+                corral_testkit::skip_control("landlock", &why);
+                return;
+            }
+        };
+        let privs = crate::isolation::Privileges::current();
+        if !privs.sys_admin {
+            // The view (whose writable paths the rules follow) needs root.
+            return;
+        }
+        let base = PathBuf::from(format!("/var/tmp/corral-landlock-{}", std::process::id()));
+        let (open, shut) = (base.join("open"), base.join("shut"));
+        std::fs::create_dir_all(&open).unwrap();
+        std::fs::create_dir_all(&shut).unwrap();
+        let rules = WriteRules::build(abi).unwrap();
+        assert_eq!(rules.abi(), abi);
+        // A view without its read-only step: only Landlock keeps `shut` unwritable
+        // (EACCES, where the read-only mounts would answer EROFS).
+        let view = FsView {
+            read_only: false,
+            writable: vec![CString::new(open.as_os_str().as_encoded_bytes()).unwrap()],
+            steps: vec![
+                FsStep::PrivateTmpfs(CString::new("/tmp").unwrap()),
+                FsStep::Attach(0),
+            ],
+        };
+        let script = format!(
+            "echo a > {o}/f && echo c > /dev/null && echo d > /tmp/x \\
+             && ! echo b 2>/dev/null > {s}/f && ! mkdir {s}/d 2>/dev/null \\
+             && python3 -c 'import os,errno\ntry: os.open(\"{s}/g\", os.O_CREAT|os.O_WRONLY)\nexcept OSError as e: raise SystemExit(0 if e.errno == errno.EACCES else 7)\nraise SystemExit(8)'",
+            o = open.display(),
+            s = shut.display()
+        );
+        let exec = Exec::new(
+            &["sh".into(), "-c".into(), script],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            Some(Path::new("/")),
+        )
+        .unwrap();
+        let setup = ChildSetup {
+            new_mount_namespace: true,
+            fs_view: Some(view),
+            no_new_privs: true,
+            write_rules: Some(&rules),
+            ..Default::default()
+        };
+        let (_pid, pidfd, _) = spawn(&exec, &setup, &Placement::default())
+            .unwrap()
+            .confirm(&exec)
+            .unwrap();
+        let status = exit_status(&pidfd);
+        let wrote_open = open.join("f").exists();
+        let wrote_shut = ["f", "d", "g"].iter().any(|n| shut.join(n).exists());
+        std::fs::remove_dir_all(&base).unwrap();
+        assert_eq!(status, Some(0));
+        assert!(wrote_open && !wrote_shut);
+    }
+
+    #[test]
+    fn the_file_system_view_runs_or_fails_with_its_own_stage() {
+        let privs = crate::isolation::Privileges::current();
+        if !privs.sys_admin || crate::spawn::mount_setattr_available().is_err() {
+            // The parent never asks without them (isolation::plan_fs).
+            return;
+        }
+        let run = |view: FsView, script: &str| {
+            let exec = Exec::new(
+                &["sh".into(), "-c".into(), script.into()],
+                &[("PATH".into(), "/usr/bin:/bin".into())],
+                Some(Path::new("/")),
+            )
+            .unwrap();
+            let setup = ChildSetup {
+                new_mount_namespace: true,
+                fs_view: Some(view),
+                ..Default::default()
+            };
+            spawn(&exec, &setup, &Placement::default())
+                .unwrap()
+                .confirm(&exec)
+        };
+        let tmpfs = |p: &str| FsStep::PrivateTmpfs(CString::new(p).unwrap());
+        let view = FsView {
+            read_only: true,
+            writable: Vec::new(),
+            steps: vec![tmpfs("/tmp")],
+        };
+        // /etc is read-only (sh's own error ends in 1), the private /tmp is writable.
+        let (_pid, pidfd, _) = run(
+            view.clone(),
+            "touch /etc/corral-unit-x 2>/dev/null && exit 3; touch /tmp/x || exit 4",
+        )
+        .unwrap();
+        assert_eq!(exit_status(&pidfd), Some(0));
+        assert!(!Path::new("/etc/corral-unit-x").exists());
+        // A writable path that vanished between the parent's check and the child.
+        let gone = FsView {
+            writable: vec![CString::new("/nonexistent-corral-dir").unwrap()],
+            ..view
+        };
+        let e = run(gone, "true").unwrap_err();
+        assert_eq!(failed_stage(&e), Some((Stage::Files, Some(libc::ENOENT))));
+        assert!(e.to_string().contains("file-system view"), "{e}");
+        assert_eq!(e.exit_code(), 125);
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! plain C data (pointers, fd numbers, integers) by ordinary safe code in the parent.
 //! The child may not allocate, so nothing in it is built after the clone.
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use super::{ChildSetup, Exec, Placement, Rlimit};
+use super::{ChildSetup, Exec, FsStep, Placement, Rlimit};
 
 /// `struct sock_fprog` of seccomp(2): a program of `len` instructions. The filter it
 /// points to is borrowed by the plan's [`ChildSetup`] for `'p`.
@@ -31,6 +32,34 @@ fn cap_last_cap() -> u32 {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40)
     })
+}
+
+/// What one [`FsStep`] does, for the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FsOpKind {
+    /// See [`FsStep::PrivateTmpfs`].
+    PrivateTmpfs,
+    /// See [`FsStep::MakeDir`].
+    MakeDir,
+    /// See [`FsStep::MakeFile`].
+    MakeFile,
+    /// See [`FsStep::Attach`].
+    Attach,
+    /// See [`FsStep::Home`].
+    Home,
+    /// See [`FsStep::HideDir`].
+    HideDir,
+    /// See [`FsStep::HideFile`].
+    HideFile,
+}
+
+/// One [`FsStep`] as C data: its kind, its path (NUL-terminated, owned by the
+/// [`ChildSetup`]'s view) and, for [`FsOpKind::Attach`], the index of the clone.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FsOp {
+    pub(super) kind: FsOpKind,
+    pub(super) path: *const libc::c_char,
+    pub(super) index: usize,
 }
 
 /// Raw pointers and fd numbers the child uses. Built before cloning; every pointer
@@ -83,6 +112,30 @@ pub(super) struct ChildPlan<'p> {
     pub(super) cap_last_cap: u32,
     /// Detached mount trees and the paths to move them over.
     pub(super) owned_trees: Vec<(RawFd, *const libc::c_char)>,
+    /// The file-system view: make every mount read-only.
+    pub(super) fs_read_only: bool,
+    /// The file-system view: the paths cloned before the read-only step.
+    pub(super) fs_writable: Vec<*const libc::c_char>,
+    /// The clones' mount fds, one per `fs_writable` path: written by the child (into
+    /// its own copy of this memory), allocated here.
+    pub(super) fs_trees: Vec<Cell<RawFd>>,
+    /// The file-system view's steps after the read-only step.
+    pub(super) fs_ops: Vec<FsOp>,
+    /// The owner (uid, gid) of `HOME`, when not the child's own.
+    pub(super) fs_home_owner: Option<(u32, u32)>,
+    /// The Landlock ruleset to restrict writes with, or -1.
+    pub(super) landlock: RawFd,
+    /// Directories (the private tmpfs mounts) the child adds to the ruleset, besides
+    /// `fs_writable`.
+    pub(super) landlock_private: &'static [&'static std::ffi::CStr],
+    /// The rights of a rule for a writable directory.
+    pub(super) landlock_dir_access: u64,
+    /// The rights of a rule for a writable file.
+    pub(super) landlock_file_access: u64,
+    /// Born pid 1 of a new pid namespace: mount a fresh `/proc` and run the mini-init.
+    pub(super) pid_ns: bool,
+    /// The write end of the main-status pipe the mini-init reports on, or -1.
+    pub(super) status_tx: RawFd,
     _borrows: PhantomData<&'p ()>,
 }
 
@@ -130,7 +183,7 @@ impl<'p> ChildPlan<'p> {
             unshare_flags: match &setup.contain {
                 Some(c) if c.cgroup_namespace => libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP,
                 Some(_) => libc::CLONE_NEWNS,
-                None if setup.new_mount_namespace => libc::CLONE_NEWNS,
+                None if setup.new_mount_namespace || setup.pid_namespace => libc::CLONE_NEWNS,
                 None => 0,
             },
             cgroup2_mount: setup
@@ -143,7 +196,9 @@ impl<'p> ChildPlan<'p> {
                 .as_ref()
                 .map(|c| c.readonly.iter().map(|m| m.as_ptr()).collect())
                 .unwrap_or_default(),
-            drop_caps: setup.contain.is_some(),
+            // The file-system view needs CAP_SYS_ADMIN gone too: with it, root could
+            // remount the view read-write.
+            drop_caps: setup.contain.is_some() || setup.fs_view.is_some(),
             new_network: setup.new_network,
             identity: setup.identity.as_ref().map(|i| PlannedIdentity {
                 uid: i.uid,
@@ -156,12 +211,62 @@ impl<'p> ChildPlan<'p> {
                 .iter()
                 .map(|(fd, p)| (fd.as_raw_fd(), p.as_ptr()))
                 .collect(),
+            fs_read_only: setup.fs_view.as_ref().is_some_and(|v| v.read_only),
+            fs_writable: setup
+                .fs_view
+                .iter()
+                .flat_map(|v| v.writable.iter().map(|p| p.as_ptr()))
+                .collect(),
+            fs_trees: setup
+                .fs_view
+                .iter()
+                .flat_map(|v| v.writable.iter().map(|_| Cell::new(-1)))
+                .collect(),
+            fs_ops: setup
+                .fs_view
+                .iter()
+                .flat_map(|v| v.steps.iter().map(fs_op))
+                .collect(),
+            fs_home_owner: setup.identity.as_ref().map(|i| (i.uid, i.gid)),
+            landlock: setup.write_rules.map_or(-1, |r| r.fd().as_raw_fd()),
+            landlock_private: setup.write_rules.map_or(&[], |r| r.private()),
+            landlock_dir_access: setup.write_rules.map_or(0, |r| r.dir_access()),
+            landlock_file_access: setup.write_rules.map_or(0, |r| r.file_access()),
+            pid_ns: setup.pid_namespace,
+            status_tx: -1,
             _borrows: PhantomData,
         }
+    }
+
+    /// The pipe on which the mini-init reports the command's wait status.
+    pub(super) fn report_main_status(&mut self, tx: BorrowedFd<'p>) {
+        self.status_tx = tx.as_raw_fd();
     }
 
     /// Adds a file the child writes itself into (the clone3 fallback's `cgroup.procs`).
     pub(super) fn also_enter(&mut self, procs: BorrowedFd<'p>) {
         self.procs.push(procs.as_raw_fd());
+    }
+}
+
+/// One view step as the child's C data.
+fn fs_op(step: &FsStep) -> FsOp {
+    let op = |kind, path: &std::ffi::CString| FsOp {
+        kind,
+        path: path.as_ptr(),
+        index: 0,
+    };
+    match step {
+        FsStep::PrivateTmpfs(p) => op(FsOpKind::PrivateTmpfs, p),
+        FsStep::MakeDir(p) => op(FsOpKind::MakeDir, p),
+        FsStep::MakeFile(p) => op(FsOpKind::MakeFile, p),
+        FsStep::Attach(i) => FsOp {
+            kind: FsOpKind::Attach,
+            path: std::ptr::null(),
+            index: *i,
+        },
+        FsStep::Home(p) => op(FsOpKind::Home, p),
+        FsStep::HideDir(p) => op(FsOpKind::HideDir, p),
+        FsStep::HideFile(p) => op(FsOpKind::HideFile, p),
     }
 }

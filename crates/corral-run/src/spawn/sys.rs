@@ -6,19 +6,25 @@
 //! * [`child_main`]: runs [`CHECKLIST`], then exits;
 //! * [`child_fail`]: reports a failed step's stage and errno, then `_exit(127)`;
 //! * the steps of [`CHECKLIST`]: [`reset_signals`], [`set_parent_death_signal`],
-//!   [`enter_cgroup`], [`enter_mount_namespace`], [`contain`], [`mount_owned_dirs`],
-//!   [`isolate_network`], [`drop_capabilities`],
-//!   [`set_rlimits`], [`disable_core_dumps`], [`new_session`], [`setup_stdio`],
-//!   [`change_directory`], [`wait_gate`], [`set_identity`], [`set_no_new_privs`],
-//!   [`install_syscall_filter`], [`exec`].
+//!   [`enter_cgroup`], [`enter_mount_namespace`], [`contain`], [`clone_writable_paths`],
+//!   [`make_read_only`], [`build_fs_view`], [`mount_owned_dirs`], [`add_write_rules`],
+//!   [`isolate_network`],
+//!   [`mount_proc`], [`drop_capabilities`], [`set_rlimits`], [`disable_core_dumps`],
+//!   [`new_session`], [`setup_stdio`], [`change_directory`], [`wait_gate`],
+//!   [`set_identity`], [`start_init`], [`set_no_new_privs`], [`restrict_writes`],
+//!   [`install_syscall_filter`], [`exec`];
+//! * [`run_init`]: the pid namespace's mini-init, which [`start_init`] becomes.
 //!
 //! Safe functions with an unsafe block inside, for the parent:
 //!
 //! * [`clone_into_cgroup`]: `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)`, the child runs
 //!   [`child_main`];
+//! * [`clone_new_pid_ns`]: `clone3(CLONE_NEWPID | CLONE_PIDFD)` without a cgroup (v1,
+//!   rlimit), the child runs [`child_main`];
 //! * [`fork_child`]: the `fork` fallback, the child runs [`child_main`];
 //! * [`clone3_available`]: a clone3 probe that creates nothing;
 //! * [`seccomp_filter_available`]: a seccomp probe that installs nothing;
+//! * [`mount_setattr_available`]: a `mount_setattr` probe that changes nothing;
 //! * [`fork_single_threaded`]: a plain fork for the single-threaded crash guard;
 //! * [`wait4`]: reaps a child with its resource usage;
 //! * [`watch_fd`]: registers an owned fd with tokio;
@@ -36,7 +42,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use super::plan::ChildPlan;
+use super::plan::{ChildPlan, FsOpKind};
 use super::{Stage, CLONE_INTO_CGROUP, CLONE_PIDFD, DROPPED_CAPABILITIES};
 
 /// One step of the child's setup: `Err` carries the errno it failed with.
@@ -50,8 +56,13 @@ const CHECKLIST: &[(Stage, Step)] = &[
     (Stage::Cgroup, enter_cgroup),
     (Stage::Setup, enter_mount_namespace),
     (Stage::Setup, contain),
+    (Stage::Files, clone_writable_paths),
+    (Stage::Files, make_read_only),
+    (Stage::Files, build_fs_view),
     (Stage::User, mount_owned_dirs),
+    (Stage::Landlock, add_write_rules),
     (Stage::Network, isolate_network),
+    (Stage::Setup, mount_proc),
     (Stage::Setup, drop_capabilities),
     (Stage::Rlimit, set_rlimits),
     (Stage::Rlimit, disable_core_dumps),
@@ -60,7 +71,9 @@ const CHECKLIST: &[(Stage, Step)] = &[
     (Stage::Chdir, change_directory),
     (Stage::Gate, wait_gate),
     (Stage::User, set_identity),
+    (Stage::Setup, start_init),
     (Stage::Setup, set_no_new_privs),
+    (Stage::Landlock, restrict_writes),
     (Stage::Filter, install_syscall_filter),
     (Stage::Exec, exec),
 ];
@@ -147,6 +160,23 @@ unsafe fn set_parent_death_signal(plan: &ChildPlan<'_>) -> Result<(), i32> {
             0,
         )
     })?;
+    if plan.pid_ns {
+        // The parent is outside the child's pid namespace (getppid answers 0): ask the
+        // error pipe instead, whose read end closes with the supervisor (POLLERR).
+        let mut p = libc::pollfd {
+            fd: plan.err_tx,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: `p` is one valid pollfd for the call; poll is async-signal-safe;
+        // _exit ends the child.
+        unsafe {
+            if libc::poll(&mut p, 1, 0) == 1 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                libc::_exit(127);
+            }
+        }
+        return Ok(());
+    }
     // SAFETY: getppid cannot fail; _exit ends the child.
     unsafe {
         if libc::getppid() != plan.parent_pid {
@@ -269,6 +299,60 @@ unsafe fn mount_owned_dirs(plan: &ChildPlan<'_>) -> Result<(), i32> {
     Ok(())
 }
 
+/// `OPEN_TREE_CLONE` of open_tree(2): a detached copy of the mount (tree).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `MOVE_MOUNT_F_EMPTY_PATH` of move_mount(2): the source is the fd itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+/// `MOUNT_ATTR_RDONLY` of mount_setattr(2).
+const MOUNT_ATTR_RDONLY: u64 = 1;
+
+/// `struct mount_attr` of mount_setattr(2) (`MOUNT_ATTR_SIZE_VER0`, 32 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mkdir` that accepts an existing directory.
+///
+/// # Safety
+/// `path` must be a NUL-terminated string; only in the child.
+unsafe fn make_dir(path: *const libc::c_char, mode: libc::mode_t) -> Result<(), i32> {
+    // SAFETY: `path` is NUL-terminated (this function's contract).
+    if unsafe { libc::mkdir(path, mode) } == 0 {
+        return Ok(());
+    }
+    match errno() {
+        libc::EEXIST => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// The file-system view, first part: a detached clone of each path that stays
+/// writable (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`), taken before
+/// [`make_read_only`], so each clone keeps its mounts' own flags (a mount that was
+/// read-only on the host stays so) and is attached back by [`build_fs_view`].
+///
+/// # Safety
+/// Only in the child.
+unsafe fn clone_writable_paths(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    for (path, tree) in plan.fs_writable.iter().zip(&plan.fs_trees) {
+        let flags =
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+        // SAFETY: `path` is a NUL-terminated string of the plan's FsView; open_tree
+        // only reads it and returns a new fd (close-on-exec).
+        let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, *path, flags) };
+        if fd < 0 {
+            return Err(errno());
+        }
+        tree.set(fd as libc::c_int);
+    }
+    Ok(())
+}
+
 /// Becomes the run's user, after every privileged step and the gate: drops every
 /// capability from the bounding set (so no exec can regain one, setuid-root included),
 /// clears the ambient set, then `setgroups`, `setresgid`, `setresuid` (raw system
@@ -330,6 +414,162 @@ unsafe fn set_identity(plan: &ChildPlan<'_>) -> Result<(), i32> {
     unsafe { set_parent_death_signal(plan) }
 }
 
+/// The file-system view, second part: every mount of the run's namespace read-only
+/// in one call (`mount_setattr("/", AT_RECURSIVE, MOUNT_ATTR_RDONLY)`, Linux 5.12),
+/// cheaper than remounting each mount of `/proc/self/mountinfo`. Only the mount flag
+/// changes: the host's mounts (other namespaces) stay as they are.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn make_read_only(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if !plan.fs_read_only {
+        return Ok(());
+    }
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        ..Default::default()
+    };
+    // SAFETY: the path is a static C string; `attr` is a valid mount_attr of the size
+    // passed, only read by the kernel.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret as libc::c_int)
+}
+
+/// The file-system view, last part: the plan's steps in order (private tmpfs mounts
+/// on `/tmp` and `/dev/shm`, mount points in them, the writable clones attached back,
+/// `HOME`, the hidden paths). Runs before [`drop_capabilities`].
+///
+/// # Safety
+/// Only in the child.
+unsafe fn build_fs_view(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if plan.fs_ops.is_empty() {
+        return Ok(());
+    }
+    // The modes below exactly (mount points 0755, HOME 0700), whatever corral's umask:
+    // another identity must be able to reach its working directory in the private /tmp.
+    // SAFETY: umask takes and returns a mode only.
+    let umask = unsafe { libc::umask(0) };
+    // SAFETY: we are the child (this function's contract).
+    let result = unsafe { fs_view_steps(plan) };
+    // SAFETY: as above; the command gets corral's umask back.
+    unsafe { libc::umask(umask) };
+    result
+}
+
+/// The steps of [`build_fs_view`].
+///
+/// # Safety
+/// Only in the child.
+unsafe fn fs_view_steps(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    let tmpfs = c"tmpfs".as_ptr();
+    let null = std::ptr::null::<libc::c_char>();
+    for op in &plan.fs_ops {
+        let p = op.path;
+        // SAFETY (each arm): `p` is a NUL-terminated string of the plan's FsView
+        // (null only for Attach, which uses the writable path); every other pointer
+        // is a static C string or null where the call allows it.
+        match op.kind {
+            // SAFETY: as above; the data is a static C string the kernel only reads.
+            FsOpKind::PrivateTmpfs => check(unsafe {
+                libc::mount(
+                    tmpfs,
+                    p,
+                    tmpfs,
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    c"mode=1777".as_ptr().cast(),
+                )
+            })?,
+            // SAFETY: as above.
+            FsOpKind::MakeDir => unsafe { make_dir(p, 0o755) }?,
+            FsOpKind::MakeFile => {
+                // SAFETY: as above; the fd is closed at once.
+                let fd = unsafe {
+                    libc::open(
+                        p,
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                        0o644,
+                    )
+                };
+                if fd < 0 {
+                    return Err(errno());
+                }
+                // SAFETY: `fd` was opened above and is ours.
+                unsafe { libc::close(fd) };
+            }
+            FsOpKind::Attach => {
+                let (Some(&path), Some(tree)) =
+                    (plan.fs_writable.get(op.index), plan.fs_trees.get(op.index))
+                else {
+                    return Err(libc::EINVAL);
+                };
+                let fd = tree.replace(-1);
+                // SAFETY: `fd` is the detached tree open_tree returned for `path` (a
+                // NUL-terminated string of the plan); the empty path is a static C
+                // string. The fd is closed after, on every path.
+                let ret = unsafe {
+                    let r = libc::syscall(
+                        libc::SYS_move_mount,
+                        fd,
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        path,
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    );
+                    libc::close(fd);
+                    r
+                };
+                check(ret as libc::c_int)?;
+            }
+            FsOpKind::Home => {
+                // SAFETY: as above.
+                unsafe { make_dir(p, 0o700) }?;
+                if let Some((uid, gid)) = plan.fs_home_owner {
+                    // SAFETY: as above.
+                    check(unsafe { libc::chown(p, uid, gid) })?;
+                }
+            }
+            // SAFETY: as above; the data is a static C string the kernel only reads.
+            FsOpKind::HideDir => check(unsafe {
+                libc::mount(
+                    tmpfs,
+                    p,
+                    tmpfs,
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"mode=755".as_ptr().cast(),
+                )
+            })?,
+            FsOpKind::HideFile => {
+                let ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+                // SAFETY: as above; a bind of the device node, then a read-only remount
+                // of that bind (null type and data are allowed for both).
+                check(unsafe {
+                    libc::mount(c"/dev/null".as_ptr(), p, null, libc::MS_BIND, null.cast())
+                })?;
+                // SAFETY: as above.
+                check(unsafe {
+                    libc::mount(
+                        null,
+                        p,
+                        null,
+                        ro | libc::MS_NOSUID | libc::MS_NOEXEC,
+                        null.cast(),
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The part of `struct ifreq` that `SIOCGIFFLAGS`/`SIOCSIFFLAGS` use: the interface
 /// name and its flags, padded to the kernel's size of the whole union (40 bytes).
 #[repr(C)]
@@ -384,6 +624,38 @@ unsafe fn isolate_network(plan: &ChildPlan<'_>) -> Result<(), i32> {
     // SAFETY: `sock` is open and owned by this step.
     unsafe { libc::close(sock) };
     result
+}
+
+/// A fresh procfs on `/proc` when the child is pid 1 of its own pid namespace, in the
+/// mount namespace of [`enter_mount_namespace`]: `/proc` then lists only the run's
+/// processes. The host's `/proc` (and its submounts) is detached first, so nothing of
+/// it is left underneath. `nosuid,nodev,noexec`, as systemd and Docker mount it. Needs
+/// `CAP_SYS_ADMIN`: runs before [`drop_capabilities`].
+///
+/// # Safety
+/// Only in the child.
+unsafe fn mount_proc(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if !plan.pid_ns {
+        return Ok(());
+    }
+    // Never outside a private mount namespace: the detach below would take the host's
+    // /proc away.
+    if plan.unshare_flags & libc::CLONE_NEWNS == 0 {
+        return Err(libc::EINVAL);
+    }
+    let proc_ = c"proc".as_ptr();
+    // SAFETY: static C strings; a null data pointer is allowed. A failed detach (no
+    // mount on /proc) leaves the directory for the mount below.
+    check(unsafe {
+        libc::umount2(c"/proc".as_ptr(), libc::MNT_DETACH);
+        libc::mount(
+            proc_,
+            c"/proc".as_ptr(),
+            proc_,
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    })
 }
 
 /// `struct __user_cap_header_struct` of capget(2)/capset(2).
@@ -553,6 +825,251 @@ unsafe fn wait_gate(plan: &ChildPlan<'_>) -> Result<(), i32> {
     }
 }
 
+/// The signals the mini-init passes on to the command: every signal whose default
+/// action a pid namespace's init would otherwise lose (the kernel drops signals an init
+/// has no handler for), except those the kernel itself sends to faults.
+const FORWARDED: [libc::c_int; 12] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGTERM,
+    libc::SIGCONT,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGWINCH,
+];
+
+/// The handler the mini-init installs for [`FORWARDED`]: never runs (the signals stay
+/// blocked and are taken with `sigwaitinfo`), but without a handler the kernel would
+/// discard them before they reach a pid namespace's init.
+extern "C" fn ignore_signal(_sig: libc::c_int) {}
+
+/// In a new pid namespace the child is its pid 1, which the kernel treats as an init:
+/// it must reap orphans, and signals it has no handler for never reach it. So the child
+/// forks here: the new process (pid 2) continues the checklist and becomes the command;
+/// the child becomes [`run_init`]. The signals the init waits for are blocked before
+/// the fork, so none is lost before it waits; the command gets the mask back.
+///
+/// A raw `clone(SIGCHLD)` rather than glibc's `fork`, whose atfork handlers take locks
+/// another thread of the parent may have held at the clone.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn start_init(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if !plan.pid_ns {
+        return Ok(());
+    }
+    // SAFETY: all-zero sigset_t values are valid storage that sigemptyset fills;
+    // sigaddset, sigprocmask and the raw clone are async-signal-safe. clone without
+    // CLONE_VM or a new stack duplicates this single-threaded process like fork: the
+    // new process continues on its copy of this stack.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        );
+        if pid == 0 {
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            return Ok(());
+        }
+        if pid < 0 {
+            let e = errno();
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            return Err(e);
+        }
+        run_init(plan, pid as libc::pid_t, &set)
+    }
+}
+
+/// Closes every fd but `keep` (`close_range`, Linux 5.9; else one by one up to the
+/// fd limit).
+///
+/// # Safety
+/// Only in the child.
+unsafe fn close_all_but(keep: libc::c_int) {
+    let keep = keep as libc::c_uint;
+    // SAFETY: close_range and close take plain integers; nothing in this process uses
+    // the closed fds afterwards.
+    unsafe {
+        let low = if keep == 0 {
+            0
+        } else {
+            libc::syscall(
+                libc::SYS_close_range,
+                0 as libc::c_uint,
+                keep - 1,
+                0 as libc::c_uint,
+            )
+        };
+        let high = libc::syscall(
+            libc::SYS_close_range,
+            keep + 1,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
+        if low != 0 || high != 0 {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            let top = lim.rlim_cur.min(1 << 20) as libc::c_int;
+            for fd in 0..top {
+                if fd != keep as libc::c_int {
+                    libc::close(fd);
+                }
+            }
+        }
+    }
+}
+
+/// How many processes besides the caller (pid 1) its pid namespace has: the numbered
+/// entries of its own `/proc` ([`mount_proc`]).
+///
+/// # Safety
+/// Only in the child.
+unsafe fn count_others() -> u32 {
+    // SAFETY: a static C string; the fd is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return 0;
+    }
+    let mut buf = [0u8; 4096];
+    let mut n = 0u32;
+    loop {
+        // SAFETY: `buf` is valid for writes of its length; the kernel fills it with
+        // whole `linux_dirent64` records.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd,
+                buf.as_mut_ptr(),
+                buf.len() as libc::c_uint,
+            )
+        };
+        if got <= 0 {
+            break;
+        }
+        let got = got as usize;
+        let mut off = 0;
+        // linux_dirent64: d_ino (8), d_off (8), d_reclen (2), d_type (1), d_name.
+        while off + 19 < got {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name = &buf[off + 19..(off + reclen).min(got)];
+            let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            let name = &name[..len];
+            if !name.is_empty() && name.iter().all(u8::is_ascii_digit) && name != b"1" {
+                n += 1;
+            }
+            off += reclen;
+        }
+    }
+    // SAFETY: `fd` is open and owned here.
+    unsafe { libc::close(fd) };
+    n
+}
+
+/// The mini-init, pid 1 of the run's pid namespace, `main` (pid 2) being the command.
+/// It closes every fd except the status pipe (so the error pipe reports the command's
+/// exec and captured output sees EOF when the command ends), then waits for signals:
+/// SIGTERM goes on to every process of the namespace (the supervisor ends a run with a
+/// pid namespace by sending SIGTERM to its init alone, so each process gets it once),
+/// each other signal of [`FORWARDED`] to `main`; on SIGCHLD it reaps every child. When `main`
+/// has ended it writes `main`'s raw wait status (4 bytes) and the number of processes
+/// still in the namespace (4 bytes) to the status pipe and exits, and the kernel kills
+/// those processes. Async-signal-safe calls only.
+///
+/// # Safety
+/// Only in the child, from [`start_init`] with `waited` blocked.
+unsafe fn run_init(plan: &ChildPlan<'_>, main: libc::pid_t, waited: &libc::sigset_t) -> ! {
+    // SAFETY: all the calls below are async-signal-safe and read only values on this
+    // stack and the plan: the name is a static C string; `sa` and `info` are valid
+    // all-zero C structs that the calls fill or read; `st` and `buf` are valid for the
+    // writes and reads of their lengths.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"corral-init".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        for s in FORWARDED {
+            libc::sigaction(s, &sa, std::ptr::null_mut());
+        }
+        close_all_but(plan.status_tx);
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(waited, &mut info);
+            if sig < 0 {
+                continue;
+            }
+            if sig == libc::SIGTERM {
+                // The run is being ended: every process of the namespace gets it once,
+                // as corral's own signal to the whole tree would give it (kill(-1)
+                // from pid 1 reaches all of its namespace but itself).
+                libc::kill(-1, sig);
+                continue;
+            }
+            if sig != libc::SIGCHLD {
+                libc::kill(main, sig);
+                continue;
+            }
+            let mut main_status = None;
+            loop {
+                let mut st: libc::c_int = 0;
+                let r = libc::waitpid(-1, &mut st, libc::WNOHANG);
+                if r <= 0 {
+                    break;
+                }
+                if r == main {
+                    main_status = Some(st);
+                }
+            }
+            if let Some(st) = main_status {
+                let left = count_others();
+                let s = st.to_ne_bytes();
+                let l = left.to_ne_bytes();
+                let buf = [s[0], s[1], s[2], s[3], l[0], l[1], l[2], l[3]];
+                libc::write(plan.status_tx, buf.as_ptr().cast(), buf.len());
+                let code = if libc::WIFEXITED(st) {
+                    libc::WEXITSTATUS(st)
+                } else {
+                    128 + libc::WTERMSIG(st)
+                };
+                libc::_exit(code);
+            }
+        }
+    }
+}
+
 /// `PR_SET_NO_NEW_PRIVS` when the plan asks: exec can no longer grant privileges
 /// (setuid and setgid bits, file capabilities), and the filter may be installed without
 /// `CAP_SYS_ADMIN`.
@@ -565,6 +1082,92 @@ unsafe fn set_no_new_privs(plan: &ChildPlan<'_>) -> Result<(), i32> {
     }
     // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes plain integers.
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+}
+
+/// `struct landlock_path_beneath_attr` (packed, as the kernel declares it).
+#[repr(C, packed)]
+struct LandlockPathBeneath {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// `LANDLOCK_RULE_PATH_BENEATH`.
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
+
+/// Adds the rules for the view's writable paths and private tmpfs mounts to the
+/// plan's Landlock ruleset, opening each as the run will see it: after every mount of
+/// the view (and the id-mapped working directory), and before [`set_identity`], since
+/// the run's own user may not be able to reach them by path (a working directory
+/// under `/root`).
+///
+/// # Safety
+/// Only in the child.
+unsafe fn add_write_rules(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if plan.landlock < 0 {
+        return Ok(());
+    }
+    // The private tmpfs mounts exist only now, in this namespace, and the writable
+    // paths are rules on the directories as the run sees them (see spawn/landlock.rs).
+    let private = plan.landlock_private.iter().map(|d| (d.as_ptr(), true));
+    let writable = plan.fs_writable.iter().map(|&p| (p, false));
+    for (path, optional) in private.chain(writable) {
+        // SAFETY: `path` is a NUL-terminated string (static, or of the plan's view);
+        // open takes flags only.
+        let fd = unsafe { libc::open(path, libc::O_PATH | libc::O_CLOEXEC) };
+        if fd < 0 {
+            match errno() {
+                // A private mount this view lacks (a host without /dev/shm).
+                libc::ENOENT if optional => continue,
+                e => return Err(e),
+            }
+        }
+        // SAFETY: an all-zero stat is valid storage for fstat, which fills it; `fd` is
+        // the O_PATH fd opened above (fstat works on those).
+        let is_dir = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        };
+        let attr = LandlockPathBeneath {
+            allowed_access: if is_dir {
+                plan.landlock_dir_access
+            } else {
+                plan.landlock_file_access
+            },
+            parent_fd: fd,
+        };
+        // SAFETY: `attr` is a valid, packed `struct landlock_path_beneath_attr` for
+        // reads during the call; the ruleset fd is open (borrowed by the plan); `fd` is
+        // the O_PATH fd opened above, closed right after.
+        let ret = unsafe {
+            let r = libc::syscall(
+                libc::SYS_landlock_add_rule,
+                plan.landlock,
+                LANDLOCK_RULE_PATH_BENEATH,
+                &attr as *const LandlockPathBeneath,
+                0u32,
+            );
+            libc::close(fd);
+            r
+        };
+        check(ret as libc::c_int)?;
+    }
+    Ok(())
+}
+
+/// `landlock_restrict_self` with the plan's ruleset, if any (its rules added by
+/// [`add_write_rules`]): from here on the process (and all it starts) may write only
+/// beneath the ruleset's paths. After [`set_no_new_privs`], which Landlock requires of
+/// a process without `CAP_SYS_ADMIN`.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn restrict_writes(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if plan.landlock < 0 {
+        return Ok(());
+    }
+    // SAFETY: landlock_restrict_self takes an fd (open: borrowed by the plan) and flags.
+    let ret = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, plan.landlock, 0u32) };
+    check(ret as libc::c_int)
 }
 
 /// Installs the plan's seccomp program, if any: the last step before exec, so that
@@ -618,17 +1221,43 @@ struct CloneArgs {
 }
 
 /// Starts the child with `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` into the cgroup
-/// `dir`; returns its pid and pidfd, or the error the kernel refused clone3 with.
+/// `dir` (with `CLONE_NEWPID` when the plan asks for a pid namespace); returns its pid
+/// and pidfd, or the error the kernel refused clone3 with.
 pub(super) fn clone_into_cgroup(
     plan: &ChildPlan<'_>,
     dir: BorrowedFd<'_>,
 ) -> std::io::Result<(i32, OwnedFd)> {
+    clone3_child(plan, Some(dir))
+}
+
+/// Starts the child with `clone3(CLONE_NEWPID | CLONE_PIDFD)`, pid 1 of a new pid
+/// namespace, where there is no cgroup to be born in (v1 joins its groups from the
+/// child, the rlimit backend has none); returns its pid (in corral's namespace) and
+/// pidfd, or the error the kernel refused clone3 with.
+pub(super) fn clone_new_pid_ns(plan: &ChildPlan<'_>) -> std::io::Result<(i32, OwnedFd)> {
+    debug_assert!(plan.pid_ns);
+    clone3_child(plan, None)
+}
+
+/// `clone3` with `CLONE_PIDFD`, `CLONE_INTO_CGROUP` for `dir` and `CLONE_NEWPID` when
+/// the plan asks; the child runs [`child_main`].
+fn clone3_child(
+    plan: &ChildPlan<'_>,
+    dir: Option<BorrowedFd<'_>>,
+) -> std::io::Result<(i32, OwnedFd)> {
     let mut pidfd: libc::c_int = -1;
+    let mut flags = CLONE_PIDFD;
+    if dir.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    if plan.pid_ns {
+        flags |= libc::CLONE_NEWPID as u64;
+    }
     let mut args = CloneArgs {
-        flags: CLONE_PIDFD | CLONE_INTO_CGROUP,
+        flags,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: dir.as_raw_fd() as u64,
+        cgroup: dir.map_or(0, |d| d.as_raw_fd() as u64),
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM duplicates the process like fork: the child gets
@@ -670,23 +1299,10 @@ pub(super) fn fork_child(plan: &ChildPlan<'_>) -> std::io::Result<i32> {
     Ok(ret)
 }
 
-/// `MOVE_MOUNT_F_EMPTY_PATH` of move_mount(2).
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-/// `OPEN_TREE_CLONE` of open_tree(2).
-const OPEN_TREE_CLONE: libc::c_uint = 0x1;
 /// `MOUNT_ATTR_NOSUID` of mount_setattr(2).
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 /// `MOUNT_ATTR_IDMAP` of mount_setattr(2) (Linux 5.12).
 const MOUNT_ATTR_IDMAP: u64 = 0x10_0000;
-
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
 
 /// A new user namespace whose `uid_map` and `gid_map` are the given lines (written by
 /// this process, which must be root in its own namespace): a helper process is cloned
@@ -890,6 +1506,53 @@ pub fn seccomp_filter_available() -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `Ok` when this kernel has `mount_setattr` (Linux 5.12), which the read-only view
+/// needs, else the error it answered (`ENOSYS`; `EPERM` under a seccomp filter that
+/// denies it). The probe passes flags no kernel accepts: one with the call answers
+/// `EINVAL` before it looks at anything else.
+pub fn mount_setattr_available() -> std::io::Result<()> {
+    // SAFETY: with invalid flags the kernel returns EINVAL before it reads the path or
+    // the attribute pointer (both null here) or changes anything.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<libc::c_char>(),
+            u32::MAX,
+            std::ptr::null::<MountAttr>(),
+            0usize,
+        )
+    };
+    let e = std::io::Error::last_os_error();
+    if r == -1 && e.raw_os_error() == Some(libc::EINVAL) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// This kernel's Landlock ABI version (`landlock_create_ruleset` with
+/// `LANDLOCK_CREATE_RULESET_VERSION`), or the error it answered (`ENOSYS`: no Landlock;
+/// `EOPNOTSUPP`: built in but not enabled at boot).
+pub(super) fn landlock_abi() -> std::io::Result<u32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag the call only
+    // returns the ABI version; it reads no memory and creates no ruleset.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as u32)
     }
 }
 

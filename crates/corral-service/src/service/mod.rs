@@ -126,8 +126,22 @@ impl Job {
             stdout: Stdio::File(out.join(format!("{}.stdout", self.id))),
             stderr: Stdio::File(out.join(format!("{}.stderr", self.id))),
             profile: self.profile.clone(),
-            limits: self.limits.clone(),
+            limits: self.run_limits(out),
         }
+    }
+
+    /// The run's limits, with the service's state directory (the ledger's, holding
+    /// every run's output) added to its hidden paths: no run sees the ledger or another
+    /// run's output, whatever its file-system view. A run whose working directory or a
+    /// `rw` path lies inside it is refused when it starts.
+    fn run_limits(&self, out: &Path) -> Limits {
+        let mut limits = self.limits.clone();
+        if let Some(state) = out.parent().and_then(|d| std::fs::canonicalize(d).ok()) {
+            if state.parent().is_some() {
+                corral_spec::add_paths(&mut limits.hide, &[state]);
+            }
+        }
+        limits
     }
 }
 
