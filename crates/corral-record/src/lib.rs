@@ -252,6 +252,11 @@ pub struct IsolationEnforced {
     /// written before it existed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub capabilities: Option<String>,
+    /// `true` when the run was born in its own user namespace (an ordinary user's run,
+    /// its own uid and gid mapped to themselves), through which it got its network,
+    /// pid and file-system layers. Absent when it was not (root's runs, older records).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub user_namespace: bool,
 }
 
 /// The identity a run's command had, in the record's `isolation.enforced.user`.

@@ -29,7 +29,10 @@ use rustix::thread::CapabilitySet;
 
 use crate::spawn::{self, SyscallFilter};
 
-/// What this process may do that the layers need: its effective capabilities.
+pub use crate::spawn::UserNamespaceProbe;
+
+/// What this process may do that the layers need: its effective capabilities, and
+/// for an ordinary user whether the host lets it make a user namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Privileges {
     /// `CAP_SYS_ADMIN`: `unshare(CLONE_NEWNET)`.
@@ -39,20 +42,82 @@ pub struct Privileges {
     /// The kernel answers `clone3` (5.3+): a pid namespace is made with
     /// `clone3(CLONE_NEWPID)`, never on the `fork` fallback.
     pub clone3: bool,
+    /// Without `CAP_SYS_ADMIN`: whether this host lets corral make a user namespace
+    /// (and mount a fresh `/proc` in it), through which an ordinary user's run gets
+    /// the network, pid and file-system layers ([`user_namespace_probe`]). `None`:
+    /// not probed (corral has `CAP_SYS_ADMIN` and needs none).
+    pub user_ns: Option<UserNamespaceProbe>,
 }
 
 impl Privileges {
-    /// This process' effective capabilities (none if they cannot be read).
+    /// This process' effective capabilities (none if they cannot be read), and the
+    /// user-namespace probe when it lacks `CAP_SYS_ADMIN`.
     pub fn current() -> Privileges {
         let eff = rustix::thread::capabilities(None)
             .map(|c| c.effective)
             .unwrap_or(CapabilitySet::empty());
+        let sys_admin = eff.contains(CapabilitySet::SYS_ADMIN);
         Privileges {
-            sys_admin: eff.contains(CapabilitySet::SYS_ADMIN),
+            sys_admin,
             net_admin: eff.contains(CapabilitySet::NET_ADMIN),
             clone3: spawn::clone3_available(),
+            user_ns: (!sys_admin).then(user_namespace_probe),
         }
     }
+}
+
+/// The environment variable that makes [`user_namespace_probe`] answer as a host
+/// that forbids unprivileged user namespaces (for tests of that path).
+pub const NO_USERNS_ENV: &str = "CORRAL_TEST_NO_USERNS";
+
+/// Whether this (unprivileged) process can make a user namespace with a fresh
+/// `/proc`, probed once per process with a throwaway child
+/// ([`spawn::user_namespace_probe`], about a millisecond). [`NO_USERNS_ENV`] set to a
+/// non-empty value answers `EPERM` without probing.
+pub fn user_namespace_probe() -> UserNamespaceProbe {
+    static PROBE: OnceLock<UserNamespaceProbe> = OnceLock::new();
+    *PROBE.get_or_init(|| {
+        if std::env::var_os(NO_USERNS_ENV).is_some_and(|v| !v.is_empty()) {
+            return UserNamespaceProbe::Refused(libc::EPERM);
+        }
+        spawn::user_namespace_probe()
+    })
+}
+
+/// Why the host refuses an ordinary user a user namespace, with the remedy.
+fn userns_refused(errno: i32) -> String {
+    let err = std::io::Error::from_raw_os_error(errno);
+    format!(
+        "an ordinary user gets it through a user namespace, which this host refuses \
+         (clone3(CLONE_NEWUSER): {err}); allow unprivileged user namespaces with `sysctl \
+         kernel.unprivileged_userns_clone=1` (Debian's kernels) and a non-zero `sysctl \
+         user.max_user_namespaces` (e.g. 15000)"
+    )
+}
+
+/// How an ordinary user's run gets the namespace layers: `Ok(proc)` through a user
+/// namespace (`proc`: a fresh `/proc` can be mounted in it), or why not.
+fn rootless(privs: Privileges) -> Result<bool, String> {
+    if !privs.clone3 {
+        return Err(
+            "an ordinary user gets it through a user namespace made with clone3 \
+                    (Linux 5.3+), which this kernel (or a seccomp filter around corral) \
+                    refuses"
+                .into(),
+        );
+    }
+    match privs.user_ns {
+        Some(UserNamespaceProbe::Works) => Ok(true),
+        Some(UserNamespaceProbe::NoProc(_)) => Ok(false),
+        Some(UserNamespaceProbe::Refused(e)) => Err(userns_refused(e)),
+        None => Err(userns_refused(libc::EPERM)),
+    }
+}
+
+/// Whether a process with `privs` can make namespaces and mounts: with
+/// `CAP_SYS_ADMIN`, or through a user namespace.
+fn can_mount(privs: Privileges) -> bool {
+    privs.sys_admin || rootless(privs).is_ok()
 }
 
 /// The isolation one run gets: its record, and what the child must do.
@@ -72,28 +137,46 @@ pub struct IsolationPlan {
     pub pid_ns: bool,
     /// The Landlock ABI to restrict writes with (the read-only view's second layer).
     pub landlock: Option<u32>,
+    /// The child is born in its own user namespace (an ordinary user's run), through
+    /// which it gets the layers above that need namespaces or mounts.
+    pub user_ns: bool,
 }
 
-/// The `network` layer cannot be applied without these capabilities (rootless runs get
-/// a network namespace only once corral uses user namespaces).
-const NETWORK_GAP: &str = "a network namespace needs CAP_SYS_ADMIN and CAP_NET_ADMIN, \
-     which corral lacks here (run by an ordinary user: rootless runs get one only once \
-     corral uses user namespaces), so the run shares the host's network; run corral as \
-     root (or submit to the corral service) to give each run its own loopback-only \
-     network, or pass --network host to ask for the host's network";
+/// The `network` layer cannot be applied: without CAP_SYS_ADMIN and CAP_NET_ADMIN,
+/// and (`rootless`) the reason an ordinary user gets no user namespace.
+fn network_gap(rootless: Option<&str>) -> String {
+    let how = match rootless {
+        Some(why) => format!("which corral lacks here, and {why}"),
+        None => "which corral lacks here".into(),
+    };
+    format!(
+        "a network namespace needs CAP_SYS_ADMIN and CAP_NET_ADMIN, {how}; so the run \
+         shares the host's network; run corral as root (or submit to the corral service) \
+         to give each run its own loopback-only network, or pass --network host to ask \
+         for the host's network"
+    )
+}
 
-/// The `fs` layer's read-only view cannot be applied without CAP_SYS_ADMIN.
-const FS_GAP: &str = "a read-only view of the host's files needs CAP_SYS_ADMIN, which \
-     corral lacks here (run by an ordinary user: rootless runs get one only once corral \
-     uses user namespaces), so the run can write wherever its user can; run corral as \
-     root (or submit to the corral service) to get the read-only view and a private /tmp, \
-     or pass --fs host to ask for the host's files";
+/// The `fs` layer's read-only view cannot be applied without CAP_SYS_ADMIN or a user
+/// namespace (`why`).
+fn fs_gap(why: &str) -> String {
+    format!(
+        "a read-only view of the host's files needs CAP_SYS_ADMIN, which corral lacks \
+         here, and {why}; so the run can write wherever its user can; run corral as root \
+         (or submit to the corral service) to get the read-only view and a private /tmp, \
+         or pass --fs host to ask for the host's files"
+    )
+}
 
-/// Hidden paths (`--fs host --hide ...`) cannot be covered without CAP_SYS_ADMIN.
-const HIDE_GAP: &str = "hiding paths (--hide) needs CAP_SYS_ADMIN, which corral lacks \
-     here (run by an ordinary user: rootless runs get it only once corral uses user \
-     namespaces), so they stay visible; run corral as root (or submit to the corral \
-     service) to hide them";
+/// Hidden paths (`--fs host --hide ...`) cannot be covered without CAP_SYS_ADMIN or a
+/// user namespace (`why`).
+fn hide_gap(why: &str) -> String {
+    format!(
+        "hiding paths (--hide) needs CAP_SYS_ADMIN, which corral lacks here, and {why}; \
+         so they stay visible; run corral as root (or submit to the corral service) to \
+         hide them"
+    )
+}
 
 /// Whether this kernel has `mount_setattr` (the read-only view's one call), probed
 /// once per process.
@@ -126,24 +209,37 @@ fn plan_fs(
             why,
         })
     };
+    let why_not = || rootless(privs).err().unwrap_or_default();
     match limits.fs {
         FsMode::Host if limits.hide.is_empty() => (Some(FsMode::Host), None),
-        FsMode::Host if privs.sys_admin => (Some(FsMode::Host), None),
-        FsMode::Host => (None, gap(HIDE_GAP.into())),
-        FsMode::ReadOnly if !privs.sys_admin => (None, gap(FS_GAP.into())),
+        FsMode::Host if can_mount(privs) => (Some(FsMode::Host), None),
+        FsMode::Host => (None, gap(hide_gap(&why_not()))),
+        FsMode::ReadOnly if !can_mount(privs) => (None, gap(fs_gap(&why_not()))),
         FsMode::ReadOnly => match mount_setattr() {
             Ok(()) => (Some(FsMode::ReadOnly), None),
             Err(why) => (None, gap(why)),
         },
     }
 }
-/// The `pid_ns` layer cannot be applied without CAP_SYS_ADMIN (rootless runs get a pid
-/// namespace only once corral uses user namespaces).
-const PID_NS_GAP: &str = "a pid namespace needs CAP_SYS_ADMIN, which corral lacks here \
-     (run by an ordinary user: rootless runs get one only once corral uses user \
-     namespaces), so the run sees and may signal the host's processes; run corral as root \
-     (or submit to the corral service) to give each run its own pid namespace, or pass \
-     --pid-ns off to ask for the host's";
+/// The `pid_ns` layer cannot be applied without CAP_SYS_ADMIN or a user namespace
+/// (`why`).
+fn pid_ns_gap(why: &str) -> String {
+    format!(
+        "a pid namespace needs CAP_SYS_ADMIN, which corral lacks here, and {why}; so the \
+         run sees and may signal the host's processes; run corral as root (or submit to \
+         the corral service) to give each run its own pid namespace, or pass --pid-ns off \
+         to ask for the host's"
+    )
+}
+
+/// An ordinary user's pid namespace needs a fresh `/proc` in its user namespace,
+/// which the kernel refuses where parts of the host's `/proc` are over-mounted.
+const PID_NS_PROC_GAP: &str = "a pid namespace of an ordinary user's run (through a user \
+     namespace) needs a fresh /proc mounted in it, which the kernel refuses here (parts of \
+     the host's /proc are hidden by over-mounts, as in many containers), so the run sees \
+     and may signal the host's processes; run corral as root (or submit to the corral \
+     service) to give each run its own pid namespace, or pass --pid-ns off to ask for the \
+     host's";
 
 /// The `pid_ns` layer cannot be applied without clone3 (the fork fallback cannot make
 /// the child pid 1 of a new namespace).
@@ -222,13 +318,21 @@ fn plan_with(
             }
         },
     };
+    // An ordinary user's way to the layers below: a user namespace, where the host
+    // allows one (`Err`: why not).
+    let rootless = (!privs.sys_admin).then(|| rootless(privs));
     let (network, new_network) = match limits.network {
         Network::Host => (Some("host".to_string()), false),
         Network::None if privs.sys_admin && privs.net_admin => (Some("loopback".to_string()), true),
+        Network::None if matches!(rootless, Some(Ok(_))) => (Some("loopback".to_string()), true),
         Network::None => {
+            let why = match &rootless {
+                Some(Err(why)) => network_gap(Some(why)),
+                _ => network_gap(None),
+            };
             not_enforced.push(IsolationGap {
                 layer: "network".into(),
-                why: NETWORK_GAP.into(),
+                why,
             });
             (None, false)
         }
@@ -236,15 +340,15 @@ fn plan_with(
     let pid_ns = match limits.pid_ns {
         PidNs::Off => false,
         PidNs::On if privs.sys_admin && privs.clone3 => true,
+        PidNs::On if matches!(rootless, Some(Ok(true))) => true,
         PidNs::On => {
             not_enforced.push(IsolationGap {
                 layer: "pid_ns".into(),
-                why: if privs.sys_admin {
-                    PID_NS_CLONE3_GAP
-                } else {
-                    PID_NS_GAP
-                }
-                .into(),
+                why: match &rootless {
+                    None => PID_NS_CLONE3_GAP.into(),
+                    Some(Ok(_)) => PID_NS_PROC_GAP.into(),
+                    Some(Err(why)) => pid_ns_gap(why),
+                },
             });
             false
         }
@@ -252,6 +356,13 @@ fn plan_with(
     let (fs, fs_gap) = plan_fs(limits, privs, mount_setattr);
     not_enforced.extend(fs_gap);
     let always = limits.isolation == Isolation::Default;
+    // The user namespace, when an ordinary user's run gets a layer through it.
+    let mounts = match fs {
+        Some(FsMode::ReadOnly) => true,
+        Some(FsMode::Host) => !limits.hide.is_empty(),
+        None => false,
+    };
+    let user_ns = !privs.sys_admin && (new_network || pid_ns || mounts);
     IsolationPlan {
         record: IsolationRecord {
             requested: IsolationRequested {
@@ -293,6 +404,7 @@ fn plan_with(
                 pid_ns,
                 // Decided by `plan_landlock`, after the view.
                 landlock: None,
+                user_namespace: user_ns,
             },
             not_enforced,
         },
@@ -301,6 +413,7 @@ fn plan_with(
         fs,
         pid_ns,
         landlock: None,
+        user_ns,
     }
 }
 
@@ -312,11 +425,19 @@ mod tests {
         sys_admin: true,
         net_admin: true,
         clone3: true,
+        user_ns: None,
     };
+    /// An ordinary user on a host that forbids unprivileged user namespaces.
     const USER: Privileges = Privileges {
         sys_admin: false,
         net_admin: false,
         clone3: true,
+        user_ns: Some(UserNamespaceProbe::Refused(libc::EPERM)),
+    };
+    /// An ordinary user on a host that allows them.
+    const USER_NS: Privileges = Privileges {
+        user_ns: Some(UserNamespaceProbe::Works),
+        ..USER
     };
 
     #[test]
@@ -439,6 +560,7 @@ mod tests {
                 sys_admin: true,
                 net_admin: false,
                 clone3: true,
+                user_ns: None,
             },
         ] {
             let p = plan_with(&Limits::default(), privs, default_filter);
@@ -671,5 +793,147 @@ mod tests {
             ("host", vec!["/home".to_string()])
         );
         assert_eq!(p.record.enforced.fs.unwrap().hidden, ["/home"]);
+    }
+
+    #[test]
+    fn an_ordinary_user_gets_the_layers_through_a_user_namespace() {
+        let p = plan_with(&Limits::default(), USER_NS, default_filter);
+        assert!(p.user_ns && p.new_network && p.pid_ns, "{p:?}");
+        assert_eq!(p.fs, Some(FsMode::ReadOnly));
+        let e = &p.record.enforced;
+        assert_eq!(e.network.as_deref(), Some("loopback"));
+        assert!(e.pid_ns && e.user_namespace && e.fs.is_some());
+        assert!(
+            p.record.not_enforced.is_empty(),
+            "{:?}",
+            p.record.not_enforced
+        );
+        let j = serde_json::to_value(&p.record).unwrap();
+        assert_eq!(j["enforced"]["user_namespace"], true);
+        // Root never needs one: the field is absent from its record.
+        let p = plan_with(&Limits::default(), ROOT, default_filter);
+        assert!(!p.user_ns);
+        let j = serde_json::to_value(&p.record).unwrap();
+        assert!(j["enforced"].get("user_namespace").is_none(), "{j}");
+        // No layer that needs one: no user namespace.
+        let none = Limits {
+            network: Network::Host,
+            fs: FsMode::Host,
+            pid_ns: PidNs::Off,
+            ..Limits::default()
+        };
+        assert!(!plan_with(&none, USER_NS, default_filter).user_ns);
+        // Hiding paths alone needs one.
+        let hide = Limits {
+            hide: vec!["/home".into()],
+            ..none.clone()
+        };
+        let p = plan_with(&hide, USER_NS, default_filter);
+        assert!(p.user_ns && p.record.not_enforced.is_empty());
+        // Each layer alone.
+        for (limits, what) in [
+            (
+                Limits {
+                    network: Network::None,
+                    ..none.clone()
+                },
+                "network",
+            ),
+            (
+                Limits {
+                    pid_ns: PidNs::On,
+                    ..none.clone()
+                },
+                "pid_ns",
+            ),
+            (
+                Limits {
+                    fs: FsMode::ReadOnly,
+                    ..none.clone()
+                },
+                "fs",
+            ),
+        ] {
+            let p = plan_with(&limits, USER_NS, default_filter);
+            assert!(p.user_ns && p.record.not_enforced.is_empty(), "{what}");
+        }
+    }
+
+    #[test]
+    fn where_user_namespaces_are_forbidden_the_gaps_name_the_sysctl() {
+        for probe in [
+            UserNamespaceProbe::Refused(libc::EPERM),
+            UserNamespaceProbe::Refused(libc::ENOSPC),
+        ] {
+            let privs = Privileges {
+                user_ns: Some(probe),
+                ..USER
+            };
+            let p = plan_with(&Limits::default(), privs, default_filter);
+            assert!(!p.user_ns && !p.new_network && !p.pid_ns && p.fs.is_none());
+            assert!(!p.record.enforced.user_namespace);
+            let layers: Vec<&str> = p
+                .record
+                .not_enforced
+                .iter()
+                .map(|g| g.layer.as_str())
+                .collect();
+            assert_eq!(layers, ["network", "pid_ns", "fs"]);
+            for g in &p.record.not_enforced {
+                assert!(
+                    g.why.contains("kernel.unprivileged_userns_clone=1"),
+                    "{}",
+                    g.why
+                );
+                assert!(g.why.contains("user.max_user_namespaces"), "{}", g.why);
+                assert!(g.why.contains("CAP_SYS_ADMIN"), "{}", g.why);
+            }
+        }
+        // Without clone3 an ordinary user gets none either, and is told why.
+        let p = plan_with(
+            &Limits::default(),
+            Privileges {
+                clone3: false,
+                ..USER_NS
+            },
+            default_filter,
+        );
+        assert!(!p.user_ns && !p.new_network);
+        assert!(
+            p.record.not_enforced[0].why.contains("clone3"),
+            "{:?}",
+            p.record.not_enforced
+        );
+    }
+
+    #[test]
+    fn without_a_fresh_proc_an_ordinary_user_gets_all_but_the_pid_namespace() {
+        let privs = Privileges {
+            user_ns: Some(UserNamespaceProbe::NoProc(libc::EPERM)),
+            ..USER
+        };
+        let p = plan_with(&Limits::default(), privs, default_filter);
+        assert!(p.user_ns && p.new_network && !p.pid_ns);
+        assert_eq!(p.fs, Some(FsMode::ReadOnly));
+        assert_eq!(p.record.not_enforced.len(), 1);
+        let gap = &p.record.not_enforced[0];
+        assert_eq!(gap.layer, "pid_ns");
+        assert!(
+            gap.why.contains("over-mounts") && gap.why.contains("--pid-ns off"),
+            "{}",
+            gap.why
+        );
+    }
+
+    #[test]
+    fn the_probe_answers_once_and_the_test_switch_says_no() {
+        // This process' answer (whatever the host): stable across calls.
+        assert_eq!(user_namespace_probe(), user_namespace_probe());
+        if std::env::var_os(NO_USERNS_ENV).is_some() {
+            assert_eq!(
+                user_namespace_probe(),
+                UserNamespaceProbe::Refused(libc::EPERM)
+            );
+        }
     }
 }

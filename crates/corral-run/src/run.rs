@@ -394,6 +394,8 @@ pub async fn run(
     // The pid namespace: born pid 1 of it, a fresh /proc in a private mount namespace.
     setup.pid_namespace = iso.pid_ns;
     setup.new_mount_namespace |= iso.pid_ns;
+    // An ordinary user's layers: through its own user namespace.
+    setup.user_namespace = iso.user_ns;
     sandbox.child_setup(&mut setup);
     // A backend may need a step the isolation plan left out (the rlimit backend's
     // setsid): the record says what the child does.

@@ -68,6 +68,7 @@ pub use sys::{
     wait4, watch_fd, ChildUsage,
 };
 pub use sys::{idmapped_tree, kill_all_of, user_namespace};
+pub use sys::{user_namespace_probe, UserNamespaceProbe};
 
 /// `CLONE_INTO_CGROUP`. `libc::CLONE_INTO_CGROUP` is a `c_int` on glibc targets and
 /// overflows to 0, which would silently start the child in corral's own cgroup.
@@ -105,11 +106,14 @@ pub enum Stage {
     /// Becoming the run's user (capabilities, groups, ids), or mounting its
     /// id-mapped working directory.
     User,
+    /// Entering a rootless run's user namespace (waiting for its id maps), or dropping
+    /// the capabilities the child had in it.
+    UserNamespace,
 }
 
 impl Stage {
     /// Every stage (the error pipe sends a stage as its index here).
-    const ALL: [Stage; 12] = [
+    const ALL: [Stage; 13] = [
         Stage::Cgroup,
         Stage::Rlimit,
         Stage::Stdio,
@@ -122,6 +126,7 @@ impl Stage {
         Stage::Setup,
         Stage::Files,
         Stage::User,
+        Stage::UserNamespace,
     ];
 
     fn code(self) -> u8 {
@@ -288,6 +293,12 @@ pub struct ChildSetup<'a> {
     /// The file-system view, built in the run's own mount namespace (set
     /// [`ChildSetup::new_mount_namespace`] with it): see [`crate::fsview`].
     pub fs_view: Option<FsView>,
+    /// A rootless run's layers: the child is born in its own user namespace
+    /// (`clone3(CLONE_NEWUSER)`), where it has the capabilities the namespaces and
+    /// mounts above need. The parent maps the run's own uid and gid to themselves
+    /// (`setgroups` denied) before the child goes on, and the child drops every
+    /// capability before exec. Needs clone3: see [`crate::isolation`].
+    pub user_namespace: bool,
 }
 
 /// The mounts of the file-system view, laid out by [`crate::fsview::layout`] and done
@@ -400,6 +411,9 @@ impl Spawned {
                 "cannot give the run its user (its identity, or its id-mapped working directory)"
                     .to_string()
             }
+            Stage::UserNamespace => "cannot set up the run's user namespace (rootless \
+                                     layers: --isolation off runs without one)"
+                .to_string(),
             Stage::Files => "cannot build the run's read-only file-system view (--fs host \
                              runs it on the host's files)"
                 .to_string(),
@@ -410,6 +424,19 @@ impl Spawned {
             source,
         })
     }
+}
+
+/// Maps this process' own uid and gid to themselves (one id each) in the user
+/// namespace of its child `pid`, after denying `setgroups` there (which the kernel
+/// requires of an unprivileged writer of `gid_map`): the run keeps its ids, so the
+/// files it writes are its own.
+fn write_id_maps(pid: i32) -> std::io::Result<()> {
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    let proc = format!("/proc/{pid}");
+    std::fs::write(format!("{proc}/setgroups"), "deny")?;
+    std::fs::write(format!("{proc}/uid_map"), format!("{uid} {uid} 1\n"))?;
+    std::fs::write(format!("{proc}/gid_map"), format!("{gid} {gid} 1\n"))
 }
 
 /// Moves an fd to a number ≥ 3 (close-on-exec) so that dup2 onto 0/1/2 in the child
@@ -444,9 +471,17 @@ pub fn spawn(
         }
         false => None,
     };
+    // A user namespace's child waits on this pipe until its id maps are written.
+    let maps_gate = match setup.user_namespace {
+        true => Some(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(os)?),
+        false => None,
+    };
     let mut plan = ChildPlan::new(exec, setup, placement, &stdio, err_tx.as_fd());
     if let Some((_, tx)) = &status {
         plan.report_main_status(tx.as_fd());
+    }
+    if let Some((rx, _)) = &maps_gate {
+        plan.wait_for_maps(rx.as_fd());
     }
 
     let mut born = None;
@@ -478,6 +513,20 @@ pub fn spawn(
         })?;
         born = Some((pid, pidfd));
     }
+    if born.is_none() && setup.user_namespace {
+        // The same for a user namespace: the fork fallback cannot make one whose maps
+        // the parent writes before the child goes on.
+        let (pid, pidfd) = sys::clone_new_pid_ns(&plan).map_err(|e| {
+            SpawnError::Os(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "clone3(CLONE_NEWUSER) for the run's own user namespace: {e} \
+                     (--isolation off runs it without one)"
+                ),
+            ))
+        })?;
+        born = Some((pid, pidfd));
+    }
     let (pid, pidfd) = match born {
         Some(b) => b,
         None => {
@@ -490,6 +539,25 @@ pub fn spawn(
         }
     };
     drop(plan);
+    if let Some((rx, tx)) = maps_gate {
+        drop(rx);
+        // The child is ours and not reaped until waited for: its pid is its own.
+        if let Err(e) = write_id_maps(pid).and_then(|()| {
+            rustix::io::write(&tx, b"m")
+                .map(drop)
+                .map_err(std::io::Error::from)
+        }) {
+            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+            return Err(SpawnError::Os(std::io::Error::new(
+                e.kind(),
+                format!("cannot write the id maps of the run's user namespace: {e}"),
+            )));
+        }
+    }
     drop(err_tx);
     drop(stdio);
     Ok(Spawned {
@@ -921,5 +989,47 @@ mod tests {
                 .starts_with(&format!("cannot execute {}", f.display())),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_user_namespace_keeps_the_ids_and_ends_without_capabilities() {
+        let privs = crate::isolation::Privileges::current();
+        if !privs.clone3
+            || (!privs.sys_admin
+                && crate::isolation::user_namespace_probe()
+                    != crate::spawn::UserNamespaceProbe::Works)
+        {
+            return;
+        }
+        let (uid, gid) = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let script = format!(
+            "[ \"$(id -u):$(id -g)\" = {uid}:{gid} ] || exit 3; \
+             grep -q '^ *{uid} *{uid} *1$' /proc/self/uid_map || exit 4; \
+             grep -q deny /proc/self/setgroups || exit 5; \
+             for c in CapEff CapPrm CapBnd CapAmb; do \
+               grep -q \"^$c:.0000000000000000$\" /proc/self/status || exit 6; done; \
+             [ $$ = 2 ] || exit 7"
+        );
+        let exec = Exec::new(
+            &["sh".into(), "-c".into(), script],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+            None,
+        )
+        .unwrap();
+        let setup = ChildSetup {
+            user_namespace: true,
+            pid_namespace: true,
+            new_mount_namespace: true,
+            new_network: true,
+            ..Default::default()
+        };
+        let mut s = spawn(&exec, &setup, &Placement::default()).unwrap();
+        let status = s.main_status.take().unwrap();
+        let (_pid, pidfd, _) = s.confirm(&exec).unwrap();
+        assert_eq!(exit_status(&pidfd), Some(0));
+        assert_eq!(read_main_status(&status), Some((0, 0)));
     }
 }

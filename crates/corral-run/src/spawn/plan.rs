@@ -136,6 +136,11 @@ pub(super) struct ChildPlan<'p> {
     pub(super) pid_ns: bool,
     /// The write end of the main-status pipe the mini-init reports on, or -1.
     pub(super) status_tx: RawFd,
+    /// Born in a new user namespace (`CLONE_NEWUSER`): a rootless run's layers.
+    pub(super) user_ns: bool,
+    /// The read end of the pipe the child waits on until its id maps are written, or
+    /// -1 (no user namespace).
+    pub(super) userns_gate: RawFd,
     _borrows: PhantomData<&'p ()>,
 }
 
@@ -234,6 +239,8 @@ impl<'p> ChildPlan<'p> {
             landlock_file_access: setup.write_rules.map_or(0, |r| r.file_access()),
             pid_ns: setup.pid_namespace,
             status_tx: -1,
+            user_ns: setup.user_namespace,
+            userns_gate: -1,
             _borrows: PhantomData,
         }
     }
@@ -241,6 +248,11 @@ impl<'p> ChildPlan<'p> {
     /// The pipe on which the mini-init reports the command's wait status.
     pub(super) fn report_main_status(&mut self, tx: BorrowedFd<'p>) {
         self.status_tx = tx.as_raw_fd();
+    }
+
+    /// The pipe the child waits on until its user namespace's id maps are written.
+    pub(super) fn wait_for_maps(&mut self, rx: BorrowedFd<'p>) {
+        self.userns_gate = rx.as_raw_fd();
     }
 
     /// Adds a file the child writes itself into (the clone3 fallback's `cgroup.procs`).

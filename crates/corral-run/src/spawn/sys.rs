@@ -12,6 +12,8 @@
 //!   [`mount_proc`], [`drop_capabilities`], [`set_rlimits`], [`disable_core_dumps`],
 //!   [`new_session`], [`setup_stdio`], [`change_directory`], [`wait_gate`],
 //!   [`set_identity`], [`start_init`], [`set_no_new_privs`], [`restrict_writes`],
+//!   and for a rootless run's user namespace [`wait_user_maps`] and
+//!   [`drop_namespace_capabilities`],
 //!   [`install_syscall_filter`], [`exec`];
 //! * [`run_init`]: the pid namespace's mini-init, which [`start_init`] becomes.
 //!
@@ -30,7 +32,9 @@
 //! * [`watch_fd`]: registers an owned fd with tokio;
 //! * [`user_namespace`]: a user namespace with given id maps, for an id-mapped mount;
 //! * [`idmapped_tree`]: a detached, id-mapped copy of a directory's mount;
-//! * [`kill_all_of`]: ends every process of a dynamic uid.
+//! * [`kill_all_of`]: ends every process of a dynamic uid;
+//! * [`user_namespace_probe`]: whether this (unprivileged) process can make a user
+//!   namespace, and mount a fresh `/proc` in it.
 //!
 //! The child of a multi-threaded process may only make async-signal-safe calls: no
 //! allocation, no locks, no panics. Every step reads only the [`ChildPlan`] the parent
@@ -53,6 +57,7 @@ type Step = unsafe fn(&ChildPlan<'_>) -> Result<(), i32>;
 const CHECKLIST: &[(Stage, Step)] = &[
     (Stage::Setup, reset_signals),
     (Stage::Setup, set_parent_death_signal),
+    (Stage::UserNamespace, wait_user_maps),
     (Stage::Cgroup, enter_cgroup),
     (Stage::Setup, enter_mount_namespace),
     (Stage::Setup, contain),
@@ -71,6 +76,7 @@ const CHECKLIST: &[(Stage, Step)] = &[
     (Stage::Chdir, change_directory),
     (Stage::Gate, wait_gate),
     (Stage::User, set_identity),
+    (Stage::UserNamespace, drop_namespace_capabilities),
     (Stage::Setup, start_init),
     (Stage::Setup, set_no_new_privs),
     (Stage::Landlock, restrict_writes),
@@ -270,6 +276,89 @@ unsafe fn contain(plan: &ChildPlan<'_>) -> Result<(), i32> {
         })?;
     }
     Ok(())
+}
+
+/// A rootless run's user namespace (the child is born in it with `CLONE_NEWUSER`):
+/// blocks until the parent has written its `setgroups` ("deny"), `uid_map` and
+/// `gid_map` (the run's own uid and gid, mapped to themselves) and sends a byte; EOF
+/// (the parent gave up) fails with ECANCELED. Before any step that needs the
+/// capabilities the child has in its namespace, or its ids mapped.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn wait_user_maps(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if plan.userns_gate < 0 {
+        return Ok(());
+    }
+    // SAFETY: as in wait_gate: the same blocking read of one byte on an open fd.
+    unsafe { read_gate(plan.userns_gate) }
+}
+
+/// A rootless run's user namespace gave the child every capability in it: they all
+/// go before the command runs. Every capability leaves the bounding set (so no exec
+/// can regain one), the ambient set is cleared, and `capset` empties the effective,
+/// permitted and inheritable sets (exec would, for a non-zero uid, but the mini-init
+/// keeps running without exec). After the privileged steps and the gate.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn drop_namespace_capabilities(plan: &ChildPlan<'_>) -> Result<(), i32> {
+    if !plan.user_ns {
+        return Ok(());
+    }
+    for cap in 0..=plan.cap_last_cap {
+        // SAFETY: prctl(PR_CAPBSET_DROP) takes plain integers.
+        check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })?;
+    }
+    // SAFETY: prctl(PR_CAP_AMBIENT) takes plain integers.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if r != 0 && errno() != libc::EINVAL {
+        return Err(errno());
+    }
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let none = [CapData::default(); 2];
+    // SAFETY: `header` and `none` are the version-3 structures capset reads (two data
+    // entries), valid for the call.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            none.as_ptr(),
+        )
+    };
+    check(set as libc::c_int)
+}
+
+/// Reads one byte from `fd`: `Ok` on a byte, ECANCELED on EOF, else the errno.
+///
+/// # Safety
+/// Only in the child; `fd` must be open.
+unsafe fn read_gate(fd: libc::c_int) -> Result<(), i32> {
+    loop {
+        let mut b = 0u8;
+        // SAFETY: `b` is valid for a write of 1 byte; `fd` is open (this function's
+        // contract).
+        let n = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+        match n {
+            1 => return Ok(()),
+            0 => return Err(libc::ECANCELED),
+            _ => match errno() {
+                libc::EINTR => continue,
+                e => return Err(e),
+            },
+        }
+    }
 }
 
 /// Moves each detached, id-mapped mount tree the parent prepared over its directory
@@ -1235,7 +1324,7 @@ pub(super) fn clone_into_cgroup(
 /// child, the rlimit backend has none); returns its pid (in corral's namespace) and
 /// pidfd, or the error the kernel refused clone3 with.
 pub(super) fn clone_new_pid_ns(plan: &ChildPlan<'_>) -> std::io::Result<(i32, OwnedFd)> {
-    debug_assert!(plan.pid_ns);
+    debug_assert!(plan.pid_ns || plan.user_ns);
     clone3_child(plan, None)
 }
 
@@ -1252,6 +1341,9 @@ fn clone3_child(
     }
     if plan.pid_ns {
         flags |= libc::CLONE_NEWPID as u64;
+    }
+    if plan.user_ns {
+        flags |= libc::CLONE_NEWUSER as u64;
     }
     let mut args = CloneArgs {
         flags,
@@ -1453,6 +1545,88 @@ pub fn kill_all_of(uid: u32) -> std::io::Result<()> {
         rustix::process::WaitIdOptions::EXITED,
     )?;
     Ok(())
+}
+
+/// What [`user_namespace_probe`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserNamespaceProbe {
+    /// The kernel refused `clone3(CLONE_NEWUSER)` with this errno (`EPERM`: a sysctl
+    /// or an LSM forbids it; `ENOSPC`: `user.max_user_namespaces` is 0 or reached;
+    /// `EINVAL`/`ENOSYS`: no user namespaces or no clone3).
+    Refused(i32),
+    /// A user namespace (with a pid and a mount namespace) was made, but a fresh
+    /// `/proc` could not be mounted in it (this errno: `EPERM` where parts of the
+    /// host's `/proc` are hidden by over-mounts, as in many containers).
+    NoProc(i32),
+    /// Both work.
+    Works,
+}
+
+/// Whether this process can make a user namespace as a rootless run's child does:
+/// a throwaway child is cloned with `CLONE_NEWUSER | CLONE_NEWPID`, enters a new mount
+/// namespace and mounts a fresh `/proc` there, then exits; it touches nothing outside
+/// its own namespaces. About a millisecond; call once per process.
+pub fn user_namespace_probe() -> UserNamespaceProbe {
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD | libc::CLONE_NEWUSER as u64 | libc::CLONE_NEWPID as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM duplicates the process like fork. The child only
+    // makes raw, async-signal-safe system calls on static C strings (unshare, mount,
+    // _exit) and never returns; its mounts are in its own mount namespace. `args` is a
+    // valid, fully initialised clone_args of the size passed, and `pidfd` is valid for
+    // the kernel's write.
+    let ret = unsafe {
+        let r = libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        );
+        if r == 0 {
+            let proc_ = c"proc".as_ptr();
+            let code = if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::mount(
+                    proc_,
+                    c"/proc".as_ptr(),
+                    proc_,
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ) != 0
+            {
+                // The errno, as the exit code (errno values are below 256).
+                (*libc::__errno_location()).clamp(1, 255)
+            } else {
+                0
+            };
+            libc::_exit(code);
+        }
+        r
+    };
+    if ret < 0 {
+        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        return UserNamespaceProbe::Refused(e);
+    }
+    // SAFETY: the kernel returned this pidfd to us with the child; nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let status = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+        rustix::process::WaitIdOptions::EXITED,
+    );
+    match status {
+        Ok(Some(st)) if st.exit_status() == Some(0) => UserNamespaceProbe::Works,
+        Ok(Some(st)) => UserNamespaceProbe::NoProc(st.exit_status().unwrap_or(libc::EPERM)),
+        _ => UserNamespaceProbe::NoProc(libc::EPERM),
+    }
 }
 
 /// Registers an owned fd (a pidfd, an inotify fd, an eventfd) with tokio's reactor.
