@@ -403,6 +403,8 @@ fn rlimit_as_ordinary_user() {
         .args(args)
         .args(["--", "true"])
         .env("XDG_CONFIG_HOME", h.tmp())
+        // The host forbids unprivileged user namespaces: see the rootless tests below.
+        .env("CORRAL_TEST_NO_USERNS", "1")
         .current_dir(h.tmp());
         let t = std::time::Instant::now();
         common::finish(c.output().expect("corral starts"), &json, t.elapsed())
@@ -447,4 +449,79 @@ fn rlimit_as_ordinary_user() {
     let iso = &ran.rec()["isolation"];
     assert_eq!(iso["enforced"]["fs"]["mode"], "host");
     assert_eq!(iso["not_enforced"], json!([]));
+}
+
+/// corral as an ordinary user on a host that allows unprivileged user namespaces: the
+/// run gets the read-only view through its own user namespace. `/etc` answers EROFS,
+/// the working directory is writable (the file is the user's own), `/tmp` is private
+/// (what the run writes there is not in the host's `/tmp`), a `--hide` path is empty,
+/// and Landlock backs the view where the kernel has it.
+#[test]
+fn rlimit_as_ordinary_user_through_a_user_namespace() {
+    let h = harness_or_skip!("rlimit", "fsuserns");
+    if let Err(why) = common::userns_allowed() {
+        corral_testkit::skip_control("rlimit_as_ordinary_user_through_a_user_namespace", &why);
+        return;
+    }
+    let me: u32 = if rustix::process::geteuid().is_root() {
+        65534
+    } else {
+        rustix::process::getuid().as_raw()
+    };
+    let tmp_name = format!("corral-rootless-{}", std::process::id());
+    let hidden = h.tmp().join("hidden");
+    std::fs::create_dir_all(hidden.join("secret")).unwrap();
+    let script = format!(
+        "import os, errno\n\
+         def err(f):\n    try:\n        f(); return 'ok'\n    except OSError as e:\n        return errno.errorcode[e.errno]\n\
+         print(err(lambda: os.close(os.open('/etc/corral-rootless-x', os.O_CREAT|os.O_WRONLY))))\n\
+         open('mine', 'w').write('x'); print('cwd ok')\n\
+         open('/tmp/{tmp_name}', 'w').write('x'); print('tmp ok')\n\
+         print(os.listdir('{hidden}'))\n\
+         print(os.environ['HOME'], os.access(os.environ['HOME'], os.W_OK))\n",
+        hidden = hidden.display()
+    );
+    let ran = common::run_as_ordinary_user(
+        &h,
+        "fsview",
+        &[
+            "--network",
+            "host",
+            "--pid-ns",
+            "off",
+            "--hide",
+            &hidden.display().to_string(),
+        ],
+        &[PYTHON, "-c", &script],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let out: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(
+        out[..4],
+        ["EROFS", "cwd ok", "tmp ok", "[]"],
+        "{}",
+        ran.stdout
+    );
+    assert!(out[4].ends_with(" True"), "{}", ran.stdout);
+    assert!(!Path::new("/etc/corral-rootless-x").exists());
+    // The run's /tmp was its own: nothing of it is in the host's.
+    assert!(!Path::new("/tmp").join(&tmp_name).exists());
+    // The file in the working directory is the user's own.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(h.tmp().join("mine")).unwrap().uid(), me);
+    let iso = &ran.rec()["isolation"];
+    assert_eq!(iso["enforced"]["fs"]["mode"], "read-only", "{iso}");
+    assert_eq!(iso["enforced"]["fs"]["private_tmp"], true, "{iso}");
+    assert_eq!(iso["enforced"]["user_namespace"], true, "{iso}");
+    let landlock_gap = iso["not_enforced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["layer"] == "landlock");
+    assert!(landlock_gap, "{iso}");
+    assert_eq!(
+        iso["enforced"]["landlock"].is_null(),
+        !iso["not_enforced"].as_array().unwrap().is_empty(),
+        "{iso}"
+    );
 }

@@ -510,3 +510,52 @@ impl Drop for RamFs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// corral as an ordinary user, its run in its own user namespace (where the host
+/// allows one): the run keeps the user's uid and gid (mapped to themselves), has no
+/// capabilities at all (effective, permitted, bounding, ambient), and cannot set
+/// supplementary groups (`setgroups` is denied in the namespace).
+#[test]
+fn ordinary_user_in_a_user_namespace() {
+    let h = harness_or_skip!("rlimit", "identuserns");
+    if let Err(why) = common::userns_allowed() {
+        corral_testkit::skip_control("ordinary_user_in_a_user_namespace", &why);
+        return;
+    }
+    let (uid, gid) = if rustix::process::geteuid().is_root() {
+        (65534, 65534)
+    } else {
+        (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        )
+    };
+    let ran = common::run_as_ordinary_user(
+        &h,
+        "ident",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "id -u; id -g; cat /proc/self/setgroups; \
+             grep -E '^Cap(Eff|Prm|Bnd|Amb|Inh):' /proc/self/status | cut -f2 | sort -u",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let out: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(
+        out,
+        [
+            uid.to_string().as_str(),
+            gid.to_string().as_str(),
+            "deny",
+            "0000000000000000"
+        ],
+        "{}",
+        ran.stdout
+    );
+    let iso = &ran.rec()["isolation"];
+    assert_eq!(iso["enforced"]["user_namespace"], true, "{iso}");
+    assert_eq!(iso["enforced"]["user"]["uid"], uid, "{iso}");
+    assert_eq!(iso["enforced"]["capabilities"], "none", "{iso}");
+}

@@ -207,6 +207,8 @@ fn rlimit_as_ordinary_user() {
         .args(args)
         .args(["--", "true"])
         .env("XDG_CONFIG_HOME", h.tmp())
+        // The host forbids unprivileged user namespaces: see the rootless tests below.
+        .env("CORRAL_TEST_NO_USERNS", "1")
         .current_dir(h.tmp());
         let t = std::time::Instant::now();
         common::finish(c.output().expect("corral starts"), &json, t.elapsed())
@@ -250,4 +252,56 @@ fn rlimit_as_ordinary_user() {
     ]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_isolation(ran.rec(), "host", json!("host"));
+}
+
+/// corral as an ordinary user on a host that allows unprivileged user namespaces: the
+/// run gets its own loopback-only network through its own user namespace; the host's
+/// listener is unreachable (the kernel refuses the connection).
+#[test]
+fn rlimit_as_ordinary_user_through_a_user_namespace() {
+    let h = harness_or_skip!("rlimit", "netuserns");
+    if let Err(why) = common::userns_allowed() {
+        corral_testkit::skip_control("rlimit_as_ordinary_user_through_a_user_namespace", &why);
+        return;
+    }
+    let (l, port) = host_listener();
+    let ran = common::run_as_ordinary_user(
+        &h,
+        "netns",
+        &["--fs", "host", "--pid-ns", "off", "--timeout", "60s"],
+        &[PYTHON, "-c", &connect_script(port)],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(
+        ran.stdout.trim(),
+        format!("errno {}", libc::ECONNREFUSED),
+        "{}",
+        ran.stderr
+    );
+    assert!(!was_reached(&l), "the host's listener was reached");
+    assert_isolation(ran.rec(), "none", json!("loopback"));
+    assert_eq!(
+        ran.rec()["isolation"]["enforced"]["user_namespace"],
+        true,
+        "{}",
+        ran.rec()
+    );
+    // --require-isolation is satisfied.
+    let ran = common::run_as_ordinary_user(
+        &h,
+        "netns-req",
+        &[
+            "--fs",
+            "host",
+            "--pid-ns",
+            "off",
+            "--require-isolation",
+            "--cpus",
+            "max",
+            "--pids",
+            "max",
+        ],
+        &["true"],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
 }

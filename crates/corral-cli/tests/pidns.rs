@@ -301,6 +301,8 @@ fn rlimit_as_ordinary_user() {
             .args(args)
             .args(["--", "sh", "-c", "echo $$"])
             .env("XDG_CONFIG_HOME", h.tmp())
+            // The host forbids unprivileged user namespaces: see the rootless tests below.
+            .env("CORRAL_TEST_NO_USERNS", "1")
             .current_dir(h.tmp());
         let t = std::time::Instant::now();
         common::finish(c.output().expect("corral starts"), &json, t.elapsed())
@@ -359,4 +361,37 @@ fn rlimit_as_ordinary_user() {
     ]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_pid_ns(ran.rec(), "off", false);
+}
+
+/// corral as an ordinary user on a host that allows unprivileged user namespaces: the
+/// run gets its own pid namespace through its own user namespace; the command is pid
+/// 2 and a host process (this test) is out of its reach: `kill(pid, 0)` answers ESRCH.
+#[test]
+fn rlimit_as_ordinary_user_through_a_user_namespace() {
+    let h = harness_or_skip!("rlimit", "pidnsuserns");
+    if let Err(why) = common::userns_allowed() {
+        corral_testkit::skip_control("rlimit_as_ordinary_user_through_a_user_namespace", &why);
+        return;
+    }
+    let me = std::process::id();
+    let script = format!(
+        "import os, errno\n\
+         print(os.getpid())\n\
+         try:\n    os.kill({me}, 0); print('reached')\n\
+         except OSError as e:\n    print(errno.errorcode[e.errno])\n\
+         print(len([p for p in os.listdir('/proc') if p.isdigit()]))\n"
+    );
+    let ran = common::run_as_ordinary_user(
+        &h,
+        "pidns",
+        &["--fs", "host", "--network", "host"],
+        &[PYTHON, "-c", &script],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let out: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(out[..2], ["2", "ESRCH"], "{}", ran.stdout);
+    // Its /proc lists the init and the command only.
+    assert!(out[2].parse::<u32>().unwrap() <= 2, "{}", ran.stdout);
+    assert_pid_ns(ran.rec(), "on", true);
+    assert_eq!(ran.rec()["isolation"]["enforced"]["user_namespace"], true);
 }

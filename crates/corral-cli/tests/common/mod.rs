@@ -1112,3 +1112,65 @@ pub fn run_sandbox_tiocsti(h: &Harness) {
         assert!(text.lines().any(|x| x == l), "{l:?} not in {text:?}");
     }
 }
+
+/// `corral run --backend rlimit --json <tmp>/<name>.json ARGS -- CMD` as an ordinary
+/// user: `nobody` (65534) when the test runs as root (the harness' directory is made
+/// world-writable for it), else the test's own user. Returns what it did.
+pub fn run_as_ordinary_user(h: &Harness, name: &str, args: &[&str], cmd: &[&str]) -> Ran {
+    let json = h.tmp().join(format!("{name}.json"));
+    let mut c = if is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(h.tmp(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        c.arg(corral_bin());
+        c
+    } else {
+        Command::new(corral_bin())
+    };
+    c.args(["run", "--backend", "rlimit", "--json"])
+        .arg(&json)
+        .args(args)
+        .arg("--")
+        .args(cmd)
+        .env("XDG_CONFIG_HOME", h.tmp())
+        .current_dir(h.tmp());
+    let t = Instant::now();
+    finish(c.output().expect("corral starts"), &json, t.elapsed())
+}
+
+/// Whether the user of [`run_as_ordinary_user`] may make a user namespace with its
+/// own pid namespace and a fresh `/proc` on this host: asked of `unshare(1)`, not of
+/// corral. `Err` says why not (a test of the rootless layers then skips, through
+/// `corral_testkit::skip_control`).
+pub fn userns_allowed() -> Result<(), String> {
+    let mut c = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "unshare",
+        ]);
+        c
+    } else {
+        Command::new("unshare")
+    };
+    c.args([
+        "--user",
+        "--map-root-user",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "true",
+    ]);
+    c.current_dir("/");
+    match c.output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "this host refuses an ordinary user a user namespace (unshare: {})",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("unshare: {e}")),
+    }
+}

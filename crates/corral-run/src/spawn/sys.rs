@@ -719,7 +719,11 @@ unsafe fn isolate_network(plan: &ChildPlan<'_>) -> Result<(), i32> {
 /// mount namespace of [`enter_mount_namespace`]: `/proc` then lists only the run's
 /// processes. The host's `/proc` (and its submounts) is detached first, so nothing of
 /// it is left underneath. `nosuid,nodev,noexec`, as systemd and Docker mount it. Needs
-/// `CAP_SYS_ADMIN`: runs before [`drop_capabilities`].
+/// `CAP_SYS_ADMIN`: runs before [`drop_capabilities`]. In a rootless run's user
+/// namespace the host's `/proc` is a locked mount: the detach fails (`EINVAL`) and the
+/// fresh procfs is mounted over it, which hides it just as well (the kernel allows
+/// that mount only where nothing of the host's `/proc` is over-mounted: the parent's
+/// probe checked, see [`user_namespace_probe`]).
 ///
 /// # Safety
 /// Only in the child.
