@@ -45,14 +45,22 @@ fn check_matches_the_host() {
             _ => 2,
         }
     );
-    // A network namespace per run needs root's capabilities.
+    // An ordinary user's runs get the namespace layers through a user namespace.
+    let userns = r["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "user_namespace")
+        .expect("the user_namespace feature");
+    let rootless = !root && userns["available"] == true;
+    // A network namespace per run needs root's capabilities (or a user namespace).
     let netns = r["features"]
         .as_array()
         .unwrap()
         .iter()
         .find(|f| f["name"] == "network_namespace")
         .expect("the network_namespace feature");
-    assert_eq!(netns["available"], root, "{netns}");
+    assert_eq!(netns["available"], root || rootless, "{netns}");
     // So does the read-only view (and mount_setattr: every kernel here is >= 5.12).
     let view = r["features"]
         .as_array()
@@ -60,7 +68,7 @@ fn check_matches_the_host() {
         .iter()
         .find(|f| f["name"] == "read_only_view")
         .expect("the read_only_view feature");
-    assert_eq!(view["available"], root, "{view}");
+    assert_eq!(view["available"], root || rootless, "{view}");
     // So does a pid namespace (and clone3, which this kernel has).
     let pidns = r["features"]
         .as_array()
@@ -68,7 +76,7 @@ fn check_matches_the_host() {
         .iter()
         .find(|f| f["name"] == "pid_namespace")
         .expect("the pid_namespace feature");
-    assert_eq!(pidns["available"], root, "{pidns}");
+    assert_eq!(pidns["available"], root || rootless, "{pidns}");
     for c in &layout.v2_controllers {
         assert!(r["cgroup2_controllers"]
             .as_array()
@@ -98,5 +106,85 @@ fn check_matches_the_host() {
         for f in r["features"].as_array().unwrap() {
             assert_eq!(f["available"], true, "{f}");
         }
+    }
+}
+
+/// `corral check` as an ordinary user (`nobody` when the test runs as root): the
+/// `user_namespace` feature says whether its runs get the namespace layers, and where
+/// the host forbids it (here: `CORRAL_TEST_NO_USERNS`) the remedy names the sysctls.
+#[test]
+fn check_tells_an_ordinary_user_about_user_namespaces() {
+    let root = rustix::process::geteuid().is_root();
+    let check_as = |no_userns: bool| {
+        let mut c = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+            c.arg(env!("CARGO_BIN_EXE_corral"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_corral"))
+        };
+        c.args(["check", "--json"]).current_dir("/");
+        if no_userns {
+            c.env("CORRAL_TEST_NO_USERNS", "1");
+        }
+        let out = c.output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).expect("check prints JSON");
+        v
+    };
+    let feature = |r: &Value, name: &str| {
+        r["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let r = check_as(true);
+    let f = feature(&r, "user_namespace");
+    assert_eq!(f["available"], false, "{f}");
+    for text in [f["note"].to_string(), r["remedies"].to_string()] {
+        assert!(
+            text.contains("kernel.unprivileged_userns_clone=1")
+                && text.contains("user.max_user_namespaces"),
+            "{text}"
+        );
+    }
+    assert_eq!(feature(&r, "network_namespace")["available"], false);
+    assert_eq!(feature(&r, "pid_namespace")["available"], false);
+    // Asked of unshare(1): whether this host lets the user make one.
+    let mut c = if root {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "unshare",
+        ]);
+        c
+    } else {
+        Command::new("unshare")
+    };
+    let allowed = c
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "true",
+        ])
+        .current_dir("/")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let r = check_as(false);
+    for name in [
+        "user_namespace",
+        "network_namespace",
+        "pid_namespace",
+        "read_only_view",
+    ] {
+        assert_eq!(feature(&r, name)["available"], allowed, "{name}: {r:#}");
     }
 }

@@ -114,7 +114,10 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
     let clone3 = crate::spawn::clone3_available() && kernel_at_least(&kernel, 5, 7);
     let seccomp = crate::spawn::seccomp_filter_available();
     let privs = crate::isolation::Privileges::current();
-    let netns = privs.sys_admin && privs.net_admin;
+    // An ordinary user's way to the namespace layers (root needs none).
+    let userns = crate::isolation::user_namespace_feature(privs);
+    let rootless = !privs.sys_admin && privs.clone3 && userns.is_ok();
+    let netns = privs.sys_admin && privs.net_admin || rootless;
     let caller = crate::identity::Caller::current();
     let range = crate::identity::UidRange::from_env();
     let dynamic = caller.root && range.is_ok();
@@ -128,8 +131,9 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
             .and_then(|d| d.canonicalize().ok())
             .is_some_and(|d| crate::owner::idmap_supported(&d));
     let mount_setattr = crate::spawn::mount_setattr_available();
-    let fs_view = privs.sys_admin && mount_setattr.is_ok();
-    let pidns = privs.sys_admin && privs.clone3;
+    let fs_view = (privs.sys_admin || rootless) && mount_setattr.is_ok();
+    let pidns = privs.sys_admin && privs.clone3
+        || rootless && privs.user_ns == Some(crate::isolation::UserNamespaceProbe::Works);
     let features = vec![
         feature("clone3_into_cgroup", clone3, "the child is born in its cgroup; without it corral forks and moves the child before exec"),
         feature("pidfd", kernel_at_least(&kernel, 5, 4), "race-free waiting and signalling (required)"),
@@ -138,17 +142,26 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         feature("memory.peak", v2_ok && has("memory.peak", (5, 19)), "peak memory of a v2 run; without it the record has no peak"),
         feature("pids.peak", v2_ok && has("pids.peak", (6, 1)), "peak process count of a v2 run"),
         feature("seccomp_filter", seccomp.is_ok(), "the syscall filter of every run (--syscalls default); without it the record lists syscalls as not enforced"),
-        feature("network_namespace", netns, "each run gets its own network with only loopback; without CAP_SYS_ADMIN and CAP_NET_ADMIN runs share the host's network (reported per run)"),
+        feature("network_namespace", netns, "each run gets its own network with only loopback; without CAP_SYS_ADMIN and CAP_NET_ADMIN (or, for an ordinary user, a user namespace) runs share the host's network (reported per run)"),
         feature("dynamic_uid", dynamic, &format!("root's runs run as a dynamic uid from {range_text} (CORRAL_UID_RANGE) without capabilities; an ordinary user's runs are that user")),
         feature("idmapped_mount", idmap_here, "files a dynamic uid writes in its working directory belong to the directory's owner at once (probed on this directory; needs root and Linux 5.12, tmpfs 6.3); elsewhere corral gives them back after the run"),
-        feature("read_only_view", fs_view, "each run sees the host's files read-only with a private /tmp (--fs read-only); needs CAP_SYS_ADMIN and mount_setattr (Linux 5.12), else runs write wherever their user may (reported per run)"),
-        feature("pid_namespace", pidns, "each run gets its own pid namespace (it sees only its own processes); without CAP_SYS_ADMIN and clone3 runs see the host's (reported per run)"),
+        feature("read_only_view", fs_view, "each run sees the host's files read-only with a private /tmp (--fs read-only); needs CAP_SYS_ADMIN (or, for an ordinary user, a user namespace) and mount_setattr (Linux 5.12), else runs write wherever their user may (reported per run)"),
+        feature("user_namespace", userns.is_ok(), &match &userns {
+            Ok(()) => "an ordinary user's runs get the network, pid and file-system layers through a user namespace of their own (their uid and gid mapped to themselves)".to_string(),
+            Err(why) => format!("an ordinary user's runs get no network, pid or file-system layer: {why}"),
+        }),
+        feature("pid_namespace", pidns, "each run gets its own pid namespace (it sees only its own processes); without CAP_SYS_ADMIN (or, for an ordinary user, a user namespace with a fresh /proc) and clone3 runs see the host's (reported per run)"),
     ];
     if let Err(e) = &range {
         remedies.push(format!("{e}"));
     }
-    if !privs.sys_admin {
-        remedies.push("runs can write wherever their user may: the read-only view of the host's files needs CAP_SYS_ADMIN; run corral as root (or use the corral service)".into());
+    if let Err(why) = &userns {
+        remedies.push(format!(
+            "an ordinary user's runs share the host's files, network and processes: {why}"
+        ));
+    }
+    if !privs.sys_admin && !rootless {
+        remedies.push("runs can write wherever their user may: the read-only view of the host's files needs CAP_SYS_ADMIN or a user namespace; run corral as root (or use the corral service)".into());
     } else if let Err(e) = &mount_setattr {
         remedies.push(format!("runs can write wherever their user may: the read-only view needs mount_setattr (Linux 5.12), which this kernel refuses ({e}); upgrade the kernel"));
     }
@@ -156,11 +169,11 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
         remedies.push(if privs.sys_admin {
             "runs see the host's processes: a pid namespace per run needs clone3 (Linux 5.3) and a seccomp policy around corral that allows it".into()
         } else {
-            "runs see the host's processes: a pid namespace per run needs CAP_SYS_ADMIN; run corral as root (or use the corral service)".into()
+            "runs see the host's processes: a pid namespace per run needs CAP_SYS_ADMIN or a user namespace with a fresh /proc; run corral as root (or use the corral service)".into()
         });
     }
     if !netns {
-        remedies.push("runs share the host's network: a network namespace per run needs CAP_SYS_ADMIN and CAP_NET_ADMIN; run corral as root (or use the corral service)".into());
+        remedies.push("runs share the host's network: a network namespace per run needs CAP_SYS_ADMIN and CAP_NET_ADMIN, or a user namespace; run corral as root (or use the corral service)".into());
     }
     if !clone3 {
         remedies.push(

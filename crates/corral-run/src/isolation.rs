@@ -84,6 +84,35 @@ pub fn user_namespace_probe() -> UserNamespaceProbe {
     })
 }
 
+/// `corral check`'s `user_namespace` feature: `Ok` when an ordinary user's runs get
+/// their layers through a user namespace on this host, else why not, with the remedy.
+/// An ordinary user is told what the probe found; root (which needs none, and may make
+/// one whatever the sysctls say) what the sysctls allow ordinary users.
+pub fn user_namespace_feature(privs: Privileges) -> Result<(), String> {
+    if !privs.sys_admin {
+        return match rootless(privs) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PID_NS_PROC_GAP
+                .split(", so")
+                .next()
+                .unwrap_or_default()
+                .to_string()),
+            Err(why) => Err(why),
+        };
+    }
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let off = read("/proc/sys/kernel/unprivileged_userns_clone") == Some(0)
+        || read("/proc/sys/user/max_user_namespaces") == Some(0);
+    match off {
+        true => Err(userns_refused(libc::EPERM)),
+        false => Ok(()),
+    }
+}
+
 /// Why the host refuses an ordinary user a user namespace, with the remedy.
 fn userns_refused(errno: i32) -> String {
     let err = std::io::Error::from_raw_os_error(errno);
@@ -935,5 +964,18 @@ mod tests {
                 UserNamespaceProbe::Refused(libc::EPERM)
             );
         }
+    }
+
+    #[test]
+    fn check_reports_the_user_namespace_feature_with_its_remedy() {
+        assert_eq!(user_namespace_feature(USER_NS), Ok(()));
+        let why = user_namespace_feature(USER).unwrap_err();
+        assert!(why.contains("kernel.unprivileged_userns_clone=1"), "{why}");
+        let why = user_namespace_feature(Privileges {
+            user_ns: Some(UserNamespaceProbe::NoProc(libc::EPERM)),
+            ..USER
+        })
+        .unwrap_err();
+        assert!(why.contains("over-mounts"), "{why}");
     }
 }
