@@ -53,15 +53,24 @@ impl Privileges {
     /// This process' effective capabilities (none if they cannot be read), and the
     /// user-namespace probe when it lacks `CAP_SYS_ADMIN`.
     pub fn current() -> Privileges {
+        let p = Privileges::capabilities();
+        Privileges {
+            user_ns: (!p.sys_admin).then(user_namespace_probe),
+            ..p
+        }
+    }
+
+    /// This process' effective capabilities and clone3, without the user-namespace
+    /// probe (`user_ns: None`).
+    fn capabilities() -> Privileges {
         let eff = rustix::thread::capabilities(None)
             .map(|c| c.effective)
             .unwrap_or(CapabilitySet::empty());
-        let sys_admin = eff.contains(CapabilitySet::SYS_ADMIN);
         Privileges {
-            sys_admin,
+            sys_admin: eff.contains(CapabilitySet::SYS_ADMIN),
             net_admin: eff.contains(CapabilitySet::NET_ADMIN),
             clone3: spawn::clone3_available(),
-            user_ns: (!sys_admin).then(user_namespace_probe),
+            user_ns: None,
         }
     }
 }
@@ -291,9 +300,26 @@ fn default_filter() -> Result<&'static SyscallFilter, String> {
     SyscallFilter::corral_default().map_err(|e| format!("cannot build the syscall filter: {e}"))
 }
 
+/// Whether `limits` ask for a layer that needs a namespace or a mount (an ordinary
+/// user's run then needs a user namespace; otherwise corral does not even probe).
+fn wants_namespaces(limits: &Limits) -> bool {
+    limits.network == Network::None
+        || limits.pid_ns == PidNs::On
+        || limits.fs == FsMode::ReadOnly
+        || !limits.hide.is_empty()
+}
+
 /// The isolation plan for `limits` on this host, for this process.
 pub fn plan(limits: &Limits) -> IsolationPlan {
-    let mut p = plan_with(limits, Privileges::current(), default_filter);
+    let privs = match wants_namespaces(limits) {
+        true => Privileges::current(),
+        // No layer needs one: spare the probe's clone.
+        false => Privileges {
+            user_ns: None,
+            ..Privileges::capabilities()
+        },
+    };
+    let mut p = plan_with(limits, privs, default_filter);
     plan_landlock(&mut p, landlock_abi);
     p
 }
@@ -964,6 +990,22 @@ mod tests {
                 UserNamespaceProbe::Refused(libc::EPERM)
             );
         }
+    }
+
+    #[test]
+    fn only_a_namespace_layer_needs_the_probe() {
+        assert!(wants_namespaces(&Limits::default()));
+        let none = Limits {
+            network: Network::Host,
+            fs: FsMode::Host,
+            pid_ns: PidNs::Off,
+            ..Limits::default()
+        };
+        assert!(!wants_namespaces(&none));
+        assert!(wants_namespaces(&Limits {
+            hide: vec!["/home".into()],
+            ..none
+        }));
     }
 
     #[test]
