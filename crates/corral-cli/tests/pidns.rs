@@ -395,3 +395,58 @@ fn rlimit_as_ordinary_user_through_a_user_namespace() {
     assert_pid_ns(ran.rec(), "on", true);
     assert_eq!(ran.rec()["isolation"]["enforced"]["user_namespace"], true);
 }
+
+/// An ordinary user where parts of the host's `/proc` are over-mounted (as in many
+/// containers; here a tmpfs over `/proc/bus` in a private mount namespace the test
+/// makes as root): the kernel refuses a fresh `/proc` in a user namespace, so the run
+/// gets its network and file-system layers through one but not the pid namespace,
+/// which is reported with the reason (the shell's pid is a host pid).
+#[test]
+fn rlimit_as_ordinary_user_with_an_over_mounted_proc() {
+    let h = harness_or_skip!("rlimit", "pidnsproc");
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: over-mounting /proc needs root");
+        return;
+    }
+    if let Err(why) = common::userns_allowed() {
+        corral_testkit::skip_control("rlimit_as_ordinary_user_with_an_over_mounted_proc", &why);
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(h.tmp(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let json = h.tmp().join("overmount.json");
+    let over = if std::path::Path::new("/proc/bus").is_dir() {
+        "/proc/bus"
+    } else {
+        "/proc/sys"
+    };
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs none {over} && exec setpriv --reuid=65534 \
+         --regid=65534 --clear-groups {} run --backend rlimit --json {} -- sh -c 'echo $$'",
+        common::corral_bin(),
+        json.display()
+    );
+    let t = std::time::Instant::now();
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env("XDG_CONFIG_HOME", h.tmp())
+        .current_dir(h.tmp())
+        .output()
+        .unwrap();
+    let ran = common::finish(out, &json, t.elapsed());
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_ne!(ran.stdout.trim(), "2", "{}", ran.stdout);
+    let iso = &ran.rec()["isolation"];
+    assert_eq!(iso["enforced"]["pid_ns"], false, "{iso}");
+    assert_eq!(iso["enforced"]["user_namespace"], true, "{iso}");
+    assert_eq!(iso["enforced"]["network"], "loopback", "{iso}");
+    assert_eq!(iso["enforced"]["fs"]["mode"], "read-only", "{iso}");
+    let gaps = iso["not_enforced"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{iso}");
+    assert_eq!(gaps[0]["layer"], "pid_ns");
+    let why = gaps[0]["why"].as_str().unwrap();
+    assert!(
+        why.contains("over-mounts") && why.contains("--pid-ns off"),
+        "{why}"
+    );
+}
