@@ -450,3 +450,66 @@ fn rlimit_as_ordinary_user_with_an_over_mounted_proc() {
         "{why}"
     );
 }
+
+/// An ordinary user with delegated cgroup v1 directories (the test makes a private
+/// root in each hierarchy and gives it to `nobody`): the run is in its cgroups with
+/// its memory limit, and gets the pid namespace, the network and the read-only view
+/// through its user namespace, with its uid unchanged and no capabilities.
+#[test]
+fn cgroup1_delegated_to_an_ordinary_user() {
+    let h = harness_or_skip!("cgroup1", "delegated");
+    if let Err(why) = common::userns_allowed() {
+        corral_testkit::skip_control("cgroup1_delegated_to_an_ordinary_user", &why);
+        return;
+    }
+    for d in &h.root_dirs {
+        std::fs::create_dir_all(d).unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(d)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+    }
+    let me = std::process::id();
+    let script = format!(
+        "import os, errno\n\
+         print(os.getpid(), os.getuid())\n\
+         try:\n    os.kill({me}, 0); print('reached')\n\
+         except OSError as e:\n    print(errno.errorcode[e.errno])\n\
+         try:\n    open('/etc/corral-delegated-x', 'w'); print('wrote')\n\
+         except OSError as e:\n    print(errno.errorcode[e.errno])\n\
+         print(open('/proc/self/status').read().split('CapBnd:')[1].split()[0])\n\
+         print([l for l in open('/proc/self/cgroup') if ':memory:' in l][0].strip())\n"
+    );
+    let ran = common::run_as_ordinary_user(
+        &h,
+        "delegated",
+        &["--memory", "100M"],
+        &[PYTHON, "-c", &script],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let out: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(
+        out[..4],
+        ["2 65534", "ESRCH", "EROFS", "0000000000000000"],
+        "{}",
+        ran.stdout
+    );
+    let r = ran.rec();
+    assert_eq!(r["backend"], "cgroup1", "{r}");
+    let cg = r["cgroup"].as_str().unwrap();
+    assert!(
+        out[4].ends_with(cg.rsplit('/').next().unwrap()),
+        "{}",
+        out[4]
+    );
+    assert_eq!(r["limits"]["enforced"]["memory_bytes"], 104857600u64, "{r}");
+    let iso = &r["isolation"];
+    assert_eq!(iso["enforced"]["user_namespace"], true, "{iso}");
+    assert_eq!(iso["enforced"]["pid_ns"], true, "{iso}");
+    assert_eq!(iso["enforced"]["network"], "loopback", "{iso}");
+    assert_eq!(iso["enforced"]["fs"]["mode"], "read-only", "{iso}");
+    assert_eq!(iso["enforced"]["user"]["uid"], 65534, "{iso}");
+    assert!(!std::path::Path::new("/etc/corral-delegated-x").exists());
+}

@@ -1113,8 +1113,9 @@ pub fn run_sandbox_tiocsti(h: &Harness) {
     }
 }
 
-/// `corral run --backend rlimit --json <tmp>/<name>.json ARGS -- CMD` as an ordinary
-/// user: `nobody` (65534) when the test runs as root (the harness' directory is made
+/// `corral run --backend B [--cgroup-root R] --json <tmp>/<name>.json ARGS -- CMD` (the
+/// harness' backend and root; a cgroup root must have been given to the user) as an
+/// ordinary user: `nobody` (65534) when the test runs as root (the harness' directory is made
 /// world-writable for it), else the test's own user. Returns what it did.
 pub fn run_as_ordinary_user(h: &Harness, name: &str, args: &[&str], cmd: &[&str]) -> Ran {
     let json = h.tmp().join(format!("{name}.json"));
@@ -1128,7 +1129,11 @@ pub fn run_as_ordinary_user(h: &Harness, name: &str, args: &[&str], cmd: &[&str]
     } else {
         Command::new(corral_bin())
     };
-    c.args(["run", "--backend", "rlimit", "--json"])
+    c.args(["run", "--backend", h.backend]);
+    if !h.root_arg.is_empty() {
+        c.args(["--cgroup-root", &h.root_arg]);
+    }
+    c.arg("--json")
         .arg(&json)
         .args(args)
         .arg("--")
