@@ -127,9 +127,10 @@ fn userns_refused(errno: i32) -> String {
     let err = std::io::Error::from_raw_os_error(errno);
     format!(
         "an ordinary user gets it through a user namespace, which this host refuses \
-         (clone3(CLONE_NEWUSER): {err}); allow unprivileged user namespaces with `sysctl \
-         kernel.unprivileged_userns_clone=1` (Debian's kernels) and a non-zero `sysctl \
-         user.max_user_namespaces` (e.g. 15000)"
+         (clone3(CLONE_NEWUSER), or the namespace's capabilities: {err}); allow \
+         unprivileged user namespaces with `sysctl kernel.unprivileged_userns_clone=1` \
+         (Debian's kernels) and a non-zero `sysctl user.max_user_namespaces` (e.g. 15000), \
+         or `sysctl kernel.apparmor_restrict_unprivileged_userns=0` (Ubuntu)"
     )
 }
 

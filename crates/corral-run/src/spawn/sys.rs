@@ -1556,7 +1556,8 @@ pub fn kill_all_of(uid: u32) -> std::io::Result<()> {
 pub enum UserNamespaceProbe {
     /// The kernel refused `clone3(CLONE_NEWUSER)` with this errno (`EPERM`: a sysctl
     /// or an LSM forbids it; `ENOSPC`: `user.max_user_namespaces` is 0 or reached;
-    /// `EINVAL`/`ENOSYS`: no user namespaces or no clone3).
+    /// `EINVAL`/`ENOSYS`: no user namespaces or no clone3), or the child had not the
+    /// capabilities in it to make a mount namespace (an LSM policy).
     Refused(i32),
     /// A user namespace (with a pid and a mount namespace) was made, but a fresh
     /// `/proc` could not be mounted in it (this errno: `EPERM` where parts of the
@@ -1591,6 +1592,10 @@ pub fn user_namespace_probe() -> UserNamespaceProbe {
         );
         if r == 0 {
             let proc_ = c"proc".as_ptr();
+            let errno = || (*libc::__errno_location()).clamp(1, 127);
+            // Without the namespace's capabilities (an LSM policy such as Ubuntu's
+            // apparmor_restrict_unprivileged_userns lets the clone through but not
+            // this): 128 + errno. A refused /proc: the errno.
             let code = if libc::unshare(libc::CLONE_NEWNS) != 0
                 || libc::mount(
                     std::ptr::null(),
@@ -1599,16 +1604,17 @@ pub fn user_namespace_probe() -> UserNamespaceProbe {
                     libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ) != 0
-                || libc::mount(
-                    proc_,
-                    c"/proc".as_ptr(),
-                    proc_,
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    std::ptr::null(),
-                ) != 0
             {
-                // The errno, as the exit code (errno values are below 256).
-                (*libc::__errno_location()).clamp(1, 255)
+                128 + errno()
+            } else if libc::mount(
+                proc_,
+                c"/proc".as_ptr(),
+                proc_,
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) != 0
+            {
+                errno()
             } else {
                 0
             };
@@ -1626,10 +1632,11 @@ pub fn user_namespace_probe() -> UserNamespaceProbe {
         rustix::process::WaitId::PidFd(pidfd.as_fd()),
         rustix::process::WaitIdOptions::EXITED,
     );
-    match status {
-        Ok(Some(st)) if st.exit_status() == Some(0) => UserNamespaceProbe::Works,
-        Ok(Some(st)) => UserNamespaceProbe::NoProc(st.exit_status().unwrap_or(libc::EPERM)),
-        _ => UserNamespaceProbe::NoProc(libc::EPERM),
+    match status.ok().flatten().and_then(|st| st.exit_status()) {
+        Some(0) => UserNamespaceProbe::Works,
+        Some(code) if code > 128 => UserNamespaceProbe::Refused(code - 128),
+        Some(code) => UserNamespaceProbe::NoProc(code),
+        None => UserNamespaceProbe::Refused(libc::EPERM),
     }
 }
 
