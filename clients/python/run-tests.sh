@@ -16,7 +16,22 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 venv="${CORRAL_PY_VENV:-$here/.venv}"
-python="${PYTHON:-python3}"
+# Run by root, corral runs the tests' analyses as a dynamic uid, which must be able to
+# execute the interpreter: the system's, not one under /root (pyenv's, 0700).
+default_python=python3
+if [ "$(id -u)" = 0 ] && [ -x /usr/bin/python3 ]; then
+    default_python=/usr/bin/python3
+fi
+python="${PYTHON:-$default_python}"
+# A virtualenv made by another interpreter (an older checkout's) is made again.
+if [ -f "$venv/pyvenv.cfg" ]; then
+    want="$(dirname "$(readlink -f "$(command -v "$python")")")"
+    have="$(sed -n 's/^home = //p' "$venv/pyvenv.cfg")"
+    if [ "$(readlink -f "$have")" != "$want" ]; then
+        echo "run-tests.sh: $venv was made by $have, not $want: making it again" >&2
+        rm -rf "$venv"
+    fi
+fi
 
 if [ -z "${CORRAL_BIN:-}" ]; then
     CORRAL_BIN="$repo/target/debug/corral"

@@ -92,8 +92,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     pub pid_ns: Option<String>,
     /// Who the command runs as: "default" (an ordinary user's runs are that user;
-    /// root's get a dynamic uid), "dynamic", or USER[:GROUP] (names or numbers; root
-    /// only; "root" runs with root's uid but no capabilities).
+    /// root's get a dynamic uid), "dynamic", or a user, optionally with ":GROUP" (names
+    /// or numbers; root only; "root" runs with root's uid but no capabilities).
     #[arg(long, value_name = "USER[:GROUP]", allow_hyphen_values = true)]
     pub user: Option<String>,
     /// The run's id (1-64 of A-Z a-z 0-9 _ -); generated when absent.

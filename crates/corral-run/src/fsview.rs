@@ -312,7 +312,7 @@ const DROPPED_ENV: [&str; 5] = [
 ];
 
 /// The environment of a run in the read-only view: `HOME` is [`HOME`] and `TMPDIR`
-/// `/tmp` (an inherited one may point somewhere read-only now), and [`DROPPED_ENV`]
+/// `/tmp` (an inherited one may point somewhere read-only now), and `DROPPED_ENV`
 /// are unset, unless the caller set them (`explicit`), or cleared the environment
 /// (then it is exactly what was given).
 pub fn adjust_env(env: &mut Vec<(String, String)>, explicit: &[(String, String)], clear: bool) {

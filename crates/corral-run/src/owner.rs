@@ -118,7 +118,7 @@ const PROTECTED_DIRS: [&str; 11] = [
     "/", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/var", "/root", "/run", "/home",
 ];
 
-/// True for a directory [`prepare`] leaves alone (see [`PROTECTED_TREES`]).
+/// True for a directory [`prepare`] leaves alone (see `PROTECTED_TREES`).
 pub fn protected(dir: &Path) -> bool {
     PROTECTED_DIRS.iter().any(|p| dir == Path::new(p))
         || PROTECTED_TREES.iter().any(|p| dir.starts_with(p))
@@ -279,7 +279,10 @@ fn write_state(state: &OwnedFd, v: Option<(u32, u32)>) -> std::io::Result<()> {
 
 impl Drop for OwnedDirs {
     fn drop(&mut self) {
-        for g in self.grants.drain(..) {
+        // Innermost first (the grants are parents first): a directory inside another
+        // gives its files to its own owner before the outer walk, which then finds
+        // them no longer the run's.
+        for g in self.grants.drain(..).rev() {
             if let Err(e) = give_back(
                 g.dir.as_fd(),
                 g.dev,

@@ -677,7 +677,9 @@ pub fn run_escapee(h: &Harness, script: &str) -> Ran {
     let (mut c, json) = h.command(&["--timeout", "60s"], &["sh", "-c", &script]);
     let t = Instant::now();
     let child = c.spawn().expect("corral starts");
-    let pid = read_pid(&pidfile, Duration::from_secs(1)).expect("the escapee wrote its pid");
+    // Generous: the start takes longer in the emulated VM; the pid is read as soon as
+    // it is there.
+    let pid = read_pid(&pidfile, Duration::from_secs(10)).expect("the escapee wrote its pid");
     // In its own pid namespace the run wrote that namespace's pid: the escapee's host
     // pid is found while the run still has it. (None: it was killed already, with the
     // init, as soon as the main process ended; `leftover_killed` says so.)

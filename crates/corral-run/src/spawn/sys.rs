@@ -1461,7 +1461,7 @@ pub fn user_namespace(uid_map: &str, gid_map: &str) -> std::io::Result<OwnedFd> 
 }
 
 /// A detached copy of the mount tree at `path` (recursive), id-mapped through `userns`
-/// and `nosuid`, for [`mount_owned_dirs`] to move over `path` in a run's namespace.
+/// and `nosuid`, for `mount_owned_dirs` to move over `path` in a run's namespace.
 /// Fails with `EINVAL` (or `EPERM`/`EOPNOTSUPP`) where a file system of the tree cannot
 /// be id-mapped (tmpfs before Linux 6.3, 9p, NFS), `ENOSYS` before Linux 5.12.
 pub fn idmapped_tree(path: &std::ffi::CStr, userns: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
