@@ -356,8 +356,56 @@ macro_rules! scenarios {
     };
 }
 
+/// A file in another live run's working directory cannot be written: each run's view
+/// leaves only its own paths writable.
+fn another_runs_directory_is_out_of_reach(h: &Harness) {
+    use std::os::unix::fs::PermissionsExt;
+    // Outside /tmp (whose private copy would hide it anyway) and outside the harness's
+    // `--rw` scratch directory: under the target directory.
+    let base = tempfile::Builder::new()
+        .prefix("corral-other-run")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (a, b) = (base.path().join("a"), base.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let data = a.join("data.csv");
+    std::fs::write(&data, "mine\n").unwrap();
+    // Run A works in `a` while run B tries to write A's file.
+    let (mut ca, json_a) = h.command(
+        &["--cwd", a.to_str().unwrap(), "--timeout", "60s"],
+        &["sh", "-c", "echo up > started; sleep 3"],
+    );
+    let t = std::time::Instant::now();
+    let child_a = ca.spawn().expect("corral starts");
+    let started = a.join("started");
+    let deadline = t + std::time::Duration::from_secs(20);
+    while !started.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(started.exists(), "run A did not start");
+    let script = format!(
+        "try:\n    open({p:?}, 'w').write('theirs'); print('written')\n\
+         except OSError as e:\n    print('errno', e.errno)\n",
+        p = data.display().to_string()
+    );
+    let ran = h.run(&["--cwd", b.to_str().unwrap()], &[PYTHON, "-c", &script]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(
+        ran.stdout.trim(),
+        format!("errno {}", libc::EROFS),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "mine\n");
+    let ran_a = common::finish(child_a.wait_with_output().unwrap(), &json_a, t.elapsed());
+    assert_eq!(ran_a.reason(), "exited", "{}", ran_a.rec());
+}
+
 scenarios!(
     host_is_read_only,
+    another_runs_directory_is_out_of_reach,
     working_directory_and_rw_are_writable,
     private_tmp_and_shm,
     full_tmp_is_oom,
