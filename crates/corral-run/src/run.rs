@@ -322,15 +322,21 @@ pub async fn run(
     );
     let held = (reaper, owned, who.lease);
     // The child must enter the id-mapped mount, not stay in the directory beneath it
-    // that it inherits: it changes into its working directory by path.
-    let exec = match (&held.1, &spec.cwd) {
-        (Some(o), None) if !o.trees.is_empty() => {
+    // that it inherits: it changes into its working directory by path. And a command
+    // found on PATH must be one the run's user can reach (not a shim under /root).
+    let exec = match (&held.1, &spec.cwd, &who.identity) {
+        (Some(o), None, _) if !o.trees.is_empty() => {
             let cwd = crate::identity::owned_dirs(None);
-            match Exec::new(&spec.command, &env, cwd.first().map(|p| p.as_path())) {
+            let cwd = cwd.first().map(|p| p.as_path());
+            match Exec::new_as(&spec.command, &env, cwd, who.identity.as_ref()) {
                 Ok(e) => e,
                 Err(e) => return Ok(spawn_failed(rec, e.exit_code(), e.to_string())),
             }
         }
+        (_, _, Some(id)) => match Exec::new_as(&spec.command, &env, exec_cwd, Some(id)) {
+            Ok(e) => e,
+            Err(e) => return Ok(spawn_failed(rec, e.exit_code(), e.to_string())),
+        },
         _ => exec,
     };
     let cap = spec.limits.output_limit;

@@ -28,6 +28,19 @@ impl Exec {
         env: &[(String, String)],
         cwd: Option<&Path>,
     ) -> Result<Exec, SpawnError> {
+        Exec::new_as(argv, env, cwd, None)
+    }
+
+    /// [`Exec::new`] for a command that will run as `who`: a `PATH` entry `who` cannot
+    /// reach (a directory closed to it on the way, such as `/root` for a dynamic uid's
+    /// run and a pyenv shim there) is skipped as a shell running as `who` would skip
+    /// it, and a program it cannot reach at all is refused here with the reason.
+    pub fn new_as(
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: Option<&Path>,
+        who: Option<&super::Identity>,
+    ) -> Result<Exec, SpawnError> {
         let prog = argv
             .first()
             .ok_or_else(|| SpawnError::NotFound(String::new()))?;
@@ -37,7 +50,7 @@ impl Exec {
             .map(|(_, v)| v.clone())
             .or_else(|| std::env::var("PATH").ok())
             .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
-        let path = resolve(prog, &search, cwd)?;
+        let path = resolve(prog, &search, cwd, who)?;
         let cstr =
             |s: &[u8], orig: &str| CString::new(s).map_err(|_| SpawnError::Nul(orig.to_string()));
         Ok(Exec {
@@ -70,16 +83,25 @@ impl Exec {
 /// Finds `prog` as a shell would: a name with a `/` is taken as is (relative to `cwd`),
 /// any other is searched in `search`; a found file that cannot be executed is reported
 /// as such (126) rather than as not found (127).
-pub(super) fn resolve(prog: &str, search: &str, cwd: Option<&Path>) -> Result<PathBuf, SpawnError> {
+pub(super) fn resolve(
+    prog: &str,
+    search: &str,
+    cwd: Option<&Path>,
+    who: Option<&super::Identity>,
+) -> Result<PathBuf, SpawnError> {
     if prog.is_empty() {
         return Err(SpawnError::NotFound(prog.to_string()));
     }
-    let check = |p: &Path| -> Result<(), std::io::Error> {
+    let check = |p: &Path, who: Option<&super::Identity>| -> Result<(), std::io::Error> {
         let md = std::fs::metadata(p)?;
         if md.is_dir() {
             return Err(std::io::Error::from_raw_os_error(libc::EISDIR));
         }
-        rustix::fs::access(p, rustix::fs::Access::EXEC_OK).map_err(std::io::Error::from)
+        rustix::fs::access(p, rustix::fs::Access::EXEC_OK).map_err(std::io::Error::from)?;
+        match who {
+            Some(who) if !reachable(p, who) => Err(std::io::Error::from_raw_os_error(libc::EACCES)),
+            _ => Ok(()),
+        }
     };
     if prog.contains('/') {
         let p = PathBuf::from(prog);
@@ -88,7 +110,9 @@ pub(super) fn resolve(prog: &str, search: &str, cwd: Option<&Path>) -> Result<Pa
             (true, Some(c)) => c.join(&p),
             _ => p.clone(),
         };
-        return match check(&abs) {
+        // A path given as such is the caller's choice: the child's exec answers for
+        // it (a program in an id-mapped working directory may look closed from here).
+        return match check(&abs, None) {
             Ok(()) => Ok(abs),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(SpawnError::NotFound(prog.to_string()))
@@ -103,7 +127,7 @@ pub(super) fn resolve(prog: &str, search: &str, cwd: Option<&Path>) -> Result<Pa
     for dir in search.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
         let cand = Path::new(dir).join(prog);
-        match check(&cand) {
+        match check(&cand, who) {
             Ok(()) => return Ok(cand),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {}
@@ -115,10 +139,59 @@ pub(super) fn resolve(prog: &str, search: &str, cwd: Option<&Path>) -> Result<Pa
     match denied {
         Some((p, source)) => Err(SpawnError::NotExecutable {
             path: p.display().to_string(),
-            source,
+            source: annotate(source, who),
         }),
         None => Err(SpawnError::NotFound(prog.to_string())),
     }
+}
+
+/// `source`, with the reason spelled out when the run's user `who` could not reach a
+/// program corral could.
+fn annotate(source: std::io::Error, who: Option<&super::Identity>) -> std::io::Error {
+    match who {
+        Some(who) if source.raw_os_error() == Some(libc::EACCES) => std::io::Error::other(format!(
+            "{source}: the run's user (uid {}) cannot reach it (a directory on the way, such \
+             as /root, is closed to other users); install it where other users can read it, \
+             or choose the run's user with --user",
+            who.uid
+        )),
+        _ => source,
+    }
+}
+
+/// Whether `who` may execute `p` by its permission bits: search permission on every
+/// directory on the way to it (and to the file it resolves to, through symlinks), and
+/// execute permission on that file. ACLs and capabilities are not considered (a run
+/// has none); a directory corral will id-map for the run may look closed here.
+fn reachable(p: &Path, who: &super::Identity) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let allows = |md: &std::fs::Metadata, bit: u32| {
+        let mode = md.mode();
+        let shift = if md.uid() == who.uid {
+            6
+        } else if md.gid() == who.gid || who.groups.contains(&md.gid()) {
+            3
+        } else {
+            0
+        };
+        // A run has no capabilities: not even root's uid bypasses the bits.
+        mode >> shift & bit != 0
+    };
+    let dirs_open = |p: &Path| {
+        p.ancestors()
+            .skip(1)
+            .filter(|d| !d.as_os_str().is_empty())
+            .all(|d| std::fs::metadata(d).is_ok_and(|md| allows(&md, 0o1)))
+    };
+    let Ok(real) = p.canonicalize() else {
+        return false;
+    };
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        real.clone()
+    };
+    dirs_open(&abs) && dirs_open(&real) && std::fs::metadata(&real).is_ok_and(|md| allows(&md, 0o1))
 }
 
 #[cfg(test)]
@@ -126,25 +199,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_path_entry_the_runs_user_cannot_reach_is_skipped() {
+        use std::os::unix::fs::PermissionsExt;
+        let nobody = super::super::Identity {
+            uid: 65534,
+            gid: 65534,
+            groups: Vec::new(),
+        };
+        let closed = std::env::temp_dir().join(format!("corral-closed-{}", std::process::id()));
+        std::fs::create_dir_all(&closed).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let sh = closed.join("sh");
+        std::fs::write(&sh, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&sh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let search = format!("{}:/bin", closed.display());
+        // corral itself may run it; the run's user finds the next one, as its shell would.
+        let mine = resolve("sh", &search, None, None);
+        let theirs = resolve("sh", &search, None, Some(&nobody));
+        let only_closed = resolve("sh", &closed.display().to_string(), None, Some(&nobody));
+        std::fs::remove_dir_all(&closed).unwrap();
+        assert_eq!(mine.unwrap(), sh);
+        assert_eq!(theirs.unwrap(), PathBuf::from("/bin/sh"));
+        let e = only_closed.unwrap_err();
+        assert!(matches!(e, SpawnError::NotExecutable { .. }), "{e}");
+        assert!(e.to_string().contains("uid 65534) cannot reach it"), "{e}");
+    }
+
+    #[test]
     fn resolution() {
         assert!(matches!(
-            resolve("definitely-not-a-command-xyz", "/usr/bin:/bin", None),
+            resolve("definitely-not-a-command-xyz", "/usr/bin:/bin", None, None),
             Err(SpawnError::NotFound(_))
         ));
         assert_eq!(
-            resolve("sh", "/nonexistent:/bin", None).unwrap(),
+            resolve("sh", "/nonexistent:/bin", None, None).unwrap(),
             PathBuf::from("/bin/sh")
         );
         assert!(matches!(
-            resolve("/etc/passwd", "", None),
+            resolve("/etc/passwd", "", None, None),
             Err(SpawnError::NotExecutable { .. })
         ));
         assert!(matches!(
-            resolve("/tmp", "", None),
+            resolve("/tmp", "", None, None),
             Err(SpawnError::NotExecutable { .. })
         ));
         assert!(matches!(
-            resolve("./nope", "", None),
+            resolve("./nope", "", None, None),
             Err(SpawnError::NotFound(_))
         ));
     }
