@@ -41,7 +41,7 @@ enum Command {
     #[command(name = "__guard", hide = true)]
     Guard,
     /// Run the corral service: queue runs under one cgroup budget, keep a ledger.
-    Serve(service::ServeArgs),
+    Serve(Box<service::ServeArgs>),
     /// Submit a run to the corral service; prints its id (--wait: exits like `run`).
     Submit(Box<service::SubmitCmd>),
     /// List the service's runs.
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => gc::main(a),
         Command::Check(a) => check::main(a),
         Command::Guard => corral_run::guard::guard_main(),
-        Command::Serve(a) => service::serve(a),
+        Command::Serve(a) => service::serve(*a),
         Command::Submit(a) => service::submit(*a),
         Command::Ps(a) => service::ps(a),
         Command::Wait(a) => service::wait(a),

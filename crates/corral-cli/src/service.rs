@@ -65,6 +65,14 @@ pub struct ServeArgs {
     /// written (the records stay in the ledger); "forever" (or "none") keeps them.
     #[arg(long, value_name = "DURATION", default_value = "7d")]
     pub keep_output: String,
+    /// Members of GROUP are admins: they see and cancel every run and may name any
+    /// user for a run (root always is an admin).
+    #[arg(long, value_name = "GROUP")]
+    pub admin_group: Option<String>,
+    /// Only members of GROUP (and admins) may submit runs (default: every local user
+    /// who can reach the socket).
+    #[arg(long, value_name = "GROUP")]
+    pub allow_group: Option<String>,
 }
 
 /// The service a client command talks to.
@@ -195,6 +203,8 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
         "forever" | "none" => None,
         s => Some(parse_duration("--keep-output", s)?),
     };
+    cfg.admin_group = a.admin_group;
+    cfg.allow_group = a.allow_group;
     // If the service is killed, its guard ends the runs in flight at once; the restart
     // then records them as lost.
     // The guard starts before the service moves itself into its `supervisor` cgroup, so
@@ -493,8 +503,8 @@ pub fn ps(c: PsCmd) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<28} {:<8} {:>4}  {:<19}  {:<12} {:>4}  COMMAND",
-        "ID", "STATE", "PRIO", "SUBMITTED", "REASON", "EXIT"
+        "{:<28} {:<8} {:<12} {:>4}  {:<19}  {:<12} {:>4}  COMMAND",
+        "ID", "STATE", "OWNER", "PRIO", "SUBMITTED", "REASON", "EXIT"
     )?;
     for r in &list.runs {
         let (reason, exit) = match &r.record {
@@ -509,11 +519,13 @@ pub fn ps(c: PsCmd) -> Result<u8> {
             .as_ref()
             .map(|rec| shell_words(&rec.command))
             .unwrap_or_default();
+        let owner = r.owner.as_ref().map_or("-", |o| o.name.as_str());
         writeln!(
             out,
-            "{:<28} {:<8} {:>4}  {:<19}  {:<12} {:>4}  {}",
+            "{:<28} {:<8} {:<12} {:>4}  {:<19}  {:<12} {:>4}  {}",
             r.id,
             r.state.as_str(),
+            owner,
             r.priority,
             short(&Some(r.submitted_at.clone())),
             reason,

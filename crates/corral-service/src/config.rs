@@ -132,6 +132,11 @@ pub struct ServeConfig {
     pub output_limit: u64,
     /// How long captured output outlives its finished run (`None`: for ever).
     pub keep_output: Option<Duration>,
+    /// Members of this group (name or gid) are admins: they see and cancel every run
+    /// and may name any user for a run. Root always is one.
+    pub admin_group: Option<String>,
+    /// When set, only members of this group (and admins) may submit runs.
+    pub allow_group: Option<String>,
 }
 
 impl ServeConfig {
@@ -150,6 +155,8 @@ impl ServeConfig {
             drain_timeout: DEFAULT_DRAIN,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             keep_output: Some(DEFAULT_KEEP_OUTPUT),
+            admin_group: None,
+            allow_group: None,
         }
     }
 

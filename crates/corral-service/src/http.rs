@@ -8,17 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::config::MAX_BODY;
-use crate::service::{Cancelled, Service, ServiceError, Submitted};
+use crate::service::{Caller, Cancelled, Forbidden, Service, ServiceError, Submitted};
 use crate::wire::{ErrorBody, RunState};
 
 /// The OpenAPI 3 document served at `/openapi.json`.
@@ -49,6 +52,8 @@ impl ApiError {
 pub fn status_for(e: &ServiceError) -> StatusCode {
     match e {
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServiceError::KeyTaken => StatusCode::CONFLICT,
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
         ServiceError::Refused(_) | ServiceError::OverBudget(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ServiceError::Conflict(_) => StatusCode::CONFLICT,
@@ -58,6 +63,7 @@ pub fn status_for(e: &ServiceError) -> StatusCode {
         | ServiceError::LedgerTask(_)
         | ServiceError::Encode(_)
         | ServiceError::NoUniqueId
+        | ServiceError::UnknownGroup { .. }
         | ServiceError::OutputDir { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -77,6 +83,45 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response()
+    }
+}
+
+/// Who is at the other end of a connection, as the kernel says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A Unix socket connection: the peer's uid, gid and pid at connect
+    /// (`SO_PEERCRED`), or `None` when they cannot be read.
+    Unix(Option<(u32, u32, Option<i32>)>),
+    /// A loopback TCP connection. Until tokens exist, a TCP caller is root-equivalent
+    /// (which is why TCP listens on loopback addresses only).
+    Tcp(std::net::SocketAddr),
+}
+
+impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
+    fn connect_info(s: IncomingStream<'_, tokio::net::UnixListener>) -> Peer {
+        Peer::Unix(s.io().peer_cred().ok().map(|c| (c.uid(), c.gid(), c.pid())))
+    }
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(s: IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+        Peer::Tcp(*s.remote_addr())
+    }
+}
+
+/// The caller of a request, from its connection's [`Peer`]. A request that did not
+/// come through a listener with peer information is refused (403).
+struct Who(Caller);
+
+impl FromRequestParts<App> for Who {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &App) -> Result<Who, ApiError> {
+        match parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0) {
+            Some(Peer::Unix(Some((uid, gid, pid)))) => Ok(Who(s.caller(uid, gid, pid))),
+            Some(Peer::Tcp(_)) => Ok(Who(Caller::root())),
+            Some(Peer::Unix(None)) | None => Err(ServiceError::from(Forbidden::Unknown).into()),
+        }
     }
 }
 
@@ -162,6 +207,7 @@ async fn openapi() -> Response {
 
 async fn submit(
     State(s): State<App>,
+    Who(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| {
@@ -181,7 +227,7 @@ async fn submit(
             )
         }
     })?;
-    let (how, resp) = s.submit(&body).await?;
+    let (how, resp) = s.submit(&who, &body).await?;
     let code = match how {
         Submitted::New => StatusCode::CREATED,
         Submitted::Repeated => StatusCode::OK,
@@ -198,6 +244,7 @@ struct ListQuery {
 
 async fn list(
     State(s): State<App>,
+    Who(who): Who,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(query_error)?;
@@ -209,11 +256,15 @@ async fn list(
         ),
     };
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    Ok(Json(s.list(state, limit).await?).into_response())
+    Ok(Json(s.list(&who, state, limit).await?).into_response())
 }
 
-async fn status(State(s): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(s.status(&id).await?).into_response())
+async fn status(
+    State(s): State<App>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.status(&who, &id).await?).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +280,7 @@ pub const WAIT_MAX_S: f64 = 3600.0;
 
 async fn wait(
     State(s): State<App>,
+    Who(who): Who,
     Path(id): Path<String>,
     q: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -241,7 +293,7 @@ async fn wait(
         ));
     }
     let (done, st) = s
-        .wait(&id, Duration::from_secs_f64(t.min(WAIT_MAX_S)))
+        .wait(&who, &id, Duration::from_secs_f64(t.min(WAIT_MAX_S)))
         .await?;
     let code = if done {
         StatusCode::OK
@@ -251,8 +303,12 @@ async fn wait(
     Ok((code, Json(st)).into_response())
 }
 
-async fn cancel(State(s): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let (how, st) = s.cancel(&id).await?;
+async fn cancel(
+    State(s): State<App>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (how, st) = s.cancel(&who, &id).await?;
     let code = match how {
         Cancelled::Dequeued | Cancelled::NotActive => StatusCode::OK,
         Cancelled::Signalled => StatusCode::ACCEPTED,
@@ -340,6 +396,7 @@ impl Tail {
 
 async fn output(
     State(s): State<App>,
+    Who(who): Who,
     Path(id): Path<String>,
     q: Result<Query<OutputQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -351,7 +408,7 @@ async fn output(
             format!("unknown stream {stream:?}; use stdout or stderr"),
         ));
     }
-    let (path, done) = s.output(&id, stream).await?;
+    let (path, done) = s.output(&who, &id, stream).await?;
     let tail = Tail {
         path,
         file: None,

@@ -13,6 +13,7 @@
 //! `<ledger>.lock` file holds an exclusive `flock` while a service uses the ledger.
 
 use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -21,7 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row as SqlRow};
 use crate::wire::RunState;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The migrations: entry `i` takes a database from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -44,6 +45,12 @@ const MIGRATIONS: &[&str] = &[
         record          TEXT
     );
     CREATE INDEX runs_by_state ON runs (state, priority DESC, seq);",
+    // 1 -> 2: who submitted and who cancelled each run (uids; NULL in rows written
+    // before: those are treated as root's).
+    "ALTER TABLE runs ADD COLUMN submitted_by INTEGER;
+    ALTER TABLE runs ADD COLUMN cancelled_by INTEGER;
+    ALTER TABLE runs ADD COLUMN cancelled_at TEXT;
+    CREATE INDEX runs_by_submitter ON runs (submitted_by, seq);",
 ];
 
 /// A ledger error: SQLite's, or one the ledger found itself.
@@ -105,6 +112,14 @@ pub enum LedgerError {
         /// The version found.
         found: i32,
     },
+    /// The ledger's files cannot be made private (0600).
+    #[error("ledger: cannot make {} private (mode 0600): {source}", path.display())]
+    Private {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A run to be marked running is not queued.
     #[error("ledger: run {0} is not queued")]
     NotQueued(String),
@@ -135,6 +150,8 @@ pub struct NewRun {
     pub limits: String,
     /// When it was accepted.
     pub submitted_at: String,
+    /// The uid that submitted it (from the kernel: the socket's peer credentials).
+    pub submitted_by: u32,
 }
 
 /// One row of the ledger.
@@ -170,6 +187,12 @@ pub struct Row {
     pub exit_code: Option<i32>,
     /// The `corral.result/v1` record (JSON).
     pub record: Option<String>,
+    /// The uid that submitted it (`None` in rows of schema version 1).
+    pub submitted_by: Option<u32>,
+    /// The uid that cancelled it through the API, if one did.
+    pub cancelled_by: Option<u32>,
+    /// When that cancel arrived.
+    pub cancelled_at: Option<String>,
 }
 
 /// The outcome of [`Ledger::insert`].
@@ -192,7 +215,8 @@ pub struct Ledger {
 }
 
 const COLUMNS: &str = "seq, id, idempotency_key, state, priority, request, profile, limits, \
-                       submitted_at, started_at, finished_at, owner, reason, exit_code, record";
+                       submitted_at, started_at, finished_at, owner, reason, exit_code, record, \
+                       submitted_by, cancelled_by, cancelled_at";
 
 fn row(r: &SqlRow<'_>) -> rusqlite::Result<Row> {
     let state: String = r.get(3)?;
@@ -214,6 +238,9 @@ fn row(r: &SqlRow<'_>) -> rusqlite::Result<Row> {
         reason: r.get(12)?,
         exit_code: r.get(13)?,
         record: r.get(14)?,
+        submitted_by: r.get(15)?,
+        cancelled_by: r.get(16)?,
+        cancelled_at: r.get(17)?,
     })
 }
 
@@ -238,12 +265,17 @@ impl Ledger {
     /// and migrates it.
     pub fn open(path: &Path) -> Result<Ledger> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| LedgerError::CreateDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| LedgerError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
         }
         let lock = lock_file(path)?;
+        private_files(path)?;
         let mut conn = Connection::open(path)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -256,6 +288,8 @@ impl Ledger {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
+        // SQLite made the WAL and shared-memory files with the database's mode.
+        private_files(path)?;
         Ok(Ledger {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
@@ -314,8 +348,8 @@ impl Ledger {
         }
         tx.execute(
             "INSERT INTO runs (id, idempotency_key, state, priority, request, profile, limits,
-                               submitted_at)
-             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
+                               submitted_at, submitted_by)
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 run.id,
                 run.idempotency_key,
@@ -323,7 +357,8 @@ impl Ledger {
                 run.request,
                 run.profile,
                 run.limits,
-                run.submitted_at
+                run.submitted_at,
+                run.submitted_by
             ],
         )?;
         tx.commit()?;
@@ -367,6 +402,17 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records who cancelled a run and when, the first time a cancel arrives while
+    /// it is queued or running. Returns whether the row was updated.
+    pub fn mark_cancelled(&self, id: &str, by: u32, at: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE runs SET cancelled_by = ?2, cancelled_at = ?3
+             WHERE id = ?1 AND cancelled_by IS NULL AND state IN ('queued', 'running')",
+            params![id, by, at],
+        )?;
+        Ok(n == 1)
+    }
+
     /// One run.
     pub fn get(&self, id: &str) -> Result<Option<Row>> {
         Ok(self
@@ -379,16 +425,18 @@ impl Ledger {
             .optional()?)
     }
 
-    /// The last `limit` runs (in `state`, if given), oldest first.
-    pub fn list(&self, state: Option<RunState>, limit: usize) -> Result<Vec<Row>> {
+    /// The last `limit` runs (in `state`, if given; submitted by `by`, if given; rows
+    /// without a submitter count as root's), oldest first.
+    pub fn list(&self, state: Option<RunState>, by: Option<u32>, limit: usize) -> Result<Vec<Row>> {
         let conn = self.conn();
         let mut st = conn.prepare_cached(&format!(
             "SELECT * FROM (SELECT {COLUMNS} FROM runs WHERE (?1 IS NULL OR state = ?1)
+                              AND (?3 IS NULL OR COALESCE(submitted_by, 0) = ?3)
                             ORDER BY seq DESC LIMIT ?2)
              ORDER BY seq"
         ))?;
         let rows = st
-            .query_map(params![state.map(|s| s.as_str()), limit as i64], row)?
+            .query_map(params![state.map(|s| s.as_str()), limit as i64, by], row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -427,6 +475,37 @@ impl Ledger {
     }
 }
 
+/// The ledger holds every submitted environment: it and its WAL, shared-memory and
+/// lock files are the service's alone (0600), whatever the umask, and so is a ledger
+/// file an older corral created 0644. SQLite creates the WAL and `-shm` files with the
+/// database file's mode, so the database is created here first, 0600.
+fn private_files(path: &Path) -> Result<()> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| LedgerError::Private { path: p, source }
+    };
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io(path))?;
+    }
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let p = PathBuf::from(name);
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&p)(e)),
+        }
+    }
+    Ok(())
+}
+
 fn lock_file(path: &Path) -> Result<File> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
@@ -435,6 +514,7 @@ fn lock_file(path: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&lp)
         .map_err(|source| LedgerError::OpenLock {
             lock: lp.clone(),
@@ -464,6 +544,7 @@ mod tests {
             profile: "default".into(),
             limits: "{}".into(),
             submitted_at: "2026-01-01T00:00:00.000Z".into(),
+            submitted_by: 1000,
         }
     }
 
@@ -580,8 +661,104 @@ mod tests {
         assert!(by_state.contains(&("queued".into(), 2)));
         assert!(by_state.contains(&("lost".into(), 1)));
         assert_eq!(l.count_by_reason().unwrap(), vec![("lost".into(), 1)]);
-        let last2: Vec<String> = l.list(None, 2).unwrap().into_iter().map(|r| r.id).collect();
+        let last2: Vec<String> = l
+            .list(None, None, 2)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(last2, ["high", "low2"]);
-        assert_eq!(l.list(Some(RunState::Lost), 10).unwrap().len(), 1);
+        assert_eq!(l.list(Some(RunState::Lost), None, 10).unwrap().len(), 1);
+    }
+
+    /// Who submitted and who cancelled, and a list of one submitter's runs.
+    #[test]
+    fn submitters_and_cancels() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("l.db")).unwrap();
+        l.insert(&new_run("a", None, 0)).unwrap();
+        l.insert(&NewRun {
+            submitted_by: 1001,
+            ..new_run("b", None, 0)
+        })
+        .unwrap();
+        let ids = |by| -> Vec<String> {
+            l.list(None, by, 10)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        assert_eq!(ids(None), ["a", "b"]);
+        assert_eq!(ids(Some(1000)), ["a"]);
+        assert_eq!(ids(Some(1001)), ["b"]);
+        assert!(ids(Some(0)).is_empty());
+        let a = l.get("a").unwrap().unwrap();
+        assert_eq!((a.submitted_by, a.cancelled_by), (Some(1000), None));
+        assert!(l
+            .mark_cancelled("a", 0, "2026-01-01T00:00:02.000Z")
+            .unwrap());
+        assert!(
+            !l.mark_cancelled("a", 5, "later").unwrap(),
+            "the first cancel stays"
+        );
+        let a = l.get("a").unwrap().unwrap();
+        assert_eq!(a.cancelled_by, Some(0));
+        assert_eq!(a.cancelled_at.as_deref(), Some("2026-01-01T00:00:02.000Z"));
+        l.finish("b", RunState::Done, &record("b", Reason::Exited, 0))
+            .unwrap();
+        assert!(
+            !l.mark_cancelled("b", 0, "t").unwrap(),
+            "finished: nothing to cancel"
+        );
+    }
+
+    /// A version 1 ledger (before submitters were recorded) opens, keeps its rows, and
+    /// they count as root's.
+    #[test]
+    fn migration_from_version_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.db");
+        {
+            let mut c = Connection::open(&p).unwrap();
+            let tx = c.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0]).unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            tx.execute(
+                "INSERT INTO runs (id, state, request, profile, limits, submitted_at)
+                 VALUES ('old', 'queued', '{}', 'default', '{}', 't')",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let l = Ledger::open(&p).unwrap();
+        assert_eq!(l.schema_version().unwrap(), 2);
+        let old = l.get("old").unwrap().unwrap();
+        assert_eq!((old.submitted_by, old.cancelled_by), (None, None));
+        assert_eq!(l.list(None, Some(0), 10).unwrap().len(), 1);
+        assert!(l.list(None, Some(1000), 10).unwrap().is_empty());
+    }
+
+    /// The ledger and its side files are 0600 whatever the umask, a directory it
+    /// creates 0700, and an old world-readable ledger is made private when opened.
+    #[test]
+    fn files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let old = unsafe { libc::umask(0o022) };
+        let p = dir.path().join("state").join("ledger.db");
+        let l = Ledger::open(&p).unwrap();
+        l.insert(&new_run("a", None, 0)).unwrap();
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(mode(p.parent().unwrap()), 0o700);
+        for side in ["ledger.db-wal", "ledger.db-shm", "ledger.db.lock"] {
+            assert_eq!(mode(&dir.path().join("state").join(side)), 0o600, "{side}");
+        }
+        drop(l);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _l = Ledger::open(&p).unwrap();
+        unsafe { libc::umask(old) };
+        assert_eq!(mode(&p), 0o600);
     }
 }

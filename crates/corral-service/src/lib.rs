@@ -232,8 +232,10 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), ServeError> {
                 addr: listen.clone(),
                 err,
             })?;
-            // Whoever may connect may run commands as the service: root and its group.
-            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660));
+            // Every local user may connect: the kernel tells who each caller is
+            // (SO_PEERCRED), their runs execute as them and they see only their own.
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666));
+            let app = app.into_make_service_with_connect_info::<http::Peer>();
             tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(shutdown).await })
         }
         Addr::Tcp(a) => {
@@ -243,6 +245,11 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), ServeError> {
                     addr: listen.clone(),
                     err,
                 })?;
+            eprintln!(
+                "corral serve: warning: TCP callers cannot be identified yet: whoever can \
+                 connect to {a} acts as root (sees every run, may run commands as any user)"
+            );
+            let app = app.into_make_service_with_connect_info::<http::Peer>();
             tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(shutdown).await })
         }
     };

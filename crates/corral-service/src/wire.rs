@@ -126,8 +126,20 @@ pub struct RunStatus {
     pub started_at: Option<String>,
     /// Its priority.
     pub priority: i64,
+    /// Who submitted it (and whose it is): absent from services before owners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<RunOwner>,
     /// The `corral.result/v1` record; null until the run is `done` or `lost`.
     pub record: Option<Record>,
+}
+
+/// The owner of a run: the user that submitted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOwner {
+    /// The submitter's uid (from the kernel, at submission).
+    pub uid: u32,
+    /// Its name (the number when it has none).
+    pub name: String,
 }
 
 /// `GET /runs`.

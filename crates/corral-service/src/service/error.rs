@@ -11,6 +11,7 @@ use corral_run::run::RunError;
 
 use crate::admission::NeedError;
 use crate::ledger::LedgerError;
+use crate::service::auth::Forbidden;
 use crate::service::retention::OutputGone;
 use crate::service::validate::Invalid;
 
@@ -20,6 +21,20 @@ pub enum ServiceError {
     /// No run has this id.
     #[error("no run with id {0:?}")]
     NotFound(String),
+    /// The caller may not do this (submit at all, or as another user).
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
+    /// Another user's run already holds the idempotency key.
+    #[error("the idempotency key is already used by another user's run; choose another key")]
+    KeyTaken,
+    /// `--admin-group` or `--allow-group` names no group.
+    #[error("{flag}: no group {name:?}")]
+    UnknownGroup {
+        /// The flag.
+        flag: &'static str,
+        /// The name given.
+        name: String,
+    },
     /// The submission is malformed or names something invalid.
     #[error(transparent)]
     Invalid(#[from] Invalid),

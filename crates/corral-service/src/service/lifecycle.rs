@@ -13,10 +13,12 @@ use corral_run::Cancel;
 use tokio::sync::watch;
 
 use crate::ledger::{Inserted, NewRun};
+use crate::service::auth::{self, Caller, Forbidden};
 use crate::service::records::{explain_cancel, CancelBy, Never};
 use crate::service::validate;
 use crate::service::{Job, Service, ServiceError};
 use crate::wire::{RunState, RunStatus, SubmitResponse};
+use corral_run::identity::{Directory, SystemDirectory};
 
 /// What `POST /runs` did with a valid submission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +46,10 @@ impl Service {
     /// it fits.
     pub async fn submit(
         self: &Arc<Self>,
+        caller: &Caller,
         body: &[u8],
     ) -> Result<(Submitted, SubmitResponse), ServiceError> {
-        let r = self.submit_inner(body).await;
+        let r = self.submit_inner(caller, body).await;
         let m = &self.metrics;
         let c = match &r {
             Ok((Submitted::New, _)) => &m.accepted,
@@ -59,16 +62,36 @@ impl Service {
 
     async fn submit_inner(
         self: &Arc<Self>,
+        caller: &Caller,
         body: &[u8],
     ) -> Result<(Submitted, SubmitResponse), ServiceError> {
         if self.lock().draining {
             return Err(ServiceError::Draining);
         }
+        if !caller.may_submit {
+            return Err(Forbidden::NotAllowed {
+                uid: caller.uid,
+                group: self
+                    .access
+                    .allow_group
+                    .as_ref()
+                    .map(|g| g.name.clone())
+                    .unwrap_or_default(),
+            }
+            .into());
+        }
         let validate::Resolved {
             request: req,
             profile,
-            limits,
+            mut limits,
         } = validate::parse(body, &self.profiles, self.output_limit)?;
+        // Who the run executes as: its submitter, unless an admin names someone.
+        let asked = req
+            .limits
+            .as_ref()
+            .is_some_and(|m| m.contains_key("user"))
+            .then(|| limits.user.clone());
+        limits.user = auth::run_user(caller, asked.as_ref(), &limits.user, &SystemDirectory)?;
         corral_run::run::check_isolation(self.backend.as_ref(), &limits)
             .map_err(ServiceError::Refused)?;
         let need = self.lock().adm.budget().need(&limits)?;
@@ -83,6 +106,7 @@ impl Service {
                 profile: profile.clone(),
                 limits: limits.clone(),
                 submitted_at: rfc3339(SystemTime::now()),
+                submitted_by: caller.uid,
             };
             let new = NewRun {
                 id,
@@ -92,9 +116,14 @@ impl Service {
                 profile: profile.clone(),
                 limits: limits_json.clone(),
                 submitted_at: job.submitted_at.clone(),
+                submitted_by: caller.uid,
             };
             match self.db(move |l| l.insert(&new)).await? {
                 Inserted::New => break job,
+                // Keys are per user: another's run is neither shown nor reused.
+                Inserted::Existing(row) if !caller.sees(row.submitted_by) => {
+                    return Err(ServiceError::KeyTaken)
+                }
                 Inserted::Existing(row) => {
                     return Ok((
                         Submitted::Repeated,
@@ -177,6 +206,7 @@ impl Service {
             ),
             Ok(Ok(())) => {
                 tracing::info!("run {id} admitted");
+                self.create_outputs(&job);
                 let spec = job.spec(&self.output_dir);
                 match corral_run::run(self.backend.as_ref(), spec, cancel).await {
                     Ok(rec) => {
@@ -235,8 +265,15 @@ impl Service {
     /// run's status after.
     pub async fn cancel(
         self: &Arc<Self>,
+        caller: &Caller,
         id: &str,
     ) -> Result<(Cancelled, RunStatus), ServiceError> {
+        // Another user's run is answered like a run that does not exist.
+        let before = self.status(caller, id).await?;
+        if !before.state.is_final() {
+            let (i, by, at) = (id.to_string(), caller.uid, rfc3339(SystemTime::now()));
+            self.db(move |l| l.mark_cancelled(&i, by, &at)).await?;
+        }
         enum Act {
             Queued(Arc<Job>),
             Signalled,
@@ -271,10 +308,44 @@ impl Service {
                     }
                 }
                 self.pump();
-                Ok((Cancelled::Dequeued, self.status(id).await?))
+                Ok((Cancelled::Dequeued, self.status(caller, id).await?))
             }
-            Act::Signalled => Ok((Cancelled::Signalled, self.status(id).await?)),
-            Act::NotActive => Ok((Cancelled::NotActive, self.status(id).await?)),
+            Act::Signalled => Ok((Cancelled::Signalled, self.status(caller, id).await?)),
+            Act::NotActive => Ok((Cancelled::NotActive, self.status(caller, id).await?)),
+        }
+    }
+
+    /// Creates a run's output files before it starts: mode 0600 whatever the umask,
+    /// owned by the user the run executes as when that is known now (a named user or
+    /// the submitter; a dynamic uid is chosen later, so its files stay root's). The run
+    /// itself then truncates and writes them.
+    fn create_outputs(&self, job: &Job) {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let owner = match &job.limits.user {
+            corral_spec::User::Named { user, group } => SystemDirectory
+                .account(user, group.as_deref())
+                .ok()
+                .map(|a| (a.uid, a.gid)),
+            _ => None,
+        };
+        for stream in ["stdout", "stderr"] {
+            let p = self.output_path(&job.id, stream);
+            let made = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&p)
+                .and_then(|f| {
+                    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                    if let Some((uid, gid)) = owner {
+                        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+                    }
+                    Ok(())
+                });
+            if let Err(e) = made {
+                tracing::warn!("run {}: cannot prepare {}: {e}", job.id, p.display());
+            }
         }
     }
 
@@ -346,21 +417,22 @@ mod tests {
     fn submit_queue_and_cancel_without_cgroups() {
         let t = test_service(|_| {});
         let svc = t.svc.clone();
+        let root = Caller::root();
         block_on(async move {
-            let (how, resp) = svc.submit(BODY).await.unwrap();
+            let (how, resp) = svc.submit(&root, BODY).await.unwrap();
             assert_eq!(how, Submitted::New);
             assert_eq!(resp.state, RunState::Queued);
-            let (how, st) = svc.cancel(&resp.id).await.unwrap();
+            let (how, st) = svc.cancel(&root, &resp.id).await.unwrap();
             assert_eq!(how, Cancelled::Dequeued);
             assert_eq!(st.state, RunState::Done);
             let rec = st.record.unwrap();
             assert_eq!(rec.outcome.reason, Reason::Cancelled);
             assert!(rec.notes.starts_with("Cancelled before it started"));
-            let (how, st) = svc.cancel(&resp.id).await.unwrap();
+            let (how, st) = svc.cancel(&root, &resp.id).await.unwrap();
             assert_eq!(how, Cancelled::NotActive);
             assert_eq!(st.state, RunState::Done);
             assert!(matches!(
-                svc.cancel("nope").await,
+                svc.cancel(&root, "nope").await,
                 Err(ServiceError::NotFound(id)) if id == "nope"
             ));
         });
@@ -370,25 +442,29 @@ mod tests {
     fn refusals_are_typed() {
         let t = test_service(|_| {});
         let svc = t.svc.clone();
+        let root = Caller::root();
         block_on(async move {
             let body = br#"{"command": ["true"], "id": "mine", "idempotency_key": "k",
                             "limits": {"memory": "1M", "cpus": 0.1, "swap": "0"}}"#;
-            assert_eq!(svc.submit(body).await.unwrap().0, Submitted::New);
-            let (how, resp) = svc.submit(body).await.unwrap();
+            assert_eq!(svc.submit(&root, body).await.unwrap().0, Submitted::New);
+            let (how, resp) = svc.submit(&root, body).await.unwrap();
             assert_eq!((how, resp.id.as_str()), (Submitted::Repeated, "mine"));
             let other = br#"{"command": ["true"], "id": "mine",
                              "limits": {"memory": "1M", "cpus": 0.1, "swap": "0"}}"#;
             assert!(matches!(
-                svc.submit(other).await,
+                svc.submit(&root, other).await,
                 Err(ServiceError::Conflict(id)) if id == "mine"
             ));
             assert!(matches!(
-                svc.submit(br#"{"command": []}"#).await,
+                svc.submit(&root, br#"{"command": []}"#).await,
                 Err(ServiceError::Invalid(validate::Invalid::NoCommand))
             ));
             assert!(matches!(
-                svc.submit(br#"{"command": ["true"], "limits": {"memory": "2G", "cpus": 0.1}}"#)
-                    .await,
+                svc.submit(
+                    &root,
+                    br#"{"command": ["true"], "limits": {"memory": "2G", "cpus": 0.1}}"#
+                )
+                .await,
                 Err(ServiceError::OverBudget(
                     crate::admission::NeedError::MemoryOverBudget { .. }
                 ))
@@ -399,11 +475,112 @@ mod tests {
             svc.drain(libc::SIGTERM, async {}).await;
             assert!(svc.draining());
             assert!(matches!(
-                svc.submit(BODY).await,
+                svc.submit(&root, BODY).await,
                 Err(ServiceError::Draining)
             ));
             // A drain leaves queued runs queued.
-            assert_eq!(svc.status("mine").await.unwrap().state, RunState::Queued);
+            assert_eq!(
+                svc.status(&root, "mine").await.unwrap().state,
+                RunState::Queued
+            );
+        });
+    }
+
+    fn user(uid: u32) -> Caller {
+        Caller {
+            uid,
+            gid: uid,
+            pid: None,
+            admin: false,
+            may_submit: true,
+        }
+    }
+
+    /// Each user sees, waits for, reads and cancels only their own runs (another's is
+    /// a 404 like an unknown id); runs execute as their submitter; naming another user
+    /// is refused; admins see and cancel everything; the ledger keeps who did what.
+    #[test]
+    fn each_user_their_own() {
+        let t = test_service(|_| {});
+        let svc = t.svc.clone();
+        let (a, b, root) = (user(4001), user(4002), Caller::root());
+        block_on(async move {
+            let (_, ra) = svc.submit(&a, BODY).await.unwrap();
+            let (_, rb) = svc.submit(&b, BODY).await.unwrap();
+            let row = svc.ledger.get(&ra.id).unwrap().unwrap();
+            assert_eq!(row.submitted_by, Some(4001));
+            let job = super::Job::from_row(&row).unwrap();
+            assert_eq!(
+                job.limits.user,
+                corral_spec::User::Named {
+                    user: "4001".into(),
+                    group: None
+                },
+                "the run executes as its submitter"
+            );
+            let st = svc.status(&a, &ra.id).await.unwrap();
+            assert_eq!(st.owner.as_ref().map(|o| o.uid), Some(4001));
+            // B cannot see A's run, whatever the route: the same error as no run.
+            let not_found = |e: ServiceError, id: &str| {
+                assert!(matches!(&e, ServiceError::NotFound(i) if i == id), "{e}");
+                assert_eq!(e.to_string(), format!("no run with id {id:?}"));
+            };
+            not_found(svc.status(&b, &ra.id).await.unwrap_err(), &ra.id);
+            not_found(
+                svc.wait(&b, &ra.id, Duration::ZERO).await.unwrap_err(),
+                &ra.id,
+            );
+            not_found(svc.output(&b, &ra.id, "stdout").await.unwrap_err(), &ra.id);
+            not_found(svc.cancel(&b, &ra.id).await.unwrap_err(), &ra.id);
+            let ids =
+                |l: crate::wire::RunList| l.runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+            assert_eq!(ids(svc.list(&b, None, 10).await.unwrap()), [rb.id.as_str()]);
+            assert_eq!(ids(svc.list(&a, None, 10).await.unwrap()), [ra.id.as_str()]);
+            assert_eq!(
+                ids(svc.list(&root, None, 10).await.unwrap()),
+                [ra.id.clone(), rb.id.clone()]
+            );
+            // Nothing of A's was touched by B's attempts.
+            let row = svc.ledger.get(&ra.id).unwrap().unwrap();
+            assert_eq!((row.state, row.cancelled_by), (RunState::Queued, None));
+            // Naming another user is a 403; naming oneself is fine.
+            let as_other =
+                br#"{"command": ["true"], "limits": {"memory": "1M", "cpus": 0.1, "user": "4001"}}"#;
+            let e = svc.submit(&b, as_other).await.unwrap_err();
+            assert!(matches!(e, ServiceError::Forbidden(_)), "{e}");
+            assert!(e
+                .to_string()
+                .starts_with("uid 4002 may not run commands as user \"4001\""));
+            assert_eq!(
+                svc.submit(&a, as_other).await.unwrap().1.state,
+                RunState::Queued
+            );
+            // An idempotency key is the submitter's: another user's is not reused.
+            let keyed = br#"{"command": ["true"], "idempotency_key": "k1",
+                             "limits": {"memory": "1M", "cpus": 0.1}}"#;
+            let (_, first) = svc.submit(&a, keyed).await.unwrap();
+            assert!(matches!(
+                svc.submit(&b, keyed).await,
+                Err(ServiceError::KeyTaken)
+            ));
+            assert_eq!(svc.submit(&a, keyed).await.unwrap().1.id, first.id);
+            // B cancels its own, root cancels A's; the ledger says who.
+            svc.cancel(&b, &rb.id).await.unwrap();
+            svc.cancel(&root, &ra.id).await.unwrap();
+            let (ra_row, rb_row) = (
+                svc.ledger.get(&ra.id).unwrap().unwrap(),
+                svc.ledger.get(&rb.id).unwrap().unwrap(),
+            );
+            assert_eq!(
+                (ra_row.cancelled_by, rb_row.cancelled_by),
+                (Some(0), Some(4002))
+            );
+            assert!(ra_row.cancelled_at.is_some() && ra_row.state == RunState::Done);
+            // A caller outside --allow-group may not submit.
+            let mut outsider = user(4003);
+            outsider.may_submit = false;
+            let e = svc.submit(&outsider, BODY).await.unwrap_err();
+            assert!(matches!(e, ServiceError::Forbidden(_)), "{e}");
         });
     }
 }

@@ -44,6 +44,7 @@ use crate::ledger::{Ledger, LedgerError, Row};
 use crate::metrics::Metrics;
 use crate::wire::{RunState, SubmitRequest};
 
+pub mod auth;
 pub mod error;
 pub mod lifecycle;
 pub mod query;
@@ -54,6 +55,7 @@ pub mod retention;
 mod testing;
 pub mod validate;
 
+pub use auth::{Access, Caller, Forbidden};
 pub use error::ServiceError;
 pub use lifecycle::{Cancelled, Submitted};
 pub use query::status_of;
@@ -75,6 +77,8 @@ pub struct Job {
     pub limits: Limits,
     /// When it was accepted.
     pub submitted_at: String,
+    /// The uid that submitted it (root's for rows from before submitters were kept).
+    pub submitted_by: u32,
 }
 
 /// A ledger row whose stored request or limits no longer parse.
@@ -107,6 +111,7 @@ impl Job {
             profile: row.profile.clone(),
             limits,
             submitted_at: row.submitted_at.clone(),
+            submitted_by: row.submitted_by.unwrap_or(0),
         })
     }
 
@@ -240,10 +245,40 @@ pub struct Service {
     keep_output: Option<Duration>,
     drain_timeout: Duration,
     owner: String,
+    access: Access,
     facts: Facts,
     inner: Mutex<Inner>,
     /// The service's counters.
     pub metrics: Metrics,
+}
+
+/// Creates the output directory 0700 (whatever the umask) and makes an existing one
+/// 0700: the captured output of every run is in it.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// The access rules of `--admin-group` and `--allow-group`, their groups looked up.
+fn access(cfg: &ServeConfig) -> Result<Access, ServiceError> {
+    let group = |flag: &'static str, name: &Option<String>| {
+        name.as_deref()
+            .map(|n| {
+                auth::Group::resolve(n).ok_or_else(|| ServiceError::UnknownGroup {
+                    flag,
+                    name: n.to_string(),
+                })
+            })
+            .transpose()
+    };
+    Ok(Access {
+        admin_group: group("--admin-group", &cfg.admin_group)?,
+        allow_group: group("--allow-group", &cfg.allow_group)?,
+    })
 }
 
 fn owner_tag() -> String {
@@ -271,7 +306,8 @@ impl Service {
             .parent()
             .map(|p| p.join("output"))
             .unwrap_or_else(|| PathBuf::from("output"));
-        std::fs::create_dir_all(&output_dir).map_err(|source| ServiceError::OutputDir {
+        let access = access(cfg)?;
+        private_dir(&output_dir).map_err(|source| ServiceError::OutputDir {
             path: output_dir.clone(),
             source,
         })?;
@@ -289,6 +325,7 @@ impl Service {
             keep_output: cfg.keep_output,
             drain_timeout: cfg.drain_timeout,
             owner: owner_tag(),
+            access,
             facts,
             inner: Mutex::new(Inner {
                 adm: Admission::new(budget),
@@ -323,6 +360,11 @@ impl Service {
             |stream| self.output_path(&job.id, stream),
             never,
         )
+    }
+
+    /// The caller behind a Unix socket connection's peer credentials.
+    pub fn caller(&self, uid: u32, gid: u32, pid: Option<i32>) -> Caller {
+        self.access.caller(uid, gid, pid)
     }
 
     /// The backend.

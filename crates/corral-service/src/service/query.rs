@@ -1,6 +1,7 @@
 //! What clients read: a run's status, the list, `wait`, `/health` and the metrics
 //! snapshot. Nothing here changes a run.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use corral_record::Record;
@@ -8,28 +9,45 @@ use tokio::sync::watch;
 
 use crate::ledger::Row;
 use crate::metrics::Snapshot;
+use crate::service::auth::{self, Caller};
 use crate::service::{Service, ServiceError};
-use crate::wire::{BudgetStatus, Health, RunList, RunState, RunStatus};
+use crate::wire::{BudgetStatus, Health, RunList, RunOwner, RunState, RunStatus};
 
 impl Service {
-    /// `GET /runs/{id}`.
-    pub async fn status(&self, id: &str) -> Result<RunStatus, ServiceError> {
+    /// `GET /runs/{id}`. A run `caller` may not see is answered exactly like one that
+    /// does not exist, so ids leak nothing.
+    pub async fn status(&self, caller: &Caller, id: &str) -> Result<RunStatus, ServiceError> {
         let i = id.to_string();
         match self.db(move |l| l.get(&i)).await? {
-            Some(row) => Ok(status_of(&row)),
-            None => Err(ServiceError::NotFound(id.to_string())),
+            Some(row) if caller.sees(row.submitted_by) => Ok(status_of(&row)),
+            _ => Err(ServiceError::NotFound(id.to_string())),
         }
     }
 
-    /// `GET /runs`.
+    /// `GET /runs`: the caller's runs (an admin's: everyone's).
     pub async fn list(
         &self,
+        caller: &Caller,
         state: Option<RunState>,
         limit: usize,
     ) -> Result<RunList, ServiceError> {
-        let rows = self.db(move |l| l.list(state, limit)).await?;
+        let by = caller.list_filter();
+        let rows = self.db(move |l| l.list(state, by, limit)).await?;
+        let mut names = HashMap::new();
         Ok(RunList {
-            runs: rows.iter().map(status_of).collect(),
+            runs: rows
+                .iter()
+                .map(|r| {
+                    let mut st = status_without_owner(r);
+                    let uid = r.submitted_by.unwrap_or(0);
+                    let name = names.entry(uid).or_insert_with(|| auth::name_of(uid));
+                    st.owner = Some(RunOwner {
+                        uid,
+                        name: name.clone(),
+                    });
+                    st
+                })
+                .collect(),
         })
     }
 
@@ -41,13 +59,14 @@ impl Service {
     /// `GET /runs/{id}/wait`: the status once final (true), or after `timeout` (false).
     pub async fn wait(
         &self,
+        caller: &Caller,
         id: &str,
         timeout: Duration,
     ) -> Result<(bool, RunStatus), ServiceError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let rx = self.done_signal(id);
-            let st = self.status(id).await?;
+            let st = self.status(caller, id).await?;
             if st.state.is_final() {
                 return Ok((true, st));
             }
@@ -57,7 +76,7 @@ impl Service {
                         .await
                         .is_ok_and(|r| r.is_ok());
                     if !done {
-                        let st = self.status(id).await?;
+                        let st = self.status(caller, id).await?;
                         return Ok((st.state.is_final(), st));
                     }
                 }
@@ -132,8 +151,18 @@ impl Service {
     }
 }
 
-/// A ledger row as the API shows it.
+/// A ledger row as the API shows it, with its owner (the submitter's uid and name).
 pub fn status_of(row: &Row) -> RunStatus {
+    let mut st = status_without_owner(row);
+    let uid = row.submitted_by.unwrap_or(0);
+    st.owner = Some(RunOwner {
+        uid,
+        name: auth::name_of(uid),
+    });
+    st
+}
+
+fn status_without_owner(row: &Row) -> RunStatus {
     let record = row
         .record
         .as_deref()
@@ -150,6 +179,7 @@ pub fn status_of(row: &Row) -> RunStatus {
         submitted_at: row.submitted_at.clone(),
         started_at: row.started_at.clone(),
         priority: row.priority,
+        owner: None,
         record,
     }
 }
@@ -166,20 +196,24 @@ mod tests {
         insert(&t.svc, "b");
         finish(&t.svc, "b");
         let svc = t.svc.clone();
+        let root = Caller::root();
         block_on(async move {
             assert!(matches!(
-                svc.status("zz").await,
+                svc.status(&root, "zz").await,
                 Err(ServiceError::NotFound(_))
             ));
             let ids = |l: RunList| l.runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
-            assert_eq!(ids(svc.list(None, 10).await.unwrap()), ["a", "b"]);
+            assert_eq!(ids(svc.list(&root, None, 10).await.unwrap()), ["a", "b"]);
             assert_eq!(
-                ids(svc.list(Some(RunState::Done), 10).await.unwrap()),
+                ids(svc.list(&root, Some(RunState::Done), 10).await.unwrap()),
                 ["b"]
             );
-            let (done, st) = svc.wait("b", Duration::ZERO).await.unwrap();
+            let (done, st) = svc.wait(&root, "b", Duration::ZERO).await.unwrap();
             assert!(done && st.record.is_some());
-            let (done, st) = svc.wait("a", Duration::from_millis(30)).await.unwrap();
+            let (done, st) = svc
+                .wait(&root, "a", Duration::from_millis(30))
+                .await
+                .unwrap();
             assert!(!done && st.state == RunState::Queued);
             let h = svc.health();
             assert_eq!((h.status.as_str(), h.backend.as_str()), ("ok", "cgroup1"));

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use corral_spec::format_duration;
 use tokio::sync::watch;
 
-use crate::service::{Service, ServiceError};
+use crate::service::{Caller, Service, ServiceError};
 use crate::wire::{RunState, RunStatus};
 
 /// A finished run's captured stream that was removed after `--keep-output`.
@@ -146,6 +146,7 @@ impl Service {
     /// `stderr`) and, while the run is active here, its "done" signal for `follow`.
     pub async fn output(
         &self,
+        caller: &Caller,
         id: &str,
         stream: &str,
     ) -> Result<(PathBuf, Option<watch::Receiver<bool>>), ServiceError> {
@@ -154,7 +155,7 @@ impl Service {
         let done = self.done_signal(id);
         // NotFound for an unknown id (and the id is checked before it becomes a file
         // name).
-        let status = self.status(id).await?;
+        let status = self.status(caller, id).await?;
         if let Some(gone) = self.output_gone(&status, stream) {
             return Err(gone.into());
         }

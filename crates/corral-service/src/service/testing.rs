@@ -126,6 +126,7 @@ fn job_with(id: &str, memory: u64) -> Job {
             ..Limits::default()
         },
         submitted_at: "2026-01-01T00:00:00.000Z".into(),
+        submitted_by: 0,
     }
 }
 
@@ -142,6 +143,7 @@ pub fn insert_into(ledger: &Ledger, id: &str, priority: i64, memory: u64) {
             profile: j.profile.clone(),
             limits: serde_json::to_string(&j.limits).unwrap(),
             submitted_at: j.submitted_at.clone(),
+            submitted_by: j.submitted_by,
         })
         .unwrap();
 }
