@@ -44,6 +44,7 @@ const VM_TARGETS: &[(&str, &[&str])] = &[
     ("service_api", &[]),
     ("service_restart", &[]),
     ("service_load", &[]),
+    ("service_users", &[]),
 ];
 
 /// Test targets run in the systemd VM.

@@ -1,0 +1,261 @@
+//! A service shared by several users: two ordinary users A and B (created here and
+//! removed again, also on failure) talk to one `corral serve` through its socket with
+//! the `corral` client, each under their own uid (`setpriv`), and root looks on. A's run
+//! executes as A; B can neither see, wait for, read nor cancel it (404, like an unknown
+//! id) nor submit as A (403); root sees and cancels everything; the ledger and output
+//! are private and the ledger says who submitted and who cancelled. Runs once per
+//! cgroup backend this host offers (cgroup1 natively, cgroup2 in the v2 VM).
+
+mod common;
+mod svc;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use corral_service::ledger::Ledger;
+use serde_json::Value;
+use svc::{each_backend, eventually, reason, serial, Svc};
+
+/// An ordinary user made for the test; removed on drop.
+struct TestUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+/// useradd and userdel lock the user database: one at a time in this process.
+static USERDB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl TestUser {
+    fn new(tag: &str) -> TestUser {
+        let name = format!("corralsu{}{tag}", std::process::id() % 100_000);
+        let _lock = USERDB.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = Command::new("userdel").arg(&name).output();
+        let out = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", &name])
+            .output()
+            .expect("useradd runs");
+        assert!(out.status.success(), "useradd: {out:?}");
+        let u = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        TestUser {
+            name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _lock = USERDB.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+/// Runs `corral CMD --server SOCK ARGS...` as `u` (its uid and gid, no other groups) in
+/// `cwd`.
+fn corral_as(u: &TestUser, s: &Svc, cwd: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .arg("--clear-groups")
+        .arg(env!("CARGO_BIN_EXE_corral"))
+        .arg(args[0])
+        .arg("--server")
+        .arg(s.socket())
+        .args(&args[1..])
+        .current_dir(cwd)
+        .env("HOME", cwd)
+        .env_remove("CORRAL_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn each_user_runs_as_themselves_and_sees_only_their_own() {
+    if !nix::unistd::geteuid().is_root() {
+        corral_testkit::skip(
+            "service_users",
+            &common::Missing::new(common::Feature::Root, "creating users needs root"),
+        );
+        return;
+    }
+    let _g = serial();
+    each_backend("service_users", |b| {
+        let (a, bob) = (TestUser::new("a"), TestUser::new("b"));
+        let mut s = Svc::new(
+            b,
+            "users",
+            "--budget-memory 1G --budget-cpus 1 --max-running 4",
+        );
+        // Users must reach the socket in the test's directory (not list it).
+        std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(cwd.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cwd = cwd.path();
+        s.start();
+        assert_eq!(mode(&s.socket()), 0o666, "every local user may connect");
+        let lim = ["-m", "64M", "-c", "0.25", "-t", "60s"];
+
+        // A's run executes as A.
+        let mut args = vec!["submit", "--wait", "--json"];
+        args.extend(lim);
+        args.extend(["--", "id", "-u"]);
+        let out = corral_as(&a, &s, cwd, &args);
+        assert!(out.status.success(), "A's run: {out:?}");
+        let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let quick = rec["id"].as_str().unwrap().to_string();
+        let out = corral_as(&a, &s, cwd, &["logs", &quick]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(text(&out.stdout).trim(), a.uid.to_string(), "id -u inside");
+        let out = corral_as(&a, &s, cwd, &["show", &quick, "--json"]);
+        assert!(out.status.success(), "{out:?}");
+
+        // A long run of A's, running.
+        let mut args = vec!["submit", "--json"];
+        args.extend(lim);
+        args.extend(["--", "sleep", "60"]);
+        let out = corral_as(&a, &s, cwd, &args);
+        assert!(out.status.success(), "{out:?}");
+        let long = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        // B: 404 for A's runs on every route, exactly like an unknown id.
+        for (cmd, id) in [
+            ("show", &quick),
+            ("wait", &quick),
+            ("logs", &quick),
+            ("cancel", &long),
+            ("show", &long),
+        ] {
+            let out = corral_as(&bob, &s, cwd, &[cmd, id.as_str()]);
+            assert_eq!(out.status.code(), Some(1), "B {cmd} {id}: {out:?}");
+            assert!(
+                text(&out.stderr).contains(&format!("no run with id \"{id}\"")),
+                "B {cmd}: {}",
+                text(&out.stderr)
+            );
+        }
+        let out = corral_as(&bob, &s, cwd, &["show", "no-such-run"]);
+        assert_eq!(out.status.code(), Some(1));
+        // B submitting as A: 403 with the reason, and nothing stored.
+        let mut args = vec!["submit", "--json", "--user", a.name.as_str()];
+        args.extend(lim);
+        args.extend(["--", "true"]);
+        let out = corral_as(&bob, &s, cwd, &args);
+        assert_eq!(out.status.code(), Some(125), "{out:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "uid {} may not run commands as user \"{}\"",
+                bob.uid, a.name
+            )),
+            "{err}"
+        );
+        // B's own run, and B's list holds only it.
+        let mut args = vec!["submit", "--wait", "--json"];
+        args.extend(lim);
+        args.extend(["--", "true"]);
+        let out = corral_as(&bob, &s, cwd, &args);
+        assert!(out.status.success(), "{out:?}");
+        let bobs = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let out = corral_as(&bob, &s, cwd, &["ps", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ids: Vec<&str> = list["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [bobs.as_str()], "B sees only its own run");
+        assert_eq!(list["runs"][0]["owner"]["uid"], bob.uid);
+        assert_eq!(list["runs"][0]["owner"]["name"], bob.name.as_str());
+        // `corral ps` names the owner.
+        let out = corral_as(&a, &s, cwd, &["ps"]);
+        let ps = text(&out.stdout);
+        assert!(ps.lines().next().unwrap().contains("OWNER"), "{ps}");
+        assert!(
+            ps.lines()
+                .any(|l| l.starts_with(&quick) && l.contains(&a.name)),
+            "{ps}"
+        );
+
+        // Root sees everyone's runs and cancels A's.
+        let (code, all) = s.call("GET", "/runs");
+        assert_eq!(code, 200);
+        let owners: Vec<(String, u64)> = all["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["owner"]["uid"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                (quick.clone(), u64::from(a.uid)),
+                (long.clone(), u64::from(a.uid)),
+                (bobs.clone(), u64::from(bob.uid))
+            ]
+        );
+        let (code, _) = s.call("POST", &format!("/runs/{long}/cancel"));
+        assert!(code == 200 || code == 202, "{code}");
+        let done = eventually(Duration::from_secs(30), || {
+            let (_, st) = s.call("GET", &format!("/runs/{long}"));
+            (st["state"] == "done").then_some(st)
+        })
+        .expect("the cancelled run ends");
+        assert_eq!(reason(&done), "cancelled");
+
+        // Files at rest: the ledger and output are the service's or the run user's
+        // alone.
+        let state = s.ledger().parent().unwrap().to_path_buf();
+        assert_eq!(mode(&s.ledger()), 0o600, "the ledger");
+        assert_eq!(mode(&state.join("output")), 0o700, "the output directory");
+        let out_file = state.join("output").join(format!("{quick}.stdout"));
+        let m = std::fs::metadata(&out_file).unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777),
+            (a.uid, 0o600),
+            "A's output belongs to A, 0600"
+        );
+
+        // The ledger says who submitted and who cancelled (read after the service
+        // stopped: it holds the ledger's lock).
+        s.stop(libc::SIGTERM, Duration::from_secs(30));
+        let l = Ledger::open(&s.ledger()).unwrap();
+        let row = |id: &str| l.get(id).unwrap().unwrap();
+        assert_eq!(row(&quick).submitted_by, Some(a.uid));
+        assert_eq!(row(&quick).cancelled_by, None);
+        assert_eq!(row(&long).submitted_by, Some(a.uid));
+        assert_eq!(row(&long).cancelled_by, Some(0), "root cancelled it");
+        assert!(row(&long).cancelled_at.is_some());
+        assert_eq!(row(&bobs).submitted_by, Some(bob.uid));
+        assert_eq!(
+            l.list(None, None, 100).unwrap().len(),
+            3,
+            "the 403 stored nothing"
+        );
+    });
+}
