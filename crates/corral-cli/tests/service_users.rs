@@ -30,13 +30,20 @@ static USERDB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl TestUser {
     fn new(tag: &str) -> TestUser {
+        TestUser::in_group(tag, None)
+    }
+
+    /// A user that is also a member of `group`.
+    fn in_group(tag: &str, group: Option<&TestGroup>) -> TestUser {
         let name = format!("corralsu{}{tag}", std::process::id() % 100_000);
         let _lock = USERDB.lock().unwrap_or_else(|e| e.into_inner());
         let _ = Command::new("userdel").arg(&name).output();
-        let out = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", &name])
-            .output()
-            .expect("useradd runs");
+        let mut add = Command::new("useradd");
+        add.args(["--no-create-home", "--shell", "/usr/sbin/nologin"]);
+        if let Some(g) = group {
+            add.args(["-G", &g.0]);
+        }
+        let out = add.arg(&name).output().expect("useradd runs");
         assert!(out.status.success(), "useradd: {out:?}");
         let u = nix::unistd::User::from_name(&name).unwrap().unwrap();
         TestUser {
@@ -52,6 +59,35 @@ impl Drop for TestUser {
         let _lock = USERDB.lock().unwrap_or_else(|e| e.into_inner());
         let _ = Command::new("userdel").arg(&self.name).output();
     }
+}
+
+/// A group made for the test; removed on drop (after its members).
+struct TestGroup(String);
+
+impl TestGroup {
+    fn new(tag: &str) -> TestGroup {
+        let name = format!("corralsg{}{tag}", std::process::id() % 100_000);
+        let _lock = USERDB.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = Command::new("groupdel").arg(&name).output();
+        let out = Command::new("groupadd").arg(&name).output().unwrap();
+        assert!(out.status.success(), "groupadd: {out:?}");
+        TestGroup(name)
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let _lock = USERDB.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = Command::new("groupdel").arg(&self.0).output();
+    }
+}
+
+fn id_of(out: &Output) -> String {
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Runs `corral CMD --server SOCK ARGS...` as `u` (its uid and gid, no other groups) in
@@ -255,6 +291,97 @@ fn each_user_runs_as_themselves_and_sees_only_their_own() {
         assert_eq!(
             l.list(None, None, 100).unwrap().len(),
             3,
+            "the 403 stored nothing"
+        );
+    });
+}
+
+/// `--allow-group` keeps others from submitting (403); a member of `--admin-group` sees
+/// and cancels another user's run and may run a command as another user.
+#[test]
+fn allow_and_admin_groups() {
+    if !nix::unistd::geteuid().is_root() {
+        corral_testkit::skip(
+            "service_users groups",
+            &common::Missing::new(common::Feature::Root, "creating users needs root"),
+        );
+        return;
+    }
+    let _g = serial();
+    each_backend("service_users_groups", |b| {
+        // Groups first: they are removed after their members.
+        let (allowed, admins) = (TestGroup::new("al"), TestGroup::new("ad"));
+        let a = TestUser::in_group("ga", Some(&allowed));
+        let out_user = TestUser::new("go");
+        let op = TestUser::in_group("gc", Some(&admins));
+        let args = format!(
+            "--budget-memory 1G --budget-cpus 1 --max-running 4 --allow-group {} \
+             --admin-group {}",
+            allowed.0, admins.0
+        );
+        let mut s = Svc::new(b, "groups", &args);
+        std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(cwd.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cwd = cwd.path();
+        s.start();
+        let lim = ["-m", "64M", "-c", "0.25", "-t", "60s"];
+        let submit = |u: &TestUser, extra: &[&str], cmd: &[&str]| {
+            let mut args = vec!["submit", "--json"];
+            args.extend(extra);
+            args.extend(lim);
+            args.push("--");
+            args.extend(cmd);
+            corral_as(u, &s, cwd, &args)
+        };
+
+        // Not in the allowed group: 403, nothing stored.
+        let out = submit(&out_user, &[], &["true"]);
+        assert_eq!(out.status.code(), Some(125), "{out:?}");
+        assert!(
+            text(&out.stderr).contains(&format!(
+                "uid {} may not submit runs to this corral service: only members of group \"{}\"",
+                out_user.uid, allowed.0
+            )),
+            "{}",
+            text(&out.stderr)
+        );
+        // A member submits; the admin sees and cancels the run.
+        let long = id_of(&submit(&a, &[], &["sleep", "60"]));
+        let out = corral_as(&op, &s, cwd, &["ps", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            list["runs"][0]["id"],
+            long.as_str(),
+            "the admin sees A's run"
+        );
+        let out = corral_as(&op, &s, cwd, &["cancel", &long]);
+        assert!(out.status.success(), "the admin cancels A's run: {out:?}");
+        let out = corral_as(&op, &s, cwd, &["wait", &long, "--json"]);
+        let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rec["outcome"]["reason"], "cancelled");
+        // The admin may run a command as A.
+        let mut wait = vec!["--wait", "--user"];
+        wait.push(a.name.as_str());
+        let as_a = id_of(&submit(&op, &wait, &["id", "-u"]));
+        let out = corral_as(&op, &s, cwd, &["logs", &as_a]);
+        assert_eq!(text(&out.stdout).trim(), a.uid.to_string(), "{out:?}");
+        // A does not see the run the admin submitted for it: it is the admin's.
+        let out = corral_as(&a, &s, cwd, &["show", &as_a]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+        s.stop(libc::SIGTERM, Duration::from_secs(30));
+        let l = Ledger::open(&s.ledger()).unwrap();
+        let row = l.get(&long).unwrap().unwrap();
+        assert_eq!(
+            (row.submitted_by, row.cancelled_by),
+            (Some(a.uid), Some(op.uid))
+        );
+        assert_eq!(l.get(&as_a).unwrap().unwrap().submitted_by, Some(op.uid));
+        assert_eq!(
+            l.list(None, None, 100).unwrap().len(),
+            2,
             "the 403 stored nothing"
         );
     });

@@ -457,6 +457,27 @@ mod tests {
                  give it a CPU limit (e.g. \"limits\": {\"cpus\": 0.5})",
             ),
             (
+                crate::service::Forbidden::OtherUser {
+                    uid: 1001,
+                    asked: "root".into(),
+                }
+                .into(),
+                StatusCode::FORBIDDEN,
+                "uid 1001 may not run commands as user \"root\": runs execute as their \
+                 submitter; only root and members of the service's --admin-group may name \
+                 another user",
+            ),
+            (
+                crate::service::Forbidden::Unknown.into(),
+                StatusCode::FORBIDDEN,
+                "the corral service cannot tell who is calling (no peer credentials)",
+            ),
+            (
+                ServiceError::KeyTaken,
+                StatusCode::CONFLICT,
+                "the idempotency key is already used by another user's run; choose another key",
+            ),
+            (
                 ServiceError::Conflict("r1".into()),
                 StatusCode::CONFLICT,
                 "a run with id \"r1\" already exists",
