@@ -277,6 +277,28 @@ fn each_user_runs_as_themselves_and_sees_only_their_own() {
             "A's output belongs to A, 0600"
         );
 
+        // A kill -9 right after a cancel loses neither the owner nor the cancel: both
+        // are in the ledger before the answer.
+        let mut args = vec!["submit", "--json"];
+        args.extend(lim);
+        args.extend(["--", "sleep", "60"]);
+        let killed = id_of(&corral_as(&a, &s, cwd, &args));
+        eventually(Duration::from_secs(30), || {
+            let (_, st) = s.call("GET", &format!("/runs/{killed}"));
+            (st["state"] == "running").then_some(())
+        })
+        .expect("it starts");
+        let (code, _) = s.call("POST", &format!("/runs/{killed}/cancel"));
+        assert_eq!(code, 202);
+        s.kill9();
+        s.start();
+        let (code, st) = s.call("GET", &format!("/runs/{killed}"));
+        assert_eq!(code, 200);
+        assert_eq!(st["owner"]["uid"], a.uid, "the owner survives kill -9");
+        assert!(st["state"] == "done" || st["state"] == "lost", "{st}");
+        let out = corral_as(&bob, &s, cwd, &["show", &killed]);
+        assert_eq!(out.status.code(), Some(1), "still A's alone: {out:?}");
+
         // The ledger says who submitted and who cancelled (read after the service
         // stopped: it holds the ledger's lock).
         s.stop(libc::SIGTERM, Duration::from_secs(30));
@@ -288,9 +310,15 @@ fn each_user_runs_as_themselves_and_sees_only_their_own() {
         assert_eq!(row(&long).cancelled_by, Some(0), "root cancelled it");
         assert!(row(&long).cancelled_at.is_some());
         assert_eq!(row(&bobs).submitted_by, Some(bob.uid));
+        let killed_row = row(&killed);
+        assert_eq!(
+            (killed_row.submitted_by, killed_row.cancelled_by),
+            (Some(a.uid), Some(0)),
+            "after kill -9"
+        );
         assert_eq!(
             l.list(None, None, 100).unwrap().len(),
-            3,
+            4,
             "the 403 stored nothing"
         );
     });
