@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// who can reach the socket).
     #[arg(long, value_name = "GROUP")]
     pub allow_group: Option<String>,
+    /// At most N runs of one user at once; that user's other runs wait while other
+    /// users' runs start (default: no per-user cap).
+    #[arg(long, value_name = "N")]
+    pub user_max_running: Option<usize>,
 }
 
 /// The service a client command talks to.
@@ -205,6 +209,10 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
     };
     cfg.admin_group = a.admin_group;
     cfg.allow_group = a.allow_group;
+    cfg.user_max_running = a.user_max_running;
+    if cfg.user_max_running == Some(0) {
+        bail!("--user-max-running must be at least 1");
+    }
     // If the service is killed, its guard ends the runs in flight at once; the restart
     // then records them as lost.
     // The guard starts before the service moves itself into its `supervisor` cgroup, so

@@ -414,3 +414,69 @@ fn allow_and_admin_groups() {
         );
     });
 }
+
+/// With `--user-max-running 1`, a user's second and third runs wait while another
+/// user's run starts at once.
+#[test]
+fn a_user_over_its_cap_waits_while_others_start() {
+    if !nix::unistd::geteuid().is_root() {
+        corral_testkit::skip(
+            "service_users cap",
+            &common::Missing::new(common::Feature::Root, "creating users needs root"),
+        );
+        return;
+    }
+    let _g = serial();
+    each_backend("service_users_cap", |b| {
+        let (a, bob) = (TestUser::new("ca"), TestUser::new("cb"));
+        let mut s = Svc::new(
+            b,
+            "cap",
+            "--budget-memory 1G --budget-cpus 1 --max-running 4 --user-max-running 1",
+        );
+        std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(cwd.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cwd = cwd.path();
+        s.start();
+        let (_, h) = s.call("GET", "/health");
+        assert_eq!(h["budget"]["user_max_running"], 1);
+        let submit = |u: &TestUser| {
+            id_of(&corral_as(
+                u,
+                &s,
+                cwd,
+                &[
+                    "submit", "--json", "-m", "64M", "-c", "0.1", "-t", "60s", "--", "sleep", "60",
+                ],
+            ))
+        };
+        let mine: Vec<String> = (0..3).map(|_| submit(&a)).collect();
+        let other = submit(&bob);
+        let state = |id: &str| s.call("GET", &format!("/runs/{id}")).1["state"].clone();
+        eventually(Duration::from_secs(30), || {
+            (state(&other) == "running").then_some(())
+        })
+        .expect("B's run starts although A's runs were queued before it");
+        let states: Vec<Value> = mine.iter().map(|id| state(id)).collect();
+        assert_eq!(
+            states,
+            ["running", "queued", "queued"],
+            "A runs one at a time"
+        );
+        // One run cgroup per running run, read from the kernel.
+        assert_eq!(s.run_cgroups_memory(), 2);
+        // A's next run starts when its first ends.
+        let (code, _) = s.call("POST", &format!("/runs/{}/cancel", mine[0]));
+        assert_eq!(code, 202);
+        eventually(Duration::from_secs(30), || {
+            (state(&mine[1]) == "running").then_some(())
+        })
+        .expect("A's second run starts after its first");
+        assert_eq!(state(&mine[2]), "queued");
+        for id in mine.iter().chain([&other]) {
+            s.call("POST", &format!("/runs/{id}/cancel"));
+        }
+        s.stop(libc::SIGTERM, Duration::from_secs(30));
+    });
+}

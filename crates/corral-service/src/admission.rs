@@ -13,6 +13,14 @@
 //! a finite one) is refused, so the parent never silently gives a run less than its
 //! own limit says.
 //!
+//! **Users share fairly.** Each run belongs to a user (its submitter). Within one
+//! priority the queue interleaves users in rounds: a user's n-th waiting run comes in
+//! round n (counted from the round being admitted now when the user had nothing
+//! waiting), so a user with 500 queued runs does not hold back another user's one. For
+//! a single user this is plain FIFO. With `--user-max-running N`, a user's run whose
+//! user already runs N waits, and the runs of other users behind it may start: the
+//! strict head rule applies to the first run whose user is under its cap.
+//!
 //! CPU amounts are kept in microseconds of quota per 100 ms period (the unit the kernel
 //! takes), so sums are exact.
 
@@ -176,18 +184,30 @@ impl Budget {
 struct Waiting {
     id: String,
     need: Need,
+    owner: u32,
 }
+
+/// A queue position: priority (higher first), the owner's round, submission order.
+type Key = (Reverse<i64>, u64, u64);
 
 /// The queue and the reservations of the running runs.
 #[derive(Debug)]
 pub struct Admission {
     budget: Budget,
     budget_quota: u64,
-    queue: BTreeMap<(Reverse<i64>, u64), Waiting>,
-    keys: HashMap<String, (Reverse<i64>, u64)>,
+    queue: BTreeMap<Key, Waiting>,
+    keys: HashMap<String, Key>,
     next_seq: u64,
     running: usize,
     reserved: Need,
+    /// Each user's last round in the queue.
+    last_round: HashMap<u32, u64>,
+    /// The round of the run admitted last.
+    floor: u64,
+    /// The owners of admitted runs, and how many each user runs.
+    admitted: HashMap<String, u32>,
+    running_by: HashMap<u32, usize>,
+    user_max_running: Option<usize>,
 }
 
 impl Admission {
@@ -201,7 +221,18 @@ impl Admission {
             next_seq: 0,
             running: 0,
             reserved: Need::default(),
+            last_round: HashMap::new(),
+            floor: 0,
+            admitted: HashMap::new(),
+            running_by: HashMap::new(),
+            user_max_running: None,
         }
+    }
+
+    /// At most `n` runs of one user at once (`--user-max-running`).
+    pub fn with_user_max_running(mut self, n: Option<usize>) -> Admission {
+        self.user_max_running = n;
+        self
     }
 
     /// The budget.
@@ -209,18 +240,42 @@ impl Admission {
         &self.budget
     }
 
-    /// Appends a run to its priority's queue.
+    /// Appends a run of root's to its priority's queue.
     pub fn push(&mut self, id: &str, priority: i64, need: Need) {
-        let key = (Reverse(priority), self.next_seq);
+        self.push_owned(id, priority, need, 0);
+    }
+
+    /// Appends a run of `owner`'s to its priority's queue, in the owner's next round.
+    pub fn push_owned(&mut self, id: &str, priority: i64, need: Need, owner: u32) {
+        let last = self.last_round.get(&owner).copied().unwrap_or(0);
+        let round = (last + 1).max(self.floor);
+        self.last_round.insert(owner, round);
+        let key = (Reverse(priority), round, self.next_seq);
         self.next_seq += 1;
         self.queue.insert(
             key,
             Waiting {
                 id: id.to_string(),
                 need,
+                owner,
             },
         );
         self.keys.insert(id.to_string(), key);
+    }
+
+    /// The per-user cap (`--user-max-running`).
+    pub fn user_max_running(&self) -> Option<usize> {
+        self.user_max_running
+    }
+
+    /// How many runs `owner` runs now.
+    pub fn running_of(&self, owner: u32) -> usize {
+        self.running_by.get(&owner).copied().unwrap_or(0)
+    }
+
+    fn capped(&self, owner: u32) -> bool {
+        self.user_max_running
+            .is_some_and(|n| self.running_of(owner) >= n)
     }
 
     /// Takes a queued run out of the queue (cancelled); false when it is not queued.
@@ -243,22 +298,34 @@ impl Admission {
             && self.reserved.cpu_quota + need.cpu_quota <= self.budget_quota
     }
 
-    /// Admits the run at the head of the queue if it fits, reserving its share.
+    /// Admits the first queued run whose user is under its cap, if it fits, reserving
+    /// its share.
     pub fn admit_next(&mut self) -> Option<(String, Need)> {
-        let (&key, head) = self.queue.iter().next()?;
+        let (&key, head) = self.queue.iter().find(|(_, w)| !self.capped(w.owner))?;
         if !self.fits(&head.need) {
             return None;
         }
         let w = self.queue.remove(&key).expect("present");
         self.keys.remove(&w.id);
+        self.floor = self.floor.max(key.1);
         self.running += 1;
+        *self.running_by.entry(w.owner).or_default() += 1;
+        self.admitted.insert(w.id.clone(), w.owner);
         self.reserved.memory += w.need.memory;
         self.reserved.cpu_quota += w.need.cpu_quota;
         Some((w.id, w.need))
     }
 
     /// Releases a finished run's reservation.
-    pub fn release(&mut self, need: &Need) {
+    pub fn release(&mut self, id: &str, need: &Need) {
+        if let Some(owner) = self.admitted.remove(id) {
+            if let Some(n) = self.running_by.get_mut(&owner) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.running_by.remove(&owner);
+                }
+            }
+        }
         self.running = self.running.saturating_sub(1);
         self.reserved.memory = self.reserved.memory.saturating_sub(need.memory);
         self.reserved.cpu_quota = self.reserved.cpu_quota.saturating_sub(need.cpu_quota);
@@ -418,7 +485,7 @@ mod tests {
             "a third 512M run does not fit in 1G"
         );
         assert_eq!((a.running(), a.queued()), (2, 3));
-        a.release(&need);
+        a.release("r0", &need);
         assert_eq!(a.admit_next().unwrap().0, "r2");
         assert!(a.admit_next().is_none());
     }
@@ -441,9 +508,9 @@ mod tests {
         assert!(!a.remove("low2"));
         let mut order = Vec::new();
         while let Some((id, n)) = a.admit_next() {
-            order.push(id);
             assert!(a.admit_next().is_none(), "max_running 1");
-            a.release(&n);
+            a.release(&id, &n);
+            order.push(id);
         }
         assert_eq!(order, ["high", "low1", "neg"]);
         // A head that does not fit blocks those behind it.
@@ -469,5 +536,97 @@ mod tests {
         assert!(a.admit_next().is_some());
         assert!(a.admit_next().is_none(), "1.5 + 1.5 CPUs > 2");
         assert_eq!(a.reserved().cpus(), 1.5);
+    }
+
+    /// Admits and releases one run at a time (max_running 1): the order runs start in.
+    fn start_order(a: &mut Admission) -> Vec<String> {
+        let mut order = Vec::new();
+        while let Some((id, n)) = a.admit_next() {
+            a.release(&id, &n);
+            order.push(id);
+        }
+        order
+    }
+
+    /// A user with many queued runs does not hold back another user's: users take
+    /// turns within a priority, each in its own FIFO order; a single user is plain FIFO.
+    #[test]
+    fn users_take_turns() {
+        let one = Budget {
+            max_running: 1,
+            ..budget()
+        };
+        let small = Need {
+            memory: 1 << 20,
+            cpu_quota: 1000,
+        };
+        let mut a = Admission::new(one);
+        for i in 0..4 {
+            a.push_owned(&format!("x{i}"), 0, small, 1001);
+        }
+        a.push_owned("y0", 0, small, 1002);
+        a.push_owned("y1", 0, small, 1002);
+        a.push_owned("z-high", 3, small, 1003);
+        assert_eq!(
+            start_order(&mut a),
+            ["z-high", "x0", "y0", "x1", "y1", "x2", "x3"]
+        );
+        // A late arrival is not put behind a long backlog: it joins the round being
+        // admitted, so it starts next.
+        let mut a = Admission::new(one);
+        for i in 0..5 {
+            a.push_owned(&format!("x{i}"), 0, small, 1001);
+        }
+        let (id, n) = a.admit_next().unwrap();
+        a.release(&id, &n);
+        let (id, n) = a.admit_next().unwrap();
+        a.release(&id, &n);
+        a.push_owned("late", 0, small, 1002);
+        assert_eq!(start_order(&mut a), ["late", "x2", "x3", "x4"]);
+        // One user: FIFO, as before.
+        let mut a = Admission::new(one);
+        for i in 0..4 {
+            a.push(&format!("r{i}"), 0, small);
+        }
+        assert_eq!(start_order(&mut a), ["r0", "r1", "r2", "r3"]);
+    }
+
+    /// Over its cap, a user's run waits and another user's runs behind it start; the
+    /// strict head rule holds for the first run whose user is under its cap.
+    #[test]
+    fn user_max_running() {
+        let small = Need {
+            memory: 1 << 20,
+            cpu_quota: 1000,
+        };
+        let mut a = Admission::new(budget()).with_user_max_running(Some(2));
+        for i in 0..4 {
+            a.push_owned(&format!("x{i}"), 5, small, 1001);
+        }
+        a.push_owned("y0", 0, small, 1002);
+        let mut started = Vec::new();
+        while let Some((id, _)) = a.admit_next() {
+            started.push(id);
+        }
+        assert_eq!(started, ["x0", "x1", "y0"], "x2 and x3 wait for x's cap");
+        assert_eq!((a.running_of(1001), a.running_of(1002)), (2, 1));
+        a.release("x0", &small);
+        assert_eq!(a.admit_next().unwrap().0, "x2");
+        assert!(a.admit_next().is_none());
+        // The first run under its cap that does not fit holds the rest back.
+        let mut a = Admission::new(budget()).with_user_max_running(Some(1));
+        let big = Need {
+            memory: G,
+            cpu_quota: 1000,
+        };
+        a.push_owned("x0", 0, small, 1001);
+        a.push_owned("x1", 0, small, 1001);
+        a.push_owned("y-big", 0, big, 1002);
+        a.push_owned("z0", 0, small, 1003);
+        assert_eq!(a.admit_next().unwrap().0, "x0");
+        assert!(
+            a.admit_next().is_none(),
+            "y-big is first under its cap and does not fit: z0 waits behind it"
+        );
     }
 }

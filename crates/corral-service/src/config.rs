@@ -137,6 +137,8 @@ pub struct ServeConfig {
     pub admin_group: Option<String>,
     /// When set, only members of this group (and admins) may submit runs.
     pub allow_group: Option<String>,
+    /// At most this many runs of one user at once (`None`: no per-user cap).
+    pub user_max_running: Option<usize>,
 }
 
 impl ServeConfig {
@@ -157,6 +159,7 @@ impl ServeConfig {
             keep_output: Some(DEFAULT_KEEP_OUTPUT),
             admin_group: None,
             allow_group: None,
+            user_max_running: None,
         }
     }
 

@@ -177,6 +177,9 @@ pub struct BudgetStatus {
     pub pids_current: Option<u64>,
     /// How many runs may run at once.
     pub max_running: usize,
+    /// How many runs of one user may run at once; null for no per-user cap.
+    #[serde(default)]
+    pub user_max_running: Option<usize>,
 }
 
 /// `GET /health`.

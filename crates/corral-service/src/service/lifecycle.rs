@@ -169,7 +169,7 @@ impl Service {
                         a.cancel = Some(tx);
                         launch.push((id, a.job.clone(), rx));
                     }
-                    None => g.adm.release(&need),
+                    None => g.adm.release(&id, &need),
                 }
             }
         }
@@ -239,7 +239,7 @@ impl Service {
         {
             let mut g = self.lock();
             if let Some(a) = g.active.remove(&id) {
-                g.adm.release(&a.need);
+                g.adm.release(&id, &a.need);
                 let _ = a.done.send(true);
             }
         }

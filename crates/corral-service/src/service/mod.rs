@@ -193,7 +193,8 @@ impl Inner {
     /// Puts a job in the admission queue and the active table, as `Queued`: a new
     /// submission and a queued run resumed after a restart enter the same way.
     fn enqueue(&mut self, job: Job, priority: i64, need: Need) {
-        self.adm.push(&job.id, priority, need);
+        self.adm
+            .push_owned(&job.id, priority, need, job.submitted_by);
         self.active.insert(
             job.id.clone(),
             Active {
@@ -328,7 +329,7 @@ impl Service {
             access,
             facts,
             inner: Mutex::new(Inner {
-                adm: Admission::new(budget),
+                adm: Admission::new(budget).with_user_max_running(cfg.user_max_running),
                 active: HashMap::new(),
                 draining: false,
             }),

@@ -92,9 +92,9 @@ impl Service {
     }
 
     fn budget_status(&self) -> BudgetStatus {
-        let (b, reserved) = {
+        let (b, reserved, user_max_running) = {
             let g = self.lock();
-            (*g.adm.budget(), g.adm.reserved())
+            (*g.adm.budget(), g.adm.reserved(), g.adm.user_max_running())
         };
         let u = self.tree.usage();
         BudgetStatus {
@@ -107,6 +107,7 @@ impl Service {
             swap_bytes: b.swap,
             pids_current: u.pids,
             max_running: b.max_running,
+            user_max_running,
         }
     }
 
