@@ -77,6 +77,14 @@ pub struct ServeArgs {
     /// users' runs start (default: no per-user cap).
     #[arg(long, value_name = "N")]
     pub user_max_running: Option<usize>,
+    /// Memory one user's running runs may reserve together; a run larger than this is
+    /// refused (default: no per-user cap).
+    #[arg(long, value_name = "SIZE")]
+    pub user_budget_memory: Option<String>,
+    /// CPUs one user's running runs may reserve together; a run asking for more is
+    /// refused (default: no per-user cap).
+    #[arg(long, value_name = "N")]
+    pub user_budget_cpus: Option<String>,
 }
 
 /// The service a client command talks to.
@@ -213,6 +221,12 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
     if cfg.user_max_running == Some(0) {
         bail!("--user-max-running must be at least 1");
     }
+    cfg.user_budget_memory = a
+        .user_budget_memory
+        .as_deref()
+        .map(|s| parse_size("user budget memory", s))
+        .transpose()?;
+    cfg.user_budget_cpus = a.user_budget_cpus.as_deref().map(parse_cpus).transpose()?;
     // If the service is killed, its guard ends the runs in flight at once; the restart
     // then records them as lost.
     // The guard starts before the service moves itself into its `supervisor` cgroup, so

@@ -432,7 +432,8 @@ fn a_user_over_its_cap_waits_while_others_start() {
         let mut s = Svc::new(
             b,
             "cap",
-            "--budget-memory 1G --budget-cpus 1 --max-running 4 --user-max-running 1",
+            "--budget-memory 1G --budget-cpus 1 --max-running 4 --user-max-running 1 \
+             --user-budget-memory 512M",
         );
         std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let cwd = tempfile::tempdir().unwrap();
@@ -466,6 +467,41 @@ fn a_user_over_its_cap_waits_while_others_start() {
         );
         // One run cgroup per running run, read from the kernel.
         assert_eq!(s.run_cgroups_memory(), 2);
+        // Each user's share in /health and /metrics.
+        let (_, h) = s.call("GET", "/health");
+        let users: Vec<(u64, u64, u64)> = h["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                (
+                    u["uid"].as_u64().unwrap(),
+                    u["running"].as_u64().unwrap(),
+                    u["queued"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let mut want = vec![(u64::from(a.uid), 1, 2), (u64::from(bob.uid), 1, 0)];
+        want.sort();
+        assert_eq!(users, want);
+        let m = s.metrics();
+        assert!(
+            m.contains(&format!("corral_user_queued{{uid=\"{}\"}} 2\n", a.uid)),
+            "{m}"
+        );
+        // A run larger than one user's memory budget could never start: 422.
+        let out = corral_as(
+            &bob,
+            &s,
+            cwd,
+            &["submit", "-m", "600M", "-c", "0.1", "--", "true"],
+        );
+        assert_eq!(out.status.code(), Some(125), "{out:?}");
+        assert!(
+            text(&out.stderr).contains("exceeds the service's memory budget per user of 512 MiB"),
+            "{}",
+            text(&out.stderr)
+        );
         // A's next run starts when its first ends.
         let (code, _) = s.call("POST", &format!("/runs/{}/cancel", mine[0]));
         assert_eq!(code, 202);

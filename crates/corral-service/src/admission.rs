@@ -137,6 +137,44 @@ pub enum NeedError {
         /// The swap budget in bytes.
         budget: u64,
     },
+    /// The run's memory limit is larger than one user's memory budget.
+    #[error(
+        "the run's memory limit {} exceeds the service's memory budget per user of {} \
+         (corral serve --user-budget-memory)",
+        format_bytes(*.limit),
+        format_bytes(*.budget)
+    )]
+    UserMemoryOverBudget {
+        /// The run's limit in bytes.
+        limit: u64,
+        /// The per-user budget in bytes.
+        budget: u64,
+    },
+    /// The run's CPU limit is larger than one user's CPU budget.
+    #[error(
+        "the run's CPU limit of {} CPUs exceeds the service's CPU budget per user of {} \
+         (corral serve --user-budget-cpus)",
+        cpus_text(*.limit),
+        cpus_text(*.budget)
+    )]
+    UserCpuOverBudget {
+        /// The run's limit in CPUs.
+        limit: f64,
+        /// The per-user budget in CPUs.
+        budget: f64,
+    },
+}
+
+/// What one user's running runs may reserve together (`--user-budget-memory`,
+/// `--user-budget-cpus`), and how many may run (`--user-max-running`); `None`: no cap.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct UserCaps {
+    /// Runs at once.
+    pub max_running: Option<usize>,
+    /// Memory in bytes.
+    pub memory: Option<u64>,
+    /// CPUs.
+    pub cpus: Option<f64>,
 }
 
 impl Budget {
@@ -207,7 +245,8 @@ pub struct Admission {
     /// The owners of admitted runs, and how many each user runs.
     admitted: HashMap<String, u32>,
     running_by: HashMap<u32, usize>,
-    user_max_running: Option<usize>,
+    reserved_by: HashMap<u32, Need>,
+    caps: UserCaps,
 }
 
 impl Admission {
@@ -225,14 +264,32 @@ impl Admission {
             floor: 0,
             admitted: HashMap::new(),
             running_by: HashMap::new(),
-            user_max_running: None,
+            reserved_by: HashMap::new(),
+            caps: UserCaps::default(),
         }
     }
 
-    /// At most `n` runs of one user at once (`--user-max-running`).
-    pub fn with_user_max_running(mut self, n: Option<usize>) -> Admission {
-        self.user_max_running = n;
+    /// The per-user caps.
+    pub fn with_user_caps(mut self, caps: UserCaps) -> Admission {
+        self.caps = caps;
         self
+    }
+
+    /// Why a run reserving `need` could never start under the per-user caps.
+    pub fn check_user_need(&self, need: &Need) -> Result<(), NeedError> {
+        if let Some(budget) = self.caps.memory.filter(|&m| need.memory > m) {
+            return Err(NeedError::UserMemoryOverBudget {
+                limit: need.memory,
+                budget,
+            });
+        }
+        if let Some(budget) = self.caps.cpus.filter(|&c| need.cpu_quota > cpu_quota_us(c)) {
+            return Err(NeedError::UserCpuOverBudget {
+                limit: need.cpus(),
+                budget,
+            });
+        }
+        Ok(())
     }
 
     /// The budget.
@@ -263,9 +320,27 @@ impl Admission {
         self.keys.insert(id.to_string(), key);
     }
 
-    /// The per-user cap (`--user-max-running`).
-    pub fn user_max_running(&self) -> Option<usize> {
-        self.user_max_running
+    /// The per-user caps.
+    pub fn user_caps(&self) -> UserCaps {
+        self.caps
+    }
+
+    /// Each user with runs running or waiting: (uid, running, queued, reserved).
+    pub fn by_user(&self) -> Vec<(u32, usize, usize, Need)> {
+        let mut users: BTreeMap<u32, (usize, usize, Need)> = BTreeMap::new();
+        for (&u, &n) in &self.running_by {
+            users.entry(u).or_default().0 = n;
+        }
+        for (&u, &r) in &self.reserved_by {
+            users.entry(u).or_default().2 = r;
+        }
+        for w in self.queue.values() {
+            users.entry(w.owner).or_default().1 += 1;
+        }
+        users
+            .into_iter()
+            .map(|(u, (r, q, n))| (u, r, q, n))
+            .collect()
     }
 
     /// How many runs `owner` runs now.
@@ -273,9 +348,20 @@ impl Admission {
         self.running_by.get(&owner).copied().unwrap_or(0)
     }
 
-    fn capped(&self, owner: u32) -> bool {
-        self.user_max_running
+    /// True when `owner`'s run reserving `need` must wait for the owner's own runs.
+    fn capped(&self, owner: u32, need: &Need) -> bool {
+        let used = self.reserved_by.get(&owner).copied().unwrap_or_default();
+        self.caps
+            .max_running
             .is_some_and(|n| self.running_of(owner) >= n)
+            || self
+                .caps
+                .memory
+                .is_some_and(|m| used.memory + need.memory > m)
+            || self
+                .caps
+                .cpus
+                .is_some_and(|c| used.cpu_quota + need.cpu_quota > cpu_quota_us(c))
     }
 
     /// Takes a queued run out of the queue (cancelled); false when it is not queued.
@@ -301,7 +387,10 @@ impl Admission {
     /// Admits the first queued run whose user is under its cap, if it fits, reserving
     /// its share.
     pub fn admit_next(&mut self) -> Option<(String, Need)> {
-        let (&key, head) = self.queue.iter().find(|(_, w)| !self.capped(w.owner))?;
+        let (&key, head) = self
+            .queue
+            .iter()
+            .find(|(_, w)| !self.capped(w.owner, &w.need))?;
         if !self.fits(&head.need) {
             return None;
         }
@@ -311,6 +400,9 @@ impl Admission {
         self.running += 1;
         *self.running_by.entry(w.owner).or_default() += 1;
         self.admitted.insert(w.id.clone(), w.owner);
+        let r = self.reserved_by.entry(w.owner).or_default();
+        r.memory += w.need.memory;
+        r.cpu_quota += w.need.cpu_quota;
         self.reserved.memory += w.need.memory;
         self.reserved.cpu_quota += w.need.cpu_quota;
         Some((w.id, w.need))
@@ -323,7 +415,12 @@ impl Admission {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     self.running_by.remove(&owner);
+                    self.reserved_by.remove(&owner);
                 }
+            }
+            if let Some(r) = self.reserved_by.get_mut(&owner) {
+                r.memory = r.memory.saturating_sub(need.memory);
+                r.cpu_quota = r.cpu_quota.saturating_sub(need.cpu_quota);
             }
         }
         self.running = self.running.saturating_sub(1);
@@ -599,7 +696,10 @@ mod tests {
             memory: 1 << 20,
             cpu_quota: 1000,
         };
-        let mut a = Admission::new(budget()).with_user_max_running(Some(2));
+        let mut a = Admission::new(budget()).with_user_caps(UserCaps {
+            max_running: Some(2),
+            ..UserCaps::default()
+        });
         for i in 0..4 {
             a.push_owned(&format!("x{i}"), 5, small, 1001);
         }
@@ -614,7 +714,10 @@ mod tests {
         assert_eq!(a.admit_next().unwrap().0, "x2");
         assert!(a.admit_next().is_none());
         // The first run under its cap that does not fit holds the rest back.
-        let mut a = Admission::new(budget()).with_user_max_running(Some(1));
+        let mut a = Admission::new(budget()).with_user_caps(UserCaps {
+            max_running: Some(1),
+            ..UserCaps::default()
+        });
         let big = Need {
             memory: G,
             cpu_quota: 1000,
@@ -628,5 +731,66 @@ mod tests {
             a.admit_next().is_none(),
             "y-big is first under its cap and does not fit: z0 waits behind it"
         );
+    }
+
+    /// A user whose running runs reserve its memory or CPU budget waits; a run larger
+    /// than a user's budget could never start and is refused.
+    #[test]
+    fn user_budgets() {
+        let caps = UserCaps {
+            max_running: None,
+            memory: Some(G / 2),
+            cpus: Some(1.0),
+        };
+        let mut a = Admission::new(budget()).with_user_caps(caps);
+        let quarter = Need {
+            memory: G / 4,
+            cpu_quota: cpu_quota_us(0.25),
+        };
+        for i in 0..3 {
+            a.push_owned(&format!("x{i}"), 0, quarter, 1001);
+        }
+        a.push_owned("y0", 0, quarter, 1002);
+        let mut started = Vec::new();
+        while let Some((id, _)) = a.admit_next() {
+            started.push(id);
+        }
+        assert_eq!(started, ["x0", "y0", "x1"], "x2 would exceed x's 512 MiB");
+        assert_eq!(
+            a.by_user(),
+            vec![
+                (
+                    1001,
+                    2,
+                    1,
+                    Need {
+                        memory: G / 2,
+                        cpu_quota: cpu_quota_us(0.5)
+                    }
+                ),
+                (1002, 1, 0, quarter)
+            ]
+        );
+        a.release("x0", &quarter);
+        assert_eq!(a.admit_next().unwrap().0, "x2");
+        assert!(a.check_user_need(&quarter).is_ok());
+        let e = a
+            .check_user_need(&Need {
+                memory: G,
+                cpu_quota: 0,
+            })
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the run's memory limit 1.0 GiB exceeds the service's memory budget per user of \
+             512 MiB (corral serve --user-budget-memory)"
+        );
+        let e = a
+            .check_user_need(&Need {
+                memory: 1,
+                cpu_quota: cpu_quota_us(1.5),
+            })
+            .unwrap_err();
+        assert!(matches!(e, NeedError::UserCpuOverBudget { .. }), "{e}");
     }
 }

@@ -139,6 +139,10 @@ pub struct ServeConfig {
     pub allow_group: Option<String>,
     /// At most this many runs of one user at once (`None`: no per-user cap).
     pub user_max_running: Option<usize>,
+    /// The memory one user's running runs may reserve together.
+    pub user_budget_memory: Option<u64>,
+    /// The CPUs one user's running runs may reserve together.
+    pub user_budget_cpus: Option<f64>,
 }
 
 impl ServeConfig {
@@ -160,6 +164,8 @@ impl ServeConfig {
             admin_group: None,
             allow_group: None,
             user_max_running: None,
+            user_budget_memory: None,
+            user_budget_cpus: None,
         }
     }
 

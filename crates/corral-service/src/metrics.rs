@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use corral_record::Reason;
 
-use crate::wire::{BudgetStatus, RunState};
+use crate::wire::{BudgetStatus, RunState, UserUsage};
 
 /// Launch-latency bucket bounds in seconds.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -96,7 +96,12 @@ pub struct Snapshot {
     pub budget: BudgetStatus,
     /// 1 after SIGTERM.
     pub draining: bool,
+    /// Each user with runs running or waiting.
+    pub users: Vec<UserUsage>,
 }
+
+/// A per-user gauge: name, help, and its value for one user.
+type PerUser = (&'static str, &'static str, fn(&UserUsage) -> f64);
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -211,6 +216,32 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
     for (name, help, v) in gauges {
         family(&mut o, name, "gauge", help);
         let _ = writeln!(o, "{name} {v}");
+    }
+    let per_user: [PerUser; 4] = [
+        (
+            "corral_user_running",
+            "A user's runs running now (users with runs running or waiting).",
+            |u| u.running as f64,
+        ),
+        ("corral_user_queued", "A user's runs waiting.", |u| {
+            u.queued as f64
+        }),
+        (
+            "corral_user_memory_reserved_bytes",
+            "The memory a user's running runs reserve.",
+            |u| u.memory_reserved_bytes as f64,
+        ),
+        (
+            "corral_user_cpus_reserved",
+            "The CPUs a user's running runs reserve.",
+            |u| u.cpus_reserved,
+        ),
+    ];
+    for (name, help, v) in per_user {
+        family(&mut o, name, "gauge", help);
+        for u in &s.users {
+            let _ = writeln!(o, "{name}{{uid=\"{}\"}} {}", u.uid, v(u));
+        }
     }
     family(
         &mut o,

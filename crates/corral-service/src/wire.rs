@@ -180,6 +180,27 @@ pub struct BudgetStatus {
     /// How many runs of one user may run at once; null for no per-user cap.
     #[serde(default)]
     pub user_max_running: Option<usize>,
+    /// The memory one user's running runs may reserve together; null for no cap.
+    #[serde(default)]
+    pub user_memory_bytes: Option<u64>,
+    /// The CPUs one user's running runs may reserve together; null for no cap.
+    #[serde(default)]
+    pub user_cpus: Option<f64>,
+}
+
+/// One user's share of this instance's queue and budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserUsage {
+    /// The user (the runs' submitter).
+    pub uid: u32,
+    /// Its runs running now.
+    pub running: usize,
+    /// Its runs waiting.
+    pub queued: usize,
+    /// The memory its running runs reserve.
+    pub memory_reserved_bytes: u64,
+    /// The CPUs its running runs reserve.
+    pub cpus_reserved: f64,
 }
 
 /// `GET /health`.
@@ -205,6 +226,9 @@ pub struct Health {
     pub ledger: String,
     /// The service's pid.
     pub pid: u32,
+    /// Each user with runs running or waiting in this instance.
+    #[serde(default)]
+    pub users: Vec<UserUsage>,
 }
 
 #[cfg(test)]

@@ -94,7 +94,12 @@ impl Service {
         limits.user = auth::run_user(caller, asked.as_ref(), &limits.user, &SystemDirectory)?;
         corral_run::run::check_isolation(self.backend.as_ref(), &limits)
             .map_err(ServiceError::Refused)?;
-        let need = self.lock().adm.budget().need(&limits)?;
+        let need = {
+            let g = self.lock();
+            let need = g.adm.budget().need(&limits)?;
+            g.adm.check_user_need(&need)?;
+            need
+        };
         let request_json = serde_json::to_string(&req).map_err(ServiceError::Encode)?;
         let limits_json = serde_json::to_string(&limits).map_err(ServiceError::Encode)?;
         let mut tries = 0;
@@ -508,6 +513,18 @@ mod tests {
         block_on(async move {
             let (_, ra) = svc.submit(&a, BODY).await.unwrap();
             let (_, rb) = svc.submit(&b, BODY).await.unwrap();
+            let users: Vec<(u32, usize, usize)> = svc
+                .health()
+                .users
+                .iter()
+                .map(|u| (u.uid, u.running, u.queued))
+                .collect();
+            assert_eq!(users, [(4001, 0, 1), (4002, 0, 1)]);
+            let text = crate::metrics::render(&svc.metrics, &svc.snapshot().await.unwrap());
+            assert!(
+                text.contains("corral_user_queued{uid=\"4002\"} 1\n"),
+                "{text}"
+            );
             let row = svc.ledger.get(&ra.id).unwrap().unwrap();
             assert_eq!(row.submitted_by, Some(4001));
             let job = super::Job::from_row(&row).unwrap();

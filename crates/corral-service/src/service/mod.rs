@@ -329,7 +329,11 @@ impl Service {
             access,
             facts,
             inner: Mutex::new(Inner {
-                adm: Admission::new(budget).with_user_max_running(cfg.user_max_running),
+                adm: Admission::new(budget).with_user_caps(crate::admission::UserCaps {
+                    max_running: cfg.user_max_running,
+                    memory: cfg.user_budget_memory,
+                    cpus: cfg.user_budget_cpus,
+                }),
                 active: HashMap::new(),
                 draining: false,
             }),

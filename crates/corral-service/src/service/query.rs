@@ -11,7 +11,7 @@ use crate::ledger::Row;
 use crate::metrics::Snapshot;
 use crate::service::auth::{self, Caller};
 use crate::service::{Service, ServiceError};
-use crate::wire::{BudgetStatus, Health, RunList, RunOwner, RunState, RunStatus};
+use crate::wire::{BudgetStatus, Health, RunList, RunOwner, RunState, RunStatus, UserUsage};
 
 impl Service {
     /// `GET /runs/{id}`. A run `caller` may not see is answered exactly like one that
@@ -91,10 +91,25 @@ impl Service {
         }
     }
 
+    fn users(&self) -> Vec<UserUsage> {
+        self.lock()
+            .adm
+            .by_user()
+            .into_iter()
+            .map(|(uid, running, queued, need)| UserUsage {
+                uid,
+                running,
+                queued,
+                memory_reserved_bytes: need.memory,
+                cpus_reserved: need.cpus(),
+            })
+            .collect()
+    }
+
     fn budget_status(&self) -> BudgetStatus {
-        let (b, reserved, user_max_running) = {
+        let (b, reserved, caps) = {
             let g = self.lock();
-            (*g.adm.budget(), g.adm.reserved(), g.adm.user_max_running())
+            (*g.adm.budget(), g.adm.reserved(), g.adm.user_caps())
         };
         let u = self.tree.usage();
         BudgetStatus {
@@ -107,7 +122,9 @@ impl Service {
             swap_bytes: b.swap,
             pids_current: u.pids,
             max_running: b.max_running,
-            user_max_running,
+            user_max_running: caps.max_running,
+            user_memory_bytes: caps.memory,
+            user_cpus: caps.cpus,
         }
     }
 
@@ -128,6 +145,7 @@ impl Service {
             budget: self.budget_status(),
             ledger: self.facts.ledger.clone(),
             pid: std::process::id(),
+            users: self.users(),
         }
     }
 
@@ -148,6 +166,7 @@ impl Service {
             running,
             budget: self.budget_status(),
             draining,
+            users: self.users(),
         })
     }
 }

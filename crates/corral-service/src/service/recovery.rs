@@ -93,7 +93,12 @@ impl Service {
                 }
             };
             // Admission is checked again: the budget may have shrunk since.
-            let need = match g.adm.budget().need(&job.limits) {
+            let need = match g
+                .adm
+                .budget()
+                .need(&job.limits)
+                .and_then(|n| g.adm.check_user_need(&n).map(|()| n))
+            {
                 Ok(n) => n,
                 Err(why) => {
                     drop(g);
