@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// refused (default: no per-user cap).
     #[arg(long, value_name = "N")]
     pub user_budget_cpus: Option<String>,
+    /// Bearer tokens for a TCP listener: one "USER TOKEN" line per user, the file mode
+    /// 0600 (required with a TCP --listen; clients send $CORRAL_TOKEN).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// The service a client command talks to.
@@ -101,7 +105,9 @@ impl ServerArg {
             .server
             .parse()
             .map_err(|e| anyhow!("invalid --server {:?}: {e}", self.server))?;
-        Ok(Client::new(addr))
+        // A TCP service knows callers by their bearer token only.
+        let token = std::env::var("CORRAL_TOKEN").ok().filter(|t| !t.is_empty());
+        Ok(Client::new(addr).with_token(token))
     }
 }
 
@@ -227,6 +233,7 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
         .map(|s| parse_size("user budget memory", s))
         .transpose()?;
     cfg.user_budget_cpus = a.user_budget_cpus.as_deref().map(parse_cpus).transpose()?;
+    cfg.token_file = a.token_file;
     // If the service is killed, its guard ends the runs in flight at once; the restart
     // then records them as lost.
     // The guard starts before the service moves itself into its `supervisor` cgroup, so

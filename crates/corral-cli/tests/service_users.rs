@@ -525,3 +525,142 @@ fn a_user_over_its_cap_waits_while_others_start() {
         s.stop(libc::SIGTERM, Duration::from_secs(30));
     });
 }
+
+/// TCP knows callers only by bearer token: a TCP listener needs `--token-file` (mode
+/// 0600); a request without a token or with a wrong one is refused (401); a token's
+/// run executes as the token's user and sees only that user's runs.
+#[test]
+fn tcp_callers_are_their_tokens_user() {
+    if !nix::unistd::geteuid().is_root() {
+        corral_testkit::skip(
+            "service_users tcp",
+            &common::Missing::new(common::Feature::Root, "creating users needs root"),
+        );
+        return;
+    }
+    let _g = serial();
+    each_backend("service_users_tcp", |b| {
+        let a = TestUser::new("ta");
+        let mut s = Svc::new(b, "tcp", "");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let tokens = s.dir.path().join("tokens");
+        let a_token = "a-token-0123456789abcdef";
+        let root_token = "root-token-0123456789abcdef";
+        std::fs::write(
+            &tokens,
+            format!("{} {a_token}\nroot {root_token}\n", a.name),
+        )
+        .unwrap();
+        let serve = |extra: &[&std::ffi::OsStr]| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
+            c.args(["serve", "--listen", &addr, "--ledger"])
+                .arg(s.ledger())
+                .args(["--backend", b, "--cgroup-root", &s.root_arg])
+                .args(["--budget-memory", "1G", "--budget-cpus", "1"])
+                .args(extra)
+                .env("XDG_CONFIG_HOME", s.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            c
+        };
+        // Without a token file, or with one others may read: refused at start.
+        let out = serve(&[]).output().unwrap();
+        assert_eq!(out.status.code(), Some(125));
+        assert!(
+            text(&out.stderr).contains(&format!(
+                "refusing to listen on {addr} without --token-file"
+            )),
+            "{}",
+            text(&out.stderr)
+        );
+        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = serve(&["--token-file".as_ref(), tokens.as_os_str()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(125));
+        assert!(
+            text(&out.stderr).contains("has mode 0644"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(!s.ledger().exists(), "nothing was created");
+
+        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut c = serve(&["--token-file".as_ref(), tokens.as_os_str()]);
+        c.stderr(std::fs::File::create(s.dir.path().join("serve-tcp.log")).unwrap());
+        s.child = Some(c.spawn().unwrap());
+        let client = |t: Option<&str>| {
+            corral_service::client::Client::new(addr.parse().unwrap())
+                .with_token(t.map(str::to_string))
+        };
+        eventually(Duration::from_secs(20), || client(None).health().ok())
+            .expect("the service answers /health");
+        let call = |t: Option<&str>, method: &str, path: &str, body: Option<&Value>| {
+            let body = body.map(|v| v.to_string());
+            let r = client(t)
+                .request(method, path, body.as_deref().map(str::as_bytes))
+                .unwrap();
+            let code = r.status;
+            (
+                code,
+                serde_json::from_slice::<Value>(&r.bytes().unwrap()).unwrap_or(Value::Null),
+            )
+        };
+        for t in [None, Some("a-token-0123456789abcdeX"), Some("")] {
+            let (code, v) = call(t, "GET", "/runs", None);
+            assert_eq!(code, 401, "{t:?}: {v}");
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Authorization: Bearer"),
+                "{v}"
+            );
+        }
+        let body = serde_json::json!({"command": ["id", "-u"], "cwd": "/",
+            "limits": {"memory": "64M", "cpus": 0.25, "timeout": "60s"}});
+        let (code, v) = call(None, "POST", "/runs", Some(&body));
+        assert_eq!(code, 401, "{v}");
+        // A's token: the run is A's.
+        let (code, v) = call(Some(a_token), "POST", "/runs", Some(&body));
+        assert_eq!(code, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let (code, st) = call(
+            Some(a_token),
+            "GET",
+            &format!("/runs/{id}/wait?timeout=60"),
+            None,
+        );
+        assert_eq!(code, 200, "{st}");
+        assert_eq!(st["owner"]["uid"], a.uid);
+        let r = client(Some(a_token))
+            .request("GET", &format!("/runs/{id}/output"), None)
+            .unwrap();
+        assert_eq!(
+            text(&r.bytes().unwrap()).trim(),
+            a.uid.to_string(),
+            "id -u inside"
+        );
+        // Root's token sees it; root's own run is not A's to see.
+        let (_, rv) = call(Some(root_token), "POST", "/runs", Some(&body));
+        let rid = rv["id"].as_str().unwrap().to_string();
+        let (code, _) = call(Some(a_token), "GET", &format!("/runs/{rid}"), None);
+        assert_eq!(code, 404);
+        let (_, all) = call(Some(root_token), "GET", "/runs", None);
+        assert_eq!(all["runs"].as_array().unwrap().len(), 2);
+        let (_, mine) = call(Some(a_token), "GET", "/runs", None);
+        assert_eq!(mine["runs"].as_array().unwrap().len(), 1);
+        call(
+            Some(root_token),
+            "GET",
+            &format!("/runs/{rid}/wait?timeout=60"),
+            None,
+        );
+        s.stop(libc::SIGTERM, Duration::from_secs(30));
+    });
+}

@@ -184,6 +184,8 @@ pub struct Client {
     addr: Addr,
     /// Read timeout per response (None: wait forever, e.g. for `follow`).
     pub read_timeout: Option<Duration>,
+    /// The bearer token sent with every request (a TCP service needs one).
+    pub token: Option<String>,
 }
 
 impl Client {
@@ -192,7 +194,14 @@ impl Client {
         Client {
             addr,
             read_timeout: Some(Duration::from_secs(120)),
+            token: None,
         }
+    }
+
+    /// The same client, sending `token` as its bearer token.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
     }
 
     /// The address.
@@ -238,6 +247,9 @@ impl Client {
              Accept: */*\r\nConnection: close\r\n",
             env!("CARGO_PKG_VERSION")
         );
+        if let Some(t) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
         if let Some(b) = body {
             head.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",

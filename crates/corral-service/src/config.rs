@@ -143,6 +143,8 @@ pub struct ServeConfig {
     pub user_budget_memory: Option<u64>,
     /// The CPUs one user's running runs may reserve together.
     pub user_budget_cpus: Option<f64>,
+    /// The bearer tokens of a TCP listener (`USER TOKEN` lines, mode 0600).
+    pub token_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -166,6 +168,7 @@ impl ServeConfig {
             user_max_running: None,
             user_budget_memory: None,
             user_budget_cpus: None,
+            token_file: None,
         }
     }
 

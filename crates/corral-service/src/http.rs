@@ -53,6 +53,7 @@ pub fn status_for(e: &ServiceError) -> StatusCode {
     match e {
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServiceError::Unauthenticated => StatusCode::UNAUTHORIZED,
         ServiceError::KeyTaken => StatusCode::CONFLICT,
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
         ServiceError::Refused(_) | ServiceError::OverBudget(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -92,8 +93,7 @@ pub enum Peer {
     /// A Unix socket connection: the peer's uid, gid and pid at connect
     /// (`SO_PEERCRED`), or `None` when they cannot be read.
     Unix(Option<(u32, u32, Option<i32>)>),
-    /// A loopback TCP connection. Until tokens exist, a TCP caller is root-equivalent
-    /// (which is why TCP listens on loopback addresses only).
+    /// A loopback TCP connection: the caller is whoever its bearer token stands for.
     Tcp(std::net::SocketAddr),
 }
 
@@ -109,8 +109,9 @@ impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
     }
 }
 
-/// The caller of a request, from its connection's [`Peer`]. A request that did not
-/// come through a listener with peer information is refused (403).
+/// The caller of a request, from its connection's [`Peer`] (Unix) or its bearer token
+/// (TCP). A request that did not come through a listener with peer information is
+/// refused (403); a TCP request without a known token, 401.
 struct Who(Caller);
 
 impl FromRequestParts<App> for Who {
@@ -119,7 +120,18 @@ impl FromRequestParts<App> for Who {
     async fn from_request_parts(parts: &mut Parts, s: &App) -> Result<Who, ApiError> {
         match parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0) {
             Some(Peer::Unix(Some((uid, gid, pid)))) => Ok(Who(s.caller(uid, gid, pid))),
-            Some(Peer::Tcp(_)) => Ok(Who(Caller::root())),
+            Some(Peer::Tcp(_)) => {
+                let token = parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim);
+                match token.and_then(|t| s.token_caller(t)) {
+                    Some(c) => Ok(Who(c)),
+                    None => Err(ServiceError::Unauthenticated.into()),
+                }
+            }
             Some(Peer::Unix(None)) | None => Err(ServiceError::from(Forbidden::Unknown).into()),
         }
     }

@@ -74,6 +74,16 @@ pub enum ServeError {
          its user; listen on a Unix socket or a loopback address (127.0.0.1:PORT)"
     )]
     NotLoopback(std::net::SocketAddr),
+    /// TCP without `--token-file`: no TCP caller could be identified.
+    #[error(
+        "refusing to listen on {0} without --token-file: a TCP caller can only be told \
+         apart by its bearer token (or listen on a Unix socket, where the kernel says who \
+         calls)"
+    )]
+    TcpWithoutTokens(std::net::SocketAddr),
+    /// The token file cannot be used.
+    #[error("{0}")]
+    Tokens(crate::service::auth::TokenError),
     /// Another service answers on the socket.
     #[error("another service is already listening on {}", .0.display())]
     SocketInUse(PathBuf),
@@ -145,7 +155,14 @@ pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         if !a.ip().is_loopback() {
             return Err(ServeError::NotLoopback(*a));
         }
+        if cfg.token_file.is_none() {
+            return Err(ServeError::TcpWithoutTokens(*a));
+        }
     }
+    let tokens = match &cfg.token_file {
+        Some(p) => crate::service::auth::Tokens::load(p).map_err(ServeError::Tokens)?,
+        None => Default::default(),
+    };
     if let Addr::Unix(p) = &cfg.listen {
         check_socket_free(p)?;
     }
@@ -183,6 +200,7 @@ pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         budget,
         profiles,
         reaped,
+        tokens,
     };
     let svc = Service::new(parts, &cfg).map_err(ServeError::Service)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -245,10 +263,6 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), ServeError> {
                     addr: listen.clone(),
                     err,
                 })?;
-            eprintln!(
-                "corral serve: warning: TCP callers cannot be identified yet: whoever can \
-                 connect to {a} acts as root (sees every run, may run commands as any user)"
-            );
             let app = app.into_make_service_with_connect_info::<http::Peer>();
             tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(shutdown).await })
         }

@@ -33,7 +33,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Root: what a TCP caller is until tokens exist, and what the service itself is.
+    /// Root with every right (the service itself, and the unit tests).
     pub fn root() -> Caller {
         Caller {
             uid: 0,
@@ -197,6 +197,127 @@ pub fn name_of(uid: u32) -> String {
     SystemDirectory.name_of(uid)
 }
 
+/// The bearer tokens of the TCP listener (`--token-file`): token → (uid, gid).
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(Vec<(String, u32, u32)>);
+
+/// Why the token file cannot be used (the service refuses to start).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// It cannot be read.
+    #[error("cannot read the token file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Others may read it.
+    #[error(
+        "the token file {} has mode {mode:04o}: it must not be readable or writable by \
+         group or others (chmod 600)",
+        path.display()
+    )]
+    Mode {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// A line is not `USER TOKEN`, or names no user, or its token is weak or repeated.
+    #[error("the token file {}, line {line}: {why}", path.display())]
+    Line {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The line number (from 1).
+        line: usize,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The shortest token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl Tokens {
+    /// Reads `--token-file`: one `USER TOKEN` per line (a user name or uid, then its
+    /// token, at least [`MIN_TOKEN_LEN`] characters); blank lines and `#` comments are
+    /// skipped. The file must not be accessible to group or others.
+    pub fn load(path: &std::path::Path) -> Result<Tokens, TokenError> {
+        use std::os::unix::fs::PermissionsExt;
+        let read = |source| TokenError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mode = std::fs::metadata(path).map_err(read)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(TokenError::Mode {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        Tokens::parse(path, &text, &SystemDirectory)
+    }
+
+    /// Parses the text of a token file.
+    pub fn parse(
+        path: &std::path::Path,
+        text: &str,
+        dir: &dyn Directory,
+    ) -> Result<Tokens, TokenError> {
+        let mut out: Vec<(String, u32, u32)> = Vec::new();
+        for (n, l) in text.lines().enumerate() {
+            let l = l.trim();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let bad = |why: String| TokenError::Line {
+                path: path.to_path_buf(),
+                line: n + 1,
+                why,
+            };
+            let mut f = l.split_whitespace();
+            let (Some(user), Some(token), None) = (f.next(), f.next(), f.next()) else {
+                return Err(bad("expected \"USER TOKEN\"".into()));
+            };
+            let acct = dir.account(user, None).map_err(|e| bad(format!("{e}")))?;
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(bad(format!(
+                    "the token of {user} is shorter than {MIN_TOKEN_LEN} characters"
+                )));
+            }
+            if out.iter().any(|(t, _, _)| t == token) {
+                return Err(bad("this token is given twice".into()));
+            }
+            out.push((token.to_string(), acct.uid, acct.gid));
+        }
+        Ok(Tokens(out))
+    }
+
+    /// The uid and gid of a bearer token. Every token is compared in full, so the time
+    /// taken says nothing about how much of a guess was right.
+    pub fn lookup(&self, token: &str) -> Option<(u32, u32)> {
+        let mut found = None;
+        for (t, uid, gid) in &self.0 {
+            let same = t.len() == token.len()
+                && t.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if same {
+                found = Some((*uid, *gid));
+            }
+        }
+        found
+    }
+
+    /// True when no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +460,57 @@ mod tests {
             run_user(&root, None, &User::Default, &Dir),
             Ok(User::Default)
         );
+    }
+
+    #[test]
+    fn token_files() {
+        let p = std::path::Path::new("/etc/corral/tokens");
+        let t = Tokens::parse(
+            p,
+            "# operators\nalice 0123456789abcdef\n\n1002   fedcba9876543210xyz\n",
+            &Dir,
+        )
+        .unwrap();
+        assert_eq!(t.lookup("0123456789abcdef"), Some((1001, 1001)));
+        assert_eq!(t.lookup("fedcba9876543210xyz"), Some((1002, 1002)));
+        assert_eq!(t.lookup("0123456789abcdeX"), None);
+        assert_eq!(t.lookup(""), None);
+        let err = |text: &str| Tokens::parse(p, text, &Dir).unwrap_err().to_string();
+        assert_eq!(
+            err("alice"),
+            "the token file /etc/corral/tokens, line 1: expected \"USER TOKEN\""
+        );
+        assert!(err("nobody-here 0123456789abcdef").contains("line 1: "));
+        assert_eq!(
+            err("alice short"),
+            "the token file /etc/corral/tokens, line 1: the token of alice is shorter than \
+             16 characters"
+        );
+        assert!(err("alice 0123456789abcdef\nbob 0123456789abcdef")
+            .ends_with("line 2: this token is given twice"));
+    }
+
+    #[test]
+    fn token_file_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokens");
+        std::fs::write(&p, "root 0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Tokens::load(&p).unwrap_err();
+        assert!(matches!(e, TokenError::Mode { mode: 0o644, .. }), "{e}");
+        assert!(
+            e.to_string().ends_with(
+                "has mode 0644: it must not be readable or writable by group or others (chmod 600)"
+            ),
+            "{e}"
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let t = Tokens::load(&p).unwrap();
+        assert_eq!(t.lookup("0123456789abcdef"), Some((0, 0)));
+        assert!(matches!(
+            Tokens::load(&dir.path().join("none")),
+            Err(TokenError::Read { .. })
+        ));
     }
 }

@@ -24,6 +24,12 @@ pub enum ServiceError {
     /// The caller may not do this (submit at all, or as another user).
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
+    /// A TCP request without a known bearer token.
+    #[error(
+        "a request over TCP needs \"Authorization: Bearer TOKEN\" with a token of the \
+         service's --token-file (the corral client sends $CORRAL_TOKEN)"
+    )]
+    Unauthenticated,
     /// Another user's run already holds the idempotency key.
     #[error("the idempotency key is already used by another user's run; choose another key")]
     KeyTaken,

@@ -233,6 +233,8 @@ pub struct Parts {
     /// What [`ServiceTree::reap_strays`] did to the run cgroups an earlier instance
     /// left.
     pub reaped: Vec<Reaped>,
+    /// The TCP listener's bearer tokens.
+    pub tokens: auth::Tokens,
 }
 
 /// The running service.
@@ -247,6 +249,7 @@ pub struct Service {
     drain_timeout: Duration,
     owner: String,
     access: Access,
+    tokens: auth::Tokens,
     facts: Facts,
     inner: Mutex<Inner>,
     /// The service's counters.
@@ -301,6 +304,7 @@ impl Service {
             budget,
             profiles,
             reaped,
+            tokens,
         } = parts;
         let output_dir = ledger
             .path()
@@ -327,6 +331,7 @@ impl Service {
             drain_timeout: cfg.drain_timeout,
             owner: owner_tag(),
             access,
+            tokens,
             facts,
             inner: Mutex::new(Inner {
                 adm: Admission::new(budget).with_user_caps(crate::admission::UserCaps {
@@ -370,6 +375,12 @@ impl Service {
     /// The caller behind a Unix socket connection's peer credentials.
     pub fn caller(&self, uid: u32, gid: u32, pid: Option<i32>) -> Caller {
         self.access.caller(uid, gid, pid)
+    }
+
+    /// The caller a bearer token stands for (TCP), if it is one of `--token-file`'s.
+    pub fn token_caller(&self, token: &str) -> Option<Caller> {
+        let (uid, gid) = self.tokens.lookup(token)?;
+        Some(self.access.caller(uid, gid, None))
     }
 
     /// The backend.

@@ -94,6 +94,7 @@ pub fn start(
         budget,
         profiles: builtin_profiles(),
         reaped,
+        tokens: Default::default(),
     };
     let svc = Service::new(parts, &c)?;
     Ok(TestService { svc, dir })
