@@ -664,3 +664,147 @@ fn tcp_callers_are_their_tokens_user() {
         s.stop(libc::SIGTERM, Duration::from_secs(30));
     });
 }
+
+/// 200 runs from three users under one budget: one user floods the queue first, the
+/// others' runs still start in turn with it; every cap holds at every moment (run
+/// cgroups read from the kernel, each user's running runs from /health).
+#[test]
+fn three_users_share_one_budget_in_turns() {
+    if !nix::unistd::geteuid().is_root() {
+        corral_testkit::skip(
+            "service_users share",
+            &common::Missing::new(common::Feature::Root, "creating users needs root"),
+        );
+        return;
+    }
+    let _g = serial();
+    each_backend("service_users_share", |b| {
+        let users = [
+            TestUser::new("sx"),
+            TestUser::new("sy"),
+            TestUser::new("sz"),
+        ];
+        let mut s = Svc::new(b, "share", "");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let tokens = s.dir.path().join("tokens");
+        let token = |i: usize| format!("share-token-{i}-0123456789abcdef");
+        let lines: String = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("{} {}\n", u.name, token(i)))
+            .collect();
+        std::fs::write(&tokens, lines).unwrap();
+        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
+        c.args(["serve", "--listen", &addr, "--ledger"])
+            .arg(s.ledger())
+            .args(["--backend", b, "--cgroup-root", &s.root_arg])
+            .args([
+                "--budget-memory",
+                "1G",
+                "--budget-cpus",
+                "1",
+                "--max-running",
+                "3",
+            ])
+            .args(["--user-max-running", "2", "--token-file"])
+            .arg(&tokens)
+            .env("XDG_CONFIG_HOME", s.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(s.dir.path().join("serve-share.log")).unwrap());
+        s.child = Some(c.spawn().unwrap());
+        let client = |i: usize| {
+            corral_service::client::Client::new(addr.parse().unwrap()).with_token(Some(token(i)))
+        };
+        eventually(Duration::from_secs(20), || client(0).health().ok()).expect("it answers");
+        let body = serde_json::json!({"command": ["sleep", "0.05"], "cwd": "/",
+            "limits": {"memory": "64M", "cpus": 0.25, "timeout": "60s"}})
+        .to_string();
+        let submit = |i: usize| {
+            let r = client(i)
+                .request("POST", "/runs", Some(body.as_bytes()))
+                .unwrap();
+            assert_eq!(r.status, 201);
+            let v: Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+            (i, v["id"].as_str().unwrap().to_string())
+        };
+        // X floods the queue first; then Y and Z.
+        let mut ids: Vec<(usize, String)> = (0..150).map(|_| submit(0)).collect();
+        ids.extend((0..30).map(|_| submit(1)));
+        ids.extend((0..20).map(|_| submit(2)));
+        // Every cap at every moment until all are done.
+        let t = std::time::Instant::now();
+        loop {
+            let n = s.run_cgroups_memory();
+            assert!(n <= 3, "{n} run cgroups under --max-running 3");
+            let h = client(0).health().unwrap();
+            for u in &h.users {
+                assert!(u.running <= 2, "uid {} runs {} (cap 2)", u.uid, u.running);
+            }
+            assert!(h.running <= 3);
+            if h.queued == 0 && h.running == 0 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(300),
+                "the load did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The order runs started in: Y's and Z's are interleaved with X's backlog.
+        // (user, submitted_at, started_at), RFC 3339 UTC with milliseconds: comparable
+        // as text.
+        let runs: Vec<(usize, String, String)> = ids
+            .iter()
+            .map(|(i, id)| {
+                let st = client(*i).status(id).unwrap();
+                let rec = st.record.expect("done");
+                assert_eq!(rec.outcome.reason.as_str(), "exited", "{}", rec.notes);
+                (*i, st.submitted_at.clone(), rec.started_at.clone())
+            })
+            .collect();
+        let x_last = runs
+            .iter()
+            .filter(|r| r.0 == 0)
+            .map(|r| &r.2)
+            .max()
+            .unwrap();
+        for (user, name) in [(1, "Y"), (2, "Z")] {
+            let first = runs
+                .iter()
+                .filter(|r| r.0 == user)
+                .min_by_key(|r| &r.2)
+                .unwrap();
+            let last = runs
+                .iter()
+                .filter(|r| r.0 == user)
+                .map(|r| &r.2)
+                .max()
+                .unwrap();
+            // X runs started after this user's first run was submitted and before it
+            // started: at most the free slots of that moment, not X's backlog.
+            let overtaken = runs
+                .iter()
+                .filter(|r| r.0 == 0 && r.2 > first.1 && r.2 < first.2)
+                .count();
+            eprintln!(
+                "{name}: {overtaken} of X's runs started between its first submission and start"
+            );
+            assert!(
+                overtaken <= 3,
+                "{name}'s first run waited behind {overtaken} of X's"
+            );
+            assert!(
+                last < x_last,
+                "{name}'s runs all started before X's backlog ended"
+            );
+        }
+        s.stop(libc::SIGTERM, Duration::from_secs(30));
+    });
+}
