@@ -1,13 +1,15 @@
 """A small client of the corral service's HTTP API, over a Unix socket or TCP.
 
 ``server`` is ``unix:/path/to.sock``, a path starting with ``/``, ``host:port`` or
-``http://host:port``.
+``http://host:port``. Over TCP the service knows callers by their bearer token:
+``$CORRAL_TOKEN`` (or ``token=``) is sent as ``Authorization: Bearer``.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import urllib.parse
 from typing import Any, Dict, Optional, Tuple
@@ -57,10 +59,13 @@ class ServiceClient:
     """The corral service's API. Every method raises :class:`CorralError` on a
     connection failure or an error answer."""
 
-    def __init__(self, server: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, server: str, timeout: float = 60.0, token: Optional[str] = None
+    ) -> None:
         self.server = server
         self.kind, self.address = parse_server(server)
         self.timeout = timeout
+        self.token = token if token is not None else os.environ.get("CORRAL_TOKEN") or None
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self.kind == "unix":
@@ -77,6 +82,8 @@ class ServiceClient:
         """One request; returns (status, content type, body)."""
         conn = self._connection(timeout if timeout is not None else self.timeout)
         headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
