@@ -28,7 +28,8 @@ use crate::backend::ServiceBackendArg;
 /// `corral serve`
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Where to listen: a Unix socket path, or a loopback TCP address 127.0.0.1:PORT.
+    /// Where to listen: a Unix socket path (mode 0666: the kernel says who calls), or a
+    /// loopback TCP address 127.0.0.1:PORT (needs --token-file).
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_SOCKET)]
     pub listen: String,
     /// The SQLite ledger of submissions and records; captured output goes to output/
