@@ -4,7 +4,9 @@
 #   clients/python/run-tests.sh [PYTEST ARGS...]
 #
 # Environment:
-#   CORRAL_PY_VENV  the virtualenv to create or reuse (default: clients/python/.venv)
+#   CORRAL_PY_VENV  the virtualenv to create or reuse (default: clients/python/.venv;
+#                   /var/tmp/corral-py-venv-* for a checkout under /tmp, which the
+#                   analyses' private /tmp would hide)
 #   PYTHON          the interpreter that creates it (default: python3; Python >= 3.9)
 #   CORRAL_BIN      the corral binary to test against (default: <repo>/target/debug/corral,
 #                   built with `cargo build -p corral-cli` first)
@@ -15,7 +17,13 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-venv="${CORRAL_PY_VENV:-$here/.venv}"
+# Run by root, corral's analyses see a private /tmp: a checkout under /tmp (a CI clone)
+# keeps its virtualenv, whose interpreter the analyses run, outside it.
+default_venv="$here/.venv"
+case "$(readlink -f "$here")" in
+    /tmp/*) default_venv="/var/tmp/corral-py-venv-$(id -u)-$(printf '%s' "$here" | cksum | cut -d' ' -f1)" ;;
+esac
+venv="${CORRAL_PY_VENV:-$default_venv}"
 # Run by root, corral runs the tests' analyses as a dynamic uid, which must be able to
 # execute the interpreter: the system's, not one under /root (pyenv's, 0700).
 default_python=python3

@@ -22,6 +22,19 @@ fn unique(what: &str) -> String {
     format!("corral-fsview-{what}-{}", std::process::id())
 }
 
+/// A directory for the test's files outside the host's `/tmp` (which the run's private
+/// `/tmp` covers): the target directory's, unless the checkout itself lies under `/tmp`
+/// (as a CI clone may), then `/var/tmp`.
+fn outside_tmp() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let canon = std::fs::canonicalize(&target).unwrap_or(target.clone());
+    if canon.starts_with("/tmp") {
+        PathBuf::from("/var/tmp")
+    } else {
+        target
+    }
+}
+
 /// A directory `name` in the test's scratch directory (under `/tmp` on these hosts).
 fn scratch(h: &Harness, name: &str) -> PathBuf {
     let d = h.tmp().join(name);
@@ -76,7 +89,16 @@ fn host_is_read_only(h: &Harness) {
             format!("etc errno {erofs}"),
             format!("usr errno {erofs}"),
             format!("var_tmp errno {erofs}"),
-            format!("bin errno {erofs}"),
+            // A checkout under /tmp (a CI clone) puts the binary where the run's private
+            // /tmp covers it: out of reach altogether.
+            format!(
+                "bin errno {}",
+                if bin.starts_with("/tmp") {
+                    libc::ENOENT
+                } else {
+                    erofs
+                }
+            ),
         ],
         "{}",
         ran.stderr
@@ -107,7 +129,7 @@ fn host_is_read_only(h: &Harness) {
 fn working_directory_and_rw_are_writable(h: &Harness) {
     let work = scratch(h, "work");
     // A --rw path outside the working directory and outside /tmp's private view.
-    let out = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = tempfile::tempdir_in(outside_tmp()).unwrap();
     let out_file = out.path().join("result.txt");
     let script = format!(
         "echo here > here.txt && echo data > {} && echo ok",
@@ -188,7 +210,7 @@ fn full_tmp_is_oom(h: &Harness) {
 
 fn hidden_paths(h: &Harness) {
     // Outside /tmp, whose host contents the private /tmp hides already.
-    let outside = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let outside = tempfile::tempdir_in(outside_tmp()).unwrap();
     let secret = outside.path().join("secret");
     std::fs::create_dir(&secret).unwrap();
     std::fs::write(secret.join("key"), "s3cret").unwrap();
@@ -364,7 +386,7 @@ fn another_runs_directory_is_out_of_reach(h: &Harness) {
     // `--rw` scratch directory: under the target directory.
     let base = tempfile::Builder::new()
         .prefix("corral-other-run")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .tempdir_in(outside_tmp())
         .unwrap();
     std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (a, b) = (base.path().join("a"), base.path().join("b"));

@@ -122,6 +122,9 @@ fn case(work: Work, n: usize, dir: &Path, token: &str, escape_to: &Path) -> Case
         }
         Work::ForkBomb => {
             limits.pids = Some(32);
+            // About processes, not memory: 32 shells and the kernel's memory for ~2,000
+            // refused forks came near 64 MiB once (an OOM instead of the timeout).
+            limits.memory = Some(256 << 20);
             // Long enough for the bomb to reach the limit even in the emulated VM.
             limits.timeout = Some(Duration::from_secs(if in_vm() { 8 } else { 2 }));
             // The bomb runs in a subshell started before the limit is full, and the main
