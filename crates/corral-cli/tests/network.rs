@@ -11,7 +11,6 @@ mod common;
 
 use std::io::ErrorKind;
 use std::net::TcpListener;
-use std::process::Command;
 
 use common::{Harness, PYTHON};
 use serde_json::json;
@@ -176,42 +175,16 @@ scenarios!(
 #[test]
 fn rlimit_as_ordinary_user() {
     let h = harness_or_skip!("rlimit", "netuser");
-    let root = rustix::process::geteuid().is_root();
-    if root {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(h.tmp(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    }
+    // (The harness's scratch directory opens to that user; the host's user namespaces
+    // are made to look forbidden: the rootless tests below cover them.)
     let run = |args: &[&str]| {
-        let json = h.tmp().join(format!("user-{}.json", args.len()));
-        let mut c = if root {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-            c.arg(common::corral_bin());
-            c
-        } else {
-            Command::new(common::corral_bin())
-        };
-        // `--fs host`, `--pid-ns off`: this test is about the network layer (fsview.rs and
-        // pidns.rs cover their layers' gaps for an ordinary user).
-        c.args([
-            "run",
-            "--backend",
-            "rlimit",
-            "--fs",
-            "host",
-            "--pid-ns",
-            "off",
-            "--json",
-        ])
-        .arg(&json)
-        .args(args)
-        .args(["--", "true"])
-        .env("XDG_CONFIG_HOME", h.tmp())
-        // The host forbids unprivileged user namespaces: see the rootless tests below.
-        .env("CORRAL_TEST_NO_USERNS", "1")
-        .current_dir(h.tmp());
-        let t = std::time::Instant::now();
-        common::finish(c.output().expect("corral starts"), &json, t.elapsed())
+        let args = [&["--fs", "host", "--pid-ns", "off"][..], args].concat();
+        common::run_as_ordinary_user_without_userns(
+            &h,
+            &format!("user-{}", args.len()),
+            &args,
+            &["true"],
+        )
     };
     let ran = run(&[]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);

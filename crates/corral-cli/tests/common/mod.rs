@@ -1120,6 +1120,27 @@ pub fn run_sandbox_tiocsti(h: &Harness) {
 /// ordinary user: `nobody` (65534) when the test runs as root (the harness' directory is made
 /// world-writable for it), else the test's own user. Returns what it did.
 pub fn run_as_ordinary_user(h: &Harness, name: &str, args: &[&str], cmd: &[&str]) -> Ran {
+    ordinary_user_run(h, name, args, cmd, &[])
+}
+
+/// [`run_as_ordinary_user`] as on a host that forbids unprivileged user namespaces
+/// (`CORRAL_TEST_NO_USERNS=1`): each layer's gap, its reason and `--require-isolation`.
+pub fn run_as_ordinary_user_without_userns(
+    h: &Harness,
+    name: &str,
+    args: &[&str],
+    cmd: &[&str],
+) -> Ran {
+    ordinary_user_run(h, name, args, cmd, &[("CORRAL_TEST_NO_USERNS", "1")])
+}
+
+fn ordinary_user_run(
+    h: &Harness,
+    name: &str,
+    args: &[&str],
+    cmd: &[&str],
+    env: &[(&str, &str)],
+) -> Ran {
     let json = h.tmp().join(format!("{name}.json"));
     let mut c = if is_root() {
         use std::os::unix::fs::PermissionsExt;
@@ -1141,6 +1162,7 @@ pub fn run_as_ordinary_user(h: &Harness, name: &str, args: &[&str], cmd: &[&str]
         .arg("--")
         .args(cmd)
         .env("XDG_CONFIG_HOME", h.tmp())
+        .envs(env.iter().copied())
         .current_dir(h.tmp());
     let t = Instant::now();
     finish(c.output().expect("corral starts"), &json, t.elapsed())
