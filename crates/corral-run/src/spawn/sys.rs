@@ -306,6 +306,19 @@ unsafe fn drop_namespace_capabilities(plan: &ChildPlan<'_>) -> Result<(), i32> {
     if !plan.user_ns {
         return Ok(());
     }
+    // SAFETY: we are the child (this function's contract).
+    unsafe {
+        drop_bounding_and_ambient(plan)?;
+        clear_capability_sets()
+    }
+}
+
+/// Empties the bounding set (0..=`cap_last_cap`: no exec can give a capability back)
+/// and the ambient set. Needs `CAP_SETPCAP`: before the ids change.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn drop_bounding_and_ambient(plan: &ChildPlan<'_>) -> Result<(), i32> {
     for cap in 0..=plan.cap_last_cap {
         // SAFETY: prctl(PR_CAPBSET_DROP) takes plain integers.
         check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })?;
@@ -320,9 +333,18 @@ unsafe fn drop_namespace_capabilities(plan: &ChildPlan<'_>) -> Result<(), i32> {
             0,
         )
     };
+    // Kernels before 4.3 have no ambient set (EINVAL): nothing to clear.
     if r != 0 && errno() != libc::EINVAL {
         return Err(errno());
     }
+    Ok(())
+}
+
+/// Empties the effective, permitted and inheritable sets with `capset`.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn clear_capability_sets() -> Result<(), i32> {
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
@@ -455,24 +477,8 @@ unsafe fn set_identity(plan: &ChildPlan<'_>) -> Result<(), i32> {
     let Some(id) = &plan.identity else {
         return Ok(());
     };
-    for cap in 0..=plan.cap_last_cap {
-        // SAFETY: prctl(PR_CAPBSET_DROP) takes plain integers.
-        check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })?;
-    }
-    // SAFETY: prctl(PR_CAP_AMBIENT) takes plain integers.
-    let r = unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    // Kernels before 4.3 have no ambient set (EINVAL): nothing to clear.
-    if r != 0 && errno() != libc::EINVAL {
-        return Err(errno());
-    }
+    // SAFETY: we are the child (this function's contract).
+    unsafe { drop_bounding_and_ambient(plan) }?;
     // SAFETY: `groups` is a slice of the plan valid for reads of its length; the id
     // calls take plain integers.
     unsafe {
@@ -483,21 +489,8 @@ unsafe fn set_identity(plan: &ChildPlan<'_>) -> Result<(), i32> {
         check(libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) as libc::c_int)?;
     }
     if id.uid == 0 {
-        let mut header = CapHeader {
-            version: CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let none = [CapData::default(); 2];
-        // SAFETY: `header` and `none` are the version-3 structures capset reads (two
-        // data entries), valid for the call.
-        let set = unsafe {
-            libc::syscall(
-                libc::SYS_capset,
-                &mut header as *mut CapHeader,
-                none.as_ptr(),
-            )
-        };
-        check(set as libc::c_int)?;
+        // SAFETY: we are the child (this function's contract).
+        unsafe { clear_capability_sets() }?;
     }
     // SAFETY: as in set_parent_death_signal.
     unsafe { set_parent_death_signal(plan) }
