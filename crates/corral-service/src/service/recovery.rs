@@ -1,6 +1,8 @@
 //! Recovery after a restart: what the ledger says was running when the last instance
 //! died is recorded as `lost` (with what was found of its cgroup), and what was queued
-//! is queued again in its order, if it still fits the budget.
+//! is queued again in its order, if it still fits the budget. Under the Slurm executor
+//! a running run with a job is not lost: it is watched again (and collected from the
+//! spool if it ended meanwhile).
 //!
 //! It runs once, in [`Service::new`], before the service listens.
 
@@ -44,6 +46,8 @@ impl Service {
     pub(super) fn recover(&self, reaped: Vec<Reaped>) -> Result<(), ServiceError> {
         let pid = std::process::id();
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        // Slurm's jobs, asked once, for runs whose job id was not stored yet.
+        let mut slurm_jobs: Option<Vec<crate::slurm::JobView>> = None;
         for row in self.ledger.in_state(RunState::Running)? {
             let job = match Job::from_row(&row) {
                 Ok(j) => j,
@@ -52,10 +56,31 @@ impl Service {
                     continue;
                 }
             };
+            let mut note = None;
+            if self.executor.slurm().is_some() {
+                let name = format!("{}{}", crate::slurm::JOB_PREFIX, job.id);
+                let job_id = row.slurm_job().map(str::to_string).or_else(|| {
+                    slurm_jobs
+                        .get_or_insert_with(|| crate::slurm::show_jobs().unwrap_or_default())
+                        .iter()
+                        .find(|v| v.name == name)
+                        .map(|v| v.job_id.clone())
+                });
+                if let Some(job_id) = job_id {
+                    let started = row.started_at.clone().unwrap_or_default();
+                    self.lock().resume(job, row.priority, job_id, started);
+                    continue;
+                }
+                note = Some(format!(
+                    "Lost: the corral service stopped after admitting this run and before \
+                     Slurm took it (Slurm knows no job named {name}); the restarted service \
+                     (pid {pid}) recorded it at {now}."
+                ));
+            }
             let found = reaped.iter().find(|r| r.id.as_deref() == Some(&job.id));
             let never = Never::Lost {
                 started_at: row.started_at.clone(),
-                note: lost_note(found, pid, &now),
+                note: note.unwrap_or_else(|| lost_note(found, pid, &now)),
             };
             let mut rec = self.synth(&job, never);
             if let Some(r) = found {
