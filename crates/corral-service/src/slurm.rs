@@ -150,13 +150,16 @@ pub fn script(cfg: &SlurmConfig, id: &str, command: &[String]) -> String {
 
 /// `sbatch`'s arguments for a run: memory → `--mem` (plus [`MEM_OVERHEAD`]), CPUs →
 /// `--cpus-per-task` (rounded up), timeout + grace → `--time` (plus
-/// [`TIME_MARGIN_S`], whole minutes), never requeued (a run runs once).
+/// [`TIME_MARGIN_S`], whole minutes), never requeued (a run runs once), in `/tmp`
+/// (where a run without a working directory of its own starts).
 pub fn sbatch_args(cfg: &SlurmConfig, id: &str, limits: &Limits) -> Vec<String> {
     let mut a = vec![
         "--parsable".to_string(),
         format!("--job-name={JOB_PREFIX}{id}"),
         format!("--output={}", cfg.job_path(id, "slurm.out").display()),
-        format!("--chdir={}", cfg.jobs_dir().display()),
+        // The batch step's directory, and so a run's default working directory
+        // (never the spool, which runs do not see).
+        "--chdir=/tmp".to_string(),
         "--no-requeue".to_string(),
         "--nodes=1".to_string(),
         "--ntasks=1".to_string(),

@@ -134,7 +134,7 @@ pub fn merge_slurm_view(
             "TIMEOUT" | "DEADLINE" | "OUT_OF_MEMORY" | "PREEMPTED" | "NODE_FAIL" | "CANCELLED"
         ) {
             let (reason, code, sentence) = slurm::slurm_ending(s, job_id, false);
-            if matches!(reason, Reason::Oom | Reason::Timeout) {
+            if matches!(reason, Reason::Oom | Reason::Timeout | Reason::Cancelled) {
                 rec.outcome.reason = reason;
                 rec.outcome.exit_code = code;
             }
@@ -512,8 +512,13 @@ mod tests {
             merge_slurm_view(rec.clone(), "9", Some("CANCELLED"), true),
             rec
         );
-        let m = merge_slurm_view(rec.clone(), "9", Some("CANCELLED"), false);
-        assert_eq!(m.outcome.reason, Reason::Cancelled);
+        let mut signaled = rec.clone();
+        signaled.outcome.reason = Reason::Signaled;
+        let m = merge_slurm_view(signaled, "9", Some("CANCELLED"), false);
+        assert_eq!(
+            (m.outcome.reason, m.outcome.exit_code),
+            (Reason::Cancelled, 143)
+        );
         assert!(m.notes.contains("administrator"), "{}", m.notes);
         rec.outcome.reason = Reason::Exited;
         assert_eq!(

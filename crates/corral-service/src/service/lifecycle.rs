@@ -246,10 +246,28 @@ impl Service {
         let Some(x) = self.executor.slurm().cloned() else {
             return;
         };
-        tracing::info!("run {} (Slurm job {}) is watched again", r.job.id, r.job_id);
-        let record = self
-            .follow_job(&x, &r.job, &r.job_id, r.cancel, &r.started_at)
-            .await;
+        let record = match &r.job_id {
+            Some(job_id) => {
+                tracing::info!("run {} (Slurm job {job_id}) is watched again", r.job.id);
+                self.follow_job(&x, &r.job, job_id, r.cancel, &r.started_at)
+                    .await
+            }
+            None => {
+                self.create_outputs(&r.job);
+                let spec = r.job.spec(&self.output_dir);
+                self.execute(&r.job, spec, r.cancel, &r.started_at)
+                    .await
+                    .unwrap_or_else(|why| {
+                        self.synth(
+                            &r.job,
+                            Never::Failed {
+                                why,
+                                started_at: Some(r.started_at.clone()),
+                            },
+                        )
+                    })
+            }
+        };
         self.end_run(&r.job.id, record).await;
     }
 

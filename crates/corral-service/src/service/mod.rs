@@ -189,7 +189,8 @@ struct Active {
 /// runs.
 struct Resumed {
     job: Arc<Job>,
-    job_id: String,
+    /// Its job, or `None`: admitted, but it never reached Slurm (submitted now).
+    job_id: Option<String>,
     started_at: String,
     cancel: watch::Receiver<Option<Cancel>>,
 }
@@ -222,7 +223,7 @@ impl Inner {
 
     /// Admits at once a run that already executes elsewhere (a Slurm job an earlier
     /// instance submitted), so it is active, counted and cancellable like any other.
-    fn resume(&mut self, job: Job, priority: i64, job_id: String, started_at: String) {
+    fn resume(&mut self, job: Job, priority: i64, job_id: Option<String>, started_at: String) {
         let id = job.id.clone();
         let (tx, rx) = watch::channel(None);
         self.enqueue(job, priority, Need::default());

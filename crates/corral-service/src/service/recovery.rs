@@ -2,7 +2,7 @@
 //! died is recorded as `lost` (with what was found of its cgroup), and what was queued
 //! is queued again in its order, if it still fits the budget. Under the Slurm executor
 //! a running run with a job is not lost: it is watched again (and collected from the
-//! spool if it ended meanwhile).
+//! spool if it ended meanwhile); one that never reached Slurm is submitted now.
 //!
 //! It runs once, in [`Service::new`], before the service listens.
 
@@ -56,7 +56,6 @@ impl Service {
                     continue;
                 }
             };
-            let mut note = None;
             if self.executor.slurm().is_some() {
                 let name = format!("{}{}", crate::slurm::JOB_PREFIX, job.id);
                 let job_id = row.slurm_job().map(str::to_string).or_else(|| {
@@ -66,21 +65,28 @@ impl Service {
                         .find(|v| v.name == name)
                         .map(|v| v.job_id.clone())
                 });
-                if let Some(job_id) = job_id {
-                    let started = row.started_at.clone().unwrap_or_default();
-                    self.lock().resume(job, row.priority, job_id, started);
-                    continue;
+                match &job_id {
+                    Some(j) if row.slurm_job().is_none() => {
+                        // Found by its name: the last instance died before storing it.
+                        let owner = format!("{}{j}", crate::ledger::SLURM_OWNER);
+                        self.ledger.set_owner(&job.id, &owner)?;
+                    }
+                    Some(_) => {}
+                    // Admitted, but Slurm never got it: nothing of it ran, so it is
+                    // submitted now.
+                    None => tracing::warn!(
+                        "run {} was admitted but never reached Slurm: submitting it now",
+                        job.id
+                    ),
                 }
-                note = Some(format!(
-                    "Lost: the corral service stopped after admitting this run and before \
-                     Slurm took it (Slurm knows no job named {name}); the restarted service \
-                     (pid {pid}) recorded it at {now}."
-                ));
+                let started = row.started_at.clone().unwrap_or_default();
+                self.lock().resume(job, row.priority, job_id, started);
+                continue;
             }
             let found = reaped.iter().find(|r| r.id.as_deref() == Some(&job.id));
             let never = Never::Lost {
                 started_at: row.started_at.clone(),
-                note: note.unwrap_or_else(|| lost_note(found, pid, &now)),
+                note: lost_note(found, pid, &now),
             };
             let mut rec = self.synth(&job, never);
             if let Some(r) = found {
