@@ -264,6 +264,55 @@ mod tests {
         assert_eq!(record(svc, "q-low"), (RunState::Queued, None));
     }
 
+    /// Under the Slurm executor a restart loses no running run: one with a stored job
+    /// is watched again, one that never reached Slurm is submitted again; both stay
+    /// `running`, admitted without the budget, which /health says does not apply.
+    #[test]
+    fn slurm_runs_are_resumed_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = crate::ledger::Ledger::open(&dir.path().join("ledger.db")).unwrap();
+        for id in ["with-job", "never-sent"] {
+            insert_into(&ledger, id, 0, 1 << 40);
+            ledger
+                .mark_running(id, "2026-01-01T00:00:00.000Z", "dead.owner")
+                .unwrap();
+        }
+        ledger.set_owner("with-job", "slurm:42").unwrap();
+        let spool = dir.path().join("spool");
+        let cfg = crate::slurm::SlurmConfig {
+            partition: None,
+            account: None,
+            spool: spool.clone(),
+            corral: "/nonexistent/corral".into(),
+        };
+        let t = start(dir, ledger, Vec::new(), budget(), |c| {
+            c.executor = crate::config::ExecutorConfig::Slurm(cfg)
+        })
+        .unwrap();
+        let svc = &t.svc;
+        assert_eq!(record(svc, "with-job"), (RunState::Running, None));
+        assert_eq!(record(svc, "never-sent"), (RunState::Running, None));
+        let g = svc.lock();
+        let resumed: Vec<(&str, Option<&str>)> = g
+            .resumed
+            .iter()
+            .map(|r| (r.job.id.as_str(), r.job_id.as_deref()))
+            .collect();
+        assert_eq!(resumed, [("with-job", Some("42")), ("never-sent", None)]);
+        assert_eq!(g.adm.running(), 2);
+        drop(g);
+        assert!(spool.join("jobs").is_dir() && spool.join("output").is_dir());
+        assert_eq!(
+            svc.output_path("a", "stdout"),
+            spool.join("output").join("a.stdout")
+        );
+        let h = svc.health();
+        let x = h.executor.expect("the executor in /health");
+        assert_eq!((x.kind.as_str(), x.budget_applies), ("slurm", false));
+        let st = crate::service::status_of(&svc.ledger.get("with-job").unwrap().unwrap());
+        assert_eq!(st.slurm_job_id.as_deref(), Some("42"));
+    }
+
     #[test]
     fn queued_runs_come_back_in_priority_order() {
         let dir = tempfile::tempdir().unwrap();
