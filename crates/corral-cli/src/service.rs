@@ -734,6 +734,9 @@ pub fn show(c: IdCmd) -> Result<u8> {
         writeln!(o, "  priority:  {}", st.priority)?;
         writeln!(o, "  submitted: {}", short(&Some(st.submitted_at.clone())))?;
         writeln!(o, "  started:   {}", short(&st.started_at))?;
+        if let Some(job) = &st.slurm_job_id {
+            writeln!(o, "  slurm:     job {job}")?;
+        }
         return Ok(0);
     };
     writeln!(
@@ -797,6 +800,15 @@ pub fn show(c: IdCmd) -> Result<u8> {
         r.backend,
         r.cgroup.as_deref().unwrap_or("-")
     )?;
+    if let Some(j) = &r.slurm {
+        writeln!(
+            o,
+            "  slurm:     job {} ({}) on {}",
+            j.job_id,
+            j.state.as_deref().unwrap_or("state unknown"),
+            j.node.as_deref().unwrap_or("no node")
+        )?;
+    }
     if let Some(out) = &r.output {
         for (name, c) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
             if let Some(c) = c {

@@ -185,8 +185,11 @@ fn scenario(b: &'static str) {
     let mut runs = Runs::new();
 
     // Slurm's own limit, first (its time limit is checked every 30 s or so): an
-    // administrator cuts a running job's time limit to one minute. corral on the node
-    // sees only SIGTERM; the record says Slurm's TIMEOUT.
+    // administrator cuts two running jobs' time limit to one minute. In the first,
+    // corral on the node sees SIGTERM and writes its record; the record says Slurm's
+    // TIMEOUT. The second's command ignores SIGTERM and its grace outlasts Slurm's
+    // KillWait: Slurm kills corral too, no record is left, and the record is made
+    // from Slurm's view of the job.
     let cut = submit(
         &s,
         &mut Runs::new(),
@@ -194,14 +197,23 @@ fn scenario(b: &'static str) {
         json!(["sleep", "600"]),
         json!({"memory": "64M", "cpus": 0.5, "timeout": "20m"}),
     );
-    let cut_job = job_of(&s, &cut);
-    job_in_state(&slurm, &cut_job, "RUNNING");
-    let st = slurm
-        .client("scontrol")
-        .args(["update", &format!("JobId={cut_job}"), "TimeLimit=1"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let hard = submit(
+        &s,
+        &mut Runs::new(),
+        "cut",
+        json!(["sh", "-c", "trap '' TERM; sleep 600"]),
+        json!({"memory": "64M", "cpus": 0.5, "timeout": "20m", "grace": "60s"}),
+    );
+    let (cut_job, hard_job) = (job_of(&s, &cut), job_of(&s, &hard));
+    for job in [&cut_job, &hard_job] {
+        job_in_state(&slurm, job, "RUNNING");
+        let st = slurm
+            .client("scontrol")
+            .args(["update", &format!("JobId={job}"), "TimeLimit=1"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
 
     // Twenty mixed runs.
     for i in 0..4 {
@@ -441,6 +453,17 @@ fn scenario(b: &'static str) {
     let ps = String::from_utf8_lossy(&ps.stdout);
     assert!(ps.lines().next().unwrap().contains("SLURM JOB"), "{ps}");
     assert!(ps.contains(&format!(" {admin_job} ")), "{ps}");
+    let show = Command::new(corral_bin())
+        .args(["show", "--server"])
+        .arg(s.socket())
+        .arg(&killed)
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains(&format!("slurm:     job {killed_job} (")),
+        "{show}"
+    );
 
     // The Python client with server=, unchanged.
     let py = format!(
@@ -475,11 +498,36 @@ fn scenario(b: &'static str) {
         )),
         "{notes}"
     );
+    assert!(notes.contains("On the node, corral saw:"), "{notes}");
+    assert!(rec["isolation"].is_object(), "the node's own record: {rec}");
+    let v = done(&s, &hard, 120);
+    let rec = &v["record"];
+    assert_eq!(
+        (reason(&v), rec["outcome"]["exit_code"].as_i64()),
+        ("timeout", Some(124)),
+        "{rec}"
+    );
+    assert_eq!(rec["slurm"]["state"], "TIMEOUT", "{rec}");
+    let notes = rec["notes"].as_str().unwrap();
+    assert!(
+        notes.starts_with(&format!(
+            "Timed out: Slurm ended job {hard_job} at its time limit"
+        )),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("made from Slurm's view of the job"),
+        "{notes}"
+    );
+    assert!(
+        rec["usage"]["wall_s"].as_f64().unwrap() >= 50.0,
+        "Slurm's run time: {rec}"
+    );
 
     // Every accepted run has its record.
     let (_, all) = s.call("GET", "/runs");
     let all = all["runs"].as_array().unwrap();
-    assert_eq!(all.len(), 20 + 3 + 6 + 7 + 2, "{all:?}");
+    assert_eq!(all.len(), 20 + 4 + 6 + 7 + 2, "{all:?}");
     for r in all {
         assert!(r["record"].is_object(), "{r}");
         assert!(r["slurm_job_id"].as_str().is_some(), "{r}");
