@@ -153,6 +153,9 @@ where
 /// one sentence for the user (exit 125).
 pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let budget = cfg.budget().map_err(ServeError::Budget)?;
+    if let config::ExecutorConfig::Slurm(_) = &cfg.executor {
+        slurm::check_commands().map_err(|e| ServeError::Service(ServiceError::Executor(e)))?;
+    }
     if let Addr::Tcp(a) = &cfg.listen {
         if !a.ip().is_loopback() {
             return Err(ServeError::NotLoopback(*a));

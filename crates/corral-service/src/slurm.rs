@@ -184,6 +184,42 @@ pub fn sbatch_args(cfg: &SlurmConfig, id: &str, limits: &Limits) -> Vec<String> 
     a
 }
 
+/// Whether a failed Slurm command may succeed if tried again: the controller is
+/// unreachable or busy (being restarted, failing over), not a refusal of the job.
+pub fn transient(err: &str) -> bool {
+    [
+        "Unable to contact slurm controller",
+        "connect failure",
+        "Socket timed out",
+        "temporarily unavailable",
+        "Zero Bytes were transmitted",
+        "standby mode",
+        "cannot run sbatch",
+    ]
+    .iter()
+    .any(|m| err.contains(m))
+}
+
+/// Whether a program is on `PATH`.
+pub fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+}
+
+/// Checks, before `corral serve --executor slurm` starts, that Slurm's commands are
+/// there; the error is one sentence.
+pub fn check_commands() -> Result<(), String> {
+    match ["sbatch", "scontrol", "scancel"]
+        .into_iter()
+        .find(|p| !on_path(p))
+    {
+        Some(p) => Err(format!(
+            "{p} is not on PATH (the Slurm executor uses Slurm's client commands)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The job id in `sbatch --parsable`'s answer (`ID` or `ID;CLUSTER`).
 pub fn parse_sbatch(out: &str) -> Option<String> {
     let id = out.trim().split(';').next()?.trim();
@@ -580,6 +616,14 @@ mod tests {
         assert_eq!(parse_sbatch("42\n"), Some("42".into()));
         assert_eq!(parse_sbatch("42;cluster\n"), Some("42".into()));
         assert_eq!(parse_sbatch("sbatch: error"), None);
+        assert!(transient(
+            "sbatch --parsable: sbatch: error: Batch job submission failed: Unable to \
+             contact slurm controller (connect failure) (exit status: 1)"
+        ));
+        assert!(!transient(
+            "sbatch --parsable: sbatch: error: Batch job submission failed: Invalid \
+             partition name specified (exit status: 1)"
+        ));
     }
 
     #[test]

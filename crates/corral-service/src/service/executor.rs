@@ -54,14 +54,15 @@ impl SlurmExecutor {
         }
     }
 
-    /// Creates the spool's directories (0700: the jobs run as the service's user).
-    pub fn prepare(&self) -> std::io::Result<()> {
+    /// Creates the spool's directories (0700: the jobs run as the service's user). The
+    /// error is one sentence.
+    pub fn prepare(&self) -> Result<(), String> {
         for d in [
             self.cfg.spool.clone(),
             self.cfg.output_dir(),
             self.cfg.jobs_dir(),
         ] {
-            super::private_dir(&d)?;
+            super::private_dir(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
         Ok(())
     }
@@ -176,7 +177,21 @@ pub fn slurm_record_parts(
             ),
         ),
         Some(s) => {
-            let (reason, code, sentence) = slurm::slurm_ending(s, job_id, by_client);
+            // A client's cancel that reached corral before it could catch signals (the
+            // first moments of the job) leaves no record: it is still that cancel.
+            let (reason, code, sentence) =
+                if by_client && matches!(s, "FAILED" | "CANCELLED" | "COMPLETED") {
+                    (
+                        Reason::Cancelled,
+                        128 + libc::SIGTERM,
+                        format!(
+                            "Cancelled: a client cancelled it and Slurm's job {job_id} ended \
+                             before corral on the node could record the run."
+                        ),
+                    )
+                } else {
+                    slurm::slurm_ending(s, job_id, by_client)
+                };
             let node = last
                 .and_then(|v| v.node.clone())
                 .or_else(|| steps.iter().find_map(|s| s.node.clone()))
@@ -263,7 +278,8 @@ impl Service {
             }
         }
         // A controller being restarted refuses submissions for a while: retry for two
-        // minutes, backing off, unless the run is cancelled meanwhile.
+        // minutes, backing off, unless the run is cancelled meanwhile. A refusal of the
+        // job itself (a bad partition, too much memory) fails the run at once.
         let mut delay = Duration::from_millis(500);
         let mut waited = Duration::ZERO;
         let job_id = loop {
@@ -276,7 +292,7 @@ impl Service {
                 Ok(Err(out)) => {
                     return self.synth(job, failed(format!("sbatch answered no job id: {out:?}")))
                 }
-                Err(e) if waited >= Duration::from_secs(120) => {
+                Err(e) if waited >= Duration::from_secs(120) || !slurm::transient(&e) => {
                     return self.synth(job, failed(format!("Slurm did not take the job: {e}")))
                 }
                 Err(e) => tracing::warn!("run {}: {e}; retrying", job.id),
@@ -421,6 +437,11 @@ impl Service {
                         note,
                     },
                 );
+                r.backend_reason = format!(
+                    "not known: corral on the node wrote no record (this is the service \
+                     host's backend: {})",
+                    r.backend_reason
+                );
                 let all = steps.as_deref().unwrap_or(&[]);
                 r.usage.wall_s = all.iter().filter_map(|s| s.elapsed_s).fold(
                     last.as_ref().and_then(|v| v.run_time_s).unwrap_or(0) as f64,
@@ -482,6 +503,15 @@ mod tests {
         let (r, _, note) = slurm_record_parts("9", None, None, false);
         assert_eq!(r, Reason::Lost);
         assert!(note.contains("no longer knows job 9"), "{note}");
+        let (r, code, note) =
+            slurm_record_parts("9", Some(&view("FAILED", Some("n1"))), None, true);
+        assert_eq!((r, code), (Reason::Cancelled, 143));
+        assert!(
+            note.starts_with("Cancelled: a client cancelled it"),
+            "{note}"
+        );
+        let (r, ..) = slurm_record_parts("9", Some(&view("TIMEOUT", Some("n1"))), None, true);
+        assert_eq!(r, Reason::Timeout);
         let (r, ..) = slurm_record_parts("9", Some(&view("TIMEOUT", Some("n1"))), None, false);
         assert_eq!(r, Reason::Timeout);
         let (r, ..) = slurm_record_parts("9", Some(&view("NODE_FAIL", Some("n1"))), None, false);

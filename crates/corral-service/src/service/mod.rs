@@ -347,10 +347,7 @@ impl Service {
             crate::config::ExecutorConfig::Local => executor::Executor::Local,
             crate::config::ExecutorConfig::Slurm(s) => {
                 let x = executor::SlurmExecutor::new(s.clone());
-                x.prepare().map_err(|source| ServiceError::OutputDir {
-                    path: s.spool.clone(),
-                    source,
-                })?;
+                x.prepare().map_err(ServiceError::Executor)?;
                 executor::Executor::Slurm(Arc::new(x))
             }
         };
