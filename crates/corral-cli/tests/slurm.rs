@@ -136,6 +136,43 @@ fn check_kind(slurm: &PrivateSlurm, id: &str, kind: &str, v: &Value) {
     let _ = id;
 }
 
+/// Removes the cgroups `corral run` left on the node for a run whose corral was
+/// killed (this test killed it; a later `corral run` would reap them).
+fn remove_node_cgroups(id: &str) {
+    let prefix = format!("{id}.");
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut dirs: Vec<std::path::PathBuf> = hierarchies
+        .flatten()
+        .map(|h| h.path().join("corral"))
+        .chain([std::path::PathBuf::from("/sys/fs/cgroup/corral")])
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        // Children first (a cgroup2 run has a leaf below its group).
+        let mut all = vec![d.clone()];
+        let mut i = 0;
+        while i < all.len() {
+            if let Ok(rd) = std::fs::read_dir(&all[i]) {
+                all.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            }
+            i += 1;
+        }
+        for c in all.iter().rev() {
+            let gone = eventually(Duration::from_secs(10), || {
+                (std::fs::remove_dir(c).is_ok() || !c.exists()).then_some(())
+            });
+            assert!(gone.is_some(), "cannot remove {}", c.display());
+        }
+    }
+}
+
 fn s_output(v: &Value) -> Option<u64> {
     v["record"]["output"]["stdout"]["bytes"].as_u64()
 }
@@ -533,5 +570,8 @@ fn scenario(b: &'static str) {
         assert!(r["slurm_job_id"].as_str().is_some(), "{r}");
     }
     s.stop(libc::SIGTERM, Duration::from_secs(20));
+    for id in [&killed, &hard] {
+        remove_node_cgroups(id);
+    }
     eprintln!("slurm: done after {:?}", t0.elapsed());
 }

@@ -54,11 +54,12 @@ fn find(prog: &str) -> Option<PathBuf> {
     found
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("0.0.0.0:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free TCP port")
+/// Two free TCP ports (both held while the second is picked, so they differ).
+fn free_ports() -> (u16, u16) {
+    let bind = || TcpListener::bind("0.0.0.0:0").expect("a free TCP port");
+    let (a, b) = (bind(), bind());
+    let port = |l: &TcpListener| l.local_addr().expect("a bound port").port();
+    (port(&a), port(&b))
 }
 
 fn short_hostname() -> String {
@@ -163,7 +164,7 @@ impl PrivateSlurm {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let (ctld_port, slurmd_port) = (free_port(), free_port());
+        let (ctld_port, slurmd_port) = free_ports();
         let conf = dir.join("slurm.conf");
         let d = dir.display();
         std::fs::write(
