@@ -225,8 +225,8 @@ fn scenario(b: &'static str) {
     // administrator cuts two running jobs' time limit to one minute. In the first,
     // corral on the node sees SIGTERM and writes its record; the record says Slurm's
     // TIMEOUT. The second's command ignores SIGTERM and its grace outlasts Slurm's
-    // KillWait: Slurm kills corral too, no record is left, and the record is made
-    // from Slurm's view of the job.
+    // KillWait: Slurm kills corral too, usually before it can write a record, and the
+    // record is made from Slurm's view of the job.
     let cut = submit(
         &s,
         &mut Runs::new(),
@@ -398,8 +398,13 @@ fn scenario(b: &'static str) {
     let rec = &v["record"];
     assert_eq!(reason(&v), "lost", "{rec}");
     let notes = rec["notes"].as_str().unwrap();
+    // Mostly Slurm's SIGKILL after KillWait ends corral with the run (no record: one
+    // made from Slurm's view); sometimes the run's processes die first and corral
+    // records their end just before (its record, with Slurm's reason). Either way the
+    // record says Slurm's time limit ended it.
     assert!(
-        notes.contains("made from Slurm's view of the job"),
+        notes.contains("made from Slurm's view of the job")
+            || notes.contains("On the node, corral saw:"),
         "{notes}"
     );
     assert!(notes.contains("wrote none"), "{notes}");

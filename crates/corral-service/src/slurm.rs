@@ -475,11 +475,28 @@ pub fn show_jobs() -> Result<Vec<JobView>, String> {
     command("scontrol", &["show".into(), "job".into(), "-o".into()]).map(|o| parse_scontrol(&o))
 }
 
+/// Set once `sacct` said the cluster keeps no accounting: it is not asked again.
+static NO_ACCOUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `sacct` for one job and its steps; `None` when sacct does not answer (no
-/// accounting storage) or knows nothing of it.
+/// accounting storage: then it is not asked again) or knows nothing of it.
 pub fn sacct(job_id: &str) -> Option<Vec<Step>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if NO_ACCOUNTING.load(Relaxed) {
+        return None;
+    }
     let args = ["-j", job_id, "-P", "-n", "-o", SACCT_FIELDS].map(String::from);
-    let steps = parse_sacct(&command("sacct", &args).ok()?);
+    let out = match command("sacct", &args) {
+        Ok(out) => out,
+        Err(e) => {
+            if e.contains("accounting storage is disabled") || e.contains("cannot run sacct") {
+                tracing::info!("{e}: Slurm's view of a job comes from scontrol alone");
+                NO_ACCOUNTING.store(true, Relaxed);
+            }
+            return None;
+        }
+    };
+    let steps = parse_sacct(&out);
     (!steps.is_empty()).then_some(steps)
 }
 
