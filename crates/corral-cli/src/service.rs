@@ -321,6 +321,17 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     if let Some(u) = &p.user {
         m.insert(LimitKind::User.key().into(), Value::from(u.as_string()));
     }
+    let num = |v: &u64| Value::from(*v);
+    set(&mut m, LimitKind::IoReadBps, &p.io_read_bps, num);
+    set(&mut m, LimitKind::IoWriteBps, &p.io_write_bps, num);
+    set(&mut m, LimitKind::IoReadIops, &p.io_read_iops, num);
+    set(&mut m, LimitKind::IoWriteIops, &p.io_write_iops, num);
+    set(&mut m, LimitKind::IoWeight, &p.io_weight, num);
+    set(&mut m, LimitKind::FileSize, &p.file_size, num);
+    set(&mut m, LimitKind::Disk, &p.disk, num);
+    if !p.io_device.is_empty() {
+        m.insert(LimitKind::IoDevice.key().into(), paths(&p.io_device));
+    }
     m
 }
 
@@ -337,7 +348,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(LimitKind, &Option<String>); 14] = [
+    let flags: [(LimitKind, &Option<String>); 21] = [
         (LimitKind::Memory, &a.memory),
         (LimitKind::Swap, &a.swap),
         (LimitKind::Cpus, &a.cpus),
@@ -352,6 +363,13 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         (LimitKind::Fs, &a.fs),
         (LimitKind::PidNs, &a.pid_ns),
         (LimitKind::User, &a.user),
+        (LimitKind::IoReadBps, &a.io_read_bps),
+        (LimitKind::IoWriteBps, &a.io_write_bps),
+        (LimitKind::IoReadIops, &a.io_read_iops),
+        (LimitKind::IoWriteIops, &a.io_write_iops),
+        (LimitKind::IoWeight, &a.io_weight),
+        (LimitKind::FileSize, &a.file_size),
+        (LimitKind::Disk, &a.disk),
     ];
     let mut given = Map::new();
     for (k, v) in flags {
@@ -363,7 +381,11 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         given.insert(LimitKind::RequireIsolation.key().into(), Value::from(true));
     }
     // The lists add up: the metadata's paths, then the flags'.
-    for (k, flag) in [(LimitKind::Rw, &a.rw), (LimitKind::Hide, &a.hide)] {
+    for (k, flag) in [
+        (LimitKind::Rw, &a.rw),
+        (LimitKind::Hide, &a.hide),
+        (LimitKind::IoDevice, &a.io_device),
+    ] {
         if !flag.is_empty() {
             let mut all = match limits.remove(k.key()) {
                 Some(Value::Array(v)) => v,
@@ -773,6 +795,14 @@ mod tests {
             hide: vec!["/home".into()],
             pid_ns: Some(corral_spec::PidNs::Off),
             user: Some(corral_spec::User::parse("nobody:nogroup").unwrap()),
+            io_read_bps: Some(Setting::Value(20 << 20)),
+            io_write_bps: Some(Setting::Unlimited),
+            io_read_iops: Some(Setting::Value(500)),
+            io_write_iops: Some(Setting::Value(200)),
+            io_weight: Some(Setting::Value(300)),
+            io_device: vec!["/dev/vda".into()],
+            file_size: Some(Setting::Value(1 << 20)),
+            disk: Some(Setting::Value(50 << 20)),
         };
         let m = patch_json(&p);
         let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();

@@ -91,6 +91,27 @@ pub struct LimitValues {
     pub timeout_s: Option<f64>,
     /// CPU-time limit in seconds.
     pub cpu_time_s: Option<f64>,
+    /// Read bandwidth in bytes a second per device (absent in older records).
+    #[serde(default)]
+    pub io_read_bps: Option<u64>,
+    /// Write bandwidth in bytes a second per device (absent in older records).
+    #[serde(default)]
+    pub io_write_bps: Option<u64>,
+    /// Read operations a second per device (absent in older records).
+    #[serde(default)]
+    pub io_read_iops: Option<u64>,
+    /// Write operations a second per device (absent in older records).
+    #[serde(default)]
+    pub io_write_iops: Option<u64>,
+    /// Proportional I/O weight (absent in older records).
+    #[serde(default)]
+    pub io_weight: Option<u64>,
+    /// The largest file the run may write, in bytes (absent in older records).
+    #[serde(default)]
+    pub file_size_bytes: Option<u64>,
+    /// The space the run may add under its writable paths (absent in older records).
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
 }
 
 impl LimitValues {
@@ -103,6 +124,13 @@ impl LimitValues {
             pids: l.pids,
             timeout_s: l.timeout.map(|d| d.as_secs_f64()),
             cpu_time_s: l.cpu_time.map(|d| d.as_secs_f64()),
+            io_read_bps: l.io_read_bps,
+            io_write_bps: l.io_write_bps,
+            io_read_iops: l.io_read_iops,
+            io_write_iops: l.io_write_iops,
+            io_weight: l.io_weight,
+            file_size_bytes: l.file_size,
+            disk_bytes: l.disk,
         }
     }
 }

@@ -221,6 +221,13 @@ impl Plan {
             LimitKind::Pids => e.pids.take().is_some(),
             LimitKind::Timeout => e.timeout_s.take().is_some(),
             LimitKind::CpuTime => e.cpu_time_s.take().is_some(),
+            LimitKind::IoReadBps => e.io_read_bps.take().is_some(),
+            LimitKind::IoWriteBps => e.io_write_bps.take().is_some(),
+            LimitKind::IoReadIops => e.io_read_iops.take().is_some(),
+            LimitKind::IoWriteIops => e.io_write_iops.take().is_some(),
+            LimitKind::IoWeight => e.io_weight.take().is_some(),
+            LimitKind::FileSize => e.file_size_bytes.take().is_some(),
+            LimitKind::Disk => e.disk_bytes.take().is_some(),
             LimitKind::Grace
             | LimitKind::OutputLimit
             | LimitKind::RequireIsolation
@@ -231,7 +238,8 @@ impl Plan {
             | LimitKind::Fs
             | LimitKind::Rw
             | LimitKind::Hide
-            | LimitKind::User => false,
+            | LimitKind::User
+            | LimitKind::IoDevice => false,
         };
         if was {
             self.gaps.push(Gap {
