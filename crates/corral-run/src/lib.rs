@@ -26,6 +26,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod disk;
 pub mod fsview;
 pub mod guard;
 pub mod ident;
