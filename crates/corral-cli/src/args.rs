@@ -118,8 +118,8 @@ pub struct RunArgs {
     /// disk, where the kernel's I/O scheduler supports weights.
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub io_weight: Option<String>,
-    /// Apply the I/O limits to this block device (or the disk a file is on) instead of
-    /// the disks under the working directory and --rw paths (repeatable; absolute).
+    /// Apply the I/O limits to this block device (a disk or partition: its whole disk)
+    /// instead of the disks under the working directory and --rw paths (repeatable).
     #[arg(long, value_name = "PATH")]
     pub io_device: Vec<String>,
     /// The largest file the run may write (RLIMIT_FSIZE): a write beyond it fails

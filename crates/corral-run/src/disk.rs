@@ -11,8 +11,10 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use corral_cgroup::io::{DevNum, IoSet};
-use corral_spec::Limits;
+use corral_cgroup::io::{DevNum, IoSet, WeightFile};
+use corral_spec::{LimitKind, Limits};
+
+use crate::backend::{BackendError, Plan, Sandbox, IO_LIMITS};
 
 /// A device named with `--io-device` that cannot be used (exit 125).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -223,6 +225,102 @@ pub fn scheduler(sys: &Path, dev: DevNum) -> Option<String> {
     Some(s.to_string())
 }
 
+/// Whether a weight file acts on `disks`: BFQ's only where each disk uses BFQ; v2's
+/// `io.weight` only where iocost is enabled for each disk (`io.cost.qos` of the root
+/// cgroup says `enable=1`). `Err` says why not.
+pub fn weight_acts(
+    sys: &Path,
+    file: WeightFile,
+    disks: &[DevNum],
+    cost_qos: Option<&str>,
+) -> Result<(), String> {
+    match file {
+        WeightFile::Absent => Err("no weight file in the run's group: the kernel has no proportional I/O control here (needs BFQ, or iocost on cgroup v2)".into()),
+        WeightFile::Bfq => {
+            for d in disks {
+                let s = scheduler(sys, *d).unwrap_or_else(|| "unknown".into());
+                if s != "bfq" {
+                    return Err(format!(
+                        "disk {d} uses the {s} I/O scheduler, which has no weights (echo bfq > /sys/dev/block/{d}/queue/scheduler)"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        WeightFile::Generic => match cost_qos {
+            // v1's blkio.weight (CFQ) acts wherever the file exists.
+            None => Ok(()),
+            Some(qos) => {
+                for d in disks {
+                    let on = qos.lines().any(|l| {
+                        l.starts_with(&format!("{d} ")) && l.contains("enable=1")
+                    });
+                    if !on {
+                        let s = scheduler(sys, *d).unwrap_or_else(|| "unknown".into());
+                        if s != "bfq" {
+                            return Err(format!(
+                                "io.weight acts only where iocost is enabled (io.cost.qos) or the disk uses BFQ; disk {d} has neither (scheduler {s})"
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        },
+    }
+}
+
+/// Writes the I/O limits of `limits` on `sandbox` for the disks in `t`, and records in
+/// `plan` what could not be enforced: no disk found, no throttle files, a weight the
+/// disks' schedulers ignore, paths whose disk is unknown. `v1`: the group is a cgroup
+/// v1 one (where `blkio.weight` is CFQ's and acts wherever it exists).
+pub fn apply(
+    v1: bool,
+    sandbox: &mut dyn Sandbox,
+    limits: &Limits,
+    t: &Targets,
+    plan: &mut Plan,
+) -> Result<(), BackendError> {
+    let sys = Path::new("/sys");
+    if t.disks.is_empty() {
+        plan.drop_io(&format!(
+            "no disk to limit: {}",
+            if t.missed.is_empty() {
+                "none found".to_string()
+            } else {
+                t.missed.join("; ")
+            }
+        ));
+        return Ok(());
+    }
+    let set = io_set(limits, &t.disks);
+    let Some(held) = sandbox.limit_io(&set)? else {
+        return Ok(());
+    };
+    if set.throttles() && !held.throttle {
+        for k in IO_LIMITS.into_iter().filter(|k| *k != LimitKind::IoWeight) {
+            plan.drop_limit(
+                k,
+                "the kernel has no I/O throttling here (no io.max / blkio.throttle files: CONFIG_BLK_DEV_THROTTLING is off)",
+            );
+        }
+    }
+    if set.weight.is_some() {
+        let qos = (!v1)
+            .then(|| std::fs::read_to_string("/sys/fs/cgroup/io.cost.qos").unwrap_or_default());
+        if let Err(why) = weight_acts(sys, held.weight, &t.disks, qos.as_deref()) {
+            plan.drop_limit(LimitKind::IoWeight, why);
+        }
+    }
+    if !t.missed.is_empty() {
+        plan.gaps.push(corral_record::Gap {
+            limit: LimitKind::IoDevice,
+            why: format!("not limited: {}", t.missed.join("; ")),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +378,19 @@ mod tests {
             "tmpfs, btrfs subvolume"
         );
         assert_eq!(scheduler(s, dev("8:0")).as_deref(), Some("mq-deadline"));
+        // Weights: BFQ's file acts only on BFQ disks; io.weight only with iocost.
+        let sda = [dev("8:0")];
+        let e = weight_acts(s, WeightFile::Bfq, &sda, None).unwrap_err();
+        assert!(e.contains("mq-deadline"), "{e}");
+        assert!(
+            weight_acts(s, WeightFile::Generic, &sda, None).is_ok(),
+            "v1 CFQ"
+        );
+        let e = weight_acts(s, WeightFile::Generic, &sda, Some("")).unwrap_err();
+        assert!(e.contains("iocost"), "{e}");
+        let qos = "8:0 enable=1 ctrl=auto rpct=0.00\n";
+        assert!(weight_acts(s, WeightFile::Generic, &sda, Some(qos)).is_ok());
+        assert!(weight_acts(s, WeightFile::Absent, &sda, None).is_err());
     }
 
     #[test]

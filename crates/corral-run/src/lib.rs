@@ -34,6 +34,7 @@ pub mod identity;
 pub mod isolation;
 pub mod output;
 pub mod owner;
+pub mod quota;
 pub mod run;
 pub mod spawn;
 pub mod supervise;

@@ -82,8 +82,8 @@ pub fn parse_io_weight_setting(s: &str) -> Result<Setting<u64>, SpecError> {
     check_io_weight(s, v).map(Setting::Value)
 }
 
-/// Checks a path for `io_device`: absolute, no NUL byte. Whether it names a block
-/// device is checked when the run starts, on the host that runs it.
+/// Checks a path for `io_device`: absolute, no NUL byte. Whether it is a block device
+/// is checked when the run starts, on the host that runs it.
 pub fn check_io_device_path(p: &Path) -> Result<(), SpecError> {
     use std::os::unix::ffi::OsStrExt;
     let bad = |why: &str| SpecError::Invalid {
@@ -93,7 +93,7 @@ pub fn check_io_device_path(p: &Path) -> Result<(), SpecError> {
     };
     if !p.is_absolute() {
         return Err(bad(
-            "must be an absolute path (a block device such as /dev/sda, or a file on it)",
+            "must be the absolute path of a block device, such as /dev/sda",
         ));
     }
     if p.as_os_str().as_bytes().contains(&0) {
