@@ -1087,7 +1087,7 @@ mod tests {
             ),
             (
                 json!({"io_device": "sda"}),
-                "invalid I/O device \"sda\": must be an absolute path",
+                "invalid I/O device \"sda\": must be the absolute path of a block device",
             ),
             (
                 json!({"io_write_bps": "fast"}),
