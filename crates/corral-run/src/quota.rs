@@ -82,9 +82,10 @@ fn random_id() -> u32 {
     PROJECT_BASE | u32::from(u16::from_ne_bytes(b)).max(1)
 }
 
-/// Sets up the quota for `limits.disk` on `cwd` and the `rw` directories (absolute);
-/// when it cannot, marks `disk` as not enforced in `plan` with the reason and returns
-/// `None`.
+/// Sets up the quota for `limits.disk` on `cwd` and the `rw` directories (absolute).
+/// A directory whose file system has no project quota is left out, with a gap in
+/// `plan` naming it; when none has one, `disk` is not enforced (with the reason) and
+/// the result is `None`.
 pub fn start(limits: &Limits, cwd: &Path, plan: &mut Plan) -> Option<Quota> {
     let limit = limits.disk?;
     let mut paths = vec![cwd.to_path_buf()];
@@ -98,11 +99,21 @@ pub fn start(limits: &Limits, cwd: &Path, plan: &mut Plan) -> Option<Quota> {
         limit,
     };
     let mut fs_ids: Vec<(u64, u32)> = Vec::new();
+    let mut missed = Vec::new();
     for p in paths {
         if let Err(why) = q.add(&p, &mut fs_ids) {
-            plan.drop_limit(LimitKind::Disk, why);
-            return None;
+            missed.push(why);
         }
+    }
+    if fs_ids.is_empty() {
+        plan.drop_limit(LimitKind::Disk, missed.join("; "));
+        return None;
+    }
+    if !missed.is_empty() {
+        plan.gaps.push(corral_record::Gap {
+            limit: LimitKind::Disk,
+            why: format!("not limited there: {}", missed.join("; ")),
+        });
     }
     Some(q)
 }
