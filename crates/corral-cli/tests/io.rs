@@ -38,6 +38,8 @@ fn sh(cmd: &mut Command) -> Result<(), String> {
 impl Scratch {
     /// A `mb` MiB ext4 file system; with `prjquota`, with project quotas enabled.
     fn new(mb: u64, prjquota: bool) -> Result<Scratch, String> {
+        // The VM's kernel has loop as a module that `mount -o loop` does not load.
+        let _ = Command::new("modprobe").arg("loop").output();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let img = dir.path().join("img");
         let mnt = dir.path().join("mnt");
@@ -53,6 +55,26 @@ impl Scratch {
         let opts = if prjquota { "loop,prjquota" } else { "loop" };
         sh(Command::new("mount").args(["-o", opts]).arg(&img).arg(&mnt))?;
         Ok(Scratch { _dir: dir, mnt })
+    }
+
+    /// The loop device's name (`loop0`).
+    fn device(&self) -> String {
+        let out = Command::new("findmnt")
+            .args(["-no", "SOURCE"])
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        let src = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        src.trim_start_matches("/dev/").to_string()
+    }
+
+    /// Switches the loop device to the BFQ scheduler (which has weights), if the
+    /// kernel has it.
+    fn use_bfq(&self) -> bool {
+        let _ = Command::new("modprobe").arg("bfq").output();
+        let f = format!("/sys/block/{}/queue/scheduler", self.device());
+        std::fs::write(&f, "bfq").is_ok()
+            && std::fs::read_to_string(&f).is_ok_and(|s| s.contains("[bfq]"))
     }
 
     /// A new directory in the file system.
@@ -177,12 +199,13 @@ fn write_bandwidth(h: &Harness) {
         .map(|d| d["write_bytes"].as_u64().unwrap())
         .sum();
     assert!(written >= MOVED_MIB * MIB, "{devs:?}");
-    // The other run was not held back by this one's limit.
-    let free_wall = other.num("/usage/wall_s");
-    let wall = ran.num("/usage/wall_s");
+    // The other run was not held back by this one's limit: about as fast as alone
+    // (measured after, on the same disk; generous for a loaded or emulated machine).
+    let alone = run_in(h, &free, &[], &dd_write("g"));
+    let (free_wall, alone_wall) = (other.num("/usage/wall_s"), alone.num("/usage/wall_s"));
     assert!(
-        free_wall < wall / 2.0,
-        "the unlimited run took {free_wall:.2} s beside the limited one's {wall:.2} s"
+        free_wall <= alone_wall * 2.0 + 1.5,
+        "the unlimited run took {free_wall:.2} s beside the limited one, {alone_wall:.2} s alone"
     );
     assert_eq!(
         std::fs::metadata(limited.join("f")).unwrap().len(),
@@ -235,11 +258,14 @@ fn weight(h: &Harness) {
         return;
     };
     let d = fs.dir("w");
+    // On cgroup v2 (the VM) BFQ gives the test's own disk weights.
+    let bfq = h.backend == "cgroup2" && fs.use_bfq();
     let ran = run_in(h, &d, &["--io-weight", "500"], &["true".to_string()]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     let r = ran.rec();
     match gap(r, "io_weight") {
         Some(why) => {
+            assert!(!bfq, "the disk uses BFQ, yet: {why}");
             assert!(r["limits"]["enforced"]["io_weight"].is_null(), "{r}");
             assert!(
                 why.contains("scheduler") || why.contains("weight"),
@@ -250,7 +276,13 @@ fn weight(h: &Harness) {
                 h.backend
             );
         }
-        None => assert_eq!(r["limits"]["enforced"]["io_weight"], 500, "{r}"),
+        None => {
+            assert_eq!(r["limits"]["enforced"]["io_weight"], 500, "{r}");
+            eprintln!(
+                "skipped: {} weight split: the proportional split between two runs is not measured",
+                h.backend
+            );
+        }
     }
     h.assert_clean(&ran);
 }
