@@ -303,6 +303,27 @@ fn file_size(h: &Harness) {
     );
     // The kernel stopped the file at the limit.
     assert_eq!(std::fs::metadata(h.tmp().join("two")).unwrap().len(), MIB);
+    // Python ignores SIGXFSZ: its write fails with EFBIG, the script exits 1, and the
+    // file at the limit tells corral why.
+    let ran = h.run(
+        &["--file-size", "1M"],
+        &[
+            common::PYTHON,
+            "-c",
+            "open('py', 'wb').write(b'x' * (2 << 20))",
+        ],
+    );
+    assert_eq!(ran.reason(), "file_size", "{}", ran.rec());
+    assert_eq!(ran.code, 1);
+    assert!(ran.stderr.contains("File too large"), "{}", ran.stderr);
+    assert!(ran.notes().contains("EFBIG"), "{}", ran.notes());
+    assert_eq!(std::fs::metadata(h.tmp().join("py")).unwrap().len(), MIB);
+    // A failure without a file at the limit is an ordinary exit.
+    for f in ["two", "py"] {
+        std::fs::remove_file(h.tmp().join(f)).unwrap();
+    }
+    let ran = h.run(&["--file-size", "1M"], &["sh", "-c", "exit 3"]);
+    assert_eq!((ran.reason(), ran.code), ("exited", 3));
     if h.backend != "rlimit" {
         h.assert_clean(&ran);
     }

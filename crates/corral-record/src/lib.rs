@@ -40,7 +40,7 @@ pub enum Reason {
     /// The supervisor died with the run in flight; recorded by the service's ledger.
     Lost,
     /// A write went past the run's largest-file limit (`--file-size`, `RLIMIT_FSIZE`):
-    /// the writer died of `SIGXFSZ`.
+    /// the writer died of `SIGXFSZ`, or failed with `EFBIG` leaving a file at the limit.
     FileSize,
     /// The run used up its disk budget (`--disk`, a project quota): writes failed with
     /// `EDQUOT` and the command failed.

@@ -93,8 +93,16 @@ pub fn compose_notes(r: &Record) -> String {
                 .file_size_bytes
                 .map(|b| format!(" of {}", format_bytes(b)))
                 .unwrap_or_default();
+            let how = match r.outcome.signal {
+                Some(_) => "Stopped",
+                None => "Failed",
+            };
+            let what = match r.outcome.signal {
+                Some(_) => "SIGXFSZ",
+                None => "the write failed with EFBIG, \"File too large\"",
+            };
             out.push(format!(
-                "Stopped after {wall}: it wrote a file past its largest-file limit{lim} (SIGXFSZ)."
+                "{how} after {wall}: it wrote a file past its largest-file limit{lim} ({what})."
             ));
         }
         Reason::Disk => {

@@ -321,6 +321,32 @@ pub fn apply(
     Ok(())
 }
 
+/// True when a regular file under `dirs` (searched breadth-first, at most 20000
+/// entries) was modified since `since` and is exactly `limit` bytes long: where
+/// `RLIMIT_FSIZE` stopped a write with `EFBIG`.
+pub fn file_at_limit(dirs: &[PathBuf], limit: u64, since: std::time::SystemTime) -> bool {
+    let mut queue: std::collections::VecDeque<PathBuf> = dirs.iter().cloned().collect();
+    let mut seen = 0usize;
+    while let Some(d) = queue.pop_front() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            seen += 1;
+            if seen > 20_000 {
+                return false;
+            }
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                queue.push_back(e.path());
+            } else if md.is_file() && md.len() == limit && md.modified().is_ok_and(|m| m >= since) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -532,6 +532,16 @@ pub async fn run(
             && spec.limits.cpu_time.is_some(),
         file_size_limit: spec.limits.file_size.is_some(),
         disk_full: disk.as_ref().is_some_and(|d| d.full),
+        file_at_limit: match (sup.status, spec.limits.file_size) {
+            (corral_record::WaitStatus::Exited(c), Some(n)) if c != 0 => {
+                let mut dirs = vec![run_cwd.clone()];
+                dirs.extend(spec.limits.rw.iter().cloned());
+                // mtimes come from a coarse clock (a tick): a little before counts.
+                let since = started_at - std::time::Duration::from_millis(50);
+                crate::disk::file_at_limit(&dirs, n, since)
+            }
+            _ => false,
+        },
     });
     rec.outcome = Outcome {
         reason: verdict.reason,
