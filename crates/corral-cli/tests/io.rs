@@ -142,6 +142,24 @@ fn run_in(h: &Harness, cwd: &Path, args: &[&str], cmd: &[String]) -> Ran {
     h.run(&all, &cmd)
 }
 
+/// `corral check --json`'s entry `name` of `disk`, run in `dir`, and its remedies.
+fn check_disk(dir: &Path, name: &str) -> (serde_json::Value, String) {
+    let out = Command::new(common::corral_bin())
+        .args(["check", "--json"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check prints JSON");
+    let f = r["disk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {r}"));
+    (f, r["remedies"].to_string())
+}
+
 fn gap<'a>(r: &'a serde_json::Value, limit: &str) -> Option<&'a str> {
     r["limits"]["not_enforced"]
         .as_array()?
@@ -424,6 +442,9 @@ fn disk_budget(h: &Harness) {
         !text.split_whitespace().nth(1).unwrap_or("").contains('P'),
         "{text}"
     );
+    // `corral check` there says --disk works.
+    let (f, _) = check_disk(&mine, "project_quota");
+    assert_eq!(f["available"], true, "{f}");
     h.assert_clean(&ran);
 }
 
@@ -440,6 +461,10 @@ fn disk_unsupported(h: &Harness) {
     assert!(r["limits"]["enforced"]["disk_bytes"].is_null(), "{r}");
     let why = gap(r, "disk_bytes").unwrap_or_else(|| panic!("a gap: {r}"));
     assert!(why.contains("prjquota"), "{why}");
+    // `corral check` there gives the remedy.
+    let (f, remedies) = check_disk(&d, "project_quota");
+    assert_eq!(f["available"], false, "{f}");
+    assert!(remedies.contains("--disk is not enforced") && remedies.contains("prjquota"));
     h.assert_clean(&ran);
 }
 
