@@ -20,6 +20,7 @@ use corral_spec::{
     format_bytes, format_duration, load_metadata, parse_cpus, parse_duration, parse_pids,
     parse_size, parse_swap, LimitKind, LimitsPatch, Setting,
 };
+use corral_spec::{parse_iops_setting, parse_rate_setting};
 use serde_json::{Map, Value};
 
 use crate::args::RunArgs;
@@ -55,6 +56,23 @@ pub struct ServeArgs {
     /// this is refused.
     #[arg(long, value_name = "SIZE", default_value = "0")]
     pub budget_swap: String,
+    /// Disk read bandwidth shared by all runs, per disk (10M = 10 MiB/s): a cap on the
+    /// runs' parent cgroup, on the --budget-io-device disks (default: the ledger's).
+    #[arg(long, value_name = "SIZE")]
+    pub budget_io_read_bps: Option<String>,
+    /// Disk write bandwidth shared by all runs, per disk, like --budget-io-read-bps.
+    #[arg(long, value_name = "SIZE")]
+    pub budget_io_write_bps: Option<String>,
+    /// Disk read operations a second shared by all runs, per disk.
+    #[arg(long, value_name = "N")]
+    pub budget_io_read_iops: Option<String>,
+    /// Disk write operations a second shared by all runs, per disk.
+    #[arg(long, value_name = "N")]
+    pub budget_io_write_iops: Option<String>,
+    /// A block device the --budget-io-* caps apply to (repeatable; default: the disks
+    /// of the ledger's directory).
+    #[arg(long, value_name = "PATH")]
+    pub budget_io_device: Vec<PathBuf>,
     /// The service's cgroup root (default: the unit's cgroup when started by systemd
     /// in a "supervisor" subgroup, else corral-service under the cgroup mount).
     #[arg(long, value_name = "PATH")]
@@ -216,6 +234,26 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
     cfg.budget_swap = match parse_swap(&a.budget_swap).map_err(|e| anyhow!("--budget-swap: {e}"))? {
         Setting::Unlimited => None,
         Setting::Value(v) => Some(v),
+    };
+    let value = |s: Option<Setting<u64>>| s.and_then(Setting::into_option);
+    let rate = |flag: &'static str, s: &Option<String>| {
+        s.as_deref()
+            .map(|v| parse_rate_setting(flag, v))
+            .transpose()
+            .map(value)
+    };
+    let iops = |flag: &'static str, s: &Option<String>| {
+        s.as_deref()
+            .map(|v| parse_iops_setting(flag, v))
+            .transpose()
+            .map(value)
+    };
+    cfg.budget_io = corral_service::config::BudgetIo {
+        read_bps: rate("--budget-io-read-bps", &a.budget_io_read_bps)?,
+        write_bps: rate("--budget-io-write-bps", &a.budget_io_write_bps)?,
+        read_iops: iops("--budget-io-read-iops", &a.budget_io_read_iops)?,
+        write_iops: iops("--budget-io-write-iops", &a.budget_io_write_iops)?,
+        devices: a.budget_io_device.clone(),
     };
     cfg.drain_timeout = parse_drain(&a.drain_timeout)?;
     cfg.keep_output = match a.keep_output.trim() {

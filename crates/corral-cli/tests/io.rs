@@ -9,6 +9,7 @@
 //! lacks it, so it runs in the cgroup2 VM, where its absence fails.
 
 mod common;
+mod svc;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -486,6 +487,80 @@ static IO: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 scenarios!(cgroup2: write_bandwidth, read_bandwidth, weight, file_size, bad_input, disk_budget, disk_unsupported);
 scenarios!(cgroup1: write_bandwidth, read_bandwidth, weight, file_size, bad_input, disk_budget, disk_unsupported);
+
+/// The service's `--budget-io-write-bps 10M` on the scratch disk: the `runs` cgroup
+/// holds the cap, and a run without a limit of its own writes at the budget's rate.
+#[test]
+fn service_budget() {
+    let _g = IO.lock().unwrap_or_else(|e| e.into_inner());
+    svc::each_backend("service_budget", |backend| {
+        let feature = if backend == "cgroup2" {
+            Feature::Cgroup2
+        } else {
+            Feature::Cgroup1
+        };
+        let Some(fs) = scratch("service_budget", 256, false, feature) else {
+            return;
+        };
+        let dev = format!("/dev/{}", fs.device());
+        let mut s = svc::Svc::new(
+            backend,
+            "io_budget",
+            &format!("--budget-io-write-bps 10M --budget-io-device {dev}"),
+        );
+        if backend == "cgroup1" {
+            // v1's throttles are not hierarchical: the service refuses a shared one.
+            let out = Command::new(common::corral_bin())
+                .arg("serve")
+                .arg("--listen")
+                .arg(s.socket())
+                .arg("--ledger")
+                .arg(s.ledger())
+                .args(["--backend", backend, "--cgroup-root", &s.root_arg])
+                .args(&s.args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(125), "{err}");
+            assert!(
+                err.contains("a shared disk budget needs cgroup v2"),
+                "{err}"
+            );
+            return;
+        }
+        s.start();
+        let d = fs.dir("svc");
+        let cmd = dd_write("f");
+        let (st, v) = s.submit(&serde_json::json!({
+            "command": cmd, "cwd": d, "id": "io-budget-1",
+            "limits": {"memory": "256M", "cpus": 1, "timeout": "60s", "user": "root"}
+        }));
+        assert_eq!(st, 201, "{v}");
+        let (st, v) = s.call("GET", "/runs/io-budget-1/wait?timeout=60");
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(svc::reason(&v), "exited", "{v}");
+        assert_eq!(v["record"]["outcome"]["exit_code"], 0, "{v}");
+        let wall = v["record"]["usage"]["wall_s"].as_f64().unwrap();
+        let want = MOVED_MIB as f64 / 10.0;
+        assert!(
+            (want * 0.85..=want * 3.0 + 3.0).contains(&wall),
+            "{wall:.2} s for {MOVED_MIB} MiB under a 10 MiB/s budget: {v}"
+        );
+        // The cap sits on `runs`, not on the run: its own record has no limit.
+        assert!(v["record"]["limits"]["enforced"]["io_write_bps"].is_null());
+        let maj_min = std::fs::read_to_string(format!("/sys/block/{}/dev", fs.device()))
+            .unwrap()
+            .trim()
+            .to_string();
+        let held = std::fs::read_to_string(s.runs_dirs()[0].join("io.max")).unwrap();
+        assert!(
+            held.lines()
+                .any(|l| l.starts_with(&maj_min) && l.contains("10485760")),
+            "{held}"
+        );
+        s.stop(libc::SIGTERM, Duration::from_secs(15));
+    });
+}
 
 /// The rlimit backend cannot limit I/O, and says so; the largest file it does limit.
 mod rlimit {
