@@ -225,6 +225,32 @@ const LIMIT_CONTROLLERS: &[(LimitKind, &str)] = &[
     (LimitKind::IoWeight, "io"),
 ];
 
+/// The scope properties for `io`: `IOReadBandwidthMax=` and friends as `a(st)` on
+/// `/dev/block/MAJ:MIN` of each disk, and `IOWeight=`.
+fn io_properties(io: &corral_cgroup::io::IoSet) -> Vec<(String, Value<'static>)> {
+    let mut props: Vec<(String, Value<'static>)> = Vec::new();
+    for (v, _, _, kind) in io.throttle_items() {
+        let name = match kind {
+            LimitKind::IoReadBps => "IOReadBandwidthMax",
+            LimitKind::IoWriteBps => "IOWriteBandwidthMax",
+            LimitKind::IoReadIops => "IOReadIOPSMax",
+            _ => "IOWriteIOPSMax",
+        };
+        if let Some(n) = v {
+            let per_dev: Vec<(String, u64)> = io
+                .devices
+                .iter()
+                .map(|d| (format!("/dev/block/{d}"), n))
+                .collect();
+            props.push((name.into(), Value::from(per_dev)));
+        }
+    }
+    if let Some(w) = io.weight {
+        props.push(("IOWeight".into(), Value::from(w)));
+    }
+    props
+}
+
 /// The one-line reason for a limit whose controller the manager lacks.
 fn missing_why(scope: Scope, controller: &str) -> String {
     match scope {
@@ -870,26 +896,7 @@ impl Sandbox for SandboxSd {
         io: &corral_cgroup::io::IoSet,
     ) -> Result<Option<corral_cgroup::io::IoHeld>, BackendError> {
         use corral_cgroup::io::{IoHeld, WeightFile};
-        let mut props: Vec<(String, Value<'static>)> = Vec::new();
-        for (v, _, _, kind) in io.throttle_items() {
-            let name = match kind {
-                LimitKind::IoReadBps => "IOReadBandwidthMax",
-                LimitKind::IoWriteBps => "IOWriteBandwidthMax",
-                LimitKind::IoReadIops => "IOReadIOPSMax",
-                _ => "IOWriteIOPSMax",
-            };
-            if let Some(n) = v {
-                let per_dev: Vec<(String, u64)> = io
-                    .devices
-                    .iter()
-                    .map(|d| (format!("/dev/block/{d}"), n))
-                    .collect();
-                props.push((name.into(), Value::from(per_dev)));
-            }
-        }
-        if let Some(w) = io.weight {
-            props.push(("IOWeight".into(), Value::from(w)));
-        }
+        let props = io_properties(io);
         if !props.is_empty() {
             self.mgr
                 .set_unit_properties(&self.unit, props)
@@ -966,6 +973,35 @@ impl Drop for SandboxSd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_properties_name_each_disk() {
+        use corral_cgroup::io::{DevNum, IoSet};
+        let io = IoSet {
+            devices: vec![
+                DevNum { major: 8, minor: 0 },
+                DevNum {
+                    major: 254,
+                    minor: 0,
+                },
+            ],
+            write_bps: Some(10 << 20),
+            read_iops: Some(500),
+            weight: Some(200),
+            ..IoSet::default()
+        };
+        let p = io_properties(&io);
+        let names: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["IOWriteBandwidthMax", "IOReadIOPSMax", "IOWeight"]);
+        assert_eq!(p[0].1.value_signature().to_string(), "a(st)");
+        let s = format!("{:?}", p[0].1);
+        assert!(
+            s.contains("/dev/block/8:0") && s.contains("/dev/block/254:0"),
+            "{s}"
+        );
+        assert_eq!(p[2].1, Value::from(200u64));
+        assert!(io_properties(&IoSet::default()).is_empty());
+    }
 
     #[test]
     fn unit_names() {
