@@ -417,6 +417,8 @@ fn disk_budget(h: &Harness) {
         (45 * MIB..=51 * MIB).contains(&added),
         "added {added} bytes under a 50 MiB budget"
     );
+    // The peak is at least what it ended with.
+    assert!(ran.num("/usage/disk_peak_bytes") as u64 >= added);
     let size = std::fs::metadata(mine.join("big")).unwrap().len();
     assert!(size <= 50 * MIB, "{size}");
     assert!(ran.notes().contains("EDQUOT"), "{}", ran.notes());
@@ -431,6 +433,26 @@ fn disk_budget(h: &Harness) {
         (30 * MIB..=31 * MIB).contains(&other_added),
         "{other_added}"
     );
+    // Written, held a while, removed: the peak remembers it.
+    let gone = run_in(
+        h,
+        &theirs,
+        &["--disk", "100M"],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=tmp bs=1M count=20 2>/dev/null && sync && sleep 1 && rm tmp",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(gone.code, 0, "{}", gone.stderr);
+    assert!(
+        gone.num("/usage/disk_added_bytes") < (MIB as f64),
+        "{}",
+        gone.rec()
+    );
+    let peak = gone.num("/usage/disk_peak_bytes") as u64;
+    assert!(peak >= 20 * MIB, "peak {peak}: {}", gone.rec());
     // The directory has its old project id back (0), without the inherit flag.
     let out = Command::new("lsattr")
         .args(["-pd"])

@@ -408,6 +408,10 @@ pub struct Usage {
     /// (its project quota's usage; only with `--disk` where it is enforced).
     #[serde(default)]
     pub disk_added_bytes: Option<u64>,
+    /// The most disk space the run had added at once, in bytes (sampled every 200 ms
+    /// and at the end; only with `--disk` where it is enforced).
+    #[serde(default)]
+    pub disk_peak_bytes: Option<u64>,
 }
 
 /// What a run did on one block device.

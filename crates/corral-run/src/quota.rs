@@ -36,13 +36,23 @@ struct Dir {
 pub struct Quota {
     dirs: Vec<Dir>,
     limit: u64,
+    /// The thread that samples the usage for its peak, and its stop flag.
+    sampler: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<u64>,
+    )>,
 }
+
+/// How often the usage is sampled for its peak.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What the run added, read at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskUsage {
     /// Bytes the run's files use (summed over file systems).
     pub used: u64,
+    /// The most they used at once, sampled every 200 ms and at the end.
+    pub peak: u64,
     /// True when a project was at its limit: writes had failed with `EDQUOT`.
     pub full: bool,
 }
@@ -97,6 +107,7 @@ pub fn start(limits: &Limits, cwd: &Path, plan: &mut Plan) -> Option<Quota> {
     let mut q = Quota {
         dirs: Vec::new(),
         limit,
+        sampler: None,
     };
     let mut fs_ids: Vec<(u64, u32)> = Vec::new();
     let mut missed = Vec::new();
@@ -115,6 +126,7 @@ pub fn start(limits: &Limits, cwd: &Path, plan: &mut Plan) -> Option<Quota> {
             why: format!("not limited there: {}", missed.join("; ")),
         });
     }
+    q.start_sampler();
     Some(q)
 }
 
@@ -165,10 +177,53 @@ impl Quota {
         ))
     }
 
+    /// The usage summed over the run's projects (one per file system).
+    fn projects(&self) -> Vec<(OwnedFd, u32)> {
+        self.dirs
+            .iter()
+            .filter(|d| d.owns_quota)
+            .filter_map(|d| Some((d.fd.try_clone().ok()?, d.projid)))
+            .collect()
+    }
+
+    /// Starts sampling the usage for its peak.
+    fn start_sampler(&mut self) {
+        let projects = self.projects();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("corral-quota".into())
+            .spawn(move || {
+                let mut peak = 0u64;
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    let now: u64 = projects
+                        .iter()
+                        .filter_map(|(fd, id)| sys::get_project_quota(fd.as_fd(), *id).ok())
+                        .map(|(used, _)| used)
+                        .sum();
+                    peak = peak.max(now);
+                    std::thread::park_timeout(SAMPLE_EVERY);
+                }
+                peak
+            });
+        if let Ok(h) = spawned {
+            self.sampler = Some((stop, h));
+        }
+    }
+
     /// Reads what the run added and removes the quota.
-    pub fn finish(self) -> DiskUsage {
+    pub fn finish(mut self) -> DiskUsage {
+        let sampled = match self.sampler.take() {
+            Some((stop, h)) => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                h.thread().unpark();
+                h.join().unwrap_or(0)
+            }
+            None => 0,
+        };
         let mut u = DiskUsage {
             used: 0,
+            peak: 0,
             full: false,
         };
         for d in self.dirs.iter().filter(|d| d.owns_quota) {
@@ -180,12 +235,18 @@ impl Quota {
                 u.full |= used.saturating_add(slack) >= self.limit;
             }
         }
+        u.peak = sampled.max(u.used);
         u
     }
 }
 
 impl Drop for Quota {
     fn drop(&mut self) {
+        if let Some((stop, h)) = self.sampler.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            h.thread().unpark();
+            let _ = h.join();
+        }
         for d in &self.dirs {
             if let Err(e) = sys::set_project(d.fd.as_fd(), d.prev.0, d.prev.1) {
                 tracing::warn!("cannot restore the project id of {}: {e}", d.path.display());

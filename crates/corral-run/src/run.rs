@@ -583,6 +583,7 @@ pub async fn run(
         io_pressure_some_us: c.io_pressure.0,
         io_pressure_full_us: c.io_pressure.1,
         disk_added_bytes: disk.map(|d| d.used),
+        disk_peak_bytes: disk.map(|d| d.peak),
     };
     rec.output = outputs.finish();
     rec.started_at = corral_record::rfc3339(started_at);
