@@ -51,6 +51,10 @@ pub fn main(a: CheckArgs) -> Result<u8> {
     for f in &r.features {
         println!("  {:<20} {:<4} {}", f.name, yes(f.available), f.note);
     }
+    println!("disk limits");
+    for f in &r.disk {
+        println!("  {:<20} {:<4} {}", f.name, yes(f.available), f.note);
+    }
     println!("systemd");
     for m in &r.systemd {
         let d = m

@@ -48,6 +48,14 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
                         LimitKind::Hide => json!(l.hide),
                         LimitKind::PidNs => json!(l.pid_ns.as_str()),
                         LimitKind::User => json!(l.user.as_string()),
+                        LimitKind::IoReadBps => json!(l.io_read_bps),
+                        LimitKind::IoWriteBps => json!(l.io_write_bps),
+                        LimitKind::IoReadIops => json!(l.io_read_iops),
+                        LimitKind::IoWriteIops => json!(l.io_write_iops),
+                        LimitKind::IoWeight => json!(l.io_weight),
+                        LimitKind::IoDevice => json!(l.io_device),
+                        LimitKind::FileSize => json!(l.file_size),
+                        LimitKind::Disk => json!(l.disk),
                     };
                 }
                 v

@@ -20,6 +20,7 @@ use corral_spec::{
     format_bytes, format_duration, load_metadata, parse_cpus, parse_duration, parse_pids,
     parse_size, parse_swap, LimitKind, LimitsPatch, Setting,
 };
+use corral_spec::{parse_iops_setting, parse_rate_setting};
 use serde_json::{Map, Value};
 
 use crate::args::RunArgs;
@@ -55,6 +56,23 @@ pub struct ServeArgs {
     /// this is refused.
     #[arg(long, value_name = "SIZE", default_value = "0")]
     pub budget_swap: String,
+    /// Disk read bandwidth shared by all runs, per disk (10M = 10 MiB/s): a cap on the
+    /// runs' parent cgroup, on the --budget-io-device disks (default: the ledger's).
+    #[arg(long, value_name = "SIZE")]
+    pub budget_io_read_bps: Option<String>,
+    /// Disk write bandwidth shared by all runs, per disk, like --budget-io-read-bps.
+    #[arg(long, value_name = "SIZE")]
+    pub budget_io_write_bps: Option<String>,
+    /// Disk read operations a second shared by all runs, per disk.
+    #[arg(long, value_name = "N")]
+    pub budget_io_read_iops: Option<String>,
+    /// Disk write operations a second shared by all runs, per disk.
+    #[arg(long, value_name = "N")]
+    pub budget_io_write_iops: Option<String>,
+    /// A block device the --budget-io-* caps apply to (repeatable; default: the disks
+    /// of the ledger's directory).
+    #[arg(long, value_name = "PATH")]
+    pub budget_io_device: Vec<PathBuf>,
     /// The service's cgroup root (default: the unit's cgroup when started by systemd
     /// in a "supervisor" subgroup, else corral-service under the cgroup mount).
     #[arg(long, value_name = "PATH")]
@@ -217,6 +235,26 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
         Setting::Unlimited => None,
         Setting::Value(v) => Some(v),
     };
+    let value = |s: Option<Setting<u64>>| s.and_then(Setting::into_option);
+    let rate = |flag: &'static str, s: &Option<String>| {
+        s.as_deref()
+            .map(|v| parse_rate_setting(flag, v))
+            .transpose()
+            .map(value)
+    };
+    let iops = |flag: &'static str, s: &Option<String>| {
+        s.as_deref()
+            .map(|v| parse_iops_setting(flag, v))
+            .transpose()
+            .map(value)
+    };
+    cfg.budget_io = corral_service::config::BudgetIo {
+        read_bps: rate("--budget-io-read-bps", &a.budget_io_read_bps)?,
+        write_bps: rate("--budget-io-write-bps", &a.budget_io_write_bps)?,
+        read_iops: iops("--budget-io-read-iops", &a.budget_io_read_iops)?,
+        write_iops: iops("--budget-io-write-iops", &a.budget_io_write_iops)?,
+        devices: a.budget_io_device.clone(),
+    };
     cfg.drain_timeout = parse_drain(&a.drain_timeout)?;
     cfg.keep_output = match a.keep_output.trim() {
         "forever" | "none" => None,
@@ -321,6 +359,17 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     if let Some(u) = &p.user {
         m.insert(LimitKind::User.key().into(), Value::from(u.as_string()));
     }
+    let num = |v: &u64| Value::from(*v);
+    set(&mut m, LimitKind::IoReadBps, &p.io_read_bps, num);
+    set(&mut m, LimitKind::IoWriteBps, &p.io_write_bps, num);
+    set(&mut m, LimitKind::IoReadIops, &p.io_read_iops, num);
+    set(&mut m, LimitKind::IoWriteIops, &p.io_write_iops, num);
+    set(&mut m, LimitKind::IoWeight, &p.io_weight, num);
+    set(&mut m, LimitKind::FileSize, &p.file_size, num);
+    set(&mut m, LimitKind::Disk, &p.disk, num);
+    if !p.io_device.is_empty() {
+        m.insert(LimitKind::IoDevice.key().into(), paths(&p.io_device));
+    }
     m
 }
 
@@ -337,7 +386,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(LimitKind, &Option<String>); 14] = [
+    let flags: [(LimitKind, &Option<String>); 21] = [
         (LimitKind::Memory, &a.memory),
         (LimitKind::Swap, &a.swap),
         (LimitKind::Cpus, &a.cpus),
@@ -352,6 +401,13 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         (LimitKind::Fs, &a.fs),
         (LimitKind::PidNs, &a.pid_ns),
         (LimitKind::User, &a.user),
+        (LimitKind::IoReadBps, &a.io_read_bps),
+        (LimitKind::IoWriteBps, &a.io_write_bps),
+        (LimitKind::IoReadIops, &a.io_read_iops),
+        (LimitKind::IoWriteIops, &a.io_write_iops),
+        (LimitKind::IoWeight, &a.io_weight),
+        (LimitKind::FileSize, &a.file_size),
+        (LimitKind::Disk, &a.disk),
     ];
     let mut given = Map::new();
     for (k, v) in flags {
@@ -363,7 +419,11 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         given.insert(LimitKind::RequireIsolation.key().into(), Value::from(true));
     }
     // The lists add up: the metadata's paths, then the flags'.
-    for (k, flag) in [(LimitKind::Rw, &a.rw), (LimitKind::Hide, &a.hide)] {
+    for (k, flag) in [
+        (LimitKind::Rw, &a.rw),
+        (LimitKind::Hide, &a.hide),
+        (LimitKind::IoDevice, &a.io_device),
+    ] {
         if !flag.is_empty() {
             let mut all = match limits.remove(k.key()) {
                 Some(Value::Array(v)) => v,
@@ -773,6 +833,14 @@ mod tests {
             hide: vec!["/home".into()],
             pid_ns: Some(corral_spec::PidNs::Off),
             user: Some(corral_spec::User::parse("nobody:nogroup").unwrap()),
+            io_read_bps: Some(Setting::Value(20 << 20)),
+            io_write_bps: Some(Setting::Unlimited),
+            io_read_iops: Some(Setting::Value(500)),
+            io_write_iops: Some(Setting::Value(200)),
+            io_weight: Some(Setting::Value(300)),
+            io_device: vec!["/dev/vda".into()],
+            file_size: Some(Setting::Value(1 << 20)),
+            disk: Some(Setting::Value(50 << 20)),
         };
         let m = patch_json(&p);
         let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();

@@ -41,6 +41,15 @@ pub struct Evidence {
     /// True when the main process died of `SIGXCPU` from a CPU-time rlimit that corral
     /// set (rlimit backend).
     pub cpu_rlimit_hit: bool,
+    /// True when corral set a largest-file limit (`RLIMIT_FSIZE`): a `SIGXFSZ` death is
+    /// then that limit.
+    pub file_size_limit: bool,
+    /// True when the run's disk quota was used up at the end (usage at its limit).
+    pub disk_full: bool,
+    /// True when a file the run wrote ended exactly at its largest-file limit: a
+    /// write past it failed with `EFBIG` (a writer that ignores `SIGXFSZ`, as Python
+    /// does).
+    pub file_at_limit: bool,
 }
 
 /// The decision: the reason and corral's exit status.
@@ -67,8 +76,13 @@ pub struct Verdict {
 ///    anyway; on v1 the kernel kills one process and a shell above it exits with 137
 ///    before corral ends the rest. A main process that exits 0 despite an OOM kill
 ///    below it handled it: `exited`;
-/// 5. a CPU-rlimit `SIGXCPU` is `cpu_time` (124);
-/// 6. any other signal is `signaled` (128+N); an exit is `exited` with its code.
+/// 5. a CPU-rlimit `SIGXCPU` is `cpu_time` (124); a `SIGXFSZ` under a largest-file
+///    limit is `file_size` (128+25);
+/// 6. a main process that failed (non-zero exit, or a signal other than one corral
+///    sent) with its disk quota used up is `disk`, with its own status; one that
+///    exited non-zero with a file at its largest-file limit is `file_size` (`EFBIG`),
+///    with its own exit code;
+/// 7. any other signal is `signaled` (128+N); an exit is `exited` with its code.
 pub fn classify(e: &Evidence) -> Verdict {
     let (signal, process_exit_code) = match e.status {
         Some(WaitStatus::Signaled(s)) => (Some(s), None),
@@ -100,6 +114,10 @@ pub fn classify(e: &Evidence) -> Verdict {
         Some(WaitStatus::Signaled(9)) if e.oom_kills > 0 => v(Reason::Oom, 137),
         Some(WaitStatus::Exited(c)) if c != 0 && e.oom_kills > 0 => v(Reason::Oom, 137),
         Some(WaitStatus::Signaled(24)) if e.cpu_rlimit_hit => v(Reason::CpuTime, 124),
+        Some(WaitStatus::Signaled(25)) if e.file_size_limit => v(Reason::FileSize, 128 + 25),
+        Some(WaitStatus::Signaled(s)) if e.disk_full => v(Reason::Disk, 128 + s),
+        Some(WaitStatus::Exited(c)) if c != 0 && e.disk_full => v(Reason::Disk, c),
+        Some(WaitStatus::Exited(c)) if c != 0 && e.file_at_limit => v(Reason::FileSize, c),
         Some(WaitStatus::Signaled(s)) => v(Reason::Signaled, 128 + s),
         Some(WaitStatus::Exited(c)) => v(Reason::Exited, c),
         None => v(Reason::SpawnFailed, 125),
@@ -164,6 +182,27 @@ mod tests {
         assert_eq!(classify(&e).reason, Reason::CpuTime);
         e.kill = Some(KillCause::Cancelled(Some(2)));
         assert_eq!(classify(&e).exit_code, 130);
+    }
+
+    #[test]
+    fn file_size_and_disk() {
+        let mut e = ev(WaitStatus::Signaled(25));
+        assert_eq!(classify(&e).reason, Reason::Signaled);
+        e.file_size_limit = true;
+        let v = classify(&e);
+        assert_eq!((v.reason, v.exit_code), (Reason::FileSize, 153));
+        let mut e = ev(WaitStatus::Exited(1));
+        e.disk_full = true;
+        let v = classify(&e);
+        assert_eq!((v.reason, v.exit_code), (Reason::Disk, 1));
+        // A command that coped with the full quota exited by itself.
+        e.status = Some(WaitStatus::Exited(0));
+        assert_eq!(classify(&e).reason, Reason::Exited);
+        // EFBIG: a writer that ignores SIGXFSZ fails with a file at the limit.
+        let mut e = ev(WaitStatus::Exited(1));
+        e.file_at_limit = true;
+        let v = classify(&e);
+        assert_eq!((v.reason, v.exit_code), (Reason::FileSize, 1));
     }
 
     #[test]

@@ -88,6 +88,32 @@ pub fn compose_notes(r: &Record) -> String {
                 "Lost: the corral service stopped while this run was in flight; its processes were ended and its cgroup removed.".to_string(),
             );
         }
+        Reason::FileSize => {
+            let lim = req
+                .file_size_bytes
+                .map(|b| format!(" of {}", format_bytes(b)))
+                .unwrap_or_default();
+            let how = match r.outcome.signal {
+                Some(_) => "Stopped",
+                None => "Failed",
+            };
+            let what = match r.outcome.signal {
+                Some(_) => "SIGXFSZ",
+                None => "the write failed with EFBIG, \"File too large\"",
+            };
+            out.push(format!(
+                "{how} after {wall}: it wrote a file past its largest-file limit{lim} ({what})."
+            ));
+        }
+        Reason::Disk => {
+            let lim = req
+                .disk_bytes
+                .map(|b| format!(" {}", format_bytes(b)))
+                .unwrap_or_default();
+            out.push(format!(
+                "Failed after {wall}: it used up its{lim} disk budget; writes beyond it failed with \"Disk quota exceeded\" (EDQUOT)."
+            ));
+        }
     }
     if r.backend == "rlimit" {
         let failed = match r.outcome.reason {

@@ -26,6 +26,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod disk;
 pub mod fsview;
 pub mod guard;
 pub mod ident;
@@ -33,6 +34,7 @@ pub mod identity;
 pub mod isolation;
 pub mod output;
 pub mod owner;
+pub mod quota;
 pub mod run;
 pub mod spawn;
 pub mod supervise;

@@ -238,6 +238,15 @@ pub async fn run(
             return Ok(spawn_failed(rec, 125, why));
         }
     }
+    // The disks the I/O limits apply to: a bad --io-device is bad input.
+    let io_targets = if crate::disk::wants_io(&spec.limits) {
+        match crate::disk::targets(std::path::Path::new("/sys"), &spec.limits, &run_cwd) {
+            Ok(t) => Some(t),
+            Err(e) => return Ok(spawn_failed(rec, 125, e.to_string())),
+        }
+    } else {
+        None
+    };
     let fs_paths = match crate::fsview::resolve(&spec.limits, iso.fs, &run_cwd) {
         Ok(p) => p,
         Err(e) => return Ok(spawn_failed(rec, 125, e.to_string())),
@@ -369,7 +378,31 @@ pub async fn run(
         g.register(e);
     }
     rec.cgroup = sandbox.cgroup();
-    let plan = sandbox.plan();
+    let mut plan = sandbox.plan();
+    let gaps_before = plan.gaps.len();
+    if let Some(t) = &io_targets {
+        let applied = crate::disk::apply(
+            backend.kind() == BackendKind::Cgroup1,
+            sandbox.as_mut(),
+            &spec.limits,
+            t,
+            &mut plan,
+        );
+        if let Err(e) = applied {
+            teardown(sandbox, &guarded);
+            return Err(e.into());
+        }
+    }
+    let quota = crate::quota::start(&spec.limits, &run_cwd, &mut plan);
+    if spec.limits.require_isolation && plan.gaps.len() > gaps_before {
+        let gaps = plan.gaps.split_off(gaps_before);
+        drop(quota);
+        teardown(sandbox, &guarded);
+        return Err(RunError::Refused {
+            backend: backend.kind(),
+            gaps,
+        });
+    }
     rec.limits.enforced = plan.enforced;
     rec.limits.not_enforced = plan.gaps;
 
@@ -403,6 +436,14 @@ pub async fn run(
     // An ordinary user's layers: through its own user namespace.
     setup.user_namespace = iso.user_ns;
     sandbox.child_setup(&mut setup);
+    // The largest file, on every backend: RLIMIT_FSIZE (SIGXFSZ, then EFBIG).
+    if let Some(n) = spec.limits.file_size {
+        setup.rlimits.push(spawn::Rlimit {
+            resource: libc::RLIMIT_FSIZE,
+            soft: n,
+            hard: n,
+        });
+    }
     // A backend may need a step the isolation plan left out (the rlimit backend's
     // setsid): the record says what the child does.
     if let Some(iso) = rec.isolation.as_mut() {
@@ -479,6 +520,7 @@ pub async fn run(
     };
     let c = sandbox.collect();
     teardown(sandbox, &guarded);
+    let disk = quota.map(crate::quota::Quota::finish);
     let finished_at = SystemTime::now();
     let verdict = classify(&Evidence {
         status: Some(sup.status),
@@ -488,6 +530,18 @@ pub async fn run(
         oom_kills: c.oom_kill,
         cpu_rlimit_hit: backend.kind() == crate::backend::BackendKind::Rlimit
             && spec.limits.cpu_time.is_some(),
+        file_size_limit: spec.limits.file_size.is_some(),
+        disk_full: disk.as_ref().is_some_and(|d| d.full),
+        file_at_limit: match (sup.status, spec.limits.file_size) {
+            (corral_record::WaitStatus::Exited(c), Some(n)) if c != 0 => {
+                let mut dirs = vec![run_cwd.clone()];
+                dirs.extend(spec.limits.rw.iter().cloned());
+                // mtimes come from a coarse clock (a tick): a little before counts.
+                let since = started_at - std::time::Duration::from_millis(50);
+                crate::disk::file_at_limit(&dirs, n, since)
+            }
+            _ => false,
+        },
     });
     rec.outcome = Outcome {
         reason: verdict.reason,
@@ -513,6 +567,23 @@ pub async fn run(
         pids_peak: c.pids_peak,
         io_read_bytes: c.io_read,
         io_write_bytes: c.io_write,
+        io_devices: c
+            .io_devices
+            .iter()
+            .filter_map(|d| {
+                Some(corral_record::DeviceUsage {
+                    device: d.dev?.to_string(),
+                    read_bytes: d.rbytes,
+                    write_bytes: d.wbytes,
+                    read_ios: d.rios,
+                    write_ios: d.wios,
+                })
+            })
+            .collect(),
+        io_pressure_some_us: c.io_pressure.0,
+        io_pressure_full_us: c.io_pressure.1,
+        disk_added_bytes: disk.map(|d| d.used),
+        disk_peak_bytes: disk.map(|d| d.peak),
     };
     rec.output = outputs.finish();
     rec.started_at = corral_record::rfc3339(started_at);

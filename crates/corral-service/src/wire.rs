@@ -29,7 +29,8 @@ pub struct SubmitRequest {
     pub profile: Option<String>,
     /// Limit overrides, as in a profile: `memory`, `swap`, `cpus`, `pids`, `timeout`,
     /// `cpu_time`, `grace`, `output_limit` (and `require_isolation`, `syscalls`, `network`,
-    /// `pid_ns`, `isolation`).
+    /// `pid_ns`, `isolation`; the disk limits `io_read_bps`, `io_write_bps`,
+    /// `io_read_iops`, `io_write_iops`, `io_weight`, `io_device`, `file_size`, `disk`).
     #[serde(default)]
     pub limits: Option<Map<String, Value>>,
     /// A caller-chosen run id (1-64 of `[A-Za-z0-9_-]`); generated when null.

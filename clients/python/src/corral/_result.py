@@ -15,10 +15,12 @@ REASONS = (
     "cancelled",
     "spawn_failed",
     "lost",
+    "file_size",
+    "disk",
 )
 
 #: The reasons that mean "corral stopped it because it went over a budget".
-LIMIT_REASONS = frozenset({"oom", "timeout", "cpu_time"})
+LIMIT_REASONS = frozenset({"oom", "timeout", "cpu_time", "file_size", "disk"})
 
 
 @dataclass
