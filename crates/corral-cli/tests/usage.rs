@@ -129,3 +129,40 @@ fn profiles_show_the_isolation_switch() {
          (no sandbox: the host's network, no syscall filter)"
     );
 }
+
+/// Runs `corral ARGS` with its stdout on a pipe whose reader is already closed, as in
+/// `corral ps | head` once head has exited: (exit status, stderr).
+fn corral_into_closed_pipe(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
+    let (rx, tx) = rustix::pipe::pipe().unwrap();
+    drop(rx);
+    let out = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::from(tx))
+        .output()
+        .expect("corral starts");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_pipe_on_stdout_ends_quietly() {
+    // No root needed: these print what they know without cgroups.
+    for args in [
+        &["profiles"][..],
+        &["profiles", "--json"],
+        &["check"],
+        &["--help"],
+    ] {
+        let (code, stderr) = corral_into_closed_pipe(args, &[]);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        // `check` exits with its verdict (0 full, 1 partial, 2 none) when it printed
+        // all; a closed pipe is not a failure (125) or a panic (101).
+        assert!(
+            code == 0 || (args == ["check"] && code <= 2),
+            "{args:?}: {code}"
+        );
+    }
+}
