@@ -136,3 +136,13 @@ fn sandbox_tiocsti() {
     let h = harness_or_skip!("rlimit", "sandbox_tiocsti");
     common::run_sandbox_tiocsti(&h);
 }
+
+#[test]
+fn a_cpu_quota_above_the_hosts_cpus_is_accepted_with_a_note() {
+    let h = harness_or_skip!("rlimit", "manycpus");
+    let ran = h.run(&["--cpus", "4096"], &["true"]);
+    assert_eq!(ran.code, 0);
+    assert_eq!(ran.rec()["limits"]["requested"]["cpus"], 4096.0);
+    let notes = ran.notes();
+    assert!(notes.contains("quota is more than the"), "{notes}");
+}

@@ -166,3 +166,12 @@ fn a_closed_pipe_on_stdout_ends_quietly() {
         );
     }
 }
+
+#[test]
+fn a_memory_budget_below_one_page_is_refused() {
+    // Refused while parsing, before any cgroup: the kernel would make it 0 and the
+    // run would die at once of an "OOM".
+    let (code, stderr) = corral(&["run", "--memory", "1", "--", "true"]);
+    assert_eq!(code, 125, "{stderr}");
+    assert!(stderr.contains("below one page"), "{stderr}");
+}

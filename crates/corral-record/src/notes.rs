@@ -16,6 +16,24 @@ fn cpus(c: f64) -> String {
     format!("{s}-CPU")
 }
 
+/// The CPUs this process may run on (its affinity mask), as the runs it starts may.
+fn host_cpus() -> Option<usize> {
+    std::thread::available_parallelism().ok().map(|n| n.get())
+}
+
+/// A quota above the CPUs there are is accepted (the run simply cannot use it all):
+/// said, so that nobody reads the quota as what the run had.
+fn more_cpus_than_the_host(quota: Option<f64>, host: Option<usize>) -> Option<String> {
+    let (q, h) = (quota?, host?);
+    (q > h as f64).then(|| {
+        format!(
+            "The {} quota is more than the {h} CPU{} this host offers: the run could use at most {h}.",
+            cpus(q),
+            if h == 1 { "" } else { "s" }
+        )
+    })
+}
+
 /// Writes the notes for a finished record: first the outcome, then what else a reader
 /// should know (refused forks, throttling, killed leftovers, truncated output, limits
 /// that were not enforced).
@@ -129,6 +147,9 @@ pub fn compose_notes(r: &Record) -> String {
             "{n} fork{} refused{lim}.",
             if n == 1 { " was" } else { "s were" }
         ));
+    }
+    if let Some(note) = more_cpus_than_the_host(req.cpus, host_cpus()) {
+        out.push(note);
     }
     if let (Some(c), true) = (r.limits.enforced.cpus, r.events.cpu_throttled > 0) {
         let t = r.events.cpu_throttled_us as f64 / 1e6;
@@ -256,6 +277,23 @@ mod tests {
         });
         r.outcome.reason = Reason::Exited;
         r
+    }
+
+    #[test]
+    fn a_cpu_quota_above_the_host_is_noted() {
+        assert_eq!(
+            more_cpus_than_the_host(Some(64.0), Some(2)).as_deref(),
+            Some("The 64-CPU quota is more than the 2 CPUs this host offers: the run could use at most 2.")
+        );
+        assert_eq!(more_cpus_than_the_host(Some(2.0), Some(2)), None);
+        assert_eq!(more_cpus_than_the_host(None, Some(2)), None);
+        let mut r = exited();
+        r.limits.requested.cpus = Some(100_000.0);
+        assert!(
+            compose_notes(&r).contains("quota is more than the"),
+            "{}",
+            compose_notes(&r)
+        );
     }
 
     #[test]
