@@ -766,6 +766,53 @@ fn client_commands_as_a_new_user_meets_them() {
             assert_eq!(corral(&s, &["cancel", id]).0, 0);
             corral(&s, &["wait", id]);
         }
+        // The HTTP API as the document says it.
+        let mut r = small(&["true"]);
+        r["idempotency_key"] = json!("edge-key");
+        assert_eq!(s.submit(&r).0, 201);
+        assert_eq!(s.submit(&r).0, 200, "the same body again: the same run");
+        r["command"] = json!(["false"]);
+        let (st, v) = s.submit(&r);
+        assert_eq!(st, 409, "the key with another body: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("different submission"),
+            "{v}"
+        );
+        let mut r = small(&["true"]);
+        r["cwd"] = json!("/nonexistent/corral-test-dir");
+        let (st, v) = s.submit(&r);
+        assert_eq!(st, 422, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("not an existing directory"),
+            "{v}"
+        );
+        let mut r = small(&["true"]);
+        r["limits"] = json!("2G");
+        let (st, v) = s.submit(&r);
+        assert_eq!(st, 400, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("\"limits\" must be an object"),
+            "{v}"
+        );
+        for (q, code) in [
+            ("limit=10000", 200),
+            ("limit=10001", 400),
+            ("limit=0", 400),
+            ("state=", 400),
+        ] {
+            let (st, v) = s.call("GET", &format!("/runs?{q}"));
+            assert_eq!(st, code, "{q}: {v}");
+        }
+        assert_eq!(s.submit(&json!({"command": ["sh", "-c", ""]})).0, 400);
         // submit --wait prints the run's output as `corral run` would: its stdout on
         // stdout, its stderr on stderr, then exits with its status.
         let mut a = vec!["submit", "--wait"];
