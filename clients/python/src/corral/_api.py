@@ -45,6 +45,9 @@ def isolated_run(
     capture_output: bool = True,
     server: Optional[str] = None,
     run_id: Optional[str] = None,
+    input: Union[None, str, bytes] = None,
+    text: bool = True,
+    check: bool = False,
 ) -> IsolatedResult:
     """Runs ``cmd`` in its own cgroup under corral and says what happened.
 
@@ -79,6 +82,13 @@ def isolated_run(
     ``$PATH``), or, with ``server`` (or ``$CORRAL_SERVER``), through the corral
     service at that address (``unix:/path.sock``, ``/path.sock``, ``host:port``); there
     ``env`` adds to the *service's* environment and ``backend`` cannot be chosen.
+
+    As with :func:`subprocess.run`: ``input`` (``str`` or ``bytes``) is the command's
+    standard input, ``text=False`` returns ``stdout``/``stderr`` as ``bytes``,
+    ``result.args`` is the command, and ``check=True`` (or
+    ``result.check_returncode()``) raises :class:`~corral.CorralCalledProcessError`, a
+    :class:`subprocess.CalledProcessError` carrying the record, unless it exited 0.
+    ``input`` needs the binary: the service has no standard input for a run.
 
     Every run that corral attempted is a result, even when the command could not be
     started (``reason == "spawn_failed"``, returncode 127/126, or 125 for a missing
@@ -130,9 +140,23 @@ def isolated_run(
         run_id=run_id,
     )
     server = server if server is not None else os.environ.get("CORRAL_SERVER") or None
+    data = input.encode() if isinstance(input, str) else input
     if server:
-        return run_service(opts, server, capture_output)
-    return run_binary(opts, capture_output)
+        if data is not None:
+            raise ValueError("input= needs the corral binary: the service gives runs no stdin")
+        result = run_service(opts, server, capture_output)
+        if not text:
+            result.stdout = _encoded(result.stdout)
+            result.stderr = _encoded(result.stderr)
+    else:
+        result = run_binary(opts, capture_output, data, text)
+    if check:
+        result.check_returncode()
+    return result
+
+
+def _encoded(v: Union[str, bytes, None]) -> Optional[bytes]:
+    return v.encode() if isinstance(v, str) else v
 
 
 def _paths(v: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Union[str, Path]]:
