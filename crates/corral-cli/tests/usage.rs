@@ -175,3 +175,17 @@ fn a_memory_budget_below_one_page_is_refused() {
     assert_eq!(code, 125, "{stderr}");
     assert!(stderr.contains("below one page"), "{stderr}");
 }
+
+#[test]
+fn the_readmes_first_command_keeps_the_record_apart_from_the_output() {
+    let readme = include_str!("../../../README.md");
+    let first = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.lines().next())
+        .expect("a first sh block");
+    assert!(first.contains(" run "), "{first}");
+    // `--json -` would interleave the record with what the analysis prints.
+    assert!(first.contains("--json record.json"), "{first}");
+    assert!(!first.contains("--json -"), "{first}");
+}
