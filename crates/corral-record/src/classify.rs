@@ -41,6 +41,36 @@ pub struct Evidence {
     /// True when the main process died of `SIGXCPU` from a CPU-time rlimit that corral
     /// set (rlimit backend).
     pub cpu_rlimit_hit: bool,
+    /// True when the run had an address-space limit (`RLIMIT_AS`, rlimit backend) and
+    /// its captured stderr ends with an out-of-memory report
+    /// ([`reports_out_of_memory`]): an allocation was refused, and the program said so.
+    pub memory_rlimit_reported: bool,
+}
+
+/// How language runtimes report a refused allocation before they exit non-zero (or
+/// abort): Python, C++, R, Java, Go, Rust, Julia, NumPy and glibc's `strerror(ENOMEM)`.
+/// Matched in the last lines of the run's captured stderr only.
+pub const OUT_OF_MEMORY_REPORTS: &[&str] = &[
+    "MemoryError",
+    "std::bad_alloc",
+    "cannot allocate vector of size",
+    "java.lang.OutOfMemoryError",
+    "fatal error: runtime: out of memory",
+    "memory allocation of ",
+    "OutOfMemoryError()",
+    "numpy.core._exceptions._ArrayMemoryError",
+    "Unable to allocate",
+    "Cannot allocate memory",
+];
+
+/// The out-of-memory report in the tail of a run's stderr (its last 20 lines), if any.
+pub fn reports_out_of_memory(stderr_tail: &str) -> Option<&'static str> {
+    let lines: Vec<&str> = stderr_tail.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(20)..];
+    OUT_OF_MEMORY_REPORTS
+        .iter()
+        .copied()
+        .find(|m| tail.iter().any(|l| l.contains(m)))
 }
 
 /// The decision: the reason and corral's exit status.
@@ -68,7 +98,11 @@ pub struct Verdict {
 ///    before corral ends the rest. A main process that exits 0 despite an OOM kill
 ///    below it handled it: `exited`;
 /// 5. a CPU-rlimit `SIGXCPU` is `cpu_time` (124);
-/// 6. any other signal is `signaled` (128+N); an exit is `exited` with its code.
+/// 6. a main process that failed (non-zero exit, or `SIGABRT` as C++'s uncaught
+///    `std::bad_alloc` ends) after reporting that memory ran out, under an
+///    address-space limit, is `oom` with its own status: nothing was killed, an
+///    allocation was refused ([`Evidence::memory_rlimit_reported`]);
+/// 7. any other signal is `signaled` (128+N); an exit is `exited` with its code.
 pub fn classify(e: &Evidence) -> Verdict {
     let (signal, process_exit_code) = match e.status {
         Some(WaitStatus::Signaled(s)) => (Some(s), None),
@@ -100,6 +134,8 @@ pub fn classify(e: &Evidence) -> Verdict {
         Some(WaitStatus::Signaled(9)) if e.oom_kills > 0 => v(Reason::Oom, 137),
         Some(WaitStatus::Exited(c)) if c != 0 && e.oom_kills > 0 => v(Reason::Oom, 137),
         Some(WaitStatus::Signaled(24)) if e.cpu_rlimit_hit => v(Reason::CpuTime, 124),
+        Some(WaitStatus::Exited(c)) if c != 0 && e.memory_rlimit_reported => v(Reason::Oom, c),
+        Some(WaitStatus::Signaled(6)) if e.memory_rlimit_reported => v(Reason::Oom, 128 + 6),
         Some(WaitStatus::Signaled(s)) => v(Reason::Signaled, 128 + s),
         Some(WaitStatus::Exited(c)) => v(Reason::Exited, c),
         None => v(Reason::SpawnFailed, 125),
@@ -174,5 +210,33 @@ mod tests {
         };
         assert_eq!(classify(&e).exit_code, 127);
         assert_eq!(classify(&e).reason, Reason::SpawnFailed);
+    }
+
+    #[test]
+    fn a_reported_refused_allocation_under_an_address_space_limit_is_oom() {
+        let mut e = ev(WaitStatus::Exited(1));
+        assert_eq!(classify(&e).reason, Reason::Exited);
+        e.memory_rlimit_reported = true;
+        let v = classify(&e);
+        assert_eq!(
+            (v.reason, v.exit_code, v.process_exit_code),
+            (Reason::Oom, 1, Some(1))
+        );
+        let mut e = ev(WaitStatus::Signaled(6));
+        e.memory_rlimit_reported = true;
+        assert_eq!(classify(&e).reason, Reason::Oom);
+        // Exiting 0 after catching it is handling it.
+        let mut e = ev(WaitStatus::Exited(0));
+        e.memory_rlimit_reported = true;
+        assert_eq!(classify(&e).reason, Reason::Exited);
+        let py = "Traceback (most recent call last):\n  File \"<string>\", line 1\nMemoryError\n";
+        assert_eq!(reports_out_of_memory(py), Some("MemoryError"));
+        assert_eq!(reports_out_of_memory("boom\n"), None);
+        let old = format!("MemoryError\n{}", "later line\n".repeat(30));
+        assert_eq!(
+            reports_out_of_memory(&old),
+            None,
+            "only the last lines count"
+        );
     }
 }

@@ -62,6 +62,24 @@ pub fn compose_notes(r: &Record) -> String {
                 signal_name(sig)
             ));
         }
+        Reason::Oom if r.backend == "rlimit" && r.outcome.signal != Some(9) => {
+            // Nothing was killed: an allocation beyond RLIMIT_AS failed and the analysis
+            // reported it, then failed.
+            let m = r
+                .limits
+                .enforced
+                .memory_bytes
+                .map(format_bytes)
+                .unwrap_or_default();
+            let how = match (r.outcome.process_exit_code, r.outcome.signal) {
+                (Some(c), _) => format!("exited with code {c}"),
+                (_, Some(s)) => format!("ended by {}", signal_name(s)),
+                _ => "failed".into(),
+            };
+            out.push(format!(
+                "Out of memory: an allocation beyond its {m} address-space limit (RLIMIT_AS) was refused; the analysis reported it on stderr and {how} after {wall}."
+            ));
+        }
         Reason::Oom => {
             let own_budget = r.limits.enforced.memory_bytes;
             let mut s = match own_budget {
@@ -109,13 +127,14 @@ pub fn compose_notes(r: &Record) -> String {
     }
     if r.backend == "rlimit" {
         let failed = match r.outcome.reason {
+            // (A reported refusal is an `oom` with its own sentence above.)
             Reason::Exited => r.outcome.process_exit_code != Some(0),
             Reason::Signaled => matches!(r.outcome.signal, Some(6 | 7 | 9 | 11)),
             _ => false,
         };
         if let (true, Some(m)) = (failed, r.limits.enforced.memory_bytes) {
             out.push(format!(
-                "It may have hit its {} address-space limit (RLIMIT_AS): allocations beyond it fail with an out-of-memory error, which the rlimit backend cannot tell apart from other failures.",
+                "It may have hit its {} address-space limit (RLIMIT_AS): allocations beyond it fail with an out-of-memory error, which the rlimit backend recognises only when stderr is captured and ends with such a report (MemoryError, std::bad_alloc, ...).",
                 format_bytes(m)
             ));
         }
