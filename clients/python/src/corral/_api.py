@@ -193,6 +193,7 @@ def run_notebook_isolated(
     cwd: Optional[Path] = None,
     kernel_name: Optional[str] = None,
     allow_errors: bool = False,
+    verbose: bool = False,
     **kw: Any,
 ) -> IsolatedResult:
     """Executes a notebook headless (``nbconvert --to notebook --execute``) under the
@@ -201,7 +202,17 @@ def run_notebook_isolated(
     it), which the result carries as ``output_path``. nbconvert starts the kernel in
     the notebook's directory; ``cwd`` (default: that directory) is where nbconvert
     itself runs. A cell that raises fails the run (exit 1) unless ``allow_errors``.
-    Other keywords go to :func:`isolated_run`."""
+    Other keywords go to :func:`isolated_run`.
+
+    The notebook is executed cell by cell (``python -m corral._nbrun``, with nbclient,
+    nbconvert's executor, when it is importable here; ``$CORRAL_NBCONVERT`` or
+    nbconvert from ``$PATH`` otherwise). ``output_path`` is written before and after
+    each cell, so a run that does not finish (a raising cell, its wall clock, its
+    memory budget, a signal, even SIGKILL) leaves the notebook as far as it got, the
+    cell where it stopped marked with an error output (``CorralStoppedHere``, or its
+    traceback) and ``metadata.corral``. Standard error gets one plain message without
+    ANSI colour codes; the kernel's own output (warnings, logs) and coloured
+    tracebacks only with ``verbose=True``."""
     src = os.path.abspath(path)
     if output_path is None:
         stem = os.path.basename(src)
@@ -209,12 +220,21 @@ def run_notebook_isolated(
         out = os.path.join(os.path.dirname(src), stem + ".executed.ipynb")
     else:
         out = os.path.abspath(output_path)
-    cmd = nbconvert_command() + ["--to", "notebook", "--execute", src]
-    cmd += ["--output-dir", os.path.dirname(out), "--output", os.path.basename(out)]
-    if kernel_name is not None:
-        cmd.append(f"--ExecutePreprocessor.kernel_name={kernel_name}")
-    if allow_errors:
-        cmd.append("--allow-errors")
+    if not os.environ.get("CORRAL_NBCONVERT") and importlib.util.find_spec("nbclient"):
+        cmd = [sys.executable, "-m", "corral._nbrun", src, out]
+        if kernel_name is not None:
+            cmd += ["--kernel", kernel_name]
+        if allow_errors:
+            cmd.append("--allow-errors")
+        if verbose:
+            cmd.append("--verbose")
+    else:
+        cmd = nbconvert_command() + ["--to", "notebook", "--execute", src]
+        cmd += ["--output-dir", os.path.dirname(out), "--output", os.path.basename(out)]
+        if kernel_name is not None:
+            cmd.append(f"--ExecutePreprocessor.kernel_name={kernel_name}")
+        if allow_errors:
+            cmd.append("--allow-errors")
     kw.setdefault("profile", "notebook")
     # The kernel runs in the notebook's directory and nbconvert writes the output's:
     # both stay writable in the read-only view, wherever ``cwd`` is.
