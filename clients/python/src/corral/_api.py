@@ -149,7 +149,13 @@ def isolated_run(
             result.stdout = _encoded(result.stdout)
             result.stderr = _encoded(result.stderr)
     else:
-        result = run_binary(opts, capture_output, data, text)
+        # (Only what was asked: run_binary(opts, capture_output) is the common call.)
+        extra: Dict[str, Any] = {}
+        if data is not None:
+            extra["input"] = data
+        if not text:
+            extra["text"] = False
+        result = run_binary(opts, capture_output, **extra)
     if check:
         result.check_returncode()
     return result
