@@ -239,5 +239,5 @@ def test_result_is_like_a_completed_process() -> None:
 def test_a_bad_limit_in_a_mapping_names_the_mapping_not_a_temporary_file() -> None:
     with pytest.raises(corral.CorralError) as e:
         corral.isolated_run(["true"], limits_from={"limits": {"pids": "lots"}})
-    assert "limits_from (the mapping)" in e.value.message, e.value.message
+    assert "limits_from (the mapping): key \"pids\"" in e.value.message, e.value.message
     assert "corral-py-" not in e.value.message and "limits.json" not in e.value.message
