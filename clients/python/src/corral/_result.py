@@ -29,7 +29,9 @@ class IsolatedResult:
 
     ``returncode`` is corral's exit status: the command's own status when it exited;
     128+N when it died of signal N (an OOM kill is 137); 124 when corral stopped it at
-    its wall-clock or CPU-time limit; 125/126/127 when it could not be started.
+    its wall-clock or CPU-time limit; 125/126/127 when it could not be started. On the
+    rlimit backend a refused allocation that the command reported (``MemoryError``) is
+    ``reason == "oom"`` with the command's own status (nothing was killed).
     """
 
     returncode: int
