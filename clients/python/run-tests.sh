@@ -11,6 +11,10 @@
 #   CORRAL_BIN      the corral binary to test against (default: <repo>/target/debug/corral,
 #                   built with `cargo build -p corral-cli` first)
 #
+# schemathesis (pinned below) is installed into "$CORRAL_PY_VENV-schemathesis" when the
+# interpreter is Python >= 3.11, and tests/test_openapi.py runs it against a live
+# `corral serve`.
+#
 # The tests that create cgroups need root and a cgroup hierarchy corral can use; where
 # that is missing they are skipped, and pytest's summary says why (-rs).
 set -euo pipefail
@@ -63,6 +67,24 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check --quiet)
 "${pip[@]}" install -r "$here/requirements-test.txt"
+# schemathesis checks the service's /openapi.json against the live service
+# (tests/test_openapi.py). It needs Python >= 3.11 and brings its own pytest plugin, so
+# it lives in a virtualenv of its own beside this one.
+schemathesis_version=4.32.5
+if "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    st_venv="$venv-schemathesis"
+    if [ ! -x "$st_venv/bin/schemathesis" ] \
+        || ! "$st_venv/bin/schemathesis" --version | grep -q "$schemathesis_version"; then
+        echo "run-tests.sh: installing schemathesis $schemathesis_version into $st_venv" >&2
+        rm -rf "$st_venv"
+        "$python" -m venv "$st_venv"
+        "$st_venv/bin/python" -m pip --disable-pip-version-check --quiet \
+            install "schemathesis==$schemathesis_version"
+    fi
+    export CORRAL_SCHEMATHESIS="$st_venv/bin/schemathesis"
+else
+    echo "run-tests.sh: $python is older than 3.11: schemathesis (test_openapi) cannot run" >&2
+fi
 # A real (non-editable) install, so the tests import what `pip install` would give.
 "${pip[@]}" install --force-reinstall --no-deps "$here"
 rm -rf "$here/build" "$here"/src/*.egg-info

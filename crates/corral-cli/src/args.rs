@@ -188,7 +188,7 @@ impl RunArgs {
             memory: self
                 .memory
                 .as_deref()
-                .map(|s| parse_size_setting("memory size", s))
+                .map(corral_spec::parse_memory_setting)
                 .transpose()?,
             swap: self.swap.as_deref().map(parse_swap).transpose()?,
             cpus: self.cpus.as_deref().map(parse_cpus_setting).transpose()?,

@@ -5,6 +5,15 @@
 //! or CPU-time limit; 125 when corral itself failed (bad input, no cgroup access,
 //! `--require-isolation` refused); 126 command not executable; 127 command not found.
 
+/// `println!` that returns the write's error instead of panicking, so a closed pipe
+/// (`corral ps | head`) reaches [`main`], which ends quietly on it.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($t)*)
+    }};
+}
+
 mod args;
 mod backend;
 mod check;
@@ -62,10 +71,13 @@ pub const EXIT_CORRAL_FAILED: u8 = 125;
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colours only for a person at a terminal: a log in a file or journald gets none.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -97,6 +109,12 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Commands that only print: a closed pipe on their output ends them quietly.
+    // (`corral run` keeps the command's status, `serve` and the guard print nothing.)
+    let printer = !matches!(
+        cli.command,
+        Command::Run(_) | Command::Serve(_) | Command::Guard
+    );
     let result = match cli.command {
         Command::Run(a) => run::main(*a),
         Command::Profiles(a) => profiles::main(a),
@@ -113,9 +131,22 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`corral ps | head`): it has all it wanted.
+        Err(e) if printer && closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("corral: {e:#}");
             ExitCode::from(EXIT_CORRAL_FAILED)
         }
     }
+}
+
+/// True when `e` comes from writing to a pipe whose reader has gone.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(|j| j.io_error_kind())
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }

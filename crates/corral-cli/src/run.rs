@@ -114,7 +114,12 @@ fn run(cmd: RunCmd) -> Result<u8> {
     if let Some(dest) = &cmd.json {
         let text = record.to_json() + "\n";
         if dest == "-" {
-            std::io::stdout().write_all(text.as_bytes())?;
+            match std::io::stdout().write_all(text.as_bytes()) {
+                // `corral run --json - ... | head`: the reader has what it wanted, and
+                // the exit status stays the command's.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
         } else {
             std::fs::write(dest, text).with_context(|| format!("writing the record to {dest}"))?;
         }

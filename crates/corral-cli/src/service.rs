@@ -519,13 +519,13 @@ pub fn submit(c: SubmitCmd) -> Result<u8> {
                     resp.id, resp.state
                 );
             }
-            println!("{}", resp.id);
+            outln!("{}", resp.id)?;
         }
         return Ok(0);
     }
+    // Standard output is the run's own, as with `corral run`: the id goes to stderr.
     if !c.json {
-        println!("{}", resp.id);
-        let _ = std::io::stdout().flush();
+        eprintln!("corral: submitted run {}", resp.id);
     }
     let st = match client.wait_done(&resp.id) {
         Ok(s) => s,
@@ -533,14 +533,24 @@ pub fn submit(c: SubmitCmd) -> Result<u8> {
     };
     let rec = record_of(&st)?;
     for (file, stream) in [(&c.run.stdout, "stdout"), (&c.run.stderr, "stderr")] {
-        if let Some(path) = file {
-            let mut body = client
-                .output(&resp.id, stream, false)
-                .map_err(|e| anyhow!(e))?;
-            let mut f = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            std::io::copy(&mut body, &mut f)
-                .with_context(|| format!("writing {}", path.display()))?;
+        let mut body = match client.output(&resp.id, stream, false) {
+            Ok(b) => b,
+            // Nothing captured (a run that never started): nothing to print.
+            Err(e) if file.is_none() && e.status() == Some(404) => continue,
+            Err(e) => return Err(anyhow!(e)),
+        };
+        match file {
+            Some(path) => {
+                let mut f = std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                std::io::copy(&mut body, &mut f)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            // Without a file the output is printed, as `corral run` lets it through
+            // (with --json, stdout is the record's: the run's stdout goes nowhere).
+            None if stream == "stdout" && c.json => {}
+            None if stream == "stdout" => copy_out(&mut body, &mut std::io::stdout().lock())?,
+            None => copy_out(&mut body, &mut std::io::stderr().lock())?,
         }
     }
     if c.json {
@@ -604,10 +614,12 @@ pub fn ps(c: PsCmd) -> Result<u8> {
             ),
             None => ("-".into(), "-".into()),
         };
+        // Queued and running runs have no record yet: their submitted command.
         let cmd = r
             .record
             .as_ref()
             .map(|rec| shell_words(&rec.command))
+            .or_else(|| r.command.as_deref().map(shell_words))
             .unwrap_or_default();
         let owner = r.owner.as_ref().map_or("-", |o| o.name.as_str());
         writeln!(
@@ -636,7 +648,7 @@ pub fn wait(c: IdCmd) -> Result<u8> {
     if c.json {
         print_json(rec)?;
     } else if clean(rec) {
-        println!("{}: {}", rec.id, rec.notes);
+        outln!("{}: {}", rec.id, rec.notes)?;
     } else {
         eprintln!("corral: {}: {}", rec.id, rec.notes);
     }
@@ -655,15 +667,31 @@ pub fn cancel(c: IdCmd) -> Result<u8> {
     }
     let reason = st.record.as_ref().map(|r| r.outcome.reason);
     match (code, reason) {
-        (202, _) => println!(
+        (202, _) => outln!(
             "{}: cancelling (SIGTERM, then SIGKILL after its grace period)",
             st.id
-        ),
-        (_, Some(Reason::Cancelled)) => println!("{}: cancelled", st.id),
-        (_, Some(r)) => println!("{}: already finished ({r}); nothing to cancel", st.id),
-        _ => println!("{}: {}", st.id, st.state),
+        )?,
+        (_, Some(Reason::Cancelled)) => outln!("{}: cancelled", st.id)?,
+        (_, Some(r)) => outln!("{}: already finished ({r}); nothing to cancel", st.id)?,
+        _ => outln!("{}: {}", st.id, st.state)?,
     }
     Ok(0)
+}
+
+/// Copies a run's output to `out`; a reader that went away (`| head`) ends it quietly.
+fn copy_out(body: &mut impl Read, out: &mut impl Write) -> Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = body.read(&mut buf).context("reading the output")?;
+        if n == 0 {
+            return Ok(());
+        }
+        match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// `corral logs ID`.
@@ -688,20 +716,8 @@ pub fn logs(c: LogsCmd) -> Result<u8> {
         }))?;
         return Ok(0);
     }
-    let mut out = std::io::stdout().lock();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = body.read(&mut buf).context("reading the output")?;
-        if n == 0 {
-            break;
-        }
-        match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
-            Ok(()) => {}
-            // `corral logs ID | head` closes the pipe early.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    // `corral logs ID | head` closes the pipe early.
+    copy_out(&mut body, &mut std::io::stdout().lock())?;
     Ok(0)
 }
 

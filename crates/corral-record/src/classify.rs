@@ -50,6 +50,36 @@ pub struct Evidence {
     /// write past it failed with `EFBIG` (a writer that ignores `SIGXFSZ`, as Python
     /// does).
     pub file_at_limit: bool,
+    /// True when the run had an address-space limit (`RLIMIT_AS`, rlimit backend) and
+    /// its captured stderr ends with an out-of-memory report
+    /// ([`reports_out_of_memory`]): an allocation was refused, and the program said so.
+    pub memory_rlimit_reported: bool,
+}
+
+/// How language runtimes report a refused allocation before they exit non-zero (or
+/// abort): Python, C++, R, Java, Go, Rust, Julia, NumPy and glibc's `strerror(ENOMEM)`.
+/// Matched in the last lines of the run's captured stderr only.
+pub const OUT_OF_MEMORY_REPORTS: &[&str] = &[
+    "MemoryError",
+    "std::bad_alloc",
+    "cannot allocate vector of size",
+    "java.lang.OutOfMemoryError",
+    "fatal error: runtime: out of memory",
+    "memory allocation of ",
+    "OutOfMemoryError()",
+    "numpy.core._exceptions._ArrayMemoryError",
+    "Unable to allocate",
+    "Cannot allocate memory",
+];
+
+/// The out-of-memory report in the tail of a run's stderr (its last 20 lines), if any.
+pub fn reports_out_of_memory(stderr_tail: &str) -> Option<&'static str> {
+    let lines: Vec<&str> = stderr_tail.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(20)..];
+    OUT_OF_MEMORY_REPORTS
+        .iter()
+        .copied()
+        .find(|m| tail.iter().any(|l| l.contains(m)))
 }
 
 /// The decision: the reason and corral's exit status.
@@ -81,7 +111,10 @@ pub struct Verdict {
 /// 6. a main process that failed (non-zero exit, or a signal other than one corral
 ///    sent) with its disk quota used up is `disk`, with its own status; one that
 ///    exited non-zero with a file at its largest-file limit is `file_size` (`EFBIG`),
-///    with its own exit code;
+///    with its own exit code; one that failed (non-zero exit, or `SIGABRT` as C++'s
+///    uncaught `std::bad_alloc` ends) after reporting that memory ran out, under an
+///    address-space limit, is `oom` with its own status: nothing was killed, an
+///    allocation was refused ([`Evidence::memory_rlimit_reported`]);
 /// 7. any other signal is `signaled` (128+N); an exit is `exited` with its code.
 pub fn classify(e: &Evidence) -> Verdict {
     let (signal, process_exit_code) = match e.status {
@@ -118,6 +151,8 @@ pub fn classify(e: &Evidence) -> Verdict {
         Some(WaitStatus::Signaled(s)) if e.disk_full => v(Reason::Disk, 128 + s),
         Some(WaitStatus::Exited(c)) if c != 0 && e.disk_full => v(Reason::Disk, c),
         Some(WaitStatus::Exited(c)) if c != 0 && e.file_at_limit => v(Reason::FileSize, c),
+        Some(WaitStatus::Exited(c)) if c != 0 && e.memory_rlimit_reported => v(Reason::Oom, c),
+        Some(WaitStatus::Signaled(6)) if e.memory_rlimit_reported => v(Reason::Oom, 128 + 6),
         Some(WaitStatus::Signaled(s)) => v(Reason::Signaled, 128 + s),
         Some(WaitStatus::Exited(c)) => v(Reason::Exited, c),
         None => v(Reason::SpawnFailed, 125),
@@ -213,5 +248,33 @@ mod tests {
         };
         assert_eq!(classify(&e).exit_code, 127);
         assert_eq!(classify(&e).reason, Reason::SpawnFailed);
+    }
+
+    #[test]
+    fn a_reported_refused_allocation_under_an_address_space_limit_is_oom() {
+        let mut e = ev(WaitStatus::Exited(1));
+        assert_eq!(classify(&e).reason, Reason::Exited);
+        e.memory_rlimit_reported = true;
+        let v = classify(&e);
+        assert_eq!(
+            (v.reason, v.exit_code, v.process_exit_code),
+            (Reason::Oom, 1, Some(1))
+        );
+        let mut e = ev(WaitStatus::Signaled(6));
+        e.memory_rlimit_reported = true;
+        assert_eq!(classify(&e).reason, Reason::Oom);
+        // Exiting 0 after catching it is handling it.
+        let mut e = ev(WaitStatus::Exited(0));
+        e.memory_rlimit_reported = true;
+        assert_eq!(classify(&e).reason, Reason::Exited);
+        let py = "Traceback (most recent call last):\n  File \"<string>\", line 1\nMemoryError\n";
+        assert_eq!(reports_out_of_memory(py), Some("MemoryError"));
+        assert_eq!(reports_out_of_memory("boom\n"), None);
+        let old = format!("MemoryError\n{}", "later line\n".repeat(30));
+        assert_eq!(
+            reports_out_of_memory(&old),
+            None,
+            "only the last lines count"
+        );
     }
 }

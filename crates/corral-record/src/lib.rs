@@ -14,6 +14,7 @@ mod notes;
 use serde::{Deserialize, Serialize};
 
 pub use classify::{classify, Evidence, KillCause, Verdict, WaitStatus};
+pub use classify::{reports_out_of_memory, OUT_OF_MEMORY_REPORTS};
 pub use notes::compose_notes;
 
 /// The schema name written into every record.

@@ -366,12 +366,15 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
             );
         }
     }
+    // The rlimit backend still enforces memory per process, CPU time, processes and
+    // the wall clock: partial isolation, not none.
     let isolation = match auto_backend.as_deref() {
-        None | Some("rlimit") => "none",
+        None => "none",
+        Some("rlimit") => "partial",
         Some(_) if gaps.is_empty() => "full",
         Some(_) => "partial",
     };
-    if isolation == "none" {
+    if matches!(auto_backend.as_deref(), None | Some("rlimit")) {
         remedies.push("no cgroup backend works: run as root on a host with cgroups, or with a systemd user manager that delegates controllers".into());
     }
     let disk = disk_features(cgroup_root, &mut remedies);

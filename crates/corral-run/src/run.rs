@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use corral_record::{
-    classify, compose_notes, Events, Evidence, LimitsRecord, Outcome, Output, Record, RecordHead,
-    Usage,
+    classify, compose_notes, reports_out_of_memory, Events, Evidence, LimitsRecord, Outcome,
+    Output, Record, RecordHead, Usage,
 };
 use corral_spec::Limits;
 use tokio::sync::watch;
@@ -522,14 +522,15 @@ pub async fn run(
     teardown(sandbox, &guarded);
     let disk = quota.map(crate::quota::Quota::finish);
     let finished_at = SystemTime::now();
+    rec.output = outputs.finish();
+    let rlimit = backend.kind() == crate::backend::BackendKind::Rlimit;
     let verdict = classify(&Evidence {
         status: Some(sup.status),
         spawn_error: None,
         kill: sup.kill,
         oom_kills_at_kill: sup.oom_at_kill,
         oom_kills: c.oom_kill,
-        cpu_rlimit_hit: backend.kind() == crate::backend::BackendKind::Rlimit
-            && spec.limits.cpu_time.is_some(),
+        cpu_rlimit_hit: rlimit && spec.limits.cpu_time.is_some(),
         file_size_limit: spec.limits.file_size.is_some(),
         disk_full: disk.as_ref().is_some_and(|d| d.full),
         file_at_limit: match (sup.status, spec.limits.file_size) {
@@ -542,6 +543,9 @@ pub async fn run(
             }
             _ => false,
         },
+        memory_rlimit_reported: rlimit
+            && spec.limits.memory.is_some()
+            && stderr_tail(&rec).is_some_and(|t| reports_out_of_memory(&t).is_some()),
     });
     rec.outcome = Outcome {
         reason: verdict.reason,
@@ -585,11 +589,22 @@ pub async fn run(
         disk_added_bytes: disk.map(|d| d.used),
         disk_peak_bytes: disk.map(|d| d.peak),
     };
-    rec.output = outputs.finish();
     rec.started_at = corral_record::rfc3339(started_at);
     rec.finished_at = corral_record::rfc3339(finished_at);
     rec.notes = compose_notes(&rec);
     Ok(rec)
+}
+
+/// The last 4 KiB of the run's captured stderr (none when stderr was not captured).
+fn stderr_tail(rec: &Record) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = &rec.output.as_ref()?.stderr.as_ref()?.path;
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Removes the sandbox and tells the guard it no longer needs watching. A failed

@@ -132,6 +132,10 @@ pub struct RunStatus {
     pub owner: Option<RunOwner>,
     /// The `corral.result/v1` record; null until the run is `done` or `lost`.
     pub record: Option<Record>,
+    /// The command as submitted (also while queued or running, before any record):
+    /// absent from services before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
 }
 
 /// The owner of a run: the user that submitted it.

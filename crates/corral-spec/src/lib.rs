@@ -31,6 +31,7 @@ pub use units::{
     format_bytes, format_duration, parse_cpus, parse_cpus_setting, parse_duration,
     parse_duration_setting, parse_pids, parse_pids_setting, parse_size, parse_size_setting,
 };
+pub use units::{min_memory, parse_memory_setting};
 
 /// A TOML syntax error, located: displayed as one line, `line L, column C: what`.
 #[derive(Debug, Clone, PartialEq, Eq)]

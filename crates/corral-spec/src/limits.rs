@@ -636,7 +636,10 @@ impl LimitsPatch {
             };
             let bad = |e: SpecError| err(e.to_string());
             match kind {
-                LimitKind::Memory => p.memory = Some(size_value("memory size", v).map_err(bad)?),
+                LimitKind::Memory => {
+                    let m = size_value("memory size", v).map_err(bad)?;
+                    p.memory = Some(crate::units::check_memory(&text(v), m).map_err(bad)?)
+                }
                 LimitKind::Swap => p.swap = Some(swap_value(v).map_err(bad)?),
                 LimitKind::OutputLimit => {
                     p.output_limit = Some(size_value("output limit", v).map_err(bad)?)

@@ -85,6 +85,13 @@ impl Service {
             profile,
             mut limits,
         } = validate::parse(body, &self.profiles, self.output_limit)?;
+        // A missing working directory is the caller's mistake, said now, not a
+        // spawn_failed record later.
+        if let Some(cwd) = &req.cwd {
+            if !std::path::Path::new(cwd).is_dir() {
+                return Err(ServiceError::NoCwd(cwd.clone()));
+            }
+        }
         // Who the run executes as: its submitter, unless an admin names someone.
         let asked = req
             .limits
@@ -129,6 +136,15 @@ impl Service {
                 // nor reused.
                 Inserted::Existing(row) if row.submitted_by.unwrap_or(0) != caller.uid => {
                     return Err(ServiceError::KeyTaken)
+                }
+                // The same key with another body is a client bug, not a repeat.
+                Inserted::Existing(row)
+                    if serde_json::from_str::<crate::wire::SubmitRequest>(&row.request)
+                        .ok()
+                        .as_ref()
+                        != Some(&req) =>
+                {
+                    return Err(ServiceError::KeyReused)
                 }
                 Inserted::Existing(row) => {
                     return Ok((

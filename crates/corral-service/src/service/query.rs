@@ -11,6 +11,7 @@ use crate::ledger::Row;
 use crate::metrics::Snapshot;
 use crate::service::auth::{self, Caller};
 use crate::service::{Service, ServiceError};
+use crate::wire::SubmitRequest;
 use crate::wire::{BudgetStatus, Health, RunList, RunOwner, RunState, RunStatus, UserUsage};
 
 impl Service {
@@ -201,6 +202,9 @@ fn status_without_owner(row: &Row) -> RunStatus {
         priority: row.priority,
         owner: None,
         record,
+        command: serde_json::from_str::<SubmitRequest>(&row.request)
+            .ok()
+            .map(|r| r.command),
     }
 }
 
@@ -235,6 +239,9 @@ mod tests {
                 .await
                 .unwrap();
             assert!(!done && st.state == RunState::Queued);
+            // A queued run has no record yet, but says what it will run.
+            assert!(st.record.is_none());
+            assert_eq!(st.command.as_deref(), Some(&["true".to_string()][..]));
             let h = svc.health();
             assert_eq!((h.status.as_str(), h.backend.as_str()), ("ok", "cgroup1"));
             assert_eq!(h.cgroup_root, "fake");
