@@ -10,6 +10,7 @@ mod backend;
 mod check;
 mod docs;
 mod gc;
+mod live;
 mod profiles;
 mod run;
 mod service;
