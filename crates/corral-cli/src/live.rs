@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_run::{Observer, Progress};
+use corral_service::client::{Client, ClientError};
+use corral_service::wire::RunStatus;
 use corral_spec::format_bytes;
 
 /// How often the line is redrawn.
@@ -116,6 +118,40 @@ pub fn observer(line: &Arc<Mutex<LiveLine>>) -> Observer {
             }
         }),
     }
+}
+
+/// `corral wait` on a terminal: waits in steps of about a second, drawing the
+/// service's reading of the run (`live` in its status) after each, until it is final;
+/// the line is erased before returning.
+pub fn wait_showing(client: &Client, id: &str) -> Result<RunStatus, ClientError> {
+    let mut line: Option<LiveLine> = None;
+    let res = loop {
+        match client.wait(id, EVERY.as_secs_f64()) {
+            Ok((true, st)) => break Ok(st),
+            Ok((false, st)) => {
+                if let Some(u) = st.live {
+                    let l = line.get_or_insert_with(|| {
+                        LiveLine::new(
+                            u.timeout_s.map(Duration::from_secs_f64),
+                            u.memory_limit_bytes,
+                        )
+                    });
+                    l.draw(&Progress {
+                        elapsed: Duration::from_secs_f64(u.elapsed_s),
+                        cpu: u.cpu_s.map(Duration::from_secs_f64),
+                        memory_bytes: u.memory_bytes,
+                        memory_peak_bytes: u.memory_peak_bytes,
+                        processes: u.processes as usize,
+                    });
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if let Some(l) = &mut line {
+        l.clear();
+    }
+    res
 }
 
 /// `m:ss`, or `h:mm:ss` from an hour on.

@@ -1,13 +1,16 @@
-//! The live line of `corral run` (and `corral wait`, in service_api.rs): under a
+//! The live line of `corral run` and `corral wait`: under a
 //! pseudo-terminal (`script(1)` from bsdutils) stderr gets one line redrawn about once a
 //! second with elapsed / timeout, memory now and peak / limit, CPU % and processes,
 //! erased before the summary line; in a pipe and with `-q` there is none.
 
 mod common;
+mod svc;
 
 use std::process::Command;
 
 use common::{Harness, PYTHON};
+use serde_json::json;
+use svc::{each_backend, serial, Svc};
 
 /// A run of about 2.5 s that holds 64 MiB and exits 3.
 const HOLD: &str = "import time; b = bytearray(64 << 20); time.sleep(2.5); raise SystemExit(3)";
@@ -64,11 +67,7 @@ fn shows_the_line_on_a_terminal(h: &Harness) {
     );
     let (code, tty) = under_pty(&c);
     assert_eq!(code, 3, "{tty:?}");
-    let draws: Vec<&str> = tty
-        .split("\r\x1b[2K")
-        .skip(1)
-        .filter(|d| d.starts_with("corral: 0:0"))
-        .collect();
+    let draws = draws(&tty);
     assert!(!draws.is_empty(), "no live line in {tty:?}");
     for d in &draws {
         assert!(d.contains(" / 1:00  mem "), "{d:?}");
@@ -140,3 +139,57 @@ macro_rules! live_tests {
 
 live_tests!(cgroup2);
 live_tests!(cgroup1);
+
+/// The draws of the live line in what a terminal received (each starts by erasing).
+fn draws(tty: &str) -> Vec<&str> {
+    tty.split("\r\x1b[2K")
+        .skip(1)
+        .filter(|d| d.starts_with("corral: 0:0"))
+        .collect()
+}
+
+#[test]
+fn corral_wait_shows_the_services_reading_on_a_terminal() {
+    let _g = serial();
+    each_backend("live_wait", |b| {
+        let mut s = Svc::new(b, "livewait", "--budget-memory 1G --budget-cpus 1");
+        s.start();
+        let wait = |id: &str| {
+            let mut c = Command::new(common::corral_bin());
+            c.args(["wait", id])
+                .env("CORRAL_SERVER", s.socket())
+                .env("XDG_CONFIG_HOME", s.dir.path())
+                .current_dir(s.dir.path());
+            c
+        };
+        let hold = json!({"command": [PYTHON, "-c", HOLD],
+                          "limits": {"memory": "256M", "timeout": "60s"}});
+        let (code, st) = s.submit(&hold);
+        assert_eq!(code, 201, "{st}");
+        let id = st["id"].as_str().unwrap().to_string();
+        let (code, tty) = under_pty(&wait(&id));
+        assert_eq!(code, 3, "{tty:?}");
+        let d = draws(&tty);
+        assert!(!d.is_empty(), "no live line in {tty:?}");
+        for d in &d {
+            assert!(
+                d.contains(" / 1:00  mem ") && d.contains(" / 256 MiB  cpu "),
+                "{d:?}"
+            );
+            assert!(d.contains(" process"), "{d:?}");
+        }
+        let last = tty.rsplit("\r\x1b[2K").next().unwrap();
+        assert!(
+            last.starts_with(&format!("corral: {id}: Exited with code 3")),
+            "{tty:?}"
+        );
+        // In a pipe: only the summary.
+        let (_, st) = s.submit(&hold);
+        let id = st["id"].as_str().unwrap().to_string();
+        let out = wait(&id).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(!err.contains('\x1b') && !err.contains("mem "), "{err:?}");
+        s.stop(libc::SIGTERM, std::time::Duration::from_secs(30));
+    });
+}
