@@ -16,7 +16,7 @@ use corral_record::Reason;
 use serde_json::json;
 
 use crate::ctx::{Ctx, Opts, CORRAL_LIMIT_FLAGS};
-use crate::procs::{children, cpu_sample, status_kib, wait_limited};
+use crate::procs::{children, cpu_sample, descendants_named, status_kib, wait_limited};
 use crate::report::{Report, Row};
 
 struct Measured {
@@ -157,7 +157,7 @@ fn cli(ctx: &Ctx, live: bool) -> Result<Measured> {
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    while !children(pid).iter().any(|(_, c)| c == "sleep") {
+    while descendants_named(pid, "sleep") == 0 {
         if t.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
             let _ = child.wait();
@@ -277,7 +277,7 @@ pub fn footprint_child(opts: Opts, n: usize) -> Result<()> {
     }
     let me = std::process::id();
     let t = Instant::now();
-    while children(me).iter().filter(|(_, c)| c == "sleep").count() < n {
+    while descendants_named(me, "sleep") < n {
         if t.elapsed() > Duration::from_secs(300) {
             bail!("only some of {n} runs started");
         }
