@@ -26,6 +26,10 @@ def main(scratch: Path) -> None:
     binary = corral.find_binary()
     prefix = os.path.realpath(sys.prefix)
     assert binary.startswith(prefix + os.sep), f"{binary} is not this environment's ({prefix})"
+    # The bundled binary comes before $CORRAL_BIN.
+    os.environ["CORRAL_BIN"] = "/nonexistent/corral"
+    assert corral.find_binary() == binary
+    del os.environ["CORRAL_BIN"]
 
     r = corral.isolated_run(
         [sys.executable, "-c", "import os; print('pid', os.getpid()); print(sum(range(10**6)))"],
