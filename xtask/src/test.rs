@@ -40,6 +40,7 @@ const VM_TARGETS: &[(&str, &[&str])] = &[
     ("fsview", &["cgroup2"]),
     ("identity", &["cgroup2"]),
     ("io", &["cgroup2"]),
+    ("live", &["cgroup2"]),
     ("check", &[]),
     ("soak", &["--nocapture"]),
     ("service_api", &[]),

@@ -17,7 +17,9 @@ macro_rules! outln {
 mod args;
 mod backend;
 mod check;
+mod docs;
 mod gc;
+mod live;
 mod profiles;
 mod run;
 mod service;
@@ -31,7 +33,7 @@ use clap::{Parser, Subcommand};
 /// budget, and says exactly what happened and what was used.
 #[derive(Debug, Parser)]
 #[command(name = "corral", version, about, long_about = None)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +65,11 @@ enum Command {
     Logs(service::LogsCmd),
     /// Show a run's status and result (--json: the corral.result/v1 record).
     Show(service::IdCmd),
+    /// Print a shell completion script (bash, zsh, fish) to stdout.
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages, corral(1) and one per subcommand, into a directory.
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 /// Exit status for corral's own failures.
@@ -128,6 +135,8 @@ fn main() -> ExitCode {
         Command::Cancel(a) => service::cancel(a),
         Command::Logs(a) => service::logs(a),
         Command::Show(a) => service::show(a),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -640,7 +640,12 @@ pub fn ps(c: PsCmd) -> Result<u8> {
 
 /// `corral wait ID`.
 pub fn wait(c: IdCmd) -> Result<u8> {
-    let st = match c.server.client()?.wait_done(&c.id) {
+    let client = c.server.client()?;
+    let waited = match crate::live::wanted(false) {
+        true => crate::live::wait_showing(&client, &c.id),
+        false => client.wait_done(&c.id),
+    };
+    let st = match waited {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

@@ -40,4 +40,4 @@ pub mod spawn;
 pub mod supervise;
 
 pub use backend::{Backend, BackendKind, Sandbox};
-pub use run::{run, Cancel, RunError, RunSpec, Stdio};
+pub use run::{run, run_observed, Cancel, Observer, Progress, RunError, RunSpec, Stdio};

@@ -16,7 +16,7 @@ use crate::ident::{cgroup_name, new_run_id, validate_id, InvalidId, Owner};
 use crate::output::{self, OutputFile};
 use crate::spawn::{self, ChildSetup, Exec, SpawnError};
 use crate::supervise::supervise;
-pub use crate::supervise::Cancel;
+pub use crate::supervise::{Cancel, Observer, Progress};
 
 /// Where a standard stream of the run goes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -202,8 +202,19 @@ fn open_stdio(
 /// (nothing is created for it); only corral's own failures are errors.
 pub async fn run(
     backend: &dyn Backend,
+    spec: RunSpec,
+    cancel: watch::Receiver<Option<Cancel>>,
+) -> Result<Record, RunError> {
+    run_observed(backend, spec, cancel, None).await
+}
+
+/// [`run()`], with `observer` called on its timer with what the run uses while it
+/// runs (read from the sandbox's counters).
+pub async fn run_observed(
+    backend: &dyn Backend,
     mut spec: RunSpec,
     cancel: watch::Receiver<Option<Cancel>>,
+    mut observer: Option<Observer>,
 ) -> Result<Record, RunError> {
     let id = match &spec.id {
         Some(id) => {
@@ -508,6 +519,7 @@ pub async fn run(
         &spec.limits,
         started,
         cancel,
+        observer.as_mut(),
     )
     .await;
     let sup = match sup {

@@ -78,8 +78,8 @@ def isolated_run(
     in temporary files and returned as text (undecodable bytes replaced); without it,
     the command writes to this process' stdout/stderr.
 
-    The run goes through the ``corral`` binary (``$CORRAL_BIN`` or ``corral`` on
-    ``$PATH``), or, with ``server`` (or ``$CORRAL_SERVER``), through the corral
+    The run goes through the ``corral`` binary (the package's own, else ``$CORRAL_BIN``
+    or ``corral`` on ``$PATH``), or, with ``server`` (or ``$CORRAL_SERVER``), through the corral
     service at that address (``unix:/path.sock``, ``/path.sock``, ``host:port``); there
     ``env`` adds to the *service's* environment and ``backend`` cannot be chosen.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -18,8 +19,28 @@ from ._result import IsolatedResult
 EXIT_CORRAL_FAILED = 125
 
 
+def bundled_binary() -> Optional[str]:
+    """The ``corral`` binary this package's wheel installed (beside the interpreter's
+    scripts, as listed in the installed distribution's RECORD), or ``None`` (a
+    pure-Python copy of the package, or the file is gone)."""
+    try:
+        dist = importlib.metadata.distribution("corral-client")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if f.name == "corral":
+            path = str(f.locate())
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return os.path.realpath(path)
+    return None
+
+
 def find_binary() -> str:
-    """The corral binary: ``$CORRAL_BIN`` if set, else ``corral`` on ``$PATH``."""
+    """The corral binary: the one bundled in this package's wheel, else ``$CORRAL_BIN``
+    if set, else ``corral`` on ``$PATH``."""
+    bundled = bundled_binary()
+    if bundled is not None:
+        return bundled
     env = os.environ.get("CORRAL_BIN")
     if env:
         if not (os.path.isfile(env) and os.access(env, os.X_OK)):
@@ -28,7 +49,8 @@ def find_binary() -> str:
     found = shutil.which("corral")
     if found is None:
         raise CorralNotFound(
-            "the corral binary was not found: set CORRAL_BIN to its path or put "
+            "the corral binary was not found: install the package from its wheel "
+            "(`pip install ./clients/python` builds it), set CORRAL_BIN to its path or put "
             "`corral` on PATH (build it with `cargo build -p corral-cli`)"
         )
     return found

@@ -36,7 +36,7 @@ class CorralError(Exception):
 
 
 class CorralNotFound(CorralError):
-    """No corral binary: neither ``$CORRAL_BIN`` nor ``corral`` on ``$PATH``."""
+    """No corral binary: none bundled, neither ``$CORRAL_BIN`` nor ``corral`` on ``$PATH``."""
 
 
 class CorralRefused(CorralError):

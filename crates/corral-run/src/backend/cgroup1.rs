@@ -329,6 +329,10 @@ impl Sandbox for Sandbox1 {
         self.group.pids_in("memory").len()
     }
 
+    fn memory_now(&self) -> (Option<u64>, Option<u64>) {
+        self.group.memory_now()
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         self.group.signal_all(sig)
     }

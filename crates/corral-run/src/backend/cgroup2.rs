@@ -323,6 +323,11 @@ impl Sandbox for Sandbox2 {
         self.cg.process_count()
     }
 
+    fn memory_now(&self) -> (Option<u64>, Option<u64>) {
+        let read = |f: &str| self.cg.read_limit(f).ok().flatten();
+        (read("memory.current"), read("memory.peak"))
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         let mut n = 0;
         for cg in self.cg.subtree() {

@@ -436,6 +436,11 @@ pub trait Sandbox: Send {
     fn cpu_usage(&self) -> Option<Duration>;
     /// How many processes the run has now.
     fn process_count(&self) -> usize;
+    /// The memory charged to the run now and its peak so far, in bytes, where the
+    /// backend can tell (two counter files; read on a timer by a live display).
+    fn memory_now(&self) -> (Option<u64>, Option<u64>) {
+        (None, None)
+    }
     /// Sends `sig` to every process of the run; returns how many were signalled.
     fn signal_all(&self, sig: Signal) -> usize;
     /// Kills every process of the run at once (SIGKILL, no escape).

@@ -880,6 +880,10 @@ impl Sandbox for SandboxSd {
         self.inner().process_count()
     }
 
+    fn memory_now(&self) -> (Option<u64>, Option<u64>) {
+        self.inner().memory_now()
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         self.inner().signal_all(sig)
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use corral_record::{rfc3339, Reason, Record};
 use corral_run::ident::new_run_id;
-use corral_run::Cancel;
+use corral_run::{Cancel, Observer, Progress};
 use tokio::sync::watch;
 
 use crate::ledger::{Inserted, NewRun};
@@ -17,7 +17,7 @@ use crate::service::auth::{self, Caller, Forbidden};
 use crate::service::records::{explain_cancel, CancelBy, Never};
 use crate::service::validate;
 use crate::service::{Job, Service, ServiceError};
-use crate::wire::{RunState, RunStatus, SubmitResponse};
+use crate::wire::{LiveUsage, RunState, RunStatus, SubmitResponse};
 use corral_run::identity::{Directory, SystemDirectory};
 
 /// What `POST /runs` did with a valid submission.
@@ -230,7 +230,9 @@ impl Service {
                 tracing::info!("run {id} admitted");
                 self.create_outputs(&job);
                 let spec = job.spec(&self.output_dir);
-                match corral_run::run(self.backend.as_ref(), spec, cancel).await {
+                let observer = self.clone().live_observer(&id, &spec.limits);
+                let backend = self.backend.as_ref();
+                match corral_run::run_observed(backend, spec, cancel, Some(observer)).await {
                     Ok(rec) => {
                         if rec.outcome.reason != Reason::SpawnFailed {
                             if let Ok(t) = humantime::parse_rfc3339(&rec.started_at) {
@@ -265,6 +267,30 @@ impl Service {
             }
         }
         self.pump();
+    }
+
+    /// Keeps a running run's usage for `GET /runs/{id}` (`live`), about once a second.
+    fn live_observer(self: Arc<Self>, id: &str, limits: &corral_spec::Limits) -> Observer {
+        let id = id.to_string();
+        let (timeout_s, memory_limit_bytes) =
+            (limits.timeout.map(|t| t.as_secs_f64()), limits.memory);
+        Observer {
+            every: Duration::from_secs(1),
+            on_tick: Box::new(move |p: &Progress| {
+                let live = LiveUsage {
+                    elapsed_s: p.elapsed.as_secs_f64(),
+                    cpu_s: p.cpu.map(|c| c.as_secs_f64()),
+                    memory_bytes: p.memory_bytes,
+                    memory_peak_bytes: p.memory_peak_bytes,
+                    processes: p.processes as u64,
+                    timeout_s,
+                    memory_limit_bytes,
+                };
+                if let Some(a) = self.lock().active.get_mut(&id) {
+                    a.live = Some(live);
+                }
+            }),
+        }
     }
 
     /// Stores a final record, retrying a failing ledger a few times.

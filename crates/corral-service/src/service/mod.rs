@@ -42,7 +42,7 @@ use crate::cgroups::{Reaped, ServiceTree, TreeUsage};
 use crate::config::ServeConfig;
 use crate::ledger::{Ledger, LedgerError, Row};
 use crate::metrics::Metrics;
-use crate::wire::{RunState, SubmitRequest};
+use crate::wire::{LiveUsage, RunState, SubmitRequest};
 
 pub mod auth;
 pub mod error;
@@ -181,6 +181,8 @@ struct Active {
     cancel: Option<watch::Sender<Option<Cancel>>>,
     cancelled_by: Option<CancelBy>,
     done: watch::Sender<bool>,
+    /// While it runs: its usage at the last tick of its observer.
+    live: Option<LiveUsage>,
 }
 
 struct Inner {
@@ -204,6 +206,7 @@ impl Inner {
                 cancel: None,
                 cancelled_by: None,
                 done: watch::channel(false).0,
+                live: None,
             },
         );
     }

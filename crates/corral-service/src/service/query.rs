@@ -20,7 +20,13 @@ impl Service {
     pub async fn status(&self, caller: &Caller, id: &str) -> Result<RunStatus, ServiceError> {
         let i = id.to_string();
         match self.db(move |l| l.get(&i)).await? {
-            Some(row) if caller.sees(row.submitted_by) => Ok(status_of(&row)),
+            Some(row) if caller.sees(row.submitted_by) => {
+                let mut st = status_of(&row);
+                if st.state == RunState::Running {
+                    st.live = self.lock().active.get(id).and_then(|a| a.live);
+                }
+                Ok(st)
+            }
             _ => Err(ServiceError::NotFound(id.to_string())),
         }
     }
@@ -205,6 +211,7 @@ fn status_without_owner(row: &Row) -> RunStatus {
         command: serde_json::from_str::<SubmitRequest>(&row.request)
             .ok()
             .map(|r| r.command),
+        live: None,
     }
 }
 
