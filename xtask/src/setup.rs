@@ -24,7 +24,9 @@ use crate::Paths;
 ///
 /// `dbus`, `dbus-user-session` and `systemd-container` are only used by
 /// `vm --systemd` (system bus, user bus and `machinectl`/`systemd-run -M` in
-/// the guest, which runs the host's own binaries).
+/// the guest, which runs the host's own binaries). `e2fsprogs`, `mount` and
+/// `util-linux` (`mkfs.ext4`, `lsattr`, `mount -o loop`, `findmnt`) make and mount
+/// the disk tests' ext4 images (`tests/io.rs`, on the host and in the guest).
 pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -35,6 +37,9 @@ pub const PACKAGES: &[&str] = &[
     "dbus",
     "dbus-user-session",
     "systemd-container",
+    "e2fsprogs",
+    "mount",
+    "util-linux",
 ];
 
 /// Kernel meta package resolved to its ABI package (override:

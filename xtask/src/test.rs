@@ -39,6 +39,8 @@ const VM_TARGETS: &[(&str, &[&str])] = &[
     ("pidns", &["cgroup2"]),
     ("fsview", &["cgroup2"]),
     ("identity", &["cgroup2"]),
+    ("io", &["cgroup2"]),
+    ("live", &["cgroup2"]),
     ("check", &[]),
     ("soak", &["--nocapture"]),
     ("service_api", &[]),

@@ -56,6 +56,13 @@ def test_failing_cell(tmp_path: Path) -> None:
     r = corral.run_notebook_isolated(src, output_path=out, timeout_seconds=300)
     assert (r.reason, r.returncode) == ("exited", 1)
     assert "bad data" in (r.stderr or "")
+    # One plain message: no colour codes, no kernel chatter (debugger warnings, logs).
+    assert "\x1b" not in (r.stderr or ""), r.stderr
+    assert "Debugger warning" not in (r.stderr or "") and "[NbConvertApp]" not in (r.stderr or "")
+    # The notebook as far as it got is there, the failing cell marked.
+    nb = json.loads(out.read_text())
+    assert nb["cells"][1]["metadata"]["corral"]["failed"] is True
+    assert "before" in cell_text(out) and "ValueError" in out.read_text()
     r = corral.run_notebook_isolated(src, output_path=out, timeout_seconds=300, allow_errors=True)
     assert r.ok and r.output_path == str(out)
     assert "before" in cell_text(out) and "ValueError" in out.read_text()
@@ -63,11 +70,16 @@ def test_failing_cell(tmp_path: Path) -> None:
 
 def test_notebook_over_its_memory_budget(tmp_path: Path) -> None:
     src = tmp_path / "hog.ipynb"
-    write_notebook(src, "b = bytearray(600 << 20)\nprint('survived')")
+    write_notebook(src, "print('before')", "b = bytearray(600 << 20)\nprint('survived')")
     r = corral.run_notebook_isolated(src, memory_limit_mb=300, timeout_seconds=300)
     # The kernel is the process over budget; the kernel's OOM killer kills it.
     assert not r.ok and r.record["events"]["oom_kill"] >= 1, r.completion_notes
-    assert not (tmp_path / "hog.executed.ipynb").exists()
+    # The notebook as far as it got, the cell that blew up marked (whether the whole
+    # tree was killed or only the kernel).
+    out = tmp_path / "hog.executed.ipynb"
+    nb = json.loads(out.read_text())
+    assert "before" in cell_text(out) and "survived" not in cell_text(out)
+    assert nb["cells"][1]["metadata"]["corral"], nb["cells"][1]
     if r.reason != "oom":
         # Known corral race on cgroup v1 (about 1 run in 8 here): memory.oom_control's
         # eventfd can fire before its oom_kill counter moves, so corral does not end the
@@ -91,3 +103,17 @@ def test_kernel_needs_more_than_a_few_processes(tmp_path: Path) -> None:
     assert r.record["events"]["pids_max"] >= 1
     assert "refused by the 12-process limit" in r.completion_notes
     assert "Kernel died" in (r.stderr or "")
+
+
+def test_a_notebook_stopped_by_its_wall_clock_leaves_what_it_ran(tmp_path: Path) -> None:
+    src = tmp_path / "slow.ipynb"
+    write_notebook(src, "print('first cell done')", "import time\ntime.sleep(600)", "print('never')")
+    r = corral.run_notebook_isolated(src, timeout_seconds=30, grace_seconds=5)
+    assert (r.reason, r.returncode) == ("timeout", 124), r.completion_notes
+    out = Path(r.output_path or "")
+    nb = json.loads(out.read_text())
+    assert "first cell done" in cell_text(out)
+    stopped = nb["cells"][1]
+    assert stopped["metadata"]["corral"]["stopped_here"] is True, (stopped, r.stderr)
+    assert any(o.get("ename") == "CorralStoppedHere" for o in stopped["outputs"])
+    assert "corral" not in nb["cells"][0]["metadata"] and nb["cells"][2].get("outputs") == []

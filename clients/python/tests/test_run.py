@@ -215,3 +215,29 @@ def test_sandbox_layers_are_applied_and_reported() -> None:
 def test_bad_sandbox_value_raises() -> None:
     with pytest.raises(corral.CorralError, match="network"):
         corral.isolated_run(["true"], network="sometimes")
+
+
+def test_result_is_like_a_completed_process() -> None:
+    import subprocess
+
+    r = corral.isolated_run([PY, "-c", "import sys; d = sys.stdin.read(); print(d.upper()); sys.exit(3)"], input="abc")
+    assert r.args == [PY, "-c", "import sys; d = sys.stdin.read(); print(d.upper()); sys.exit(3)"]
+    assert (r.returncode, r.stdout) == (3, "ABC\n")
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        r.check_returncode()
+    assert isinstance(e.value, corral.CorralCalledProcessError)
+    assert e.value.returncode == 3 and e.value.cmd == r.args and e.value.stdout == "ABC\n"
+    assert e.value.record["id"] == r.run_id and e.value.reason == "exited"
+    with pytest.raises(corral.CorralCalledProcessError):
+        corral.isolated_run(["false"], check=True)
+    assert corral.isolated_run(["true"], check=True).ok
+    b = corral.isolated_run([PY, "-c", "import sys; sys.stdout.buffer.write(bytes(range(256)))"], text=False)
+    assert b.stdout == bytes(range(256)) and b.stderr == b""
+    assert corral.isolated_run(["cat"], input=b"\x00\xff").stdout == "\x00\ufffd"
+
+
+def test_a_bad_limit_in_a_mapping_names_the_mapping_not_a_temporary_file() -> None:
+    with pytest.raises(corral.CorralError) as e:
+        corral.isolated_run(["true"], limits_from={"limits": {"pids": "lots"}})
+    assert "limits_from (the mapping): key \"pids\"" in e.value.message, e.value.message
+    assert "corral-py-" not in e.value.message and "limits.json" not in e.value.message

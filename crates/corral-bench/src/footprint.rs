@@ -16,7 +16,7 @@ use corral_record::Reason;
 use serde_json::json;
 
 use crate::ctx::{Ctx, Opts, CORRAL_LIMIT_FLAGS};
-use crate::procs::{children, cpu_sample, status_kib, wait_limited};
+use crate::procs::{children, cpu_sample, descendants_named, status_kib, wait_limited};
 use crate::report::{Report, Row};
 
 struct Measured {
@@ -124,14 +124,40 @@ fn library(ctx: &Ctx, n: usize) -> Result<Measured> {
     Ok(m)
 }
 
-fn cli(ctx: &Ctx) -> Result<Measured> {
+/// `corral run -q -- sleep 60`; with `live`, without `-q` on a pseudo-terminal
+/// (`script(1)`), so it draws its live line once a second.
+fn cli(ctx: &Ctx, live: bool) -> Result<Measured> {
     let mut cmd = ctx.corral_cmd(CORRAL_LIMIT_FLAGS).map_err(|e| anyhow!(e))?;
     cmd.args(["--", "/bin/sleep", "60"]);
+    if live {
+        let quote =
+            |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+        let mut line = quote(cmd.get_program());
+        for a in cmd.get_args().filter(|a| *a != "-q") {
+            line = line + " " + &quote(a);
+        }
+        cmd = Command::new("script");
+        cmd.args(["-qfec", &line, "/dev/null"]).env("TERM", "xterm");
+    }
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     let mut child = cmd.spawn()?;
-    let pid = child.id();
     let t = Instant::now();
-    while !children(pid).iter().any(|(_, c)| c == "sleep") {
+    let mut pid = child.id();
+    while live && pid == child.id() {
+        match children(child.id())
+            .into_iter()
+            .find(|(_, c)| c == "corral")
+        {
+            Some((p, _)) => pid = p,
+            None if t.elapsed() > Duration::from_secs(120) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("script(1) did not start corral");
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    while descendants_named(pid, "sleep") == 0 {
         if t.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
             let _ = child.wait();
@@ -181,7 +207,7 @@ pub fn footprint(ctx: &Ctx) -> Result<Report> {
             (many.rss_kib as f64 - one.rss_kib as f64) / (big - 1) as f64,
         ));
     }
-    match cli(ctx) {
+    match cli(ctx, false) {
         Ok(m) => rows.extend(rows_for(
             "corral run, 1 run",
             &format!(
@@ -195,6 +221,24 @@ pub fn footprint(ctx: &Ctx) -> Result<Report> {
         Err(e) => rows.push(Row::skipped(
             "corral run, 1 run",
             "corral run -- sleep 60".into(),
+            format!("{e:#}"),
+        )),
+    }
+    match cli(ctx, true) {
+        Ok(m) => rows.extend(rows_for(
+            "corral run, live line",
+            &format!(
+                "corral run {} {} -- /bin/sleep 60 on a pseudo-terminal (script -qfec): the \
+                 live line read from the cgroup and redrawn once a second",
+                ctx.corral_flags_text(),
+                CORRAL_LIMIT_FLAGS.join(" ")
+            ),
+            &m,
+            w,
+        )),
+        Err(e) => rows.push(Row::skipped(
+            "corral run, live line",
+            "corral run -- sleep 60 under script(1)".into(),
             format!("{e:#}"),
         )),
     }
@@ -233,7 +277,7 @@ pub fn footprint_child(opts: Opts, n: usize) -> Result<()> {
     }
     let me = std::process::id();
     let t = Instant::now();
-    while children(me).iter().filter(|(_, c)| c == "sleep").count() < n {
+    while descendants_named(me, "sleep") < n {
         if t.elapsed() > Duration::from_secs(300) {
             bail!("only some of {n} runs started");
         }

@@ -353,6 +353,17 @@ pub fn children(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// How many children and grandchildren of `pid` are named `comm` (with a pid
+/// namespace a run's command is the child of its `corral-init`).
+pub fn descendants_named(pid: u32, comm: &str) -> usize {
+    children(pid)
+        .into_iter()
+        .map(|(c, n)| {
+            usize::from(n == comm) + children(c).iter().filter(|(_, g)| g == comm).count()
+        })
+        .sum()
+}
+
 /// Resource usage of a child reaped with `wait4` (for RLIMIT_CPU runs).
 pub fn wait4_cpu(child: &Child, limit: Duration) -> Result<(libc::c_int, f64)> {
     let pidfd = pidfd_open(child.id())?;

@@ -11,6 +11,7 @@
 //!
 //! Errors carry the file they concern, because a cgroup error without a path is useless.
 
+pub mod io;
 pub mod layout;
 pub mod limits;
 pub mod tree;

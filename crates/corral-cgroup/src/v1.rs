@@ -624,6 +624,15 @@ impl Group1 {
         })
     }
 
+    /// The memory charged to the group now and its peak so far
+    /// (`memory.usage_in_bytes`, `memory.max_usage_in_bytes`); `None` where unreadable.
+    pub fn memory_now(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.read_opt("memory", "memory.usage_in_bytes"),
+            self.read_opt("memory", "memory.max_usage_in_bytes"),
+        )
+    }
+
     /// Reads every counter corral reports; missing files give `None`.
     pub fn stats(&self) -> Stats1 {
         let mut s = Stats1 {

@@ -8,6 +8,9 @@ use clap::Args;
 use corral_run::{RunSpec, Stdio};
 use corral_spec::{check_hide_path, check_rw_path, FsMode};
 use corral_spec::{
+    check_io_device_path, parse_io_weight_setting, parse_iops_setting, parse_rate_setting,
+};
+use corral_spec::{
     load_metadata, parse_cpus_setting, parse_duration_setting, parse_grace, parse_pids_setting,
     parse_size_setting, parse_swap, Isolation, LimitsPatch, Network, PidNs, ProfileSet, Syscalls,
     User,
@@ -96,6 +99,37 @@ pub struct RunArgs {
     /// or numbers; root only; "root" runs with root's uid but no capabilities).
     #[arg(long, value_name = "USER[:GROUP]", allow_hyphen_values = true)]
     pub user: Option<String>,
+    /// Read bandwidth on each disk the run uses (the disks under the working directory
+    /// and --rw paths, or --io-device): bytes a second, binary units (10M = 10 MiB/s);
+    /// "max" for none.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub io_read_bps: Option<String>,
+    /// Write bandwidth on each disk the run uses, like --io-read-bps. cgroup v1
+    /// throttles only direct I/O, not page-cache writeback.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub io_write_bps: Option<String>,
+    /// Read operations a second on each disk the run uses; "max" for none.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub io_read_iops: Option<String>,
+    /// Write operations a second on each disk the run uses; "max" for none.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub io_write_iops: Option<String>,
+    /// Proportional I/O weight, 1-10000 (default 100): the run's share of a contended
+    /// disk, where the kernel's I/O scheduler supports weights.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub io_weight: Option<String>,
+    /// Apply the I/O limits to this block device (a disk or partition: its whole disk)
+    /// instead of the disks under the working directory and --rw paths (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub io_device: Vec<String>,
+    /// The largest file the run may write (RLIMIT_FSIZE): a write beyond it fails
+    /// (EFBIG, SIGXFSZ); binary units; "max" for none.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub file_size: Option<String>,
+    /// The space the run may add under its writable paths (a project quota on ext4 or
+    /// XFS with prjquota); beyond it writes fail with EDQUOT; "max" for none.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub disk: Option<String>,
     /// The run's id (1-64 of A-Z a-z 0-9 _ -); generated when absent.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
@@ -154,7 +188,7 @@ impl RunArgs {
             memory: self
                 .memory
                 .as_deref()
-                .map(|s| parse_size_setting("memory size", s))
+                .map(corral_spec::parse_memory_setting)
                 .transpose()?,
             swap: self.swap.as_deref().map(parse_swap).transpose()?,
             cpus: self.cpus.as_deref().map(parse_cpus_setting).transpose()?,
@@ -202,6 +236,49 @@ impl RunArgs {
                 .collect::<Result<_, _>>()?,
             pid_ns: self.pid_ns.as_deref().map(PidNs::parse).transpose()?,
             user: self.user.as_deref().map(User::parse).transpose()?,
+            io_read_bps: self
+                .io_read_bps
+                .as_deref()
+                .map(|s| parse_rate_setting("I/O read bandwidth", s))
+                .transpose()?,
+            io_write_bps: self
+                .io_write_bps
+                .as_deref()
+                .map(|s| parse_rate_setting("I/O write bandwidth", s))
+                .transpose()?,
+            io_read_iops: self
+                .io_read_iops
+                .as_deref()
+                .map(|s| parse_iops_setting("I/O read rate", s))
+                .transpose()?,
+            io_write_iops: self
+                .io_write_iops
+                .as_deref()
+                .map(|s| parse_iops_setting("I/O write rate", s))
+                .transpose()?,
+            io_weight: self
+                .io_weight
+                .as_deref()
+                .map(parse_io_weight_setting)
+                .transpose()?,
+            io_device: self
+                .io_device
+                .iter()
+                .map(|p| {
+                    let p = PathBuf::from(p);
+                    check_io_device_path(&p).map(|()| p)
+                })
+                .collect::<Result<_, _>>()?,
+            file_size: self
+                .file_size
+                .as_deref()
+                .map(|s| parse_size_setting("file size limit", s))
+                .transpose()?,
+            disk: self
+                .disk
+                .as_deref()
+                .map(|s| parse_size_setting("disk budget", s))
+                .transpose()?,
         })
     }
 }

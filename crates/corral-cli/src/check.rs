@@ -24,67 +24,71 @@ pub fn main(a: CheckArgs) -> Result<u8> {
         _ => 2,
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(code);
     }
     let yes = |b: bool| if b { "yes" } else { "no" };
-    println!("kernel          {}", r.kernel);
-    println!("cgroup layout   {}", r.layout);
+    outln!("kernel          {}", r.kernel)?;
+    outln!("cgroup layout   {}", r.layout)?;
     if let Some(m) = &r.cgroup2_mount {
         let c = if r.cgroup2_controllers.is_empty() {
             "none".to_string()
         } else {
             r.cgroup2_controllers.join(" ")
         };
-        println!("cgroup2         {m} (controllers: {c})");
+        outln!("cgroup2         {m} (controllers: {c})")?;
     }
     for (c, m) in &r.cgroup1_hierarchies {
-        println!("cgroup1 {c:<8}{m}");
+        outln!("cgroup1 {c:<8}{m}")?;
     }
     if let Some(o) = &r.own_cgroup {
-        println!("own cgroup      {o}");
+        outln!("own cgroup      {o}")?;
     }
     if let Some((root, w)) = &r.cgroup2_root {
-        println!("cgroup2 root    {root} (writable: {})", yes(*w));
+        outln!("cgroup2 root    {root} (writable: {})", yes(*w))?;
     }
-    println!("features");
+    outln!("features")?;
     for f in &r.features {
-        println!("  {:<20} {:<4} {}", f.name, yes(f.available), f.note);
+        outln!("  {:<20} {:<4} {}", f.name, yes(f.available), f.note)?;
     }
-    println!("systemd");
+    outln!("disk limits")?;
+    for f in &r.disk {
+        outln!("  {:<20} {:<4} {}", f.name, yes(f.available), f.note)?;
+    }
+    outln!("systemd")?;
     for m in &r.systemd {
         let d = m
             .delegated_controllers
             .as_ref()
             .map(|d| format!(", delegates: {}", d.join(" ")))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {:<6} {}{d}",
             m.scope,
             m.socket.as_deref().unwrap_or("not reachable")
-        );
+        )?;
     }
-    println!("backends");
+    outln!("backends")?;
     for (name, res) in &r.backends {
         match res {
-            Ok(why) => println!("  {name:<8} ok: {why}"),
-            Err(e) => println!("  {name:<8} no: {e}"),
+            Ok(why) => outln!("  {name:<8} ok: {why}")?,
+            Err(e) => outln!("  {name:<8} no: {e}")?,
         }
     }
-    println!(
+    outln!(
         "auto picks      {}",
         r.auto_backend.as_deref().unwrap_or("nothing")
-    );
+    )?;
     if r.gaps.is_empty() {
-        println!("enforces        memory, swap, CPU quota, processes, wall clock, CPU time");
+        outln!("enforces        memory, swap, CPU quota, processes, wall clock, CPU time")?;
     } else {
         for g in &r.gaps {
-            println!("not enforced    {}: {}", g.limit, g.why);
+            outln!("not enforced    {}: {}", g.limit, g.why)?;
         }
     }
     for rem in &r.remedies {
-        println!("remedy          {rem}");
+        outln!("remedy          {rem}")?;
     }
-    println!("isolation       {}", r.isolation);
+    outln!("isolation       {}", r.isolation)?;
     Ok(code)
 }

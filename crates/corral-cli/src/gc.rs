@@ -30,14 +30,14 @@ pub fn main(a: GcArgs) -> Result<u8> {
             .iter()
             .map(|r| json!({"cgroup": r.name, "removed": r.result.is_ok(), "error": r.result.as_ref().err().map(ToString::to_string)}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"reaped": v}))?);
+        outln!("{}", serde_json::to_string_pretty(&json!({"reaped": v}))?)?;
     } else if reaped.is_empty() {
-        println!("nothing to reap");
+        outln!("nothing to reap")?;
     } else {
         for r in &reaped {
             match &r.result {
-                Ok(()) => println!("reaped {}", r.name),
-                Err(e) => println!("could not reap {}: {e}", r.name),
+                Ok(()) => outln!("reaped {}", r.name)?,
+                Err(e) => outln!("could not reap {}: {e}", r.name)?,
             }
         }
     }

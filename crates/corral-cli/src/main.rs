@@ -5,10 +5,21 @@
 //! or CPU-time limit; 125 when corral itself failed (bad input, no cgroup access,
 //! `--require-isolation` refused); 126 command not executable; 127 command not found.
 
+/// `println!` that returns the write's error instead of panicking, so a closed pipe
+/// (`corral ps | head`) reaches [`main`], which ends quietly on it.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($t)*)
+    }};
+}
+
 mod args;
 mod backend;
 mod check;
+mod docs;
 mod gc;
+mod live;
 mod profiles;
 mod run;
 mod service;
@@ -22,7 +33,7 @@ use clap::{Parser, Subcommand};
 /// budget, and says exactly what happened and what was used.
 #[derive(Debug, Parser)]
 #[command(name = "corral", version, about, long_about = None)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +65,11 @@ enum Command {
     Logs(service::LogsCmd),
     /// Show a run's status and result (--json: the corral.result/v1 record).
     Show(service::IdCmd),
+    /// Print a shell completion script (bash, zsh, fish) to stdout.
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages, corral(1) and one per subcommand, into a directory.
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 /// Exit status for corral's own failures.
@@ -62,10 +78,13 @@ pub const EXIT_CORRAL_FAILED: u8 = 125;
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colours only for a person at a terminal: a log in a file or journald gets none.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -97,6 +116,12 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Commands that only print: a closed pipe on their output ends them quietly.
+    // (`corral run` keeps the command's status, `serve` and the guard print nothing.)
+    let printer = !matches!(
+        cli.command,
+        Command::Run(_) | Command::Serve(_) | Command::Guard
+    );
     let result = match cli.command {
         Command::Run(a) => run::main(*a),
         Command::Profiles(a) => profiles::main(a),
@@ -110,12 +135,27 @@ fn main() -> ExitCode {
         Command::Cancel(a) => service::cancel(a),
         Command::Logs(a) => service::logs(a),
         Command::Show(a) => service::show(a),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`corral ps | head`): it has all it wanted.
+        Err(e) if printer && closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("corral: {e:#}");
             ExitCode::from(EXIT_CORRAL_FAILED)
         }
     }
+}
+
+/// True when `e` comes from writing to a pipe whose reader has gone.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(|j| j.io_error_kind())
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -48,16 +48,24 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
                         LimitKind::Hide => json!(l.hide),
                         LimitKind::PidNs => json!(l.pid_ns.as_str()),
                         LimitKind::User => json!(l.user.as_string()),
+                        LimitKind::IoReadBps => json!(l.io_read_bps),
+                        LimitKind::IoWriteBps => json!(l.io_write_bps),
+                        LimitKind::IoReadIops => json!(l.io_read_iops),
+                        LimitKind::IoWriteIops => json!(l.io_write_iops),
+                        LimitKind::IoWeight => json!(l.io_weight),
+                        LimitKind::IoDevice => json!(l.io_device),
+                        LimitKind::FileSize => json!(l.file_size),
+                        LimitKind::Disk => json!(l.disk),
                     };
                 }
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(0);
     }
     let none = || "-".to_string();
-    println!(
+    outln!(
         "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>9} {:>8} {:>7} {:>6}  DESCRIPTION",
         "PROFILE",
         "MEMORY",
@@ -70,10 +78,10 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
         "SYSCALLS",
         "NETWORK",
         "PID-NS"
-    );
+    )?;
     for p in &profiles {
         let l = &p.limits;
-        println!(
+        outln!(
             "{:<14} {:>9} {:>5} {:>6} {:>9} {:>9} {:>6} {:>9} {:>8} {:>7} {:>6}  {}",
             p.name,
             l.memory.map(format_bytes).unwrap_or_else(none),
@@ -87,7 +95,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
             l.network.as_str(),
             l.pid_ns.as_str(),
             p.description
-        );
+        )?;
     }
     if !set.files().is_empty() {
         let files: Vec<String> = set
@@ -95,7 +103,7 @@ pub fn main(a: ProfilesArgs) -> Result<u8> {
             .iter()
             .map(|f| f.display().to_string())
             .collect();
-        println!("\nloaded on top of the built-ins: {}", files.join(", "));
+        outln!("\nloaded on top of the built-ins: {}", files.join(", "))?;
     }
     Ok(0)
 }

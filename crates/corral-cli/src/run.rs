@@ -93,6 +93,11 @@ fn run(cmd: RunCmd) -> Result<u8> {
         None => cmd.run.to_spec()?,
     };
     let kind = cmd.backend.0;
+    // On a terminal, the run's usage live on one line of stderr.
+    let live = crate::live::wanted(cmd.quiet).then(|| {
+        let l = crate::live::LiveLine::new(spec.limits.timeout, spec.limits.memory);
+        std::sync::Arc::new(std::sync::Mutex::new(l))
+    });
     // The crash guard is forked while corral is still single-threaded (no exec of a
     // second corral), before the runtime exists.
     if let Ok(exe) = std::env::current_exe() {
@@ -122,13 +127,22 @@ fn run(cmd: RunCmd) -> Result<u8> {
                 }
             });
         }
-        let rec = corral_run::run(backend.as_ref(), spec, rx).await?;
-        Ok::<_, anyhow::Error>(rec)
+        let observer = live.as_ref().map(crate::live::observer);
+        let rec = corral_run::run_observed(backend.as_ref(), spec, rx, observer).await;
+        if let Some(l) = &live {
+            l.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        Ok::<_, anyhow::Error>(rec?)
     })?;
     if let Some(dest) = &cmd.json {
         let text = record.to_json() + "\n";
         if dest == "-" {
-            std::io::stdout().write_all(text.as_bytes())?;
+            match std::io::stdout().write_all(text.as_bytes()) {
+                // `corral run --json - ... | head`: the reader has what it wanted, and
+                // the exit status stays the command's.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
         } else {
             std::fs::write(dest, text).with_context(|| format!("writing the record to {dest}"))?;
         }

@@ -21,6 +21,7 @@ use corral_spec::{
     format_bytes, format_duration, load_metadata, parse_cpus, parse_duration, parse_pids,
     parse_size, parse_swap, LimitKind, LimitsPatch, Setting,
 };
+use corral_spec::{parse_iops_setting, parse_rate_setting};
 use serde_json::{Map, Value};
 
 use crate::args::RunArgs;
@@ -56,6 +57,23 @@ pub struct ServeArgs {
     /// this is refused.
     #[arg(long, value_name = "SIZE", default_value = "0")]
     pub budget_swap: String,
+    /// Disk read bandwidth shared by all runs, per disk (10M = 10 MiB/s): a cap on the
+    /// runs' parent cgroup, on the --budget-io-device disks (default: the ledger's).
+    #[arg(long, value_name = "SIZE")]
+    pub budget_io_read_bps: Option<String>,
+    /// Disk write bandwidth shared by all runs, per disk, like --budget-io-read-bps.
+    #[arg(long, value_name = "SIZE")]
+    pub budget_io_write_bps: Option<String>,
+    /// Disk read operations a second shared by all runs, per disk.
+    #[arg(long, value_name = "N")]
+    pub budget_io_read_iops: Option<String>,
+    /// Disk write operations a second shared by all runs, per disk.
+    #[arg(long, value_name = "N")]
+    pub budget_io_write_iops: Option<String>,
+    /// A block device the --budget-io-* caps apply to (repeatable; default: the disks
+    /// of the ledger's directory).
+    #[arg(long, value_name = "PATH")]
+    pub budget_io_device: Vec<PathBuf>,
     /// The service's cgroup root (default: the unit's cgroup when started by systemd
     /// in a "supervisor" subgroup, else corral-service under the cgroup mount).
     #[arg(long, value_name = "PATH")]
@@ -233,6 +251,26 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
         Setting::Unlimited => None,
         Setting::Value(v) => Some(v),
     };
+    let value = |s: Option<Setting<u64>>| s.and_then(Setting::into_option);
+    let rate = |flag: &'static str, s: &Option<String>| {
+        s.as_deref()
+            .map(|v| parse_rate_setting(flag, v))
+            .transpose()
+            .map(value)
+    };
+    let iops = |flag: &'static str, s: &Option<String>| {
+        s.as_deref()
+            .map(|v| parse_iops_setting(flag, v))
+            .transpose()
+            .map(value)
+    };
+    cfg.budget_io = corral_service::config::BudgetIo {
+        read_bps: rate("--budget-io-read-bps", &a.budget_io_read_bps)?,
+        write_bps: rate("--budget-io-write-bps", &a.budget_io_write_bps)?,
+        read_iops: iops("--budget-io-read-iops", &a.budget_io_read_iops)?,
+        write_iops: iops("--budget-io-write-iops", &a.budget_io_write_iops)?,
+        devices: a.budget_io_device.clone(),
+    };
     cfg.drain_timeout = parse_drain(&a.drain_timeout)?;
     cfg.keep_output = match a.keep_output.trim() {
         "forever" | "none" => None,
@@ -366,6 +404,17 @@ fn patch_json(p: &LimitsPatch) -> Map<String, Value> {
     if let Some(u) = &p.user {
         m.insert(LimitKind::User.key().into(), Value::from(u.as_string()));
     }
+    let num = |v: &u64| Value::from(*v);
+    set(&mut m, LimitKind::IoReadBps, &p.io_read_bps, num);
+    set(&mut m, LimitKind::IoWriteBps, &p.io_write_bps, num);
+    set(&mut m, LimitKind::IoReadIops, &p.io_read_iops, num);
+    set(&mut m, LimitKind::IoWriteIops, &p.io_write_iops, num);
+    set(&mut m, LimitKind::IoWeight, &p.io_weight, num);
+    set(&mut m, LimitKind::FileSize, &p.file_size, num);
+    set(&mut m, LimitKind::Disk, &p.disk, num);
+    if !p.io_device.is_empty() {
+        m.insert(LimitKind::IoDevice.key().into(), paths(&p.io_device));
+    }
     m
 }
 
@@ -382,7 +431,7 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         .as_ref()
         .map(|m| patch_json(&m.limits))
         .unwrap_or_default();
-    let flags: [(LimitKind, &Option<String>); 14] = [
+    let flags: [(LimitKind, &Option<String>); 21] = [
         (LimitKind::Memory, &a.memory),
         (LimitKind::Swap, &a.swap),
         (LimitKind::Cpus, &a.cpus),
@@ -397,6 +446,13 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         (LimitKind::Fs, &a.fs),
         (LimitKind::PidNs, &a.pid_ns),
         (LimitKind::User, &a.user),
+        (LimitKind::IoReadBps, &a.io_read_bps),
+        (LimitKind::IoWriteBps, &a.io_write_bps),
+        (LimitKind::IoReadIops, &a.io_read_iops),
+        (LimitKind::IoWriteIops, &a.io_write_iops),
+        (LimitKind::IoWeight, &a.io_weight),
+        (LimitKind::FileSize, &a.file_size),
+        (LimitKind::Disk, &a.disk),
     ];
     let mut given = Map::new();
     for (k, v) in flags {
@@ -408,7 +464,11 @@ fn submit_request(c: &SubmitCmd) -> Result<SubmitRequest> {
         given.insert(LimitKind::RequireIsolation.key().into(), Value::from(true));
     }
     // The lists add up: the metadata's paths, then the flags'.
-    for (k, flag) in [(LimitKind::Rw, &a.rw), (LimitKind::Hide, &a.hide)] {
+    for (k, flag) in [
+        (LimitKind::Rw, &a.rw),
+        (LimitKind::Hide, &a.hide),
+        (LimitKind::IoDevice, &a.io_device),
+    ] {
         if !flag.is_empty() {
             let mut all = match limits.remove(k.key()) {
                 Some(Value::Array(v)) => v,
@@ -504,13 +564,13 @@ pub fn submit(c: SubmitCmd) -> Result<u8> {
                     resp.id, resp.state
                 );
             }
-            println!("{}", resp.id);
+            outln!("{}", resp.id)?;
         }
         return Ok(0);
     }
+    // Standard output is the run's own, as with `corral run`: the id goes to stderr.
     if !c.json {
-        println!("{}", resp.id);
-        let _ = std::io::stdout().flush();
+        eprintln!("corral: submitted run {}", resp.id);
     }
     let st = match client.wait_done(&resp.id) {
         Ok(s) => s,
@@ -518,14 +578,24 @@ pub fn submit(c: SubmitCmd) -> Result<u8> {
     };
     let rec = record_of(&st)?;
     for (file, stream) in [(&c.run.stdout, "stdout"), (&c.run.stderr, "stderr")] {
-        if let Some(path) = file {
-            let mut body = client
-                .output(&resp.id, stream, false)
-                .map_err(|e| anyhow!(e))?;
-            let mut f = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            std::io::copy(&mut body, &mut f)
-                .with_context(|| format!("writing {}", path.display()))?;
+        let mut body = match client.output(&resp.id, stream, false) {
+            Ok(b) => b,
+            // Nothing captured (a run that never started): nothing to print.
+            Err(e) if file.is_none() && e.status() == Some(404) => continue,
+            Err(e) => return Err(anyhow!(e)),
+        };
+        match file {
+            Some(path) => {
+                let mut f = std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                std::io::copy(&mut body, &mut f)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            // Without a file the output is printed, as `corral run` lets it through
+            // (with --json, stdout is the record's: the run's stdout goes nowhere).
+            None if stream == "stdout" && c.json => {}
+            None if stream == "stdout" => copy_out(&mut body, &mut std::io::stdout().lock())?,
+            None => copy_out(&mut body, &mut std::io::stderr().lock())?,
         }
     }
     if c.json {
@@ -605,10 +675,12 @@ pub fn ps(c: PsCmd) -> Result<u8> {
             ),
             None => ("-".into(), "-".into()),
         };
+        // Queued and running runs have no record yet: their submitted command.
         let cmd = r
             .record
             .as_ref()
             .map(|rec| shell_words(&rec.command))
+            .or_else(|| r.command.as_deref().map(shell_words))
             .unwrap_or_default();
         let owner = r.owner.as_ref().map_or("-", |o| o.name.as_str());
         writeln!(
@@ -630,7 +702,12 @@ pub fn ps(c: PsCmd) -> Result<u8> {
 
 /// `corral wait ID`.
 pub fn wait(c: IdCmd) -> Result<u8> {
-    let st = match c.server.client()?.wait_done(&c.id) {
+    let client = c.server.client()?;
+    let waited = match crate::live::wanted(false) {
+        true => crate::live::wait_showing(&client, &c.id),
+        false => client.wait_done(&c.id),
+    };
+    let st = match waited {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -638,7 +715,7 @@ pub fn wait(c: IdCmd) -> Result<u8> {
     if c.json {
         print_json(rec)?;
     } else if clean(rec) {
-        println!("{}: {}", rec.id, rec.notes);
+        outln!("{}: {}", rec.id, rec.notes)?;
     } else {
         eprintln!("corral: {}: {}", rec.id, rec.notes);
     }
@@ -657,15 +734,31 @@ pub fn cancel(c: IdCmd) -> Result<u8> {
     }
     let reason = st.record.as_ref().map(|r| r.outcome.reason);
     match (code, reason) {
-        (202, _) => println!(
+        (202, _) => outln!(
             "{}: cancelling (SIGTERM, then SIGKILL after its grace period)",
             st.id
-        ),
-        (_, Some(Reason::Cancelled)) => println!("{}: cancelled", st.id),
-        (_, Some(r)) => println!("{}: already finished ({r}); nothing to cancel", st.id),
-        _ => println!("{}: {}", st.id, st.state),
+        )?,
+        (_, Some(Reason::Cancelled)) => outln!("{}: cancelled", st.id)?,
+        (_, Some(r)) => outln!("{}: already finished ({r}); nothing to cancel", st.id)?,
+        _ => outln!("{}: {}", st.id, st.state)?,
     }
     Ok(0)
+}
+
+/// Copies a run's output to `out`; a reader that went away (`| head`) ends it quietly.
+fn copy_out(body: &mut impl Read, out: &mut impl Write) -> Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = body.read(&mut buf).context("reading the output")?;
+        if n == 0 {
+            return Ok(());
+        }
+        match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// `corral logs ID`.
@@ -690,20 +783,8 @@ pub fn logs(c: LogsCmd) -> Result<u8> {
         }))?;
         return Ok(0);
     }
-    let mut out = std::io::stdout().lock();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = body.read(&mut buf).context("reading the output")?;
-        if n == 0 {
-            break;
-        }
-        match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
-            Ok(()) => {}
-            // `corral logs ID | head` closes the pipe early.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    // `corral logs ID | head` closes the pipe early.
+    copy_out(&mut body, &mut std::io::stdout().lock())?;
     Ok(0)
 }
 
@@ -847,6 +928,14 @@ mod tests {
             hide: vec!["/home".into()],
             pid_ns: Some(corral_spec::PidNs::Off),
             user: Some(corral_spec::User::parse("nobody:nogroup").unwrap()),
+            io_read_bps: Some(Setting::Value(20 << 20)),
+            io_write_bps: Some(Setting::Unlimited),
+            io_read_iops: Some(Setting::Value(500)),
+            io_write_iops: Some(Setting::Value(200)),
+            io_weight: Some(Setting::Value(300)),
+            io_device: vec!["/dev/vda".into()],
+            file_size: Some(Setting::Value(1 << 20)),
+            disk: Some(Setting::Value(50 << 20)),
         };
         let m = patch_json(&p);
         let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();

@@ -193,3 +193,38 @@ fn check_tells_an_ordinary_user_about_user_namespaces() {
         assert_eq!(feature(&r, name)["available"], allowed, "{name}: {r:#}");
     }
 }
+
+#[test]
+fn a_host_with_only_the_rlimit_backend_is_partial_not_none() {
+    // An ordinary user without a systemd user manager has only the rlimit backend,
+    // which still enforces memory per process, CPU time, processes and a wall clock.
+    if !rustix::process::geteuid().is_root() {
+        corral_testkit::skip(
+            "rlimit_is_partial",
+            &corral_testkit::Missing {
+                feature: corral_testkit::Feature::Root,
+                why: "needs root to run corral as nobody".into(),
+            },
+        );
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_corral"))
+        .args(["check", "--json"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .current_dir("/")
+        .output()
+        .expect("setpriv starts");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    if r["auto_backend"] != "rlimit" {
+        eprintln!(
+            "nobody has the {} backend here: not an rlimit host",
+            r["auto_backend"]
+        );
+        return;
+    }
+    assert_eq!(r["isolation"], "partial", "{r:#}");
+    assert_eq!(out.status.code(), Some(1), "{r:#}");
+}

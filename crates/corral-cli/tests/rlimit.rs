@@ -136,3 +136,49 @@ fn sandbox_tiocsti() {
     let h = harness_or_skip!("rlimit", "sandbox_tiocsti");
     common::run_sandbox_tiocsti(&h);
 }
+
+#[test]
+fn a_cpu_quota_above_the_hosts_cpus_is_accepted_with_a_note() {
+    let h = harness_or_skip!("rlimit", "manycpus");
+    let ran = h.run(&["--cpus", "4096"], &["true"]);
+    assert_eq!(ran.code, 0);
+    assert_eq!(ran.rec()["limits"]["requested"]["cpus"], 4096.0);
+    let notes = ran.notes();
+    assert!(notes.contains("quota is more than the"), "{notes}");
+}
+
+#[test]
+fn a_refused_allocation_reported_on_captured_stderr_is_a_memory_limit_ending() {
+    let h = harness_or_skip!("rlimit", "asoom");
+    let err = h.tmp().join("stderr");
+    let err_arg = err.display().to_string();
+    let ran = h.run(
+        &["--memory", "64M", "--stderr", &err_arg],
+        &[PYTHON, "-c", "b = b'x' * (300 << 20)"],
+    );
+    let r = ran.rec();
+    assert_eq!(r["outcome"]["reason"], "oom", "{r:#}");
+    // Nothing was killed: the interpreter exited 1 by itself, and corral says so.
+    assert_eq!(r["outcome"]["process_exit_code"], 1, "{r:#}");
+    assert_eq!(ran.code, 1);
+    let notes = ran.notes();
+    assert!(
+        notes.contains("64.0 MiB address-space limit (RLIMIT_AS) was refused"),
+        "{notes}"
+    );
+    assert!(std::fs::read_to_string(&err)
+        .unwrap()
+        .contains("MemoryError"));
+    // A plain failure is not one, nor is an out-of-memory report that was handled.
+    let ran = h.run(
+        &["--memory", "64M", "--stderr", &err_arg],
+        &["sh", "-c", "echo boom >&2; exit 1"],
+    );
+    assert_eq!(ran.rec()["outcome"]["reason"], "exited");
+    let ran = h.run(
+        &["--memory", "64M", "--stderr", &err_arg],
+        &[PYTHON, "-c", "import sys\ntry:\n b = b'x' * (300 << 20)\nexcept MemoryError:\n print('MemoryError, coping', file=sys.stderr)"],
+    );
+    assert_eq!(ran.rec()["outcome"]["reason"], "exited");
+    assert_eq!(ran.code, 0);
+}

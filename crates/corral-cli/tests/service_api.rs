@@ -528,13 +528,18 @@ fn client_commands() {
         let rec: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(rec["schema"], "corral.result/v1");
         assert_eq!(rec["cwd"], s.dir.path().display().to_string());
-        // submit --wait: the id, then the run's status.
+        // submit --wait: the id (on stderr: stdout is the run's), then the run's status.
         let mut a = vec!["submit", "--wait"];
         a.extend(lim);
         a.extend(["--", "sh", "-c", "exit 7"]);
-        let (code, out, _) = corral(&s, &a);
+        let (code, out, err) = corral(&s, &a);
         assert_eq!(code, 7);
-        assert_eq!(out.lines().count(), 1);
+        assert_eq!(out.lines().count(), 0, "{out}");
+        assert_eq!(
+            err.lines().filter(|l| l.contains("submitted run")).count(),
+            1,
+            "{err}"
+        );
         // Follow a running run's output, then cancel one.
         let mut a = vec!["submit"];
         a.extend(lim);
@@ -696,5 +701,131 @@ fn old_output_is_pruned_but_records_and_running_runs_stay() {
             .unwrap();
         assert!(pruned >= 4, "{pruned}");
         s.stop(libc::SIGTERM, Duration::from_secs(10));
+    });
+}
+
+/// Runs `corral ARGS` against the service with stdout on a pipe whose reader has
+/// already gone (`corral ps | head` after head exited): (exit status, stderr).
+fn corral_into_closed_pipe(s: &Svc, args: &[&str]) -> (i32, String) {
+    let (rx, tx) = rustix::pipe::pipe().unwrap();
+    drop(rx);
+    let out = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(args)
+        .env("CORRAL_SERVER", s.socket())
+        .current_dir(s.dir.path())
+        .stdout(std::process::Stdio::from(tx))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn client_commands_as_a_new_user_meets_them() {
+    let _g = serial();
+    each_backend("cli_edges", |b| {
+        let mut s = Svc::new(b, "edges", "--budget-memory 1G --max-running 1");
+        // The log goes to a file: no colour codes in it, also at info level.
+        s.log_level = "info";
+        s.start();
+        let lim = ["-m", "64M", "-c", "0.25"];
+        // One run running, one queued behind it: `ps` shows both commands.
+        let mut ids = Vec::new();
+        for secs in ["60", "61"] {
+            let mut a = vec!["submit"];
+            a.extend(lim);
+            a.extend(["--", "sleep", secs]);
+            let (code, out, err) = corral(&s, &a);
+            assert_eq!(code, 0, "{err}");
+            ids.push(out.trim().to_string());
+        }
+        eventually(Duration::from_secs(10), || {
+            (s.run_cgroups_memory() == 1).then_some(())
+        });
+        let (code, out, err) = corral(&s, &["ps"]);
+        assert_eq!(code, 0, "{err}");
+        for (id, state, cmd) in [
+            (&ids[0], "running", "sleep 60"),
+            (&ids[1], "queued", "sleep 61"),
+        ] {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(id.as_str()))
+                .unwrap_or_else(|| panic!("{id} not in {out}"));
+            assert!(line.contains(state), "{line}");
+            assert!(line.ends_with(cmd), "the command is missing: {line:?}");
+        }
+        // `corral ps | head`: a closed pipe is no error.
+        for args in [&["ps"][..], &["ps", "--json"], &["show", &ids[0]]] {
+            let (code, err) = corral_into_closed_pipe(&s, args);
+            assert_eq!((code, err.as_str()), (0, ""), "{args:?}");
+        }
+        for id in &ids {
+            assert_eq!(corral(&s, &["cancel", id]).0, 0);
+            corral(&s, &["wait", id]);
+        }
+        // The HTTP API as the document says it.
+        let mut r = small(&["true"]);
+        r["idempotency_key"] = json!("edge-key");
+        assert_eq!(s.submit(&r).0, 201);
+        assert_eq!(s.submit(&r).0, 200, "the same body again: the same run");
+        r["command"] = json!(["false"]);
+        let (st, v) = s.submit(&r);
+        assert_eq!(st, 409, "the key with another body: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("different submission"),
+            "{v}"
+        );
+        let mut r = small(&["true"]);
+        r["cwd"] = json!("/nonexistent/corral-test-dir");
+        let (st, v) = s.submit(&r);
+        assert_eq!(st, 422, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("not an existing directory"),
+            "{v}"
+        );
+        let mut r = small(&["true"]);
+        r["limits"] = json!("2G");
+        let (st, v) = s.submit(&r);
+        assert_eq!(st, 400, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("\"limits\" must be an object"),
+            "{v}"
+        );
+        for (q, code) in [
+            ("limit=10000", 200),
+            ("limit=10001", 400),
+            ("limit=0", 400),
+            ("state=", 400),
+        ] {
+            let (st, v) = s.call("GET", &format!("/runs?{q}"));
+            assert_eq!(st, code, "{q}: {v}");
+        }
+        assert_eq!(s.submit(&json!({"command": ["sh", "-c", ""]})).0, 400);
+        // submit --wait prints the run's output as `corral run` would: its stdout on
+        // stdout, its stderr on stderr, then exits with its status.
+        let mut a = vec!["submit", "--wait"];
+        a.extend(lim);
+        a.extend(["--", "sh", "-c", "echo out; echo err >&2; exit 4"]);
+        let (code, out, err) = corral(&s, &a);
+        assert_eq!(code, 4, "{err}");
+        assert_eq!(out, "out\n");
+        assert!(err.contains("err\n"), "{err}");
+        assert!(err.contains("corral: submitted run "), "{err}");
+        s.stop(libc::SIGTERM, Duration::from_secs(10));
+        let log = s.log(1);
+        assert!(log.contains("accepted"), "the info lines are there: {log}");
+        assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
     });
 }

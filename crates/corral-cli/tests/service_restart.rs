@@ -79,6 +79,13 @@ fn kill_9_then_restart_reaps_and_resumes() {
             let rec = st.record.unwrap();
             assert_eq!(rec.outcome.reason.as_str(), "lost");
             assert!(rec.notes.contains("crash guard"), "{}", rec.notes);
+            // It keeps the time it had run (it was running before the kill), not 0.
+            assert!(rec.usage.wall_s > 0.0, "{:?}", rec.usage);
+            assert!(
+                rec.notes.contains("It had run for at most"),
+                "{}",
+                rec.notes
+            );
         }
         for id in &queued {
             let (st, v) = s.call("GET", &format!("/runs/{id}/wait?timeout=60"));

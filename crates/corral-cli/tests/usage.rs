@@ -129,3 +129,63 @@ fn profiles_show_the_isolation_switch() {
          (no sandbox: the host's network, no syscall filter)"
     );
 }
+
+/// Runs `corral ARGS` with its stdout on a pipe whose reader is already closed, as in
+/// `corral ps | head` once head has exited: (exit status, stderr).
+fn corral_into_closed_pipe(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
+    let (rx, tx) = rustix::pipe::pipe().unwrap();
+    drop(rx);
+    let out = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::from(tx))
+        .output()
+        .expect("corral starts");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_pipe_on_stdout_ends_quietly() {
+    // No root needed: these print what they know without cgroups.
+    for args in [
+        &["profiles"][..],
+        &["profiles", "--json"],
+        &["check"],
+        &["--help"],
+    ] {
+        let (code, stderr) = corral_into_closed_pipe(args, &[]);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        // `check` exits with its verdict (0 full, 1 partial, 2 none) when it printed
+        // all; a closed pipe is not a failure (125) or a panic (101).
+        assert!(
+            code == 0 || (args == ["check"] && code <= 2),
+            "{args:?}: {code}"
+        );
+    }
+}
+
+#[test]
+fn a_memory_budget_below_one_page_is_refused() {
+    // Refused while parsing, before any cgroup: the kernel would make it 0 and the
+    // run would die at once of an "OOM".
+    let (code, stderr) = corral(&["run", "--memory", "1", "--", "true"]);
+    assert_eq!(code, 125, "{stderr}");
+    assert!(stderr.contains("below one page"), "{stderr}");
+}
+
+#[test]
+fn the_readmes_first_command_keeps_the_record_apart_from_the_output() {
+    let readme = include_str!("../../../README.md");
+    let first = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.lines().next())
+        .expect("a first sh block");
+    assert!(first.contains(" run "), "{first}");
+    // `--json -` would interleave the record with what the analysis prints.
+    assert!(first.contains("--json record.json"), "{first}");
+    assert!(!first.contains("--json -"), "{first}");
+}

@@ -41,6 +41,45 @@ pub struct Evidence {
     /// True when the main process died of `SIGXCPU` from a CPU-time rlimit that corral
     /// set (rlimit backend).
     pub cpu_rlimit_hit: bool,
+    /// True when corral set a largest-file limit (`RLIMIT_FSIZE`): a `SIGXFSZ` death is
+    /// then that limit.
+    pub file_size_limit: bool,
+    /// True when the run's disk quota was used up at the end (usage at its limit).
+    pub disk_full: bool,
+    /// True when a file the run wrote ended exactly at its largest-file limit: a
+    /// write past it failed with `EFBIG` (a writer that ignores `SIGXFSZ`, as Python
+    /// does).
+    pub file_at_limit: bool,
+    /// True when the run had an address-space limit (`RLIMIT_AS`, rlimit backend) and
+    /// its captured stderr ends with an out-of-memory report
+    /// ([`reports_out_of_memory`]): an allocation was refused, and the program said so.
+    pub memory_rlimit_reported: bool,
+}
+
+/// How language runtimes report a refused allocation before they exit non-zero (or
+/// abort): Python, C++, R, Java, Go, Rust, Julia, NumPy and glibc's `strerror(ENOMEM)`.
+/// Matched in the last lines of the run's captured stderr only.
+pub const OUT_OF_MEMORY_REPORTS: &[&str] = &[
+    "MemoryError",
+    "std::bad_alloc",
+    "cannot allocate vector of size",
+    "java.lang.OutOfMemoryError",
+    "fatal error: runtime: out of memory",
+    "memory allocation of ",
+    "OutOfMemoryError()",
+    "numpy.core._exceptions._ArrayMemoryError",
+    "Unable to allocate",
+    "Cannot allocate memory",
+];
+
+/// The out-of-memory report in the tail of a run's stderr (its last 20 lines), if any.
+pub fn reports_out_of_memory(stderr_tail: &str) -> Option<&'static str> {
+    let lines: Vec<&str> = stderr_tail.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(20)..];
+    OUT_OF_MEMORY_REPORTS
+        .iter()
+        .copied()
+        .find(|m| tail.iter().any(|l| l.contains(m)))
 }
 
 /// The decision: the reason and corral's exit status.
@@ -67,8 +106,16 @@ pub struct Verdict {
 ///    anyway; on v1 the kernel kills one process and a shell above it exits with 137
 ///    before corral ends the rest. A main process that exits 0 despite an OOM kill
 ///    below it handled it: `exited`;
-/// 5. a CPU-rlimit `SIGXCPU` is `cpu_time` (124);
-/// 6. any other signal is `signaled` (128+N); an exit is `exited` with its code.
+/// 5. a CPU-rlimit `SIGXCPU` is `cpu_time` (124); a `SIGXFSZ` under a largest-file
+///    limit is `file_size` (128+25);
+/// 6. a main process that failed (non-zero exit, or a signal other than one corral
+///    sent) with its disk quota used up is `disk`, with its own status; one that
+///    exited non-zero with a file at its largest-file limit is `file_size` (`EFBIG`),
+///    with its own exit code; one that failed (non-zero exit, or `SIGABRT` as C++'s
+///    uncaught `std::bad_alloc` ends) after reporting that memory ran out, under an
+///    address-space limit, is `oom` with its own status: nothing was killed, an
+///    allocation was refused ([`Evidence::memory_rlimit_reported`]);
+/// 7. any other signal is `signaled` (128+N); an exit is `exited` with its code.
 pub fn classify(e: &Evidence) -> Verdict {
     let (signal, process_exit_code) = match e.status {
         Some(WaitStatus::Signaled(s)) => (Some(s), None),
@@ -100,6 +147,12 @@ pub fn classify(e: &Evidence) -> Verdict {
         Some(WaitStatus::Signaled(9)) if e.oom_kills > 0 => v(Reason::Oom, 137),
         Some(WaitStatus::Exited(c)) if c != 0 && e.oom_kills > 0 => v(Reason::Oom, 137),
         Some(WaitStatus::Signaled(24)) if e.cpu_rlimit_hit => v(Reason::CpuTime, 124),
+        Some(WaitStatus::Signaled(25)) if e.file_size_limit => v(Reason::FileSize, 128 + 25),
+        Some(WaitStatus::Signaled(s)) if e.disk_full => v(Reason::Disk, 128 + s),
+        Some(WaitStatus::Exited(c)) if c != 0 && e.disk_full => v(Reason::Disk, c),
+        Some(WaitStatus::Exited(c)) if c != 0 && e.file_at_limit => v(Reason::FileSize, c),
+        Some(WaitStatus::Exited(c)) if c != 0 && e.memory_rlimit_reported => v(Reason::Oom, c),
+        Some(WaitStatus::Signaled(6)) if e.memory_rlimit_reported => v(Reason::Oom, 128 + 6),
         Some(WaitStatus::Signaled(s)) => v(Reason::Signaled, 128 + s),
         Some(WaitStatus::Exited(c)) => v(Reason::Exited, c),
         None => v(Reason::SpawnFailed, 125),
@@ -167,6 +220,27 @@ mod tests {
     }
 
     #[test]
+    fn file_size_and_disk() {
+        let mut e = ev(WaitStatus::Signaled(25));
+        assert_eq!(classify(&e).reason, Reason::Signaled);
+        e.file_size_limit = true;
+        let v = classify(&e);
+        assert_eq!((v.reason, v.exit_code), (Reason::FileSize, 153));
+        let mut e = ev(WaitStatus::Exited(1));
+        e.disk_full = true;
+        let v = classify(&e);
+        assert_eq!((v.reason, v.exit_code), (Reason::Disk, 1));
+        // A command that coped with the full quota exited by itself.
+        e.status = Some(WaitStatus::Exited(0));
+        assert_eq!(classify(&e).reason, Reason::Exited);
+        // EFBIG: a writer that ignores SIGXFSZ fails with a file at the limit.
+        let mut e = ev(WaitStatus::Exited(1));
+        e.file_at_limit = true;
+        let v = classify(&e);
+        assert_eq!((v.reason, v.exit_code), (Reason::FileSize, 1));
+    }
+
+    #[test]
     fn spawn_failure() {
         let e = Evidence {
             spawn_error: Some((127, "not found".into())),
@@ -174,5 +248,33 @@ mod tests {
         };
         assert_eq!(classify(&e).exit_code, 127);
         assert_eq!(classify(&e).reason, Reason::SpawnFailed);
+    }
+
+    #[test]
+    fn a_reported_refused_allocation_under_an_address_space_limit_is_oom() {
+        let mut e = ev(WaitStatus::Exited(1));
+        assert_eq!(classify(&e).reason, Reason::Exited);
+        e.memory_rlimit_reported = true;
+        let v = classify(&e);
+        assert_eq!(
+            (v.reason, v.exit_code, v.process_exit_code),
+            (Reason::Oom, 1, Some(1))
+        );
+        let mut e = ev(WaitStatus::Signaled(6));
+        e.memory_rlimit_reported = true;
+        assert_eq!(classify(&e).reason, Reason::Oom);
+        // Exiting 0 after catching it is handling it.
+        let mut e = ev(WaitStatus::Exited(0));
+        e.memory_rlimit_reported = true;
+        assert_eq!(classify(&e).reason, Reason::Exited);
+        let py = "Traceback (most recent call last):\n  File \"<string>\", line 1\nMemoryError\n";
+        assert_eq!(reports_out_of_memory(py), Some("MemoryError"));
+        assert_eq!(reports_out_of_memory("boom\n"), None);
+        let old = format!("MemoryError\n{}", "later line\n".repeat(30));
+        assert_eq!(
+            reports_out_of_memory(&old),
+            None,
+            "only the last lines count"
+        );
     }
 }

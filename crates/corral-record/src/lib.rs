@@ -14,6 +14,7 @@ mod notes;
 use serde::{Deserialize, Serialize};
 
 pub use classify::{classify, Evidence, KillCause, Verdict, WaitStatus};
+pub use classify::{reports_out_of_memory, OUT_OF_MEMORY_REPORTS};
 pub use notes::compose_notes;
 
 /// The schema name written into every record.
@@ -39,6 +40,12 @@ pub enum Reason {
     SpawnFailed,
     /// The supervisor died with the run in flight; recorded by the service's ledger.
     Lost,
+    /// A write went past the run's largest-file limit (`--file-size`, `RLIMIT_FSIZE`):
+    /// the writer died of `SIGXFSZ`, or failed with `EFBIG` leaving a file at the limit.
+    FileSize,
+    /// The run used up its disk budget (`--disk`, a project quota): writes failed with
+    /// `EDQUOT` and the command failed.
+    Disk,
 }
 
 impl Reason {
@@ -53,11 +60,13 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::SpawnFailed => "spawn_failed",
             Reason::Lost => "lost",
+            Reason::FileSize => "file_size",
+            Reason::Disk => "disk",
         }
     }
 
     /// All reasons, for metrics and documentation.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Exited,
         Reason::Signaled,
         Reason::Oom,
@@ -66,6 +75,8 @@ impl Reason {
         Reason::Cancelled,
         Reason::SpawnFailed,
         Reason::Lost,
+        Reason::FileSize,
+        Reason::Disk,
     ];
 }
 
@@ -91,6 +102,27 @@ pub struct LimitValues {
     pub timeout_s: Option<f64>,
     /// CPU-time limit in seconds.
     pub cpu_time_s: Option<f64>,
+    /// Read bandwidth in bytes a second per device (absent in older records).
+    #[serde(default)]
+    pub io_read_bps: Option<u64>,
+    /// Write bandwidth in bytes a second per device (absent in older records).
+    #[serde(default)]
+    pub io_write_bps: Option<u64>,
+    /// Read operations a second per device (absent in older records).
+    #[serde(default)]
+    pub io_read_iops: Option<u64>,
+    /// Write operations a second per device (absent in older records).
+    #[serde(default)]
+    pub io_write_iops: Option<u64>,
+    /// Proportional I/O weight (absent in older records).
+    #[serde(default)]
+    pub io_weight: Option<u64>,
+    /// The largest file the run may write, in bytes (absent in older records).
+    #[serde(default)]
+    pub file_size_bytes: Option<u64>,
+    /// The space the run may add under its writable paths (absent in older records).
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
 }
 
 impl LimitValues {
@@ -103,6 +135,13 @@ impl LimitValues {
             pids: l.pids,
             timeout_s: l.timeout.map(|d| d.as_secs_f64()),
             cpu_time_s: l.cpu_time.map(|d| d.as_secs_f64()),
+            io_read_bps: l.io_read_bps,
+            io_write_bps: l.io_write_bps,
+            io_read_iops: l.io_read_iops,
+            io_write_iops: l.io_write_iops,
+            io_weight: l.io_weight,
+            file_size_bytes: l.file_size,
+            disk_bytes: l.disk,
         }
     }
 }
@@ -355,6 +394,40 @@ pub struct Usage {
     pub io_read_bytes: Option<u64>,
     /// Bytes written to block devices.
     pub io_write_bytes: Option<u64>,
+    /// What the run did on each block device, where the backend counts it per device
+    /// (absent in older records).
+    #[serde(default)]
+    pub io_devices: Vec<DeviceUsage>,
+    /// Time some of the run's tasks waited on I/O, in µs (`io.pressure` `some`; cgroup
+    /// v2 only).
+    #[serde(default)]
+    pub io_pressure_some_us: Option<u64>,
+    /// Time all of the run's tasks waited on I/O at once, in µs (`io.pressure` `full`).
+    #[serde(default)]
+    pub io_pressure_full_us: Option<u64>,
+    /// Disk space the run had added under its writable paths when it ended, in bytes
+    /// (its project quota's usage; only with `--disk` where it is enforced).
+    #[serde(default)]
+    pub disk_added_bytes: Option<u64>,
+    /// The most disk space the run had added at once, in bytes (sampled every 200 ms
+    /// and at the end; only with `--disk` where it is enforced).
+    #[serde(default)]
+    pub disk_peak_bytes: Option<u64>,
+}
+
+/// What a run did on one block device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceUsage {
+    /// The device, `MAJ:MIN`.
+    pub device: String,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Read operations.
+    pub read_ios: u64,
+    /// Write operations.
+    pub write_ios: u64,
 }
 
 /// A captured output stream.

@@ -16,6 +16,24 @@ fn cpus(c: f64) -> String {
     format!("{s}-CPU")
 }
 
+/// The CPUs this process may run on (its affinity mask), as the runs it starts may.
+fn host_cpus() -> Option<usize> {
+    std::thread::available_parallelism().ok().map(|n| n.get())
+}
+
+/// A quota above the CPUs there are is accepted (the run simply cannot use it all):
+/// said, so that nobody reads the quota as what the run had.
+fn more_cpus_than_the_host(quota: Option<f64>, host: Option<usize>) -> Option<String> {
+    let (q, h) = (quota?, host?);
+    (q > h as f64).then(|| {
+        format!(
+            "The {} quota is more than the {h} CPU{} this host offers: the run could use at most {h}.",
+            cpus(q),
+            if h == 1 { "" } else { "s" }
+        )
+    })
+}
+
 /// Writes the notes for a finished record: first the outcome, then what else a reader
 /// should know (refused forks, throttling, killed leftovers, truncated output, limits
 /// that were not enforced).
@@ -42,6 +60,24 @@ pub fn compose_notes(r: &Record) -> String {
             out.push(format!(
                 "Ended by {} after {wall}; corral did not send it and no limit was hit.",
                 signal_name(sig)
+            ));
+        }
+        Reason::Oom if r.backend == "rlimit" && r.outcome.signal != Some(9) => {
+            // Nothing was killed: an allocation beyond RLIMIT_AS failed and the analysis
+            // reported it, then failed.
+            let m = r
+                .limits
+                .enforced
+                .memory_bytes
+                .map(format_bytes)
+                .unwrap_or_default();
+            let how = match (r.outcome.process_exit_code, r.outcome.signal) {
+                (Some(c), _) => format!("exited with code {c}"),
+                (_, Some(s)) => format!("ended by {}", signal_name(s)),
+                _ => "failed".into(),
+            };
+            out.push(format!(
+                "Out of memory: an allocation beyond its {m} address-space limit (RLIMIT_AS) was refused; the analysis reported it on stderr and {how} after {wall}."
             ));
         }
         Reason::Oom => {
@@ -88,16 +124,43 @@ pub fn compose_notes(r: &Record) -> String {
                 "Lost: the corral service stopped while this run was in flight; its processes were ended and its cgroup removed.".to_string(),
             );
         }
+        Reason::FileSize => {
+            let lim = req
+                .file_size_bytes
+                .map(|b| format!(" of {}", format_bytes(b)))
+                .unwrap_or_default();
+            let how = match r.outcome.signal {
+                Some(_) => "Stopped",
+                None => "Failed",
+            };
+            let what = match r.outcome.signal {
+                Some(_) => "SIGXFSZ",
+                None => "the write failed with EFBIG, \"File too large\"",
+            };
+            out.push(format!(
+                "{how} after {wall}: it wrote a file past its largest-file limit{lim} ({what})."
+            ));
+        }
+        Reason::Disk => {
+            let lim = req
+                .disk_bytes
+                .map(|b| format!(" {}", format_bytes(b)))
+                .unwrap_or_default();
+            out.push(format!(
+                "Failed after {wall}: it used up its{lim} disk budget; writes beyond it failed with \"Disk quota exceeded\" (EDQUOT)."
+            ));
+        }
     }
     if r.backend == "rlimit" {
         let failed = match r.outcome.reason {
+            // (A reported refusal is an `oom` with its own sentence above.)
             Reason::Exited => r.outcome.process_exit_code != Some(0),
             Reason::Signaled => matches!(r.outcome.signal, Some(6 | 7 | 9 | 11)),
             _ => false,
         };
         if let (true, Some(m)) = (failed, r.limits.enforced.memory_bytes) {
             out.push(format!(
-                "It may have hit its {} address-space limit (RLIMIT_AS): allocations beyond it fail with an out-of-memory error, which the rlimit backend cannot tell apart from other failures.",
+                "It may have hit its {} address-space limit (RLIMIT_AS): allocations beyond it fail with an out-of-memory error, which the rlimit backend recognises only when stderr is captured and ends with such a report (MemoryError, std::bad_alloc, ...).",
                 format_bytes(m)
             ));
         }
@@ -129,6 +192,9 @@ pub fn compose_notes(r: &Record) -> String {
             "{n} fork{} refused{lim}.",
             if n == 1 { " was" } else { "s were" }
         ));
+    }
+    if let Some(note) = more_cpus_than_the_host(req.cpus, host_cpus()) {
+        out.push(note);
     }
     if let (Some(c), true) = (r.limits.enforced.cpus, r.events.cpu_throttled > 0) {
         let t = r.events.cpu_throttled_us as f64 / 1e6;
@@ -256,6 +322,23 @@ mod tests {
         });
         r.outcome.reason = Reason::Exited;
         r
+    }
+
+    #[test]
+    fn a_cpu_quota_above_the_host_is_noted() {
+        assert_eq!(
+            more_cpus_than_the_host(Some(64.0), Some(2)).as_deref(),
+            Some("The 64-CPU quota is more than the 2 CPUs this host offers: the run could use at most 2.")
+        );
+        assert_eq!(more_cpus_than_the_host(Some(2.0), Some(2)), None);
+        assert_eq!(more_cpus_than_the_host(None, Some(2)), None);
+        let mut r = exited();
+        r.limits.requested.cpus = Some(100_000.0);
+        assert!(
+            compose_notes(&r).contains("quota is more than the"),
+            "{}",
+            compose_notes(&r)
+        );
     }
 
     #[test]

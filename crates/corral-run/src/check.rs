@@ -64,6 +64,91 @@ pub struct Report {
     pub remedies: Vec<String>,
     /// `full`, `partial` or `none`.
     pub isolation: String,
+    /// The disk limits here: whether the backend `auto` picks limits disk bandwidth
+    /// and weights on the current directory's disk, and whether its file system has
+    /// project quotas (`--disk`).
+    pub disk: Vec<Feature>,
+}
+
+/// The disk limits on the current directory: bandwidth and weights with the backend
+/// `auto` picks, and `--disk`'s project quota; what is missing gets a remedy.
+fn disk_features(cgroup_root: Option<&Path>, remedies: &mut Vec<String>) -> Vec<Feature> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let mut out = Vec::new();
+    let io = Limits {
+        io_write_bps: Some(10 << 20),
+        io_weight: Some(100),
+        ..Limits::default()
+    };
+    // (enforced at all, the reason it is not or only in part)
+    let (bw, weight) = match select(None, cgroup_root) {
+        Ok(b) => {
+            let plan = b.plan(&io);
+            let why = |k: LimitKind| {
+                plan.gaps
+                    .iter()
+                    .find(|g| g.limit == k)
+                    .map(|g| g.why.clone())
+            };
+            (
+                (
+                    plan.enforced.io_write_bps.is_some(),
+                    why(LimitKind::IoWriteBps),
+                ),
+                why(LimitKind::IoWeight),
+            )
+        }
+        Err(_) => (
+            (false, Some("no backend".into())),
+            Some("no backend".into()),
+        ),
+    };
+    let disks = crate::disk::disks_of_path(Path::new("/sys"), &cwd);
+    let bw_ok = disks.is_ok() && bw.0;
+    let note = match (&disks, &bw) {
+        (Err(e), _) => e.clone(),
+        (Ok(d), (true, partly)) => format!(
+            "--io-read-bps/--io-write-bps/--io-*-iops act on disk {}{}",
+            d.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            partly
+                .as_ref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        ),
+        (Ok(_), (false, w)) => w.clone().unwrap_or_default(),
+    };
+    out.push(Feature {
+        name: "io_bandwidth".into(),
+        available: bw_ok,
+        note,
+    });
+    out.push(Feature {
+        name: "io_weight".into(),
+        available: weight.is_none(),
+        note: weight.unwrap_or_else(|| {
+            "--io-weight: where the disk's scheduler has weights (BFQ, or iocost on cgroup v2)"
+                .into()
+        }),
+    });
+    let quota = crate::quota::probe(&cwd);
+    if let Err(why) = &quota {
+        remedies.push(format!(
+            "--disk is not enforced under {}: {why}",
+            cwd.display()
+        ));
+    }
+    out.push(Feature {
+        name: "project_quota".into(),
+        available: quota.is_ok(),
+        note: match quota {
+            Ok(()) => format!("--disk: a project quota per run under {}", cwd.display()),
+            Err(why) => why,
+        },
+    });
+    out
 }
 
 fn writable(p: &Path) -> bool {
@@ -281,15 +366,20 @@ pub fn examine(cgroup_root: Option<&Path>) -> Report {
             );
         }
     }
+    // The rlimit backend still enforces memory per process, CPU time, processes and
+    // the wall clock: partial isolation, not none.
     let isolation = match auto_backend.as_deref() {
-        None | Some("rlimit") => "none",
+        None => "none",
+        Some("rlimit") => "partial",
         Some(_) if gaps.is_empty() => "full",
         Some(_) => "partial",
     };
-    if isolation == "none" {
+    if matches!(auto_backend.as_deref(), None | Some("rlimit")) {
         remedies.push("no cgroup backend works: run as root on a host with cgroups, or with a systemd user manager that delegates controllers".into());
     }
+    let disk = disk_features(cgroup_root, &mut remedies);
     Report {
+        disk,
         layout: layout.kind().as_str().to_string(),
         cgroup2_mount: layout
             .v2

@@ -26,6 +26,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod disk;
 pub mod fsview;
 pub mod guard;
 pub mod ident;
@@ -33,9 +34,10 @@ pub mod identity;
 pub mod isolation;
 pub mod output;
 pub mod owner;
+pub mod quota;
 pub mod run;
 pub mod spawn;
 pub mod supervise;
 
 pub use backend::{Backend, BackendKind, Sandbox};
-pub use run::{run, Cancel, RunError, RunSpec, Stdio};
+pub use run::{run, run_observed, Cancel, Observer, Progress, RunError, RunSpec, Stdio};

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use corral_record::{
-    classify, compose_notes, Events, Evidence, LimitsRecord, Outcome, Output, Record, RecordHead,
-    Usage,
+    classify, compose_notes, reports_out_of_memory, Events, Evidence, LimitsRecord, Outcome,
+    Output, Record, RecordHead, Usage,
 };
 use corral_spec::Limits;
 use tokio::sync::watch;
@@ -16,7 +16,7 @@ use crate::ident::{cgroup_name, new_run_id, validate_id, InvalidId, Owner};
 use crate::output::{self, OutputFile};
 use crate::spawn::{self, ChildSetup, Exec, SpawnError};
 use crate::supervise::supervise;
-pub use crate::supervise::Cancel;
+pub use crate::supervise::{Cancel, Observer, Progress};
 
 /// Where a standard stream of the run goes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -202,8 +202,19 @@ fn open_stdio(
 /// (nothing is created for it); only corral's own failures are errors.
 pub async fn run(
     backend: &dyn Backend,
+    spec: RunSpec,
+    cancel: watch::Receiver<Option<Cancel>>,
+) -> Result<Record, RunError> {
+    run_observed(backend, spec, cancel, None).await
+}
+
+/// [`run()`], with `observer` called on its timer with what the run uses while it
+/// runs (read from the sandbox's counters).
+pub async fn run_observed(
+    backend: &dyn Backend,
     mut spec: RunSpec,
     cancel: watch::Receiver<Option<Cancel>>,
+    mut observer: Option<Observer>,
 ) -> Result<Record, RunError> {
     let id = match &spec.id {
         Some(id) => {
@@ -238,6 +249,15 @@ pub async fn run(
             return Ok(spawn_failed(rec, 125, why));
         }
     }
+    // The disks the I/O limits apply to: a bad --io-device is bad input.
+    let io_targets = if crate::disk::wants_io(&spec.limits) {
+        match crate::disk::targets(std::path::Path::new("/sys"), &spec.limits, &run_cwd) {
+            Ok(t) => Some(t),
+            Err(e) => return Ok(spawn_failed(rec, 125, e.to_string())),
+        }
+    } else {
+        None
+    };
     let fs_paths = match crate::fsview::resolve(&spec.limits, iso.fs, &run_cwd) {
         Ok(p) => p,
         Err(e) => return Ok(spawn_failed(rec, 125, e.to_string())),
@@ -369,7 +389,31 @@ pub async fn run(
         g.register(e);
     }
     rec.cgroup = sandbox.cgroup();
-    let plan = sandbox.plan();
+    let mut plan = sandbox.plan();
+    let gaps_before = plan.gaps.len();
+    if let Some(t) = &io_targets {
+        let applied = crate::disk::apply(
+            backend.kind() == BackendKind::Cgroup1,
+            sandbox.as_mut(),
+            &spec.limits,
+            t,
+            &mut plan,
+        );
+        if let Err(e) = applied {
+            teardown(sandbox, &guarded);
+            return Err(e.into());
+        }
+    }
+    let quota = crate::quota::start(&spec.limits, &run_cwd, &mut plan);
+    if spec.limits.require_isolation && plan.gaps.len() > gaps_before {
+        let gaps = plan.gaps.split_off(gaps_before);
+        drop(quota);
+        teardown(sandbox, &guarded);
+        return Err(RunError::Refused {
+            backend: backend.kind(),
+            gaps,
+        });
+    }
     rec.limits.enforced = plan.enforced;
     rec.limits.not_enforced = plan.gaps;
 
@@ -403,6 +447,14 @@ pub async fn run(
     // An ordinary user's layers: through its own user namespace.
     setup.user_namespace = iso.user_ns;
     sandbox.child_setup(&mut setup);
+    // The largest file, on every backend: RLIMIT_FSIZE (SIGXFSZ, then EFBIG).
+    if let Some(n) = spec.limits.file_size {
+        setup.rlimits.push(spawn::Rlimit {
+            resource: libc::RLIMIT_FSIZE,
+            soft: n,
+            hard: n,
+        });
+    }
     // A backend may need a step the isolation plan left out (the rlimit backend's
     // setsid): the record says what the child does.
     if let Some(iso) = rec.isolation.as_mut() {
@@ -467,6 +519,7 @@ pub async fn run(
         &spec.limits,
         started,
         cancel,
+        observer.as_mut(),
     )
     .await;
     let sup = match sup {
@@ -479,15 +532,32 @@ pub async fn run(
     };
     let c = sandbox.collect();
     teardown(sandbox, &guarded);
+    let disk = quota.map(crate::quota::Quota::finish);
     let finished_at = SystemTime::now();
+    rec.output = outputs.finish();
+    let rlimit = backend.kind() == crate::backend::BackendKind::Rlimit;
     let verdict = classify(&Evidence {
         status: Some(sup.status),
         spawn_error: None,
         kill: sup.kill,
         oom_kills_at_kill: sup.oom_at_kill,
         oom_kills: c.oom_kill,
-        cpu_rlimit_hit: backend.kind() == crate::backend::BackendKind::Rlimit
-            && spec.limits.cpu_time.is_some(),
+        cpu_rlimit_hit: rlimit && spec.limits.cpu_time.is_some(),
+        file_size_limit: spec.limits.file_size.is_some(),
+        disk_full: disk.as_ref().is_some_and(|d| d.full),
+        file_at_limit: match (sup.status, spec.limits.file_size) {
+            (corral_record::WaitStatus::Exited(c), Some(n)) if c != 0 => {
+                let mut dirs = vec![run_cwd.clone()];
+                dirs.extend(spec.limits.rw.iter().cloned());
+                // mtimes come from a coarse clock (a tick): a little before counts.
+                let since = started_at - std::time::Duration::from_millis(50);
+                crate::disk::file_at_limit(&dirs, n, since)
+            }
+            _ => false,
+        },
+        memory_rlimit_reported: rlimit
+            && spec.limits.memory.is_some()
+            && stderr_tail(&rec).is_some_and(|t| reports_out_of_memory(&t).is_some()),
     });
     rec.outcome = Outcome {
         reason: verdict.reason,
@@ -513,12 +583,40 @@ pub async fn run(
         pids_peak: c.pids_peak,
         io_read_bytes: c.io_read,
         io_write_bytes: c.io_write,
+        io_devices: c
+            .io_devices
+            .iter()
+            .filter_map(|d| {
+                Some(corral_record::DeviceUsage {
+                    device: d.dev?.to_string(),
+                    read_bytes: d.rbytes,
+                    write_bytes: d.wbytes,
+                    read_ios: d.rios,
+                    write_ios: d.wios,
+                })
+            })
+            .collect(),
+        io_pressure_some_us: c.io_pressure.0,
+        io_pressure_full_us: c.io_pressure.1,
+        disk_added_bytes: disk.map(|d| d.used),
+        disk_peak_bytes: disk.map(|d| d.peak),
     };
-    rec.output = outputs.finish();
     rec.started_at = corral_record::rfc3339(started_at);
     rec.finished_at = corral_record::rfc3339(finished_at);
     rec.notes = compose_notes(&rec);
     Ok(rec)
+}
+
+/// The last 4 KiB of the run's captured stderr (none when stderr was not captured).
+fn stderr_tail(rec: &Record) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = &rec.output.as_ref()?.stderr.as_ref()?.path;
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Removes the sandbox and tells the guard it no longer needs watching. A failed

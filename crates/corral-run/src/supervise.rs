@@ -54,6 +54,51 @@ pub struct Supervised {
     pub ended: Instant,
 }
 
+/// What a run uses at one moment, read from its sandbox's counters (the cgroup's
+/// files: no process is looked at).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Time since the command started.
+    pub elapsed: Duration,
+    /// CPU time of the whole run so far, where the backend can tell.
+    pub cpu: Option<Duration>,
+    /// Memory charged to the run now, where the backend can tell.
+    pub memory_bytes: Option<u64>,
+    /// Peak memory so far, where the backend can tell.
+    pub memory_peak_bytes: Option<u64>,
+    /// Processes in the run now.
+    pub processes: usize,
+}
+
+/// Reads a run's [`Progress`] on a timer while it runs (for a live display, or a
+/// service's status of a running run).
+pub struct Observer {
+    /// How often (the first reading comes one period after the start).
+    pub every: Duration,
+    /// Called with each reading, on the supervisor's task: keep it short.
+    pub on_tick: Box<dyn FnMut(&Progress) + Send>,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the sandbox's counters now.
+pub fn progress(sandbox: &dyn Sandbox, started: Instant) -> Progress {
+    let (memory_bytes, memory_peak_bytes) = sandbox.memory_now();
+    Progress {
+        elapsed: started.elapsed(),
+        cpu: sandbox.cpu_usage(),
+        memory_bytes,
+        memory_peak_bytes,
+        processes: sandbox.process_count(),
+    }
+}
+
 /// How long corral waits for a killed tree to vanish before killing again; a process in
 /// uninterruptible sleep (D state, e.g. on NFS) can take a while.
 const EMPTY_WAIT: Duration = Duration::from_secs(10);
@@ -66,6 +111,7 @@ pub async fn supervise(
     limits: &Limits,
     started: Instant,
     mut cancel: watch::Receiver<Option<Cancel>>,
+    mut observer: Option<&mut Observer>,
 ) -> std::io::Result<Supervised> {
     let main = watch_fd(pidfd, Interest::READABLE)?;
     // A duplicate shares the open file (and its queue) with the sandbox's own fd.
@@ -85,6 +131,8 @@ pub async fn supervise(
     let mut cpu_check = limits
         .cpu_time
         .map_or(far, |b| started + b.div_f64(allowed_cpus));
+
+    let mut tick = observer.as_ref().map_or(far, |o| started + o.every);
 
     let cause: Option<KillCause> = loop {
         tokio::select! {
@@ -109,6 +157,13 @@ pub async fn supervise(
                 }
                 if sandbox.on_event() == Event::Oom && !sandbox.kernel_kills_group_on_oom() {
                     break Some(KillCause::Oom);
+                }
+            }
+            _ = sleep_until(tick.into()) => {
+                if let Some(o) = observer.as_deref_mut() {
+                    (o.on_tick)(&progress(sandbox, started));
+                    // The next one a period from now: a late tick is not caught up on.
+                    tick = Instant::now() + o.every;
                 }
             }
         }

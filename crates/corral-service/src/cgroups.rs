@@ -543,6 +543,33 @@ impl ServiceTree {
         Ok(())
     }
 
+    /// Writes the runs' shared disk caps on `runs` (`io.max`): all runs together stay
+    /// under them. Fails when the group has no `io.max`, and on cgroup v1, whose
+    /// `blkio.throttle.*` limits do not hold for a group's children.
+    pub fn apply_io_budget(&self, set: &corral_cgroup::io::IoSet) -> Result<(), TreeError> {
+        let (held, file) = match &self.tree {
+            Tree::V2 { runs, .. } => (
+                runs.write_io(set).map_err(TreeError::Budget)?,
+                runs.path().join("io.max"),
+            ),
+            Tree::V1 { .. } => {
+                return Err(TreeError::Budget(LimitError {
+                    limit: LimitKind::IoWriteBps,
+                    source: CgroupError::Unsupported(
+                        "a shared disk budget needs cgroup v2: cgroup v1's blkio throttles are not hierarchical (a cap on the runs' parent group does not hold for the runs in it); give each run its own --io-write-bps instead".into(),
+                    ),
+                }))
+            }
+        };
+        if !held.throttle {
+            return Err(TreeError::Budget(LimitError {
+                limit: LimitKind::IoWriteBps,
+                source: absent_file(&file),
+            }));
+        }
+        Ok(())
+    }
+
     /// The corral-run backend that creates run cgroups under `runs`.
     pub fn backend(&self) -> Result<Box<dyn Backend>, TreeError> {
         let at = |kind| move |source| TreeError::Backend { kind, source };

@@ -15,13 +15,17 @@ use crate::wire::{ErrorBody, Health, RunList, RunState, RunStatus, SubmitRequest
 /// What can go wrong talking to the service.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The service cannot be reached at all.
-    #[error("cannot reach the corral service at {addr}: {source}")]
+    /// The service cannot be reached at all. The cause is part of the message (and not
+    /// a `source`), so a `{:#}` chain says it once.
+    #[error(
+        "cannot reach the corral service at {addr}: {error}{}",
+        unreachable_hint(error)
+    )]
     Unreachable {
         /// The address tried.
         addr: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The connection failed midway or the answer was not HTTP.
     #[error("talking to the corral service at {addr}: {why}")]
@@ -39,6 +43,18 @@ pub enum ClientError {
         /// The service's message.
         message: String,
     },
+}
+
+/// What to do about a connection refused by the file system's permissions.
+fn unreachable_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        "; the socket (or a directory above it) is not open to this user: the service's \
+         admin grants access, e.g. with a group that owns the socket's directory, and \
+         with --allow-group GROUP for who may submit (see docs/service.md, \
+         \"Who can do what\")"
+    } else {
+        ""
+    }
 }
 
 impl ClientError {
@@ -210,9 +226,9 @@ impl Client {
     }
 
     fn connect(&self) -> Result<Box<dyn Conn>, ClientError> {
-        let unreachable = |source| ClientError::Unreachable {
+        let unreachable = |error| ClientError::Unreachable {
             addr: self.addr.to_string(),
-            source,
+            error,
         };
         Ok(match &self.addr {
             Addr::Unix(p) => {
@@ -481,5 +497,29 @@ mod tests {
                 .starts_with("cannot reach the corral service at"),
             "{e}"
         );
+        // The cause is said once, also in an error chain (`corral: {e:#}`).
+        fn chain_of(e: &dyn std::error::Error) -> String {
+            let mut s = e.to_string();
+            let mut src = e.source();
+            while let Some(c) = src {
+                s += &format!(": {c}");
+                src = c.source();
+            }
+            s
+        }
+        let chain = chain_of(&e);
+        assert_eq!(
+            chain.matches("No such file or directory").count(),
+            1,
+            "{chain}"
+        );
+        assert!(!chain.contains("--allow-group"), "{chain}");
+        let denied = ClientError::Unreachable {
+            addr: "/run/corral/corral.sock".into(),
+            error: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let chain = chain_of(&denied);
+        assert_eq!(chain.matches("permission denied").count(), 1, "{chain}");
+        assert!(chain.contains("--allow-group"), "{chain}");
     }
 }

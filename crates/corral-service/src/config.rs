@@ -147,6 +147,8 @@ pub struct ServeConfig {
     pub token_file: Option<PathBuf>,
     /// Where runs execute (default: on this host).
     pub executor: ExecutorConfig,
+    /// The runs' shared disk bandwidth (`--budget-io-*`): a cap on `runs`, like pids.
+    pub budget_io: BudgetIo,
 }
 
 /// `--executor`: where the service's runs execute.
@@ -157,6 +159,34 @@ pub enum ExecutorConfig {
     Local,
     /// As Slurm batch jobs (the service's budget does not apply).
     Slurm(crate::slurm::SlurmConfig),
+}
+
+/// The runs' shared disk bandwidth and operation rates, per disk: written on the
+/// `runs` cgroup (`io.max`; v1 `blkio.throttle.*`), so all runs together stay under
+/// them, as `pids.max` caps their tasks. Not reserved per run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BudgetIo {
+    /// Read bytes a second.
+    pub read_bps: Option<u64>,
+    /// Written bytes a second.
+    pub write_bps: Option<u64>,
+    /// Read operations a second.
+    pub read_iops: Option<u64>,
+    /// Write operations a second.
+    pub write_iops: Option<u64>,
+    /// The block devices (their disks) the caps apply to; empty: the disks of the
+    /// ledger's directory.
+    pub devices: Vec<PathBuf>,
+}
+
+impl BudgetIo {
+    /// True when any cap is set.
+    pub fn is_set(&self) -> bool {
+        self.read_bps.is_some()
+            || self.write_bps.is_some()
+            || self.read_iops.is_some()
+            || self.write_iops.is_some()
+    }
 }
 
 impl ServeConfig {
@@ -182,6 +212,7 @@ impl ServeConfig {
             user_budget_cpus: None,
             token_file: None,
             executor: ExecutorConfig::Local,
+            budget_io: BudgetIo::default(),
         }
     }
 

@@ -55,6 +55,8 @@ pub fn status_for(e: &ServiceError) -> StatusCode {
         ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
         ServiceError::Unauthenticated => StatusCode::UNAUTHORIZED,
         ServiceError::KeyTaken => StatusCode::CONFLICT,
+        ServiceError::KeyReused => StatusCode::CONFLICT,
+        ServiceError::NoCwd(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
         ServiceError::Refused(_) | ServiceError::OverBudget(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ServiceError::Conflict(_) => StatusCode::CONFLICT,
@@ -262,13 +264,20 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(query_error)?;
     let state = match q.state.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(st) => Some(
             st.parse::<RunState>()
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
         ),
     };
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    // As /openapi.json documents it: 1 to 10000, not silently clamped.
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1 to 10000, got {limit}"),
+        ));
+    }
     Ok(Json(s.list(&who, state, limit).await?).into_response())
 }
 

@@ -70,6 +70,9 @@ pub enum ServeError {
     /// The budget flags do not make a budget.
     #[error("{0}")]
     Budget(BudgetError),
+    /// The disk budget's devices cannot be found (`--budget-io-device`).
+    #[error("{0}")]
+    IoBudget(String),
     /// `--listen` names a TCP address that is not loopback.
     #[error(
         "refusing to listen on {0}: anyone who can reach the service can run commands as \
@@ -187,6 +190,11 @@ pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             swap: budget.swap,
         })
         .map_err(tree_err(TreeStage::Budget))?;
+        if cfg.budget_io.is_set() {
+            let set = io_budget_set(&cfg.budget_io, &cfg.ledger).map_err(ServeError::IoBudget)?;
+            tree.apply_io_budget(&set)
+                .map_err(tree_err(TreeStage::Budget))?;
+        }
         let backend = tree.backend().map_err(tree_err(TreeStage::Backend))?;
         let profiles = ProfileSet::load_default().map_err(ServeError::Profiles)?;
         Ok::<_, ServeError>((reaped, backend, profiles))
@@ -343,6 +351,37 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), ServeError> {
     }
     eprintln!("corral serve: stopped");
     Ok(())
+}
+
+/// The caps of `--budget-io-*` on their disks: the `--budget-io-device` ones, else
+/// the disks of the ledger's directory.
+fn io_budget_set(
+    b: &config::BudgetIo,
+    ledger: &std::path::Path,
+) -> Result<corral_cgroup::io::IoSet, String> {
+    let sys = std::path::Path::new("/sys");
+    let mut disks = Vec::new();
+    if b.devices.is_empty() {
+        let dir = ledger
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        disks = corral_run::disk::disks_of_path(sys, dir)
+            .map_err(|e| format!("--budget-io-*: {e}; name the disks with --budget-io-device"))?;
+    }
+    for d in &b.devices {
+        disks.extend(corral_run::disk::disks_of_device(sys, d).map_err(|e| e.to_string())?);
+    }
+    disks.sort();
+    disks.dedup();
+    Ok(corral_cgroup::io::IoSet {
+        devices: disks,
+        read_bps: b.read_bps,
+        write_bps: b.write_bps,
+        read_iops: b.read_iops,
+        write_iops: b.write_iops,
+        weight: None,
+    })
 }
 
 #[cfg(test)]

@@ -29,7 +29,8 @@ pub struct SubmitRequest {
     pub profile: Option<String>,
     /// Limit overrides, as in a profile: `memory`, `swap`, `cpus`, `pids`, `timeout`,
     /// `cpu_time`, `grace`, `output_limit` (and `require_isolation`, `syscalls`, `network`,
-    /// `pid_ns`, `isolation`).
+    /// `pid_ns`, `isolation`; the disk limits `io_read_bps`, `io_write_bps`,
+    /// `io_read_iops`, `io_write_iops`, `io_weight`, `io_device`, `file_size`, `disk`).
     #[serde(default)]
     pub limits: Option<Map<String, Value>>,
     /// A caller-chosen run id (1-64 of `[A-Za-z0-9_-]`); generated when null.
@@ -135,6 +136,37 @@ pub struct RunStatus {
     /// for runs on the service's own host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm_job_id: Option<String>,
+    /// The command as submitted (also while queued or running, before any record):
+    /// absent from services before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A running run's usage now (absent otherwise, and from services before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveUsage>,
+}
+
+/// What a running run uses now, read from its cgroup's counters about once a second.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LiveUsage {
+    /// Seconds since its command started.
+    pub elapsed_s: f64,
+    /// CPU seconds of its whole tree so far.
+    #[serde(default)]
+    pub cpu_s: Option<f64>,
+    /// Memory charged to it now.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Its peak memory so far.
+    #[serde(default)]
+    pub memory_peak_bytes: Option<u64>,
+    /// Processes in it now.
+    pub processes: u64,
+    /// Its wall-clock limit in seconds.
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// Its memory limit.
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// The owner of a run: the user that submitted it.

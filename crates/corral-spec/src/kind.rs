@@ -46,11 +46,27 @@ pub enum LimitKind {
     Hide,
     /// Who the command runs as ([`crate::Limits::user`]).
     User,
+    /// Read bandwidth per device ([`crate::Limits::io_read_bps`]).
+    IoReadBps,
+    /// Write bandwidth per device ([`crate::Limits::io_write_bps`]).
+    IoWriteBps,
+    /// Read operations a second per device ([`crate::Limits::io_read_iops`]).
+    IoReadIops,
+    /// Write operations a second per device ([`crate::Limits::io_write_iops`]).
+    IoWriteIops,
+    /// Proportional I/O weight ([`crate::Limits::io_weight`]).
+    IoWeight,
+    /// The devices the I/O limits apply to ([`crate::Limits::io_device`]).
+    IoDevice,
+    /// The largest file a run may write ([`crate::Limits::file_size`]).
+    FileSize,
+    /// The space a run may add under its writable paths ([`crate::Limits::disk`]).
+    Disk,
 }
 
 impl LimitKind {
     /// Every limit, in the order `corral profiles` prints them.
-    pub const ALL: [LimitKind; 17] = [
+    pub const ALL: [LimitKind; 25] = [
         LimitKind::Memory,
         LimitKind::Swap,
         LimitKind::Cpus,
@@ -68,17 +84,32 @@ impl LimitKind {
         LimitKind::Rw,
         LimitKind::Hide,
         LimitKind::User,
+        LimitKind::IoReadBps,
+        LimitKind::IoWriteBps,
+        LimitKind::IoReadIops,
+        LimitKind::IoWriteIops,
+        LimitKind::IoWeight,
+        LimitKind::IoDevice,
+        LimitKind::FileSize,
+        LimitKind::Disk,
     ];
 
     /// The limits a backend enforces (or reports as not enforced): the fields of a
     /// record's `limits.requested` / `limits.enforced`.
-    pub const ENFORCEABLE: [LimitKind; 6] = [
+    pub const ENFORCEABLE: [LimitKind; 13] = [
         LimitKind::Memory,
         LimitKind::Swap,
         LimitKind::Cpus,
         LimitKind::Pids,
         LimitKind::Timeout,
         LimitKind::CpuTime,
+        LimitKind::IoReadBps,
+        LimitKind::IoWriteBps,
+        LimitKind::IoReadIops,
+        LimitKind::IoWriteIops,
+        LimitKind::IoWeight,
+        LimitKind::FileSize,
+        LimitKind::Disk,
     ];
 
     /// The key in JSON output, unit included (`memory_bytes`, `cpu_time_s`): a record's
@@ -103,6 +134,14 @@ impl LimitKind {
             LimitKind::Rw => "rw",
             LimitKind::Hide => "hide",
             LimitKind::User => "user",
+            LimitKind::IoReadBps => "io_read_bps",
+            LimitKind::IoWriteBps => "io_write_bps",
+            LimitKind::IoReadIops => "io_read_iops",
+            LimitKind::IoWriteIops => "io_write_iops",
+            LimitKind::IoWeight => "io_weight",
+            LimitKind::IoDevice => "io_device",
+            LimitKind::FileSize => "file_size_bytes",
+            LimitKind::Disk => "disk_bytes",
         }
     }
 
@@ -127,6 +166,14 @@ impl LimitKind {
             LimitKind::Rw => "rw",
             LimitKind::Hide => "hide",
             LimitKind::User => "user",
+            LimitKind::IoReadBps => "io_read_bps",
+            LimitKind::IoWriteBps => "io_write_bps",
+            LimitKind::IoReadIops => "io_read_iops",
+            LimitKind::IoWriteIops => "io_write_iops",
+            LimitKind::IoWeight => "io_weight",
+            LimitKind::IoDevice => "io_device",
+            LimitKind::FileSize => "file_size",
+            LimitKind::Disk => "disk",
         }
     }
 
@@ -199,7 +246,15 @@ mod tests {
                 "fs",
                 "rw",
                 "hide",
-                "user"
+                "user",
+                "io_read_bps",
+                "io_write_bps",
+                "io_read_iops",
+                "io_write_iops",
+                "io_weight",
+                "io_device",
+                "file_size_bytes",
+                "disk_bytes"
             ]
         );
         assert_eq!(
@@ -221,7 +276,15 @@ mod tests {
                 "fs",
                 "rw",
                 "hide",
-                "user"
+                "user",
+                "io_read_bps",
+                "io_write_bps",
+                "io_read_iops",
+                "io_write_iops",
+                "io_weight",
+                "io_device",
+                "file_size",
+                "disk"
             ]
         );
         for k in LimitKind::ALL {

@@ -9,12 +9,17 @@
 //! (`--limits-from`) < command-line flags. Each layer is a [`LimitsPatch`]; a field that
 //! a layer leaves out keeps the value of the layer below.
 
+mod io;
 mod kind;
 mod limits;
 mod metadata;
 mod profile;
 mod units;
 
+pub use io::{
+    check_io_device_path, check_io_weight, parse_io_weight_setting, parse_iops_setting,
+    parse_rate_setting, IO_WEIGHT_RANGE,
+};
 pub use kind::{LimitKind, LIMIT_KEYS};
 pub use limits::{
     add_paths, check_hide_path, check_rw_path, parse_grace, parse_swap, FsMode, Isolation, Limits,
@@ -26,6 +31,7 @@ pub use units::{
     format_bytes, format_duration, parse_cpus, parse_cpus_setting, parse_duration,
     parse_duration_setting, parse_pids, parse_pids_setting, parse_size, parse_size_setting,
 };
+pub use units::{min_memory, parse_memory_setting};
 
 /// A TOML syntax error, located: displayed as one line, `line L, column C: what`.
 #[derive(Debug, Clone, PartialEq, Eq)]

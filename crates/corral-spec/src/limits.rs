@@ -6,6 +6,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::io::{
+    check_io_device_path, check_io_weight, parse_io_weight_setting, parse_iops_setting,
+    parse_rate_setting,
+};
 use crate::kind::{LimitKind, LIMIT_KEYS};
 use crate::units::{
     check_cpus, check_pids, parse_cpus_setting, parse_duration, parse_duration_setting,
@@ -438,6 +442,31 @@ pub struct Limits {
     /// default).
     #[serde(default)]
     pub user: User,
+    /// Read bandwidth in bytes a second on each device the I/O limits apply to.
+    #[serde(default)]
+    pub io_read_bps: Option<u64>,
+    /// Write bandwidth in bytes a second on each device the I/O limits apply to.
+    #[serde(default)]
+    pub io_write_bps: Option<u64>,
+    /// Read operations a second on each device the I/O limits apply to.
+    #[serde(default)]
+    pub io_read_iops: Option<u64>,
+    /// Write operations a second on each device the I/O limits apply to.
+    #[serde(default)]
+    pub io_write_iops: Option<u64>,
+    /// Proportional I/O weight, 1 to 10000 (`None`: the kernel's default, 100).
+    #[serde(default)]
+    pub io_weight: Option<u64>,
+    /// The devices (block devices, or files on them) the I/O limits apply to; empty:
+    /// the disks under the working directory and the `rw` paths.
+    #[serde(default)]
+    pub io_device: Vec<PathBuf>,
+    /// The largest file the run may write, in bytes (`RLIMIT_FSIZE`).
+    #[serde(default)]
+    pub file_size: Option<u64>,
+    /// The space the run may add under its writable paths, in bytes (a project quota).
+    #[serde(default)]
+    pub disk: Option<u64>,
 }
 
 impl Default for Limits {
@@ -461,6 +490,14 @@ impl Default for Limits {
             rw: Vec::new(),
             hide: Vec::new(),
             user: User::Default,
+            io_read_bps: None,
+            io_write_bps: None,
+            io_read_iops: None,
+            io_write_iops: None,
+            io_weight: None,
+            io_device: Vec::new(),
+            file_size: None,
+            disk: None,
         }
     }
 }
@@ -502,6 +539,22 @@ pub struct LimitsPatch {
     pub hide: Vec<PathBuf>,
     /// See [`Limits::user`].
     pub user: Option<User>,
+    /// See [`Limits::io_read_bps`].
+    pub io_read_bps: Option<Setting<u64>>,
+    /// See [`Limits::io_write_bps`].
+    pub io_write_bps: Option<Setting<u64>>,
+    /// See [`Limits::io_read_iops`].
+    pub io_read_iops: Option<Setting<u64>>,
+    /// See [`Limits::io_write_iops`].
+    pub io_write_iops: Option<Setting<u64>>,
+    /// See [`Limits::io_weight`].
+    pub io_weight: Option<Setting<u64>>,
+    /// Added to [`Limits::io_device`] (lists add up across layers, deduplicated).
+    pub io_device: Vec<PathBuf>,
+    /// See [`Limits::file_size`].
+    pub file_size: Option<Setting<u64>>,
+    /// See [`Limits::disk`].
+    pub disk: Option<Setting<u64>>,
 }
 
 impl LimitsPatch {
@@ -519,6 +572,14 @@ impl LimitsPatch {
         set(&mut base.timeout, &self.timeout);
         set(&mut base.cpu_time, &self.cpu_time);
         set(&mut base.output_limit, &self.output_limit);
+        set(&mut base.io_read_bps, &self.io_read_bps);
+        set(&mut base.io_write_bps, &self.io_write_bps);
+        set(&mut base.io_read_iops, &self.io_read_iops);
+        set(&mut base.io_write_iops, &self.io_write_iops);
+        set(&mut base.io_weight, &self.io_weight);
+        set(&mut base.file_size, &self.file_size);
+        set(&mut base.disk, &self.disk);
+        add_paths(&mut base.io_device, &self.io_device);
         if let Some(g) = self.grace {
             base.grace = g;
         }
@@ -575,7 +636,10 @@ impl LimitsPatch {
             };
             let bad = |e: SpecError| err(e.to_string());
             match kind {
-                LimitKind::Memory => p.memory = Some(size_value("memory size", v).map_err(bad)?),
+                LimitKind::Memory => {
+                    let m = size_value("memory size", v).map_err(bad)?;
+                    p.memory = Some(crate::units::check_memory(&text(v), m).map_err(bad)?)
+                }
                 LimitKind::Swap => p.swap = Some(swap_value(v).map_err(bad)?),
                 LimitKind::OutputLimit => {
                     p.output_limit = Some(size_value("output limit", v).map_err(bad)?)
@@ -611,6 +675,31 @@ impl LimitsPatch {
                     }
                 }
                 LimitKind::User => p.user = Some(User::parse(&text(v)).map_err(bad)?),
+                LimitKind::IoReadBps => {
+                    p.io_read_bps = Some(rate_value("I/O read bandwidth", v).map_err(bad)?)
+                }
+                LimitKind::IoWriteBps => {
+                    p.io_write_bps = Some(rate_value("I/O write bandwidth", v).map_err(bad)?)
+                }
+                LimitKind::IoReadIops => {
+                    p.io_read_iops =
+                        Some(parse_iops_setting("I/O read rate", &text(v)).map_err(bad)?)
+                }
+                LimitKind::IoWriteIops => {
+                    p.io_write_iops =
+                        Some(parse_iops_setting("I/O write rate", &text(v)).map_err(bad)?)
+                }
+                LimitKind::IoWeight => p.io_weight = Some(weight_value(v).map_err(bad)?),
+                LimitKind::IoDevice => {
+                    for path in path_list(v).map_err(err)? {
+                        check_io_device_path(&path).map_err(bad)?;
+                        add_paths(&mut p.io_device, &[path]);
+                    }
+                }
+                LimitKind::FileSize => {
+                    p.file_size = Some(size_value("file size limit", v).map_err(bad)?)
+                }
+                LimitKind::Disk => p.disk = Some(size_value("disk budget", v).map_err(bad)?),
             }
         }
         Ok(p)
@@ -646,6 +735,25 @@ fn size_value(what: &'static str, v: &Value) -> Result<Setting<u64>, SpecError> 
         }
         Value::String(s) => parse_size_setting(what, s),
         other => parse_size_setting(what, &text(other)),
+    }
+}
+
+fn rate_value(what: &'static str, v: &Value) -> Result<Setting<u64>, SpecError> {
+    match v {
+        Value::Number(n) if n.as_u64().is_some() => {
+            crate::units::parse_size(what, &n.to_string()).map(Setting::Value)
+        }
+        other => parse_rate_setting(what, &text(other)),
+    }
+}
+
+fn weight_value(v: &Value) -> Result<Setting<u64>, SpecError> {
+    match v {
+        Value::Number(n) => match n.as_u64() {
+            Some(u) => check_io_weight(&n.to_string(), u).map(Setting::Value),
+            None => parse_io_weight_setting(&n.to_string()),
+        },
+        other => parse_io_weight_setting(&text(other)),
     }
 }
 
@@ -939,5 +1047,68 @@ mod tests {
         v.as_object_mut().unwrap().remove("pid_ns");
         let back: Limits = serde_json::from_value(v).unwrap();
         assert_eq!(back.pid_ns, PidNs::On);
+    }
+
+    #[test]
+    fn io_and_space_keys() {
+        let patch = |v: Value| LimitsPatch::from_table(v.as_object().unwrap(), "f");
+        let mut l = Limits::default();
+        patch(
+            json!({"io_read_bps": "20M", "io_write_bps": "10M/s", "io_read_iops": 500,
+                     "io_write_iops": "200", "io_weight": 300, "io_device": "/dev/vda",
+                     "file_size": "1M", "disk": "50M"}),
+        )
+        .unwrap()
+        .apply(&mut l);
+        assert_eq!(
+            (
+                l.io_read_bps,
+                l.io_write_bps,
+                l.io_read_iops,
+                l.io_write_iops
+            ),
+            (Some(20 << 20), Some(10 << 20), Some(500), Some(200))
+        );
+        assert_eq!(
+            (l.io_weight, l.file_size, l.disk),
+            (Some(300), Some(1 << 20), Some(50 << 20))
+        );
+        assert_eq!(l.io_device, [PathBuf::from("/dev/vda")]);
+        patch(json!({"io_write_bps": "max", "io_device": ["/dev/vdb"]}))
+            .unwrap()
+            .apply(&mut l);
+        assert_eq!(l.io_write_bps, None);
+        assert_eq!(l.io_device.len(), 2);
+        for (v, msg) in [
+            (
+                json!({"io_weight": 0}),
+                "invalid I/O weight \"0\": out of range",
+            ),
+            (
+                json!({"io_weight": "10001"}),
+                "invalid I/O weight \"10001\": out of range",
+            ),
+            (
+                json!({"io_device": "sda"}),
+                "invalid I/O device \"sda\": must be the absolute path of a block device",
+            ),
+            (
+                json!({"io_write_bps": "fast"}),
+                "invalid I/O write bandwidth \"fast\"",
+            ),
+            (json!({"file_size": "0"}), "invalid file size limit \"0\""),
+        ] {
+            let e = patch(v).unwrap_err();
+            assert!(e.to_string().contains(msg), "{e}");
+        }
+        // Limits stored before the keys existed get the defaults.
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        for k in ["io_read_bps", "io_weight", "io_device", "file_size", "disk"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        assert_eq!(
+            serde_json::from_value::<Limits>(v).unwrap(),
+            Limits::default()
+        );
     }
 }

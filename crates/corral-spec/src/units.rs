@@ -32,10 +32,15 @@ pub fn parse_size(what: &'static str, s: &str) -> Result<u64, SpecError> {
     }
     let cfg = parse_size::Config::new().with_binary();
     let n = cfg.parse_size(t).map_err(|e| {
+        // In corral's words, not the number parser's ("invalid digit found in string").
+        let why = match e {
+            parse_size::Error::PosOverflow => "too large",
+            _ => "not a size",
+        };
         invalid(
             what,
             s,
-            format!("{e}; use a number with an optional binary unit K, M, G or T (2G = 2 GiB)"),
+            format!("{why}; use a number with an optional binary unit K, M, G or T (2G = 2 GiB)"),
         )
     })?;
     if n == 0 {
@@ -54,6 +59,35 @@ pub fn parse_size_setting(what: &'static str, s: &str) -> Result<Setting<u64>, S
         return Ok(Setting::Unlimited);
     }
     parse_size(what, s).map(Setting::Value)
+}
+
+/// The smallest memory budget: one page of this host. The kernel counts memory in
+/// pages and rounds a cgroup's limit down to them, so a smaller budget would be 0.
+pub fn min_memory() -> u64 {
+    rustix::param::page_size() as u64
+}
+
+/// A memory budget as [`parse_size_setting`] parses it, refused below one page
+/// ([`min_memory`]).
+pub fn parse_memory_setting(s: &str) -> Result<Setting<u64>, SpecError> {
+    check_memory(s, parse_size_setting("memory size", s)?)
+}
+
+/// Refuses a memory budget below one page.
+pub(crate) fn check_memory(s: &str, v: Setting<u64>) -> Result<Setting<u64>, SpecError> {
+    let page = min_memory();
+    match v {
+        Setting::Value(n) if n < page => Err(invalid(
+            "memory size",
+            s,
+            format!(
+                "below one page ({page} bytes), the smallest memory the kernel can limit to; \
+                 use at least {}K",
+                page / 1024
+            ),
+        )),
+        v => Ok(v),
+    }
 }
 
 /// Parses a duration: `90s`, `30m`, `1h30m`, `250ms`, or a plain number of seconds
@@ -238,6 +272,29 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memory_budget_below_one_page_is_refused_in_corrals_words() {
+        let page = min_memory();
+        let e = parse_memory_setting("1").unwrap_err().to_string();
+        assert!(e.contains("below one page"), "{e}");
+        assert!(parse_memory_setting(&format!("{}", page - 1)).is_err());
+        assert_eq!(
+            parse_memory_setting(&format!("{page}")).unwrap(),
+            Setting::Value(page)
+        );
+        assert_eq!(parse_memory_setting("max").unwrap(), Setting::Unlimited);
+        // The same through a limits table (profiles, metadata, the service's body).
+        let t = serde_json::json!({"memory": 1});
+        let e = crate::LimitsPatch::from_table(t.as_object().unwrap(), "limits")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("below one page"), "{e}");
+        // Not the number parser's words.
+        let e = parse_size("memory size", "lots").unwrap_err().to_string();
+        assert!(!e.contains("invalid digit"), "{e}");
+        assert!(e.contains("not a size"), "{e}");
+    }
 
     #[test]
     fn sizes_are_binary() {

@@ -14,13 +14,14 @@ from ._api import (
     run_tool_isolated,
 )
 from ._binary import find_binary, profiles
-from ._errors import CorralError, CorralNotFound, CorralRefused
+from ._errors import CorralCalledProcessError, CorralError, CorralNotFound, CorralRefused
 from ._result import LIMIT_REASONS, REASONS, IsolatedResult
 from ._service import ServiceClient
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CorralCalledProcessError",
     "CorralError",
     "CorralNotFound",
     "CorralRefused",

@@ -45,6 +45,9 @@ def isolated_run(
     capture_output: bool = True,
     server: Optional[str] = None,
     run_id: Optional[str] = None,
+    input: Union[None, str, bytes] = None,
+    text: bool = True,
+    check: bool = False,
 ) -> IsolatedResult:
     """Runs ``cmd`` in its own cgroup under corral and says what happened.
 
@@ -75,10 +78,17 @@ def isolated_run(
     in temporary files and returned as text (undecodable bytes replaced); without it,
     the command writes to this process' stdout/stderr.
 
-    The run goes through the ``corral`` binary (``$CORRAL_BIN`` or ``corral`` on
-    ``$PATH``), or, with ``server`` (or ``$CORRAL_SERVER``), through the corral
+    The run goes through the ``corral`` binary (the package's own, else ``$CORRAL_BIN``
+    or ``corral`` on ``$PATH``), or, with ``server`` (or ``$CORRAL_SERVER``), through the corral
     service at that address (``unix:/path.sock``, ``/path.sock``, ``host:port``); there
     ``env`` adds to the *service's* environment and ``backend`` cannot be chosen.
+
+    As with :func:`subprocess.run`: ``input`` (``str`` or ``bytes``) is the command's
+    standard input, ``text=False`` returns ``stdout``/``stderr`` as ``bytes``,
+    ``result.args`` is the command, and ``check=True`` (or
+    ``result.check_returncode()``) raises :class:`~corral.CorralCalledProcessError`, a
+    :class:`subprocess.CalledProcessError` carrying the record, unless it exited 0.
+    ``input`` needs the binary: the service has no standard input for a run.
 
     Every run that corral attempted is a result, even when the command could not be
     started (``reason == "spawn_failed"``, returncode 127/126, or 125 for a missing
@@ -130,9 +140,29 @@ def isolated_run(
         run_id=run_id,
     )
     server = server if server is not None else os.environ.get("CORRAL_SERVER") or None
+    data = input.encode() if isinstance(input, str) else input
     if server:
-        return run_service(opts, server, capture_output)
-    return run_binary(opts, capture_output)
+        if data is not None:
+            raise ValueError("input= needs the corral binary: the service gives runs no stdin")
+        result = run_service(opts, server, capture_output)
+        if not text:
+            result.stdout = _encoded(result.stdout)
+            result.stderr = _encoded(result.stderr)
+    else:
+        # (Only what was asked: run_binary(opts, capture_output) is the common call.)
+        extra: Dict[str, Any] = {}
+        if data is not None:
+            extra["input"] = data
+        if not text:
+            extra["text"] = False
+        result = run_binary(opts, capture_output, **extra)
+    if check:
+        result.check_returncode()
+    return result
+
+
+def _encoded(v: Union[str, bytes, None]) -> Optional[bytes]:
+    return v.encode() if isinstance(v, str) else v
 
 
 def _paths(v: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Union[str, Path]]:
@@ -169,6 +199,7 @@ def run_notebook_isolated(
     cwd: Optional[Path] = None,
     kernel_name: Optional[str] = None,
     allow_errors: bool = False,
+    verbose: bool = False,
     **kw: Any,
 ) -> IsolatedResult:
     """Executes a notebook headless (``nbconvert --to notebook --execute``) under the
@@ -177,7 +208,17 @@ def run_notebook_isolated(
     it), which the result carries as ``output_path``. nbconvert starts the kernel in
     the notebook's directory; ``cwd`` (default: that directory) is where nbconvert
     itself runs. A cell that raises fails the run (exit 1) unless ``allow_errors``.
-    Other keywords go to :func:`isolated_run`."""
+    Other keywords go to :func:`isolated_run`.
+
+    The notebook is executed cell by cell (``python -m corral._nbrun``, with nbclient,
+    nbconvert's executor, when it is importable here; ``$CORRAL_NBCONVERT`` or
+    nbconvert from ``$PATH`` otherwise). ``output_path`` is written before and after
+    each cell, so a run that does not finish (a raising cell, its wall clock, its
+    memory budget, a signal, even SIGKILL) leaves the notebook as far as it got, the
+    cell where it stopped marked with an error output (``CorralStoppedHere``, or its
+    traceback) and ``metadata.corral``. Standard error gets one plain message without
+    ANSI colour codes; the kernel's own output (warnings, logs) and coloured
+    tracebacks only with ``verbose=True``."""
     src = os.path.abspath(path)
     if output_path is None:
         stem = os.path.basename(src)
@@ -185,12 +226,21 @@ def run_notebook_isolated(
         out = os.path.join(os.path.dirname(src), stem + ".executed.ipynb")
     else:
         out = os.path.abspath(output_path)
-    cmd = nbconvert_command() + ["--to", "notebook", "--execute", src]
-    cmd += ["--output-dir", os.path.dirname(out), "--output", os.path.basename(out)]
-    if kernel_name is not None:
-        cmd.append(f"--ExecutePreprocessor.kernel_name={kernel_name}")
-    if allow_errors:
-        cmd.append("--allow-errors")
+    if not os.environ.get("CORRAL_NBCONVERT") and importlib.util.find_spec("nbclient"):
+        cmd = [sys.executable, "-m", "corral._nbrun", src, out]
+        if kernel_name is not None:
+            cmd += ["--kernel", kernel_name]
+        if allow_errors:
+            cmd.append("--allow-errors")
+        if verbose:
+            cmd.append("--verbose")
+    else:
+        cmd = nbconvert_command() + ["--to", "notebook", "--execute", src]
+        cmd += ["--output-dir", os.path.dirname(out), "--output", os.path.basename(out)]
+        if kernel_name is not None:
+            cmd.append(f"--ExecutePreprocessor.kernel_name={kernel_name}")
+        if allow_errors:
+            cmd.append("--allow-errors")
     kw.setdefault("profile", "notebook")
     # The kernel runs in the notebook's directory and nbconvert writes the output's:
     # both stay writable in the read-only view, wherever ``cwd`` is.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._errors import CorralError, CorralNotFound, CorralRefused
 from ._options import RunOptions
@@ -18,8 +19,28 @@ from ._result import IsolatedResult
 EXIT_CORRAL_FAILED = 125
 
 
+def bundled_binary() -> Optional[str]:
+    """The ``corral`` binary this package's wheel installed (beside the interpreter's
+    scripts, as listed in the installed distribution's RECORD), or ``None`` (a
+    pure-Python copy of the package, or the file is gone)."""
+    try:
+        dist = importlib.metadata.distribution("corral-client")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if f.name == "corral":
+            path = str(f.locate())
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return os.path.realpath(path)
+    return None
+
+
 def find_binary() -> str:
-    """The corral binary: ``$CORRAL_BIN`` if set, else ``corral`` on ``$PATH``."""
+    """The corral binary: the one bundled in this package's wheel, else ``$CORRAL_BIN``
+    if set, else ``corral`` on ``$PATH``."""
+    bundled = bundled_binary()
+    if bundled is not None:
+        return bundled
     env = os.environ.get("CORRAL_BIN")
     if env:
         if not (os.path.isfile(env) and os.access(env, os.X_OK)):
@@ -28,7 +49,8 @@ def find_binary() -> str:
     found = shutil.which("corral")
     if found is None:
         raise CorralNotFound(
-            "the corral binary was not found: set CORRAL_BIN to its path or put "
+            "the corral binary was not found: install the package from its wheel "
+            "(`pip install ./clients/python` builds it), set CORRAL_BIN to its path or put "
             "`corral` on PATH (build it with `cargo build -p corral-cli`)"
         )
     return found
@@ -60,8 +82,24 @@ def _read_text(path: str) -> str:
         return ""
 
 
-def run_binary(opts: RunOptions, capture_output: bool = True) -> IsolatedResult:
-    """Runs ``corral run`` with the options; see :func:`corral.isolated_run`."""
+def _read(path: str, text: bool) -> Union[str, bytes]:
+    if text:
+        return _read_text(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def run_binary(
+    opts: RunOptions,
+    capture_output: bool = True,
+    input: Optional[bytes] = None,
+    text: bool = True,
+) -> IsolatedResult:
+    """Runs ``corral run`` with the options; see :func:`corral.isolated_run`. ``input``
+    is the command's standard input (else ``/dev/null``)."""
     corral = find_binary()
     with tempfile.TemporaryDirectory(prefix="corral-py-") as tmp:
         record_path = os.path.join(tmp, "record.json")
@@ -81,12 +119,12 @@ def run_binary(opts: RunOptions, capture_output: bool = True) -> IsolatedResult:
         if capture_output:
             argv += ["--stdout", out_path, "--stderr", err_path]
         argv += ["--", *opts.command]
-        code, corral_stderr = _supervise(argv, capture_output)
+        code, corral_stderr = _supervise(argv, capture_output, input)
         record: Optional[Dict[str, Any]] = None
-        text = _read_text(record_path)
-        if text.strip():
+        raw = _read_text(record_path)
+        if raw.strip():
             try:
-                record = json.loads(text)
+                record = json.loads(raw)
             except ValueError as e:
                 raise CorralError(
                     f"corral exited {code} with an unreadable record: {e}",
@@ -95,9 +133,13 @@ def run_binary(opts: RunOptions, capture_output: bool = True) -> IsolatedResult:
                     argv=argv,
                 ) from e
         if record is not None and record.get("schema") == "corral.error/v1":
-            # corral failed itself (exit 125) and said why in the record file.
+            # corral failed itself (exit 125) and said why in the record file. A
+            # mapping's temporary file is named as what the caller gave.
+            why = str(record.get("error", "corral failed"))
+            if opts.limits_from is not None and not isinstance(opts.limits_from, str):
+                why = why.replace(os.path.join(tmp, "limits.json"), "limits_from (the mapping)")
             raise _error(
-                str(record.get("error", "corral failed")),
+                why,
                 returncode=code,
                 stderr=corral_stderr,
                 argv=argv,
@@ -113,28 +155,30 @@ def run_binary(opts: RunOptions, capture_output: bool = True) -> IsolatedResult:
             elif code != EXIT_CORRAL_FAILED:
                 message = f"corral exited {code} without a result record: {message}"
             raise _error(message, returncode=code, stderr=corral_stderr, argv=argv)
-        stdout = _read_text(out_path) if capture_output else None
-        stderr = _read_text(err_path) if capture_output else None
+        stdout = _read(out_path, text) if capture_output else None
+        stderr = _read(err_path, text) if capture_output else None
         return IsolatedResult.from_record(
             record, stdout, stderr, returncode=code if code >= 0 else None
         )
 
 
-def _supervise(argv: List[str], capture_output: bool) -> Tuple[int, str]:
+def _supervise(
+    argv: List[str], capture_output: bool, input: Optional[bytes] = None
+) -> Tuple[int, str]:
     """Runs corral to completion. If this process is interrupted (Ctrl-C, an exception
     from a signal handler), corral gets SIGTERM, which ends the run the clean way
     (its whole tree is killed and its cgroup removed), and we wait for it."""
     try:
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.DEVNULL if capture_output else None,
             stderr=subprocess.PIPE if capture_output else None,
         )
     except OSError as e:
         raise CorralNotFound(f"cannot start {argv[0]}: {e}") from e
     try:
-        _, err = proc.communicate()
+        _, err = proc.communicate(input)
     except BaseException:
         proc.send_signal(signal.SIGTERM)
         proc.wait()

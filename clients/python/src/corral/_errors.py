@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import subprocess
+from typing import Any, Dict, Optional, Sequence
 
 
 class CorralError(Exception):
@@ -35,8 +36,35 @@ class CorralError(Exception):
 
 
 class CorralNotFound(CorralError):
-    """No corral binary: neither ``$CORRAL_BIN`` nor ``corral`` on ``$PATH``."""
+    """No corral binary: none bundled, neither ``$CORRAL_BIN`` nor ``corral`` on ``$PATH``."""
 
 
 class CorralRefused(CorralError):
     """``require_isolation=True`` and the host cannot enforce some requested limit."""
+
+
+class CorralCalledProcessError(subprocess.CalledProcessError):
+    """A run that did not exit 0, raised by ``check=True`` or
+    :meth:`~corral.IsolatedResult.check_returncode`: a
+    :class:`subprocess.CalledProcessError` (``returncode``, ``cmd``, ``output``/
+    ``stdout``, ``stderr``) that also carries the run's ``corral.result/v1``
+    ``record`` and its ``reason``."""
+
+    def __init__(
+        self,
+        returncode: int,
+        cmd: Sequence[str],
+        output: Any = None,
+        stderr: Any = None,
+        record: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__(returncode, list(cmd), output, stderr)
+        #: The whole ``corral.result/v1`` record of the run.
+        self.record: Dict[str, Any] = dict(record or {})
+        #: Why the run ended (``record["outcome"]["reason"]``).
+        self.reason: str = str((self.record.get("outcome") or {}).get("reason", ""))
+
+    def __str__(self) -> str:
+        notes = self.record.get("notes")
+        base = super().__str__()
+        return f"{base} ({self.reason}: {notes})" if notes else base

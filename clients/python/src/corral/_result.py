@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
+
+from ._errors import CorralCalledProcessError
 
 #: The reasons a run can end with, as written in ``record["outcome"]["reason"]``.
 REASONS = (
@@ -15,10 +17,12 @@ REASONS = (
     "cancelled",
     "spawn_failed",
     "lost",
+    "file_size",
+    "disk",
 )
 
 #: The reasons that mean "corral stopped it because it went over a budget".
-LIMIT_REASONS = frozenset({"oom", "timeout", "cpu_time"})
+LIMIT_REASONS = frozenset({"oom", "timeout", "cpu_time", "file_size", "disk"})
 
 
 @dataclass
@@ -27,14 +31,18 @@ class IsolatedResult:
 
     ``returncode`` is corral's exit status: the command's own status when it exited;
     128+N when it died of signal N (an OOM kill is 137); 124 when corral stopped it at
-    its wall-clock or CPU-time limit; 125/126/127 when it could not be started.
+    its wall-clock or CPU-time limit; 125/126/127 when it could not be started. On the
+    rlimit backend a refused allocation that the command reported (``MemoryError``) is
+    ``reason == "oom"`` with the command's own status (nothing was killed).
     """
 
     returncode: int
-    #: Captured standard output (``None`` with ``capture_output=False``).
-    stdout: Optional[str]
-    #: Captured standard error (``None`` with ``capture_output=False``).
-    stderr: Optional[str]
+    #: Captured standard output (``None`` with ``capture_output=False``; ``bytes``
+    #: with ``text=False``).
+    stdout: Any
+    #: Captured standard error (``None`` with ``capture_output=False``; ``bytes``
+    #: with ``text=False``).
+    stderr: Any
     #: Why the run ended: one of :data:`REASONS`.
     reason: str
     #: ``record["usage"]``: wall_s, cpu_user_s, cpu_system_s, memory_peak_bytes, ...
@@ -54,6 +62,17 @@ class IsolatedResult:
     isolation: Dict[str, Any] = field(default_factory=dict)
     #: For notebook runs: where the executed notebook was written.
     output_path: Optional[str] = None
+    #: The command as run (``record["command"]``), as ``CompletedProcess.args``.
+    args: List[str] = field(default_factory=list)
+
+    def check_returncode(self) -> None:
+        """Raises :class:`~corral.CorralCalledProcessError` (a
+        :class:`subprocess.CalledProcessError` carrying the record) unless the run
+        exited 0, as ``subprocess.CompletedProcess.check_returncode`` does."""
+        if self.returncode != 0:
+            raise CorralCalledProcessError(
+                self.returncode, self.args, self.stdout, self.stderr, record=self.record
+            )
 
     @property
     def ok(self) -> bool:
@@ -74,8 +93,8 @@ class IsolatedResult:
     def from_record(
         cls,
         record: Dict[str, Any],
-        stdout: Optional[str] = None,
-        stderr: Optional[str] = None,
+        stdout: Optional[Union[str, bytes]] = None,
+        stderr: Optional[Union[str, bytes]] = None,
         returncode: Optional[int] = None,
     ) -> "IsolatedResult":
         """Builds a result from a parsed ``corral.result/v1`` record."""
@@ -94,4 +113,5 @@ class IsolatedResult:
             limits_enforced=dict(limits.get("enforced") or {}),
             not_enforced=list(limits.get("not_enforced") or []),
             isolation=dict(record.get("isolation") or {}),
+            args=[str(a) for a in record.get("command") or []],
         )

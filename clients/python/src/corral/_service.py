@@ -11,8 +11,9 @@ import http.client
 import json
 import os
 import socket
+import time
 import urllib.parse
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 from ._errors import CorralError, CorralRefused
 from ._options import RunOptions
@@ -20,6 +21,35 @@ from ._result import IsolatedResult
 
 #: How long one ``GET /runs/{id}/wait`` asks the service to hold the request.
 WAIT_POLL_SECONDS = 30.0
+
+#: How long a client waiting for a run keeps trying to reach a service that went away
+#: (restarted, upgraded) before it gives up: ``$CORRAL_RECONNECT_SECONDS``, else 10 min.
+RECONNECT_SECONDS = 600.0
+
+T = TypeVar("T")
+
+
+def _unreachable(e: CorralError) -> bool:
+    """True for a service that did not answer (no HTTP status) or is shutting down."""
+    return e.returncode is None or e.returncode == 503
+
+
+def retrying(call: Callable[[], T], deadline_s: Optional[float] = None) -> T:
+    """``call()``, tried again while the service cannot be reached (a restart), with a
+    growing pause (0.2 s to 5 s), for up to ``deadline_s`` seconds
+    (:data:`RECONNECT_SECONDS` or ``$CORRAL_RECONNECT_SECONDS``); then the last error."""
+    if deadline_s is None:
+        deadline_s = float(os.environ.get("CORRAL_RECONNECT_SECONDS") or RECONNECT_SECONDS)
+    end = time.monotonic() + deadline_s
+    pause = 0.2
+    while True:
+        try:
+            return call()
+        except CorralError as e:
+            if not _unreachable(e) or time.monotonic() + pause > end:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 5.0)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -178,7 +208,9 @@ def run_service(opts: RunOptions, server: str, capture_output: bool = True) -> I
         done = False
         data: Dict[str, Any] = {}
         while not done:
-            done, data = client.wait(run_id)
+            # A service that restarts meanwhile is waited for: it answers again with
+            # the run's real end (``lost`` when it was in flight at a crash).
+            done, data = retrying(lambda: client.wait(run_id))
     except BaseException:
         try:
             client.cancel(run_id)
@@ -188,8 +220,8 @@ def run_service(opts: RunOptions, server: str, capture_output: bool = True) -> I
     record = data.get("record")
     if not isinstance(record, dict):
         record = _lost_record(run_id, data)
-    stdout = client.output(run_id, "stdout") if capture_output else None
-    stderr = client.output(run_id, "stderr") if capture_output else None
+    stdout = retrying(lambda: client.output(run_id, "stdout")) if capture_output else None
+    stderr = retrying(lambda: client.output(run_id, "stderr")) if capture_output else None
     return IsolatedResult.from_record(record, stdout, stderr)
 
 

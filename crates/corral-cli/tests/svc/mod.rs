@@ -50,6 +50,8 @@ pub struct Svc {
     pub child: Option<Child>,
     /// Extra `corral serve` arguments, kept for restarts.
     pub args: Vec<String>,
+    /// The service's `CORRAL_LOG` (default `warn`).
+    pub log_level: &'static str,
     starts: usize,
 }
 
@@ -67,6 +69,7 @@ impl Svc {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             args: args.split_whitespace().map(str::to_string).collect(),
+            log_level: "warn",
             starts: 0,
         }
     }
@@ -102,7 +105,7 @@ impl Svc {
             .args(["--backend", self.backend, "--cgroup-root", &self.root_arg])
             .args(&self.args)
             .env("XDG_CONFIG_HOME", self.dir.path())
-            .env("CORRAL_LOG", "warn")
+            .env("CORRAL_LOG", self.log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());

@@ -141,6 +141,21 @@ impl Backend for Cgroup1Backend {
         if !self.has("pids") {
             p.drop_limit(LimitKind::Pids, "no v1 pids hierarchy");
         }
+        match self.layout.v1.get("blkio") {
+            None => p.drop_io("no v1 blkio hierarchy"),
+            Some(m) => {
+                let d = &m.mount_point;
+                if !d.join("blkio.weight").exists() && !d.join("blkio.bfq.weight").exists() {
+                    p.drop_limit(
+                        LimitKind::IoWeight,
+                        "no blkio.weight: this kernel's I/O schedulers have no cgroup v1 weights (needs BFQ with blkio.bfq.weight)",
+                    );
+                }
+                for k in [LimitKind::IoWriteBps, LimitKind::IoWriteIops] {
+                    p.note_partial(k, V1_WRITEBACK);
+                }
+            }
+        }
         p
     }
 
@@ -165,6 +180,9 @@ impl Backend for Cgroup1Backend {
         }
     }
 }
+
+/// Why a v1 write throttle holds only in part.
+pub const V1_WRITEBACK: &str = "cgroup v1 throttles only direct I/O: buffered writes reach the disk later through the kernel's writeback, outside the run's group, unthrottled (cgroup v2 with the memory controller throttles them too)";
 
 /// Root can write any cgroup.procs, and v1 has no namespace check on moves: give
 /// root-run analyses a mount namespace in which every cgroup file system is read-only.
@@ -311,6 +329,10 @@ impl Sandbox for Sandbox1 {
         self.group.pids_in("memory").len()
     }
 
+    fn memory_now(&self) -> (Option<u64>, Option<u64>) {
+        self.group.memory_now()
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         self.group.signal_all(sig)
     }
@@ -322,6 +344,16 @@ impl Sandbox for Sandbox1 {
                 what: "cannot kill the run's processes",
                 error,
             })
+    }
+
+    fn limit_io(
+        &mut self,
+        io: &corral_cgroup::io::IoSet,
+    ) -> Result<Option<corral_cgroup::io::IoHeld>, BackendError> {
+        self.group
+            .write_io(io)
+            .map(Some)
+            .map_err(BackendError::Limit)
     }
 
     fn collect(&self) -> Collected {
@@ -339,6 +371,8 @@ impl Sandbox for Sandbox1 {
             pids_peak: s.pids_peak,
             io_read: s.io_read_bytes,
             io_write: s.io_write_bytes,
+            io_devices: self.group.io_devices(),
+            io_pressure: (None, None),
         }
     }
 

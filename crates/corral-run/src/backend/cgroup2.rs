@@ -164,6 +164,14 @@ impl Backend for Cgroup2Backend {
         if !self.has("pids") {
             p.drop_limit(LimitKind::Pids, "the pids controller is not available");
         }
+        if !self.has("io") {
+            p.drop_io("the io controller is not available");
+        } else if !self.root.has_file("io.weight") && !self.root.has_file("io.bfq.weight") {
+            p.drop_limit(
+                LimitKind::IoWeight,
+                "no io.weight or io.bfq.weight: this kernel has neither iocost nor BFQ",
+            );
+        }
         p
     }
 
@@ -315,6 +323,11 @@ impl Sandbox for Sandbox2 {
         self.cg.process_count()
     }
 
+    fn memory_now(&self) -> (Option<u64>, Option<u64>) {
+        let read = |f: &str| self.cg.read_limit(f).ok().flatten();
+        (read("memory.current"), read("memory.peak"))
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         let mut n = 0;
         for cg in self.cg.subtree() {
@@ -334,6 +347,13 @@ impl Sandbox for Sandbox2 {
         Ok(self.cg.kill_tree(Duration::ZERO)?)
     }
 
+    fn limit_io(
+        &mut self,
+        io: &corral_cgroup::io::IoSet,
+    ) -> Result<Option<corral_cgroup::io::IoHeld>, BackendError> {
+        self.cg.write_io(io).map(Some).map_err(BackendError::Limit)
+    }
+
     fn collect(&self) -> Collected {
         let s = self.cg.stats();
         let get = |m: &std::collections::HashMap<String, u64>, k: &str| m.get(k).copied();
@@ -349,6 +369,8 @@ impl Sandbox for Sandbox2 {
             pids_peak: s.pids_peak,
             io_read: s.io_bytes.map(|b| b.0),
             io_write: s.io_bytes.map(|b| b.1),
+            io_devices: self.cg.io_devices(),
+            io_pressure: self.cg.io_pressure(),
         }
     }
 

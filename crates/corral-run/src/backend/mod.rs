@@ -221,6 +221,13 @@ impl Plan {
             LimitKind::Pids => e.pids.take().is_some(),
             LimitKind::Timeout => e.timeout_s.take().is_some(),
             LimitKind::CpuTime => e.cpu_time_s.take().is_some(),
+            LimitKind::IoReadBps => e.io_read_bps.take().is_some(),
+            LimitKind::IoWriteBps => e.io_write_bps.take().is_some(),
+            LimitKind::IoReadIops => e.io_read_iops.take().is_some(),
+            LimitKind::IoWriteIops => e.io_write_iops.take().is_some(),
+            LimitKind::IoWeight => e.io_weight.take().is_some(),
+            LimitKind::FileSize => e.file_size_bytes.take().is_some(),
+            LimitKind::Disk => e.disk_bytes.take().is_some(),
             LimitKind::Grace
             | LimitKind::OutputLimit
             | LimitKind::RequireIsolation
@@ -231,7 +238,8 @@ impl Plan {
             | LimitKind::Fs
             | LimitKind::Rw
             | LimitKind::Hide
-            | LimitKind::User => false,
+            | LimitKind::User
+            | LimitKind::IoDevice => false,
         };
         if was {
             self.gaps.push(Gap {
@@ -241,6 +249,15 @@ impl Plan {
         }
     }
 }
+
+/// The disk I/O limits a cgroup enforces per device.
+pub const IO_LIMITS: [LimitKind; 5] = [
+    LimitKind::IoReadBps,
+    LimitKind::IoWriteBps,
+    LimitKind::IoReadIops,
+    LimitKind::IoWriteIops,
+    LimitKind::IoWeight,
+];
 
 /// The limits to write on a run's cgroup (or a budget's): `limits` in cgroup terms,
 /// the CPU quota over [`CPU_PERIOD_US`].
@@ -255,6 +272,32 @@ pub fn limit_set(limits: &Limits) -> LimitSet {
 }
 
 impl Plan {
+    /// Records that `limit` is enforced only in part, with the reason, keeping its
+    /// enforced value (cgroup v1's write throttle, which misses buffered writeback).
+    /// Does nothing when the limit was not requested.
+    pub fn note_partial(&mut self, limit: LimitKind, why: impl Into<String>) {
+        let requested = match limit {
+            LimitKind::IoWriteBps => self.enforced.io_write_bps.is_some(),
+            LimitKind::IoWriteIops => self.enforced.io_write_iops.is_some(),
+            LimitKind::IoReadBps => self.enforced.io_read_bps.is_some(),
+            LimitKind::IoReadIops => self.enforced.io_read_iops.is_some(),
+            _ => false,
+        };
+        if requested {
+            self.gaps.push(Gap {
+                limit,
+                why: why.into(),
+            });
+        }
+    }
+
+    /// Marks every disk I/O limit (bandwidth, operation rates, weight) as not enforced.
+    pub fn drop_io(&mut self, why: &str) {
+        for k in IO_LIMITS {
+            self.drop_limit(k, why);
+        }
+    }
+
     /// Takes the memory, CPU and pids limits a cgroup holds after they were written
     /// ([`Held::Read`]) as the enforced values; a limit whose file the cgroup lacks
     /// ([`Held::Absent`]) keeps the plan's value. Swap is left to the caller, whose
@@ -305,6 +348,10 @@ pub struct Collected {
     pub io_read: Option<u64>,
     /// Bytes written to block devices.
     pub io_write: Option<u64>,
+    /// What each device did, where the backend counts it per device.
+    pub io_devices: Vec<corral_cgroup::io::DeviceIo>,
+    /// `io.pressure`'s `some` and `full` totals in µs (cgroup v2).
+    pub io_pressure: (Option<u64>, Option<u64>),
 }
 
 /// How a backend is set up and creates sandboxes.
@@ -389,6 +436,11 @@ pub trait Sandbox: Send {
     fn cpu_usage(&self) -> Option<Duration>;
     /// How many processes the run has now.
     fn process_count(&self) -> usize;
+    /// The memory charged to the run now and its peak so far, in bytes, where the
+    /// backend can tell (two counter files; read on a timer by a live display).
+    fn memory_now(&self) -> (Option<u64>, Option<u64>) {
+        (None, None)
+    }
     /// Sends `sig` to every process of the run; returns how many were signalled.
     fn signal_all(&self, sig: Signal) -> usize;
     /// Kills every process of the run at once (SIGKILL, no escape).
@@ -396,6 +448,16 @@ pub trait Sandbox: Send {
     /// Reaps the main process after its pidfd became readable.
     fn reap(&mut self, pidfd: &OwnedFd) -> std::io::Result<WaitStatus> {
         reap_pidfd(pidfd)
+    }
+    /// Writes the disk I/O limits `io` (bandwidth and operation rates per disk, a
+    /// weight) on the run's group. `None`: the backend cannot limit I/O (its plan says
+    /// so already).
+    fn limit_io(
+        &mut self,
+        io: &corral_cgroup::io::IoSet,
+    ) -> Result<Option<corral_cgroup::io::IoHeld>, BackendError> {
+        let _ = io;
+        Ok(None)
     }
     /// Reads every counter. Call once the tree is gone.
     fn collect(&self) -> Collected;

@@ -48,6 +48,7 @@ impl Backend for RlimitBackend {
         if is_root() {
             p.drop_limit(LimitKind::Pids, "RLIMIT_NPROC does not apply to root");
         }
+        p.drop_io("disk bandwidth and weights need a cgroup (io or blkio controller); the rlimit backend has none");
         p
     }
 

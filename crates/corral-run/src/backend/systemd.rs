@@ -218,7 +218,38 @@ const LIMIT_CONTROLLERS: &[(LimitKind, &str)] = &[
     (LimitKind::Swap, "memory"),
     (LimitKind::Cpus, "cpu"),
     (LimitKind::Pids, "pids"),
+    (LimitKind::IoReadBps, "io"),
+    (LimitKind::IoWriteBps, "io"),
+    (LimitKind::IoReadIops, "io"),
+    (LimitKind::IoWriteIops, "io"),
+    (LimitKind::IoWeight, "io"),
 ];
+
+/// The scope properties for `io`: `IOReadBandwidthMax=` and friends as `a(st)` on
+/// `/dev/block/MAJ:MIN` of each disk, and `IOWeight=`.
+fn io_properties(io: &corral_cgroup::io::IoSet) -> Vec<(String, Value<'static>)> {
+    let mut props: Vec<(String, Value<'static>)> = Vec::new();
+    for (v, _, _, kind) in io.throttle_items() {
+        let name = match kind {
+            LimitKind::IoReadBps => "IOReadBandwidthMax",
+            LimitKind::IoWriteBps => "IOWriteBandwidthMax",
+            LimitKind::IoReadIops => "IOReadIOPSMax",
+            _ => "IOWriteIOPSMax",
+        };
+        if let Some(n) = v {
+            let per_dev: Vec<(String, u64)> = io
+                .devices
+                .iter()
+                .map(|d| (format!("/dev/block/{d}"), n))
+                .collect();
+            props.push((name.into(), Value::from(per_dev)));
+        }
+    }
+    if let Some(w) = io.weight {
+        props.push(("IOWeight".into(), Value::from(w)));
+    }
+    props
+}
 
 /// The one-line reason for a limit whose controller the manager lacks.
 fn missing_why(scope: Scope, controller: &str) -> String {
@@ -849,6 +880,10 @@ impl Sandbox for SandboxSd {
         self.inner().process_count()
     }
 
+    fn memory_now(&self) -> (Option<u64>, Option<u64>) {
+        self.inner().memory_now()
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         self.inner().signal_all(sig)
     }
@@ -857,8 +892,47 @@ impl Sandbox for SandboxSd {
         self.inner().kill_all()
     }
 
+    /// The scope's `IOReadBandwidthMax=` and friends (on `/dev/block/MAJ:MIN`) and
+    /// `IOWeight=`, set on the running scope; systemd writes them to S's `io.max` and
+    /// `io.weight`, which bound the payload below it. Read back from S.
+    fn limit_io(
+        &mut self,
+        io: &corral_cgroup::io::IoSet,
+    ) -> Result<Option<corral_cgroup::io::IoHeld>, BackendError> {
+        use corral_cgroup::io::{IoHeld, WeightFile};
+        let props = io_properties(io);
+        if !props.is_empty() {
+            self.mgr
+                .set_unit_properties(&self.unit, props)
+                .map_err(|error| SystemdError::Refused {
+                    unit: self.unit.clone(),
+                    error,
+                })?;
+        }
+        let max = std::fs::read_to_string(self.scope.path().join("io.max")).unwrap_or_default();
+        let throttle = !io.throttles()
+            || io
+                .devices
+                .iter()
+                .all(|d| max.lines().any(|l| l.starts_with(&format!("{d} "))));
+        let weight = if self.scope.has_file("io.bfq.weight") {
+            WeightFile::Bfq
+        } else if self.scope.has_file("io.weight") {
+            WeightFile::Generic
+        } else {
+            WeightFile::Absent
+        };
+        Ok(Some(IoHeld { throttle, weight }))
+    }
+
     fn collect(&self) -> Collected {
         let mut c = self.inner().collect();
+        if c.io_devices.is_empty() {
+            c.io_devices = self.scope.io_devices();
+        }
+        if c.io_pressure.0.is_none() {
+            c.io_pressure = self.scope.io_pressure();
+        }
         // The CPU quota sits on S (the payload has no cpu controller): throttling is
         // counted there. The keeper uses no CPU and does no I/O.
         let st = read_flat_keyed(&self.scope.path().join("cpu.stat")).unwrap_or_default();
@@ -903,6 +977,35 @@ impl Drop for SandboxSd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_properties_name_each_disk() {
+        use corral_cgroup::io::{DevNum, IoSet};
+        let io = IoSet {
+            devices: vec![
+                DevNum { major: 8, minor: 0 },
+                DevNum {
+                    major: 254,
+                    minor: 0,
+                },
+            ],
+            write_bps: Some(10 << 20),
+            read_iops: Some(500),
+            weight: Some(200),
+            ..IoSet::default()
+        };
+        let p = io_properties(&io);
+        let names: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["IOWriteBandwidthMax", "IOReadIOPSMax", "IOWeight"]);
+        assert_eq!(p[0].1.value_signature().to_string(), "a(st)");
+        let s = format!("{:?}", p[0].1);
+        assert!(
+            s.contains("/dev/block/8:0") && s.contains("/dev/block/254:0"),
+            "{s}"
+        );
+        assert_eq!(p[2].1, Value::from(200u64));
+        assert!(io_properties(&IoSet::default()).is_empty());
+    }
 
     #[test]
     fn unit_names() {

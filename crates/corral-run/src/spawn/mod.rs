@@ -70,6 +70,11 @@ pub use sys::{
 pub use sys::{idmapped_tree, kill_all_of, user_namespace};
 pub use sys::{user_namespace_probe, UserNamespaceProbe};
 
+/// The parent-side project-quota calls of `--disk` (see [`crate::quota`]).
+pub mod sys_quota {
+    pub use super::sys::{get_project, get_project_quota, set_project, set_project_quota};
+}
+
 /// `CLONE_INTO_CGROUP`. `libc::CLONE_INTO_CGROUP` is a `c_int` on glibc targets and
 /// overflows to 0, which would silently start the child in corral's own cgroup.
 pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;

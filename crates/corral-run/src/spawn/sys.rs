@@ -35,6 +35,10 @@
 //! * [`kill_all_of`]: ends every process of a dynamic uid;
 //! * [`user_namespace_probe`]: whether this (unprivileged) process can make a user
 //!   namespace, and mount a fresh `/proc` in it.
+//! * [`get_project`], [`set_project`]: a file's project id and inherit flag
+//!   (`FS_IOC_FSGETXATTR` / `FS_IOC_FSSETXATTR`), for `--disk`'s project quota;
+//! * [`get_project_quota`], [`set_project_quota`]: a project's usage and block limit
+//!   (`quotactl_fd(Q_GETQUOTA / Q_SETQUOTA, PRJQUOTA)`).
 //!
 //! The child of a multi-threaded process may only make async-signal-safe calls: no
 //! allocation, no locks, no panics. Every step reads only the [`ChildPlan`] the parent
@@ -1773,4 +1777,117 @@ pub fn wait4(pid: i32) -> std::io::Result<(i32, ChildUsage)> {
             max_rss: ru.ru_maxrss as u64 * 1024,
         },
     ))
+}
+
+/// `struct fsxattr` of `<linux/fs.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct FsXattr {
+    xflags: u32,
+    extsize: u32,
+    nextents: u32,
+    projid: u32,
+    cowextsize: u32,
+    pad: [u8; 8],
+}
+
+/// `_IOR('X', 31, struct fsxattr)`.
+const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+/// `_IOW('X', 32, struct fsxattr)`.
+const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+/// New files in a directory with this flag get the directory's project id.
+const FS_XFLAG_PROJINHERIT: u32 = 0x0000_0200;
+/// `PRJQUOTA` of `<linux/quota.h>`.
+const PRJQUOTA: libc::c_int = 2;
+
+fn get_fsxattr(fd: BorrowedFd<'_>) -> std::io::Result<FsXattr> {
+    let mut x = FsXattr::default();
+    // SAFETY: FS_IOC_FSGETXATTR writes one `struct fsxattr`, which `x` is (repr(C),
+    // 28 bytes as the ioctl number encodes); `fd` is open for the call's duration.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR, &mut x as *mut FsXattr) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(x)
+}
+
+/// A file's project id and whether its inherit flag is set.
+pub fn get_project(fd: BorrowedFd<'_>) -> std::io::Result<(u32, bool)> {
+    let x = get_fsxattr(fd)?;
+    Ok((x.projid, x.xflags & FS_XFLAG_PROJINHERIT != 0))
+}
+
+/// Sets a file's project id and inherit flag (root; ext4 with the `project` feature,
+/// or XFS).
+pub fn set_project(fd: BorrowedFd<'_>, projid: u32, inherit: bool) -> std::io::Result<()> {
+    let mut x = get_fsxattr(fd)?;
+    x.projid = projid;
+    if inherit {
+        x.xflags |= FS_XFLAG_PROJINHERIT;
+    } else {
+        x.xflags &= !FS_XFLAG_PROJINHERIT;
+    }
+    // SAFETY: FS_IOC_FSSETXATTR reads one `struct fsxattr` from the pointer, which
+    // points at `x` (repr(C), the size the ioctl number encodes); `fd` is open.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR, &x as *const FsXattr) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn quotactl_fd(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_int,
+    id: u32,
+    q: &mut libc::dqblk,
+) -> std::io::Result<()> {
+    // SAFETY: quotactl_fd(2) with Q_GETQUOTA / Q_SETQUOTA reads or writes one
+    // `struct if_dqblk`, which `libc::dqblk` is; `fd` is open for the call's duration.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_quotactl_fd,
+            fd.as_raw_fd(),
+            libc::QCMD(cmd, PRJQUOTA),
+            id as libc::c_int,
+            q as *mut libc::dqblk,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn empty_dqblk() -> libc::dqblk {
+    libc::dqblk {
+        dqb_bhardlimit: 0,
+        dqb_bsoftlimit: 0,
+        dqb_curspace: 0,
+        dqb_ihardlimit: 0,
+        dqb_isoftlimit: 0,
+        dqb_curinodes: 0,
+        dqb_btime: 0,
+        dqb_itime: 0,
+        dqb_valid: 0,
+    }
+}
+
+/// A project's space in use and its hard block limit, both in bytes (0: no limit), on
+/// the file system of `fd`.
+pub fn get_project_quota(fd: BorrowedFd<'_>, projid: u32) -> std::io::Result<(u64, u64)> {
+    let mut q = empty_dqblk();
+    quotactl_fd(fd, libc::Q_GETQUOTA, projid, &mut q)?;
+    Ok((q.dqb_curspace, q.dqb_bhardlimit.saturating_mul(1024)))
+}
+
+/// Sets a project's hard (and soft) block limit in bytes, rounded up to the quota's
+/// 1 KiB blocks; 0 removes the limit.
+pub fn set_project_quota(fd: BorrowedFd<'_>, projid: u32, bytes: u64) -> std::io::Result<()> {
+    let mut q = empty_dqblk();
+    let blocks = bytes.div_ceil(1024);
+    q.dqb_bhardlimit = blocks;
+    q.dqb_bsoftlimit = blocks;
+    q.dqb_valid = libc::QIF_BLIMITS;
+    quotactl_fd(fd, libc::Q_SETQUOTA, projid, &mut q)
 }

@@ -33,6 +33,16 @@ pub enum ServiceError {
     /// Another user's run already holds the idempotency key.
     #[error("the idempotency key is already used by another user's run; choose another key")]
     KeyTaken,
+    /// The caller's idempotency key was used before with a different submission.
+    #[error(
+        "the idempotency key was used before with a different submission; use a new key \
+         for a new run (or send the same body to get the earlier run)"
+    )]
+    KeyReused,
+    /// The submission's `cwd` is not an existing directory on the service's host: a
+    /// well-formed request this host cannot carry out (422, like a budget refusal).
+    #[error("\"cwd\" {0:?} is not an existing directory on the service's host")]
+    NoCwd(String),
     /// `--admin-group` or `--allow-group` names no group.
     #[error("{flag}: no group {name:?}")]
     UnknownGroup {

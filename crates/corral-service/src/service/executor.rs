@@ -240,9 +240,12 @@ impl Service {
         started_at: &str,
     ) -> Result<Record, String> {
         match self.executor.clone() {
-            Executor::Local => corral_run::run(self.backend.as_ref(), spec, cancel)
-                .await
-                .map_err(|e| format!("corral could not run it: {e}")),
+            Executor::Local => {
+                let observer = self.clone().live_observer(&job.id, &spec.limits);
+                corral_run::run_observed(self.backend.as_ref(), spec, cancel, Some(observer))
+                    .await
+                    .map_err(|e| format!("corral could not run it: {e}"))
+            }
             Executor::Slurm(x) => Ok(self.run_on_slurm(&x, job, spec, cancel, started_at).await),
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use corral_record::{rfc3339, Reason, Record};
 use corral_run::ident::new_run_id;
-use corral_run::Cancel;
+use corral_run::{Cancel, Observer, Progress};
 use tokio::sync::watch;
 
 use crate::ledger::{Inserted, NewRun};
@@ -17,7 +17,7 @@ use crate::service::auth::{self, Caller, Forbidden};
 use crate::service::records::{explain_cancel, CancelBy, Never};
 use crate::service::validate;
 use crate::service::{Job, Service, ServiceError};
-use crate::wire::{RunState, RunStatus, SubmitResponse};
+use crate::wire::{LiveUsage, RunState, RunStatus, SubmitResponse};
 use corral_run::identity::{Directory, SystemDirectory};
 
 /// What `POST /runs` did with a valid submission.
@@ -85,6 +85,13 @@ impl Service {
             profile,
             mut limits,
         } = validate::parse(body, &self.profiles, self.output_limit)?;
+        // A missing working directory is the caller's mistake, said now, not a
+        // spawn_failed record later.
+        if let Some(cwd) = &req.cwd {
+            if !std::path::Path::new(cwd).is_dir() {
+                return Err(ServiceError::NoCwd(cwd.clone()));
+            }
+        }
         // Who the run executes as: its submitter, unless an admin names someone.
         let asked = req
             .limits
@@ -129,6 +136,15 @@ impl Service {
                 // nor reused.
                 Inserted::Existing(row) if row.submitted_by.unwrap_or(0) != caller.uid => {
                     return Err(ServiceError::KeyTaken)
+                }
+                // The same key with another body is a client bug, not a repeat.
+                Inserted::Existing(row)
+                    if serde_json::from_str::<crate::wire::SubmitRequest>(&row.request)
+                        .ok()
+                        .as_ref()
+                        != Some(&req) =>
+                {
+                    return Err(ServiceError::KeyReused)
                 }
                 Inserted::Existing(row) => {
                     return Ok((
@@ -290,6 +306,34 @@ impl Service {
             }
         }
         self.pump();
+    }
+
+    /// Keeps a running run's usage for `GET /runs/{id}` (`live`), about once a second.
+    pub(super) fn live_observer(
+        self: Arc<Self>,
+        id: &str,
+        limits: &corral_spec::Limits,
+    ) -> Observer {
+        let id = id.to_string();
+        let (timeout_s, memory_limit_bytes) =
+            (limits.timeout.map(|t| t.as_secs_f64()), limits.memory);
+        Observer {
+            every: Duration::from_secs(1),
+            on_tick: Box::new(move |p: &Progress| {
+                let live = LiveUsage {
+                    elapsed_s: p.elapsed.as_secs_f64(),
+                    cpu_s: p.cpu.map(|c| c.as_secs_f64()),
+                    memory_bytes: p.memory_bytes,
+                    memory_peak_bytes: p.memory_peak_bytes,
+                    processes: p.processes as u64,
+                    timeout_s,
+                    memory_limit_bytes,
+                };
+                if let Some(a) = self.lock().active.get_mut(&id) {
+                    a.live = Some(live);
+                }
+            }),
+        }
     }
 
     /// Stores a final record, retrying a failing ledger a few times.

@@ -43,7 +43,7 @@ use crate::cgroups::{Reaped, ServiceTree, TreeUsage};
 use crate::config::ServeConfig;
 use crate::ledger::{Ledger, LedgerError, Row};
 use crate::metrics::Metrics;
-use crate::wire::{RunState, SubmitRequest};
+use crate::wire::{LiveUsage, RunState, SubmitRequest};
 
 pub mod auth;
 pub mod error;
@@ -183,6 +183,8 @@ struct Active {
     cancel: Option<watch::Sender<Option<Cancel>>>,
     cancelled_by: Option<CancelBy>,
     done: watch::Sender<bool>,
+    /// While it runs: its usage at the last tick of its observer.
+    live: Option<LiveUsage>,
 }
 
 /// A run an earlier instance handed to Slurm, to be watched again once the runtime
@@ -217,6 +219,7 @@ impl Inner {
                 cancel: None,
                 cancelled_by: None,
                 done: watch::channel(false).0,
+                live: None,
             },
         );
     }

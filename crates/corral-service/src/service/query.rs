@@ -11,6 +11,7 @@ use crate::ledger::Row;
 use crate::metrics::Snapshot;
 use crate::service::auth::{self, Caller};
 use crate::service::{Service, ServiceError};
+use crate::wire::SubmitRequest;
 use crate::wire::{
     BudgetStatus, ExecutorStatus, Health, RunList, RunOwner, RunState, RunStatus, UserUsage,
 };
@@ -21,7 +22,13 @@ impl Service {
     pub async fn status(&self, caller: &Caller, id: &str) -> Result<RunStatus, ServiceError> {
         let i = id.to_string();
         match self.db(move |l| l.get(&i)).await? {
-            Some(row) if caller.sees(row.submitted_by) => Ok(status_of(&row)),
+            Some(row) if caller.sees(row.submitted_by) => {
+                let mut st = status_of(&row);
+                if st.state == RunState::Running {
+                    st.live = self.lock().active.get(id).and_then(|a| a.live);
+                }
+                Ok(st)
+            }
             _ => Err(ServiceError::NotFound(id.to_string())),
         }
     }
@@ -214,6 +221,10 @@ fn status_without_owner(row: &Row) -> RunStatus {
         owner: None,
         record,
         slurm_job_id: row.slurm_job().map(str::to_string),
+        command: serde_json::from_str::<SubmitRequest>(&row.request)
+            .ok()
+            .map(|r| r.command),
+        live: None,
     }
 }
 
@@ -248,6 +259,9 @@ mod tests {
                 .await
                 .unwrap();
             assert!(!done && st.state == RunState::Queued);
+            // A queued run has no record yet, but says what it will run.
+            assert!(st.record.is_none());
+            assert_eq!(st.command.as_deref(), Some(&["true".to_string()][..]));
             let h = svc.health();
             assert_eq!((h.status.as_str(), h.backend.as_str()), ("ok", "cgroup1"));
             assert_eq!(h.cgroup_root, "fake");

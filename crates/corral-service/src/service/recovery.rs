@@ -89,6 +89,20 @@ impl Service {
                 note: lost_note(found, pid, &now),
             };
             let mut rec = self.synth(&job, never);
+            // It ran from its start until the last service died or this one reaped it:
+            // the record keeps that time, not 0.
+            if let Some(ran) = row
+                .started_at
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+            {
+                rec.usage.wall_s = ran.as_secs_f64();
+                rec.notes.push_str(&format!(
+                    " It had run for at most {} (from its start until it was recorded lost).",
+                    corral_spec::format_duration(ran)
+                ));
+            }
             if let Some(r) = found {
                 rec.cgroup = self
                     .tree

@@ -19,12 +19,22 @@ pub enum Invalid {
     /// `command` is empty or starts with an empty string.
     #[error("\"command\" must hold the command and its arguments, e.g. [\"python3\", \"x.py\"]")]
     NoCommand,
+    /// An argument after the program is empty: refused, so that the API's document
+    /// (OpenAPI 3.0, which cannot single out the first element) and the server agree.
+    #[error(
+        "\"command\" must not contain empty arguments (argument {0} is \"\"); the \
+         service's API takes non-empty strings only"
+    )]
+    EmptyArgument(usize),
     /// An argument holds a NUL byte (it could not reach `execve`).
     #[error("\"command\" must not contain NUL bytes")]
     NulInCommand,
     /// `cwd` is relative or holds a NUL byte.
     #[error("\"cwd\" must be an absolute path, got {0:?}")]
     Cwd(String),
+    /// A field of the body has the wrong JSON type.
+    #[error("{0}")]
+    Shape(String),
     /// An environment variable's name or value cannot be passed to the run.
     #[error(
         "invalid environment variable {0:?}: names must be non-empty without '=' and \
@@ -59,6 +69,11 @@ pub struct Resolved {
 /// Parses and checks the body of `POST /runs`. `output_limit` is the cap for runs
 /// that set none (`--output-limit` of the service).
 pub fn parse(body: &[u8], profiles: &ProfileSet, output_limit: u64) -> Result<Resolved, Invalid> {
+    // Wrong types are said in corral's words first; the typed parse then catches the
+    // rest (syntax, unknown fields).
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        check_shape(&v)?;
+    }
     let request: SubmitRequest = serde_json::from_slice(body).map_err(Invalid::Json)?;
     let (profile, limits) = resolve(&request, profiles, output_limit)?;
     Ok(Resolved {
@@ -66,6 +81,73 @@ pub fn parse(body: &[u8], profiles: &ProfileSet, output_limit: u64) -> Result<Re
         profile,
         limits,
     })
+}
+
+/// Says which field of the body has the wrong type, and what it must be.
+fn check_shape(v: &serde_json::Value) -> Result<(), Invalid> {
+    use serde_json::Value;
+    let Some(obj) = v.as_object() else {
+        return Err(Invalid::Shape(format!(
+            "invalid JSON body: it must be an object such as {{\"command\": [\"python3\", \"x.py\"]}}, not {}",
+            kind(v)
+        )));
+    };
+    let must = |field: &str, what: &str, ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(Invalid::Shape(format!(
+                "{field:?} must be {what}, not {}",
+                kind(&obj[field])
+            )))
+        }
+    };
+    for (k, v) in obj {
+        let null = v.is_null();
+        match k.as_str() {
+            "command" => must(
+                k,
+                "a list of strings",
+                v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            )?,
+            "cwd" | "profile" | "id" | "idempotency_key" => {
+                must(k, "a string or null", null || v.is_string())?
+            }
+            "env" => must(
+                k,
+                "an object of strings, e.g. {\"LANG\": \"C.UTF-8\"}",
+                v.as_object()
+                    .is_some_and(|m| m.values().all(Value::is_string)),
+            )?,
+            "clear_env" => must(k, "true or false", v.is_boolean())?,
+            "limits" => must(
+                k,
+                "an object of limits or null, e.g. {\"memory\": \"2G\", \"cpus\": 1}",
+                null || v.is_object(),
+            )?,
+            "priority" => must(k, "a whole number", v.is_i64())?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A JSON value's kind and, when short, the value itself.
+fn kind(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    let name = match v {
+        serde_json::Value::Null => return "null".into(),
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    };
+    if text.len() <= 40 {
+        format!("{name} ({text})")
+    } else {
+        name.to_string()
+    }
 }
 
 /// Checks a request and works out its profile name and effective limits.
@@ -76,6 +158,9 @@ pub fn resolve(
 ) -> Result<(String, Limits), Invalid> {
     if req.command.is_empty() || req.command[0].is_empty() {
         return Err(Invalid::NoCommand);
+    }
+    if let Some(i) = req.command.iter().position(String::is_empty) {
+        return Err(Invalid::EmptyArgument(i));
     }
     if req.command.iter().any(|a| a.contains('\0')) {
         return Err(Invalid::NulInCommand);
@@ -155,6 +240,7 @@ mod tests {
             refused(r#"{"command": [""]}"#),
             refused(r#"{"command": []}"#)
         );
+        assert!(refused(r#"{"command": ["sh", "-c", ""]}"#).contains("argument 2 is \"\""));
         assert_eq!(
             refused(r#"{"command": ["a\u0000b"]}"#),
             "\"command\" must not contain NUL bytes"
@@ -193,5 +279,21 @@ mod tests {
             check(r#"{"command": ["true"], "limits": {"memory": "lots"}}"#),
             Err(Invalid::Limits(_))
         ));
+        // Wrong types in corral's words, naming the field (not "expected a map at line 1").
+        assert_eq!(
+            refused(r#"{"command": ["true"], "limits": "x"}"#),
+            "\"limits\" must be an object of limits or null, e.g. {\"memory\": \"2G\", \"cpus\": 1}, \
+             not a string (\"x\")"
+        );
+        assert_eq!(
+            refused(r#"{"command": ["true"], "priority": "high"}"#),
+            "\"priority\" must be a whole number, not a string (\"high\")"
+        );
+        assert_eq!(
+            refused("[1, 2]"),
+            "invalid JSON body: it must be an object such as {\"command\": [\"python3\", \"x.py\"]}, not a list ([1,2])"
+        );
+        let e = refused(r#"{"command": ["true"], "limits": {"memory": null}}"#);
+        assert!(!e.contains("invalid digit"), "{e}");
     }
 }

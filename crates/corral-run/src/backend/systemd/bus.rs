@@ -337,6 +337,20 @@ impl Manager {
         .map(drop)
     }
 
+    /// `SetUnitProperties(unit, runtime=true, props)`: changes a running unit.
+    pub fn set_unit_properties(
+        &self,
+        unit: &str,
+        props: Vec<(String, Value<'static>)>,
+    ) -> Result<(), BusError> {
+        self.call(
+            "SetUnitProperties",
+            (unit.to_string(), true, props),
+            Duration::from_secs(10),
+        )
+        .map(drop)
+    }
+
     /// `StopUnit(unit, "replace")`; returns the job path.
     pub fn stop_unit(&self, unit: &str) -> Result<String, BusError> {
         self.call_job("StopUnit", (unit.to_string(), "replace".to_string()))
