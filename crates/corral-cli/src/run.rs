@@ -31,6 +31,11 @@ pub struct RunCmd {
     /// Do not print the summary line to stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// The run exactly as a corral service resolved it (JSON: id, profile, limits,
+    /// environment, output files), in place of the profile, --limits-from and limit
+    /// flags: what the Slurm executor's batch jobs run.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub job_file: Option<PathBuf>,
 }
 
 /// Runs `corral run`; when corral itself fails (exit 125) and `--json FILE` was given,
@@ -77,7 +82,16 @@ pub fn json_dest_of(args: &[String]) -> Option<&str> {
 }
 
 fn run(cmd: RunCmd) -> Result<u8> {
-    let spec = cmd.run.to_spec()?;
+    let spec = match &cmd.job_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the job file {}", p.display()))?;
+            let jf: corral_service::slurm::JobFile = serde_json::from_str(&text)
+                .with_context(|| format!("reading the job file {}", p.display()))?;
+            jf.into_spec(cmd.run.command.clone())
+        }
+        None => cmd.run.to_spec()?,
+    };
     let kind = cmd.backend.0;
     // On a terminal, the run's usage live on one line of stderr.
     let live = crate::live::wanted(cmd.quiet).then(|| {

@@ -132,6 +132,10 @@ pub struct RunStatus {
     pub owner: Option<RunOwner>,
     /// The `corral.result/v1` record; null until the run is `done` or `lost`.
     pub record: Option<Record>,
+    /// The Slurm job carrying the run, once the Slurm executor handed it over (absent
+    /// for runs on the service's own host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job_id: Option<String>,
     /// The command as submitted (also while queued or running, before any record):
     /// absent from services before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,6 +265,27 @@ pub struct Health {
     /// Each user with runs running or waiting in this instance.
     #[serde(default)]
     pub users: Vec<UserUsage>,
+    /// Where runs execute, when not on this host (`--executor slurm`); absent for the
+    /// local executor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorStatus>,
+}
+
+/// `/health`'s `executor`: runs execute elsewhere, and the budget above does not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorStatus {
+    /// `slurm`.
+    pub kind: String,
+    /// Whether the service's budget decides when runs start (`false` under Slurm).
+    pub budget_applies: bool,
+    /// The partition jobs go to (`null`: Slurm's default).
+    pub partition: Option<String>,
+    /// The account jobs are charged to (`null`: the user's default).
+    pub account: Option<String>,
+    /// The spool every node sees (records, captured output, scripts).
+    pub spool: String,
+    /// One sentence for people.
+    pub note: String,
 }
 
 #[cfg(test)]
