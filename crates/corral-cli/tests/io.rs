@@ -718,6 +718,119 @@ fn disk_budget(h: &Harness) {
     h.assert_clean(&ran);
 }
 
+/// A directory's project id and inherit flag, and that project's limit in bytes.
+fn project_of(dir: &Path) -> (u32, bool, u64) {
+    use corral_run::spawn::sys_quota;
+    use std::os::fd::AsFd;
+    let f = std::fs::File::open(dir).unwrap();
+    let (id, inherit) = sys_quota::get_project(f.as_fd()).unwrap();
+    let (_, limit) = sys_quota::get_project_quota(f.as_fd(), id).unwrap();
+    (id, inherit, limit)
+}
+
+/// Starts a run in `dir` under `--disk SIZE` that says it is ready and waits for a
+/// `stop` file; returns once it is ready.
+fn start_waiting(h: &Harness, dir: &Path, disk: &str) -> std::process::Child {
+    let args = [
+        "--cwd",
+        dir.to_str().unwrap(),
+        "--user",
+        "root",
+        "--disk",
+        disk,
+    ];
+    let script = "touch ready; while [ ! -e stop ]; do sleep 0.1; done";
+    let (mut c, _) = h.command(&args, &["sh", "-c", script]);
+    let child = c.spawn().expect("corral starts");
+    assert!(
+        wait_for(Duration::from_secs(60), || dir.join("ready").exists()),
+        "the run in {} did not start",
+        dir.display()
+    );
+    std::fs::remove_file(dir.join("ready")).unwrap();
+    child
+}
+
+/// A run under `--disk` whose corral is killed with SIGKILL: its guard ends the
+/// processes, but the directory keeps the run's project id and the file system the
+/// limit, until `corral gc` (or the start of the next `corral run`) gives them back;
+/// a live run's quota is left alone. Needs project quotas, as [`disk_budget`].
+fn disk_crash(h: &Harness) {
+    let Some(fs) = scratch("disk_crash", 64, true, Feature::Cgroup2) else {
+        return;
+    };
+    let d = fs.dir("crashed");
+    assert_eq!(project_of(&d), (0, false, 0));
+    let live = fs.dir("live");
+    for next in ["gc", "run"] {
+        // Another corral's live run, started first (the start of a run sweeps too).
+        let other = (next == "gc").then(|| start_waiting(h, &live, "10M"));
+        let mut c = start_waiting(h, &d, "20M");
+        let (id, inherit, limit) = project_of(&d);
+        assert!(id != 0 && inherit, "the run's project on {}", d.display());
+        assert_eq!(limit, 20 * MIB);
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        let _ = c.wait();
+        // Its group (`<id>.<boot>.<corral's pid>.<start>`) goes with its processes.
+        let pid = format!(".{}.", c.id());
+        let gone = || {
+            h.run_cgroups()
+                .iter()
+                .all(|g| !g.to_string_lossy().contains(&pid))
+        };
+        assert!(
+            wait_for(Duration::from_secs(20), gone),
+            "the guard left {:?}",
+            h.run_cgroups()
+        );
+        assert_eq!(
+            project_of(&d),
+            (id, true, 20 * MIB),
+            "the quota outlives a killed corral"
+        );
+        if let Some(mut other) = other {
+            let held = project_of(&live);
+            let out = Command::new(common::corral_bin())
+                .args(["gc", "--backend", h.backend, "--cgroup-root", &h.root_arg])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}");
+            assert!(
+                text.contains(&format!("reaped the project quota {id} of {}", d.display())),
+                "{text}"
+            );
+            assert!(!text.contains(&live.display().to_string()), "{text}");
+            assert_eq!(project_of(&live), held);
+            assert_eq!(held.2, 10 * MIB);
+            std::fs::write(live.join("stop"), "").unwrap();
+            assert!(other.wait().unwrap().success());
+            assert_eq!(project_of(&live), (0, false, 0));
+        } else {
+            let ran = h.run(&[], &["true"]);
+            assert_eq!(ran.code, 0, "{}", ran.stderr);
+        }
+        assert_eq!(
+            project_of(&d),
+            (0, false, 0),
+            "after {next}: the old project and no limit of {id}"
+        );
+        // Nothing left for another sweep.
+        let out = Command::new(common::corral_bin())
+            .args(["gc", "--backend", h.backend, "--cgroup-root", &h.root_arg])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "nothing to reap"
+        );
+    }
+}
+
 /// Where the file system has no project quotas, `--disk` is reported not enforced
 /// with the remedy.
 fn disk_unsupported(h: &Harness) {
@@ -754,8 +867,8 @@ macro_rules! scenarios {
 /// One I/O test at a time: they measure bandwidth on the machine's disks.
 static IO: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-scenarios!(cgroup2: write_bandwidth, read_bandwidth, weight, weight_split, file_size, bad_input, disk_budget, disk_unsupported);
-scenarios!(cgroup1: write_bandwidth, read_bandwidth, weight, weight_split, file_size, bad_input, disk_budget, disk_unsupported);
+scenarios!(cgroup2: write_bandwidth, read_bandwidth, weight, weight_split, file_size, bad_input, disk_budget, disk_crash, disk_unsupported);
+scenarios!(cgroup1: write_bandwidth, read_bandwidth, weight, weight_split, file_size, bad_input, disk_budget, disk_crash, disk_unsupported);
 
 /// The service's `--budget-io-write-bps 10M` on the scratch disk: the `runs` cgroup
 /// holds the cap, and a run without a limit of its own writes at the budget's rate.
