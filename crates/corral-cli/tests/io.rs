@@ -940,6 +940,33 @@ fn service_budget() {
                 .any(|l| l.starts_with(&maj_min) && l.contains("10485760")),
             "{held}"
         );
+        // /health and /metrics show the budget, like memory and CPU, and what the runs
+        // wrote on its disk (the kernel's count for `runs`: at least the run's 32 MiB).
+        let (st, health) = s.call("GET", "/health");
+        assert_eq!(st, 200, "{health}");
+        let io = &health["budget"]["io"];
+        assert_eq!(io["write_bps"], 10 * MIB, "{health}");
+        assert!(
+            io["read_bps"].is_null() && io["write_iops"].is_null(),
+            "{io}"
+        );
+        let dev = io["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["device"] == maj_min.as_str()))
+            .unwrap_or_else(|| panic!("no {maj_min} in {io}"));
+        let written = dev["written_bytes"].as_u64().unwrap();
+        assert!(written >= MOVED_MIB * MIB, "{dev}");
+        let text = s.metrics();
+        let sample = |name: &str| {
+            let head = format!("{name}{{device=\"{maj_min}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&head))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {head} in {text}"))
+        };
+        assert_eq!(sample("corral_budget_io_write_bps"), (10 * MIB) as f64);
+        assert_eq!(sample("corral_budget_io_read_bps"), -1.0);
+        assert!(sample("corral_budget_io_written_bytes_total") >= written as f64);
         s.stop(libc::SIGTERM, Duration::from_secs(15));
     });
 }
