@@ -115,8 +115,11 @@ struct Dir {
 pub struct Quota {
     dirs: Vec<Dir>,
     limit: u64,
-    /// The record for a sweep after a crash (`None`: it could not be made; logged).
+    /// The record for a sweep after a crash (`None`: not needed yet, or it could not
+    /// be made: logged).
     state: Option<StateFile>,
+    /// Whether the state file was made (or tried) already.
+    state_tried: bool,
     /// The thread that samples the usage for its peak, and its stop flag.
     sampler: Option<(
         std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -185,17 +188,11 @@ pub fn start(limits: &Limits, cwd: &Path, plan: &mut Plan) -> Option<Quota> {
             paths.push(p.clone());
         }
     }
-    let state = StateFile::create(Path::new(QUOTA_STATE_DIR))
-        .inspect_err(|e| {
-            tracing::warn!(
-                "cannot record the project quota in {QUOTA_STATE_DIR} ({e}): if corral dies during the run, the quota stays"
-            )
-        })
-        .ok();
     let mut q = Quota {
         dirs: Vec::new(),
         limit,
-        state,
+        state: None,
+        state_tried: false,
         sampler: None,
     };
     let mut fs_ids: Vec<(u64, u32)> = Vec::new();
@@ -253,7 +250,19 @@ impl Quota {
 
     /// Writes the state file with every directory so far (the last one's `dev` and
     /// `ino` given, the others' read from their descriptors).
-    fn record(&self, dev: u64, ino: u64) {
+    fn record(&mut self, dev: u64, ino: u64) {
+        // Made with the first directory that gets a quota (an ordinary user's run,
+        // refused one, needs none).
+        if !self.state_tried {
+            self.state_tried = true;
+            self.state = StateFile::create(Path::new(QUOTA_STATE_DIR))
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        "cannot record the project quota in {QUOTA_STATE_DIR} ({e}): if corral dies during the run, the quota stays"
+                    )
+                })
+                .ok();
+        }
         let Some(state) = &self.state else { return };
         let n = self.dirs.len();
         let entries: Vec<Entry> = self
