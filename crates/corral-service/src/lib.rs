@@ -183,6 +183,21 @@ pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         tree.check_no_live_owner()
             .map_err(tree_err(TreeStage::Owner))?;
         let reaped = tree.reap_strays();
+        // What runs of a dead instance left of `--disk` (their cgroups are gone now).
+        for q in corral_run::quota::reap_leftovers() {
+            match q.result {
+                Ok(()) => tracing::warn!(
+                    "restored {} (project quota {}) left by a run of a dead instance",
+                    q.path.display(),
+                    q.projid
+                ),
+                Err(e) => tracing::warn!(
+                    "cannot reap the project quota {} of {}: {e}",
+                    q.projid,
+                    q.path.display()
+                ),
+            }
+        }
         tree.apply_budget(&BudgetLimits {
             memory: budget.memory,
             cpus: budget.cpus,

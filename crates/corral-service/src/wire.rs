@@ -222,6 +222,37 @@ pub struct BudgetStatus {
     /// The CPUs one user's running runs may reserve together; null for no cap.
     #[serde(default)]
     pub user_cpus: Option<f64>,
+    /// The runs' shared disk bandwidth (`--budget-io-*`) and what they moved on its
+    /// disks; null when no such cap is set.
+    #[serde(default)]
+    pub io: Option<IoBudgetStatus>,
+}
+
+/// The service's `--budget-io-*` caps (per disk, on the runs' parent cgroup) and what
+/// the runs read and wrote on those disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoBudgetStatus {
+    /// Bytes the runs may read a second, together, per disk; null for no cap.
+    pub read_bps: Option<u64>,
+    /// Bytes the runs may write a second, together, per disk; null for no cap.
+    pub write_bps: Option<u64>,
+    /// Read operations a second; null for no cap.
+    pub read_iops: Option<u64>,
+    /// Write operations a second; null for no cap.
+    pub write_iops: Option<u64>,
+    /// Each capped disk.
+    pub devices: Vec<IoBudgetDevice>,
+}
+
+/// One disk under the service's I/O budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoBudgetDevice {
+    /// The disk, `MAJ:MIN`.
+    pub device: String,
+    /// Bytes the runs' parent cgroup has read from it (since the service made it).
+    pub read_bytes: u64,
+    /// Bytes the runs' parent cgroup has written to it.
+    pub written_bytes: u64,
 }
 
 /// One user's share of this instance's queue and budget.

@@ -162,6 +162,10 @@ pub trait RunsTree: Send + Sync {
     fn runs_dirs(&self) -> Vec<PathBuf>;
     /// What the runs' parent is charged now.
     fn usage(&self) -> TreeUsage;
+    /// The runs' shared disk budget and what they moved on its disks, if one is set.
+    fn io_budget(&self) -> Option<crate::wire::IoBudgetStatus> {
+        None
+    }
 }
 
 impl RunsTree for ServiceTree {
@@ -173,6 +177,9 @@ impl RunsTree for ServiceTree {
     }
     fn usage(&self) -> TreeUsage {
         ServiceTree::usage(self)
+    }
+    fn io_budget(&self) -> Option<crate::wire::IoBudgetStatus> {
+        ServiceTree::io_budget(self)
     }
 }
 

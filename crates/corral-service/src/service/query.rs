@@ -134,6 +134,7 @@ impl Service {
             user_max_running: caps.max_running,
             user_memory_bytes: caps.memory,
             user_cpus: caps.cpus,
+            io: self.tree.io_budget(),
         }
     }
 
