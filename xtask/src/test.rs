@@ -47,6 +47,7 @@ const VM_TARGETS: &[(&str, &[&str])] = &[
     ("service_restart", &[]),
     ("service_load", &[]),
     ("service_users", &[]),
+    ("slurm", &["cgroup2"]),
 ];
 
 /// Test targets run in the systemd VM.
