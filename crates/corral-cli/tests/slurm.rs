@@ -685,6 +685,11 @@ fn cgroup2_slurm_enforcing() {
         "{notes}"
     );
     eprintln!("{test}: Slurm's OOM: {notes} (cgroup {})", rec["cgroup"]);
+    // corral's own sentence says its limit was not the one hit.
+    assert!(
+        notes.contains("On the node, corral saw: Killed by the kernel's out-of-memory killer before the analysis reached its 256"),
+        "{notes}"
+    );
     // The kernel killed in corral's run; corral's own limit stayed what it asked and
     // was never reached.
     assert!(rec["events"]["oom_kill"].as_u64().unwrap() >= 1, "{rec}");
@@ -714,6 +719,7 @@ fn cgroup2_slurm_enforcing() {
     assert!(rec["events"]["memory_max"].as_u64().unwrap() >= 1, "{rec}");
     let notes = rec["notes"].as_str().unwrap();
     assert!(!notes.contains("Slurm ended"), "{notes}");
+    assert!(notes.contains("used its whole 96"), "{notes}");
     assert_eq!(rec["limits"]["enforced"]["memory_bytes"], 96 << 20, "{rec}");
     assert!(
         rec["cgroup"]
