@@ -47,13 +47,15 @@ const VM_TARGETS: &[(&str, &[&str])] = &[
     ("service_restart", &[]),
     ("service_load", &[]),
     ("service_users", &[]),
+    ("slurm", &["cgroup2"]),
 ];
 
 /// Test targets run in the systemd VM.
 const SYSTEMD_TARGETS: &[(&str, &[&str])] = &[("systemd", &["--test-threads=1"])];
 
-/// What the VM step must find: it exists to run the cgroup v2 tests.
-const VM_REQUIRES: &[Feature] = &[Feature::Root, Feature::Cgroup2];
+/// What the VM step must find: it exists to run the cgroup v2 tests (a Slurm that
+/// enforces with cgroup v2 among them).
+const VM_REQUIRES: &[Feature] = &[Feature::Root, Feature::Cgroup2, Feature::Slurm];
 
 /// What the systemd step must find.
 const SYSTEMD_REQUIRES: &[Feature] = &[Feature::Root, Feature::Systemd, Feature::SystemdUser];
@@ -316,7 +318,7 @@ mod tests {
             host_requires_from(unified),
             [Feature::Root, Feature::Cgroup2]
         );
-        assert_eq!(require_value(VM_REQUIRES), "root,cgroup2");
+        assert_eq!(require_value(VM_REQUIRES), "root,cgroup2,slurm");
         assert_eq!(require_value(SYSTEMD_REQUIRES), "root,systemd,systemd-user");
     }
 }

@@ -5,7 +5,9 @@
 //! that say so (an administrator's scancel, a time limit an administrator cut, corral
 //! killed on the node with no record left); kill -9 of the service mid-load and a
 //! restart collect every record; a slurmctld restart mid-load loses nothing; `corral
-//! submit` and `corral ps` work unchanged.
+//! submit` and `corral ps` work unchanged. In the cgroup2 VM, a Slurm that enforces
+//! with its cgroup v2 plugin kills a run at its own smaller memory limit, and the record
+//! says so (`cgroup2_slurm_enforcing`).
 //!
 //! Needs root and Slurm (`apt-get install slurm-wlm munge`); skips without them,
 //! fails in CI where the host step requires `slurm`.
@@ -579,4 +581,152 @@ fn scenario(b: &'static str) {
         remove_node_cgroups(id);
     }
     eprintln!("slurm: done after {:?}", t0.elapsed());
+}
+
+/// Slurm enforcing with cgroup v2 (`proctrack/cgroup`, `task/cgroup`,
+/// `ConstrainRAMSpace=yes`: only on a pure cgroup v2 machine without systemd as PID 1,
+/// the test VM): corral's run is nested in the job's cgroup and keeps its own exact
+/// limit, and when Slurm's smaller memory limit (an administrator lowered a pending
+/// job's memory below corral's) is the one the run hits, the record says `oom` and
+/// that Slurm did it.
+#[test]
+fn cgroup2_slurm_enforcing() {
+    let test = "cgroup2_slurm_enforcing";
+    if !rustix::process::geteuid().is_root() {
+        corral_testkit::skip(
+            test,
+            &Missing::new(Feature::Root, "needs root (slurmd, munge)"),
+        );
+        return;
+    }
+    let layout = corral_cgroup::layout::Layout::detect();
+    if let Err(m) = common::cgroups_available("cgroup2", &layout) {
+        corral_testkit::skip(test, &m);
+        return;
+    }
+    if std::fs::read_link("/proc/1/exe").is_ok_and(|p| p.ends_with("systemd")) {
+        corral_testkit::skip(
+            test,
+            // Not a missing feature of the steps that run this file (the host step,
+            // the plain VM): only a systemd machine, where the cgroups are systemd's.
+            &Missing::new(
+                Feature::Systemd,
+                "PID 1 is systemd: a cgroup-enforcing Slurm would need its delegation, \
+                 which this test does not set up (it runs in the plain cgroup2 VM)",
+            ),
+        );
+        return;
+    }
+    if let Err(m) = PrivateSlurm::available() {
+        corral_testkit::skip(test, &m);
+        return;
+    }
+    let sdir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let slurm = PrivateSlurm::start_cgroup2(sdir.path());
+    eprintln!("{test}: Slurm (cgroup v2) up after {:?}", t0.elapsed());
+    std::env::set_var("SLURM_CONF", &slurm.conf);
+    let spool = tempfile::tempdir().unwrap();
+    let mut s = Svc::new(
+        "cgroup2",
+        "slurm-cg2",
+        &format!(
+            "--executor slurm --spool {} --slurm-partition main",
+            spool.path().display()
+        ),
+    );
+    s.start();
+    let scontrol = |args: &[&str]| {
+        let st = slurm.client("scontrol").args(args).status().unwrap();
+        assert!(st.success(), "scontrol {args:?}: {}", slurm.logs());
+    };
+    // Both jobs wait in a partition that is down while the administrator lowers the
+    // first one's memory (Slurm's --mem) below corral's limit.
+    scontrol(&["update", "PartitionName=main", "State=DOWN"]);
+    let hog = [
+        PYTHON,
+        "-c",
+        "import time; b = b'x' * (200 << 20); time.sleep(3)",
+    ];
+    let mut runs = Runs::new();
+    // Slurm's limit (96 MiB) below corral's (256 MiB): Slurm's is the one hit.
+    let by_slurm = submit(
+        &s,
+        &mut runs,
+        "slurm-oom",
+        json!(hog),
+        json!({"memory": "256M", "timeout": "120s"}),
+    );
+    // corral's own limit (96 MiB) below Slurm's (96 + 64 MiB): corral's is hit.
+    let by_corral = submit(
+        &s,
+        &mut runs,
+        "oom",
+        json!(hog),
+        json!({"memory": "96M", "timeout": "120s"}),
+    );
+    let slurm_job = job_of(&s, &by_slurm);
+    job_in_state(&slurm, &slurm_job, "PENDING");
+    job_in_state(&slurm, &job_of(&s, &by_corral), "PENDING");
+    scontrol(&["update", &format!("JobId={slurm_job}"), "MinMemoryNode=96"]);
+    scontrol(&["update", "PartitionName=main", "State=UP"]);
+
+    let v = done(&s, &by_slurm, 120);
+    let rec = &v["record"];
+    assert_eq!(rec["slurm"]["state"], "OUT_OF_MEMORY", "{rec}");
+    assert_eq!(
+        (reason(&v), rec["outcome"]["exit_code"].as_i64()),
+        ("oom", Some(137)),
+        "{rec}"
+    );
+    let notes = rec["notes"].as_str().unwrap();
+    assert!(
+        notes.starts_with(&format!("Out of memory: Slurm ended job {slurm_job}")),
+        "{notes}"
+    );
+    eprintln!("{test}: Slurm's OOM: {notes} (cgroup {})", rec["cgroup"]);
+    // corral's own sentence says its limit was not the one hit.
+    assert!(
+        notes.contains("On the node, corral saw: Killed by the kernel's out-of-memory killer before the analysis reached its 256"),
+        "{notes}"
+    );
+    // The kernel killed in corral's run; corral's own limit stayed what it asked and
+    // was never reached.
+    assert!(rec["events"]["oom_kill"].as_u64().unwrap() >= 1, "{rec}");
+    assert_eq!(rec["events"]["memory_max"], 0, "{rec}");
+    assert_eq!(
+        rec["limits"]["enforced"]["memory_bytes"],
+        256 << 20,
+        "{rec}"
+    );
+    let peak = rec["usage"]["memory_peak_bytes"].as_u64().unwrap();
+    assert!(peak <= 96 << 20, "peak {peak} above Slurm's limit: {rec}");
+    // corral's cgroup is nested in the job's.
+    let cg = rec["cgroup"].as_str().unwrap();
+    assert!(
+        cg.contains(&format!("_slurmstepd.scope/job_{slurm_job}/")),
+        "{cg}"
+    );
+
+    let v = done(&s, &by_corral, 120);
+    let rec = &v["record"];
+    assert_eq!(
+        (reason(&v), rec["outcome"]["exit_code"].as_i64()),
+        ("oom", Some(137)),
+        "{rec}"
+    );
+    assert!(rec["events"]["oom_kill"].as_u64().unwrap() >= 1, "{rec}");
+    assert!(rec["events"]["memory_max"].as_u64().unwrap() >= 1, "{rec}");
+    let notes = rec["notes"].as_str().unwrap();
+    assert!(!notes.contains("Slurm ended"), "{notes}");
+    assert!(notes.contains("used its whole 96"), "{notes}");
+    assert_eq!(rec["limits"]["enforced"]["memory_bytes"], 96 << 20, "{rec}");
+    assert!(
+        rec["cgroup"]
+            .as_str()
+            .unwrap()
+            .contains("_slurmstepd.scope/job_"),
+        "{rec}"
+    );
+    eprintln!("{test}: done after {:?}", t0.elapsed());
 }

@@ -83,6 +83,13 @@ pub fn compose_notes(r: &Record) -> String {
         Reason::Oom => {
             let own_budget = r.limits.enforced.memory_bytes;
             let mut s = match own_budget {
+                // cgroup v2 counts a `max` event in the cgroup whose limit was hit and
+                // its ancestors: none in the run's own cgroup means a limit above it
+                // (a scheduler's job cgroup it is nested in) made the kernel kill.
+                Some(m) if r.backend == "cgroup2" && r.events.memory_max == 0 => format!(
+                    "Killed by the kernel's out-of-memory killer before the analysis reached its {} memory budget: a memory limit above the run's cgroup was hit (the job or cgroup corral ran in)",
+                    format_bytes(m)
+                ),
                 Some(m) => format!(
                     "Killed: the analysis used its whole {} memory budget",
                     format_bytes(m)
@@ -338,6 +345,30 @@ mod tests {
             compose_notes(&r).contains("quota is more than the"),
             "{}",
             compose_notes(&r)
+        );
+    }
+
+    #[test]
+    fn an_oom_below_the_own_limit_on_cgroup2_is_an_enclosing_limit() {
+        let mut r = exited();
+        r.outcome.reason = Reason::Oom;
+        r.limits.enforced.memory_bytes = Some(256 << 20);
+        r.events.oom_kill = 1;
+        r.events.memory_max = 2;
+        let own = compose_notes(&r);
+        assert!(
+            own.starts_with("Killed: the analysis used its whole 256"),
+            "{own}"
+        );
+        r.backend = "cgroup2".into();
+        assert_eq!(compose_notes(&r), own);
+        r.events.memory_max = 0;
+        let above = compose_notes(&r);
+        assert!(
+            above.starts_with(
+                "Killed by the kernel's out-of-memory killer before the analysis reached its 256"
+            ) && above.contains("a memory limit above the run's cgroup was hit"),
+            "{above}"
         );
     }
 

@@ -8,7 +8,8 @@
 //! what jobs use. Without `slurmdbd`, `sacct` does not answer and `scontrol show job`
 //! knows a finished job for `MinJobAge`. The node claims 32 CPUs and 64 GB
 //! (`SlurmdParameters=config_overrides`) so that a test's many small runs start
-//! together on a small machine.
+//! together on a small machine. [`PrivateSlurm::start_cgroup2`] starts one that
+//! enforces with its cgroup v2 plugin instead (the cgroup2 VM).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,21 @@ pub struct PrivateSlurm {
     ctld: Option<Child>,
     slurmd: Option<Child>,
     ctld_starts: usize,
+    enforcing: Option<Enforcing>,
 }
+
+/// What [`PrivateSlurm::start_cgroup2`] set up on the machine, undone on drop.
+struct Enforcing {
+    /// The dummy network link that gives the node an address.
+    link: String,
+    /// `/sys/fs/cgroup/system.slice`, when this Slurm created it.
+    created_slice: bool,
+    /// The cgroup that slurmd creates for its job steps.
+    scope: PathBuf,
+}
+
+/// The name and address of the dummy link a cgroup-enforcing Slurm's node listens on.
+const ENFORCING_LINK: (&str, &str) = ("crlslurm0", "10.254.77.1");
 
 fn find(prog: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
@@ -116,7 +131,27 @@ impl PrivateSlurm {
     /// Starts munge, the controller and the node under `dir` and waits until the node
     /// is idle. Panics with the daemons' logs when they do not come up.
     pub fn start(dir: &Path) -> PrivateSlurm {
+        Self::start_with(dir, false)
+    }
+
+    /// Like [`PrivateSlurm::start`], but enforcing with cgroup v2 (only on a pure
+    /// cgroup v2 machine without systemd as PID 1, such as the test VM):
+    /// `ProctrackType=proctrack/cgroup`, `TaskPlugin=task/cgroup`, a `cgroup.conf`
+    /// with `CgroupPlugin=cgroup/v2`, `IgnoreSystemd=yes` and `ConstrainRAMSpace=yes`,
+    /// so a job's `--mem` is its cgroup's `memory.max`. Slurm 22.05 needs three
+    /// things it would get from systemd and a network: the controllers enabled at the
+    /// root, `/sys/fs/cgroup/system.slice` (it creates its `<node>_slurmstepd.scope`
+    /// there with `mkdir`, not `mkdir -p`), and an address other than loopback (it
+    /// resolves with `AI_ADDRCONFIG`, which ignores loopback: with only `lo` up even
+    /// `127.0.0.1` does not resolve), given by a dummy link. All three are undone on
+    /// drop.
+    pub fn start_cgroup2(dir: &Path) -> PrivateSlurm {
+        Self::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, enforcing: bool) -> PrivateSlurm {
         let node = short_hostname();
+        let setup = enforcing.then(|| Self::enforcing_setup(&node));
         let munge = dir.join("munge");
         std::fs::create_dir_all(&munge).unwrap();
         for d in ["state", "spool", "log"] {
@@ -171,7 +206,7 @@ impl PrivateSlurm {
             &conf,
             format!(
                 "ClusterName=corraltest\n\
-                 SlurmctldHost={node}\n\
+                 SlurmctldHost={node}{addr}\n\
                  AuthType=auth/munge\n\
                  AuthInfo=socket={m}\n\
                  SlurmUser=root\n\
@@ -182,9 +217,7 @@ impl PrivateSlurm {
                  SlurmdPidFile={d}/slurmd.pid\n\
                  SlurmctldPort={ctld_port}\n\
                  SlurmdPort={slurmd_port}\n\
-                 ProctrackType=proctrack/linuxproc\n\
-                 TaskPlugin=task/none\n\
-                 JobAcctGatherType=jobacct_gather/linux\n\
+                 {plugins}\n\
                  JobAcctGatherFrequency=1\n\
                  SelectType=select/cons_tres\n\
                  SelectTypeParameters=CR_Core_Memory\n\
@@ -192,12 +225,36 @@ impl PrivateSlurm {
                  SlurmdParameters=config_overrides\n\
                  MinJobAge=3600\n\
                  KillWait=5\n\
-                 NodeName={node} CPUs=32 RealMemory=64000 State=UNKNOWN\n\
+                 NodeName={node}{node_addr} CPUs=32 RealMemory=64000 State=UNKNOWN\n\
                  PartitionName=main Nodes={node} Default=YES MaxTime=INFINITE State=UP\n",
                 m = munge.join("sock").display(),
+                addr = if enforcing {
+                    format!("({})", ENFORCING_LINK.1)
+                } else {
+                    String::new()
+                },
+                node_addr = if enforcing {
+                    format!(" NodeAddr={}", ENFORCING_LINK.1)
+                } else {
+                    String::new()
+                },
+                plugins = if enforcing {
+                    "ProctrackType=proctrack/cgroup\nTaskPlugin=task/cgroup\n\
+                     JobAcctGatherType=jobacct_gather/cgroup"
+                } else {
+                    "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
+                     JobAcctGatherType=jobacct_gather/linux"
+                },
             ),
         )
         .unwrap();
+        if enforcing {
+            std::fs::write(
+                dir.join("cgroup.conf"),
+                "CgroupPlugin=cgroup/v2\nIgnoreSystemd=yes\nConstrainRAMSpace=yes\n",
+            )
+            .unwrap();
+        }
         let mut s = PrivateSlurm {
             dir: dir.to_path_buf(),
             conf,
@@ -206,6 +263,7 @@ impl PrivateSlurm {
             ctld: None,
             slurmd: None,
             ctld_starts: 0,
+            enforcing: setup,
         };
         s.start_ctld();
         s.slurmd = Some(s.daemon("slurmd", "slurmd.log"));
@@ -224,6 +282,35 @@ impl PrivateSlurm {
             std::thread::sleep(Duration::from_millis(200));
         }
         s
+    }
+
+    /// The machine's side of [`PrivateSlurm::start_cgroup2`].
+    fn enforcing_setup(node: &str) -> Enforcing {
+        let root = Path::new("/sys/fs/cgroup");
+        let controllers = "+cpuset +cpu +memory +pids";
+        std::fs::write(root.join("cgroup.subtree_control"), controllers)
+            .expect("enable the controllers at the cgroup2 root");
+        let slice = root.join("system.slice");
+        let created_slice = !slice.exists();
+        if created_slice {
+            std::fs::create_dir(&slice).expect("create /sys/fs/cgroup/system.slice");
+        }
+        std::fs::write(slice.join("cgroup.subtree_control"), controllers)
+            .expect("enable the controllers in system.slice");
+        let (link, addr) = ENFORCING_LINK;
+        let sh = |cmd: &str| {
+            let st = Command::new("sh").args(["-c", cmd]).status().unwrap();
+            assert!(st.success(), "{cmd}: {st}");
+        };
+        sh(&format!(
+            "modprobe dummy 2>/dev/null; ip link add {link} type dummy && \
+             ip addr add {addr}/32 dev {link} && ip link set {link} up"
+        ));
+        Enforcing {
+            link: link.to_string(),
+            created_slice,
+            scope: slice.join(format!("{node}_slurmstepd.scope")),
+        }
     }
 
     fn daemon(&self, prog: &str, log: &str) -> Child {
@@ -357,6 +444,30 @@ impl Drop for PrivateSlurm {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
+        }
+        if let Some(e) = self.enforcing.take() {
+            let _ = Command::new("ip").args(["link", "del", &e.link]).status();
+            // Slurm's cgroups, children first, once their processes are gone.
+            let mut all = vec![e.scope.clone()];
+            let mut i = 0;
+            while i < all.len() {
+                if let Ok(rd) = std::fs::read_dir(&all[i]) {
+                    all.extend(rd.flatten().filter(|d| d.path().is_dir()).map(|d| d.path()));
+                }
+                i += 1;
+            }
+            for c in all.iter().rev() {
+                let t = Instant::now();
+                while std::fs::remove_dir(c).is_err()
+                    && c.exists()
+                    && t.elapsed() < Duration::from_secs(10)
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            if e.created_slice {
+                let _ = std::fs::remove_dir("/sys/fs/cgroup/system.slice");
+            }
         }
     }
 }

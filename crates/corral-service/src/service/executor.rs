@@ -129,7 +129,14 @@ pub fn merge_slurm_view(
     by_client: bool,
 ) -> Record {
     let signalled = matches!(rec.outcome.reason, Reason::Cancelled | Reason::Signaled);
-    if let Some(s) = state.filter(|_| signalled && !by_client) {
+    // Slurm's memory enforcement (its job cgroup's `memory.max`, above corral's own
+    // cgroup on the node) makes the kernel kill inside corral's run: corral counts
+    // the OOM kill and says `oom`, but its own limit was never reached (the kernel
+    // counts `max` events in the cgroup whose limit was hit and its ancestors only).
+    let slurm_oom = rec.outcome.reason == Reason::Oom
+        && rec.events.memory_max == 0
+        && state == Some("OUT_OF_MEMORY");
+    if let Some(s) = state.filter(|_| (signalled || slurm_oom) && !by_client) {
         if matches!(
             s,
             "TIMEOUT" | "DEADLINE" | "OUT_OF_MEMORY" | "PREEMPTED" | "NODE_FAIL" | "CANCELLED"
@@ -553,6 +560,26 @@ mod tests {
             (Reason::Cancelled, 143)
         );
         assert!(m.notes.contains("administrator"), "{}", m.notes);
+        // Slurm's own memory limit, above corral's: corral saw an OOM kill but never
+        // reached its limit; with its limit reached, the record is corral's alone.
+        let mut oom = rec.clone();
+        oom.outcome.reason = Reason::Oom;
+        oom.outcome.exit_code = 137;
+        oom.notes = "Out of memory.".into();
+        oom.events.oom_kill = 1;
+        let m = merge_slurm_view(oom.clone(), "9", Some("OUT_OF_MEMORY"), false);
+        assert_eq!((m.outcome.reason, m.outcome.exit_code), (Reason::Oom, 137));
+        assert!(
+            m.notes.starts_with("Out of memory: Slurm ended job 9")
+                && m.notes.ends_with("On the node, corral saw: Out of memory."),
+            "{}",
+            m.notes
+        );
+        oom.events.memory_max = 3;
+        assert_eq!(
+            merge_slurm_view(oom.clone(), "9", Some("OUT_OF_MEMORY"), false),
+            oom
+        );
         rec.outcome.reason = Reason::Exited;
         assert_eq!(
             merge_slurm_view(rec.clone(), "9", Some("FAILED"), false),
