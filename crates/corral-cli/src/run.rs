@@ -31,6 +31,14 @@ pub struct RunCmd {
     /// Do not print the summary line to stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Keep a timeline in the record: memory, CPU, processes, I/O and pressure read
+    /// every INTERVAL (default 1s), and the limit events with their time.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s")]
+    pub timeline: Option<String>,
+    /// Draw the run's memory and CPU over time, with its limits and events, to FILE.svg
+    /// (implies --timeline).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Runs `corral run`; when corral itself fails (exit 125) and `--json FILE` was given,
@@ -77,7 +85,15 @@ pub fn json_dest_of(args: &[String]) -> Option<&str> {
 }
 
 fn run(cmd: RunCmd) -> Result<u8> {
-    let spec = cmd.run.to_spec()?;
+    let mut spec = cmd.run.to_spec()?;
+    spec.timeline = match (&cmd.timeline, &cmd.plot) {
+        (Some(every), _) => Some(corral_spec::parse_duration("--timeline", every)?),
+        (None, Some(_)) => Some(corral_run::timeline::DEFAULT_INTERVAL),
+        (None, None) => None,
+    };
+    if let Some(p) = &cmd.plot {
+        crate::plot::check_path(p)?;
+    }
     let kind = cmd.backend.0;
     // On a terminal, the run's usage live on one line of stderr.
     let live = crate::live::wanted(cmd.quiet).then(|| {
@@ -131,6 +147,13 @@ fn run(cmd: RunCmd) -> Result<u8> {
             }
         } else {
             std::fs::write(dest, text).with_context(|| format!("writing the record to {dest}"))?;
+        }
+    }
+    if let Some(p) = &cmd.plot {
+        // The run's exit status stays the command's: a picture that cannot be drawn
+        // is said, not made corral's failure.
+        if let Err(e) = crate::plot::write(&record, p) {
+            eprintln!("corral: {e:#}");
         }
     }
     let clean = record.outcome.reason == Reason::Exited && record.outcome.exit_code == 0;

@@ -333,6 +333,10 @@ impl Sandbox for Sandbox1 {
         self.group.memory_now()
     }
 
+    fn sample(&self) -> corral_cgroup::sample::Sample {
+        self.group.sample()
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         self.group.signal_all(sig)
     }

@@ -328,6 +328,10 @@ impl Sandbox for Sandbox2 {
         (read("memory.current"), read("memory.peak"))
     }
 
+    fn sample(&self) -> corral_cgroup::sample::Sample {
+        self.cg.sample()
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         let mut n = 0;
         for cg in self.cg.subtree() {
