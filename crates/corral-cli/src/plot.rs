@@ -86,7 +86,14 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(err)?;
-    let cmd = rec.command.join(" ");
+    // The program by its file name: a reader wants `python`, not a virtualenv's path.
+    let mut words = rec.command.clone();
+    if let Some(first) = words.first_mut() {
+        if let Some(name) = Path::new(first.as_str()).file_name() {
+            *first = name.to_string_lossy().into_owned();
+        }
+    }
+    let cmd = words.join(" ");
     let cmd = if cmd.chars().count() > 60 {
         format!("{}…", cmd.chars().take(60).collect::<String>())
     } else {
@@ -102,7 +109,8 @@ where
         .map(|p| p.t)
         .chain(tl.events.iter().map(|e| e.t))
         .fold(rec.usage.wall_s, f64::max)
-        .max(1e-3);
+        .max(1e-3)
+        * 1.02;
 
     // Memory, in MiB, with the limit.
     let limit = rec.limits.enforced.memory_bytes.map(|b| b as f64 / MIB);
@@ -185,7 +193,10 @@ where
                 LIMIT_COLOR.stroke_width(2),
             ))
             .map_err(err)?
-            .label(format!("CPU limit ({c} cores)"))
+            .label(format!(
+                "CPU limit ({c} CPU{})",
+                if c == 1.0 { "" } else { "s" }
+            ))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], LIMIT_COLOR));
     }
     mark_events(&mut chart, tl, top, false)?;
