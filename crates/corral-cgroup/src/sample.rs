@@ -69,7 +69,6 @@ impl crate::v1::Group1 {
     /// Reads the counters of a timeline point (v1 has no pressure files and no
     /// `memory.high`).
     pub fn sample(&self) -> Sample {
-        let (memory_bytes, _) = self.memory_now();
         let in_dir = |c: &str, n: &str| self.dir(c).map(|d| d.join(n));
         let num = |c: &str, n: &str| in_dir(c, n).and_then(|p| read_u64(&p).ok().flatten());
         let keyed = |c: &str, n: &str| {
@@ -79,7 +78,7 @@ impl crate::v1::Group1 {
         };
         let io = self.io_bytes();
         Sample {
-            memory_bytes,
+            memory_bytes: num("memory", "memory.usage_in_bytes"),
             cpu_us: num("cpuacct", "cpuacct.usage").map(|ns| ns / 1000),
             io_read_bytes: io.map(|b| b.0),
             io_write_bytes: io.map(|b| b.1),

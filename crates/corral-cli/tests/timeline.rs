@@ -80,7 +80,7 @@ fn oom_leak_has_a_rising_timeline(h: &Harness, backend: &str) {
     }
     // The OOM kill, near the end.
     let oom = events(tl, "oom_kill");
-    assert_eq!(oom.len(), 1, "{tl}");
+    assert!(!oom.is_empty(), "{tl}");
     let at = oom[0]["t"].as_f64().unwrap();
     assert!(
         at > 0.6 * wall && at <= wall + 0.01,
