@@ -56,6 +56,14 @@ struct Hier {
     mount_point: PathBuf,
 }
 
+/// The blkio files counting a group's bytes, the first that exists is read.
+pub const BLKIO_BYTES_FILES: [&str; 4] = [
+    "blkio.throttle.io_service_bytes_recursive",
+    "blkio.io_service_bytes_recursive",
+    "blkio.throttle.io_service_bytes",
+    "blkio.io_service_bytes",
+];
+
 /// A run's group: one directory per controller hierarchy, same relative path in each.
 ///
 /// Co-mounted hierarchies (`cpu,cpuacct`) share one directory, which is created,
@@ -685,14 +693,9 @@ impl Group1 {
     /// Bytes read and written by the group (blkio's service-bytes counters).
     pub fn io_bytes(&self) -> Option<(u64, u64)> {
         let d = self.dir("blkio")?;
-        let text = [
-            "blkio.throttle.io_service_bytes_recursive",
-            "blkio.io_service_bytes_recursive",
-            "blkio.throttle.io_service_bytes",
-            "blkio.io_service_bytes",
-        ]
-        .iter()
-        .find_map(|f| util::read(&d.join(f)).ok())?;
+        let text = BLKIO_BYTES_FILES
+            .iter()
+            .find_map(|f| util::read(&d.join(f)).ok())?;
         Some(parse_blkio_bytes(&text))
     }
 

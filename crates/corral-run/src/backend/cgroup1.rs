@@ -228,6 +228,7 @@ pub struct Sandbox1 {
     oom_fd: Option<OwnedFd>,
     plan: Plan,
     oom_seen: u64,
+    sampler: std::sync::OnceLock<corral_cgroup::sample::Sampler>,
 }
 
 impl Sandbox1 {
@@ -252,6 +253,7 @@ impl Sandbox1 {
             oom_fd,
             plan,
             oom_seen: 0,
+            sampler: std::sync::OnceLock::new(),
         })
     }
 }
@@ -334,7 +336,10 @@ impl Sandbox for Sandbox1 {
     }
 
     fn sample(&self) -> corral_cgroup::sample::Sample {
-        self.group.sample()
+        // The files are opened at the first reading (a run without a timeline opens none).
+        self.sampler
+            .get_or_init(|| corral_cgroup::sample::Sampler::v1(&self.group))
+            .read()
     }
 
     fn signal_all(&self, sig: Signal) -> usize {
@@ -385,9 +390,10 @@ impl Sandbox for Sandbox1 {
             group,
             procs,
             oom_fd,
+            sampler,
             ..
         } = *self;
-        drop((procs, oom_fd));
+        drop((procs, oom_fd, sampler));
         group
             .remove_tree(RMDIR_BUDGET)
             .map_err(|error| BackendError::Cgroup {
