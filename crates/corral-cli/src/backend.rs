@@ -64,6 +64,25 @@ pub fn reap_quietly(backend: &dyn Backend) {
             Err(e) => tracing::warn!("cannot reap leftover run cgroup {}: {e}", r.name),
         }
     }
+    log_reaped_quotas(corral_run::quota::reap_leftovers());
+}
+
+/// Logs what a sweep of dead runs' project quotas did.
+fn log_reaped_quotas(quotas: Vec<corral_run::quota::ReapedQuota>) {
+    for q in quotas {
+        match q.result {
+            Ok(()) => tracing::info!(
+                "reaped the project quota {} of {} left by a dead run",
+                q.projid,
+                q.path.display()
+            ),
+            Err(e) => tracing::warn!(
+                "cannot reap the project quota {} of {}: {e}",
+                q.projid,
+                q.path.display()
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

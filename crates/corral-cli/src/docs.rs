@@ -30,7 +30,7 @@ pub struct CompletionsArgs {
 /// `corral man --out DIR`
 #[derive(Debug, Args)]
 pub struct ManArgs {
-    /// The directory to write corral.1 and corral-<subcommand>.1 into (created if
+    /// The directory to write `corral.1` and `corral-<subcommand>.1` into (created if
     /// missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,

@@ -39,6 +39,11 @@ pub struct RunCmd {
     /// (implies --timeline).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// The run exactly as a corral service resolved it (JSON: id, profile, limits,
+    /// environment, output files), in place of the profile, --limits-from and limit
+    /// flags: what the Slurm executor's batch jobs run.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub job_file: Option<PathBuf>,
 }
 
 /// Runs `corral run`; when corral itself fails (exit 125) and `--json FILE` was given,
@@ -85,11 +90,20 @@ pub fn json_dest_of(args: &[String]) -> Option<&str> {
 }
 
 fn run(cmd: RunCmd) -> Result<u8> {
-    let mut spec = cmd.run.to_spec()?;
+    let mut spec = match &cmd.job_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the job file {}", p.display()))?;
+            let jf: corral_service::slurm::JobFile = serde_json::from_str(&text)
+                .with_context(|| format!("reading the job file {}", p.display()))?;
+            jf.into_spec(cmd.run.command.clone())
+        }
+        None => cmd.run.to_spec()?,
+    };
     spec.timeline = match (&cmd.timeline, &cmd.plot) {
         (Some(every), _) => Some(corral_spec::parse_duration("--timeline", every)?),
         (None, Some(_)) => Some(corral_run::timeline::DEFAULT_INTERVAL),
-        (None, None) => None,
+        (None, None) => spec.timeline,
     };
     if let Some(p) = &cmd.plot {
         crate::plot::check_path(p)?;

@@ -13,7 +13,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use corral_record::{Reason, Record};
 use corral_service::client::{Client, ClientError};
-use corral_service::config::{DEFAULT_LEDGER, DEFAULT_SOCKET, SERVER_ENV};
+use corral_service::config::{ExecutorConfig, DEFAULT_LEDGER, DEFAULT_SOCKET, SERVER_ENV};
+use corral_service::slurm::SlurmConfig;
 use corral_service::wire::{RunState, RunStatus, SubmitRequest};
 use corral_service::{Addr, ServeConfig};
 use corral_spec::{
@@ -108,6 +109,21 @@ pub struct ServeArgs {
     /// 0600 (required with a TCP --listen; clients send $CORRAL_TOKEN).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Where runs execute: "local" (this host, under the budget) or "slurm" (one
+    /// Slurm batch job per run, running `corral run` on its node; Slurm decides when
+    /// runs start; needs --spool).
+    #[arg(long, value_name = "E", default_value = "local", value_parser = ["local", "slurm"])]
+    pub executor: String,
+    /// The Slurm partition of the runs' jobs (default: Slurm's default partition).
+    #[arg(long, value_name = "P")]
+    pub slurm_partition: Option<String>,
+    /// The Slurm account the runs' jobs are charged to.
+    #[arg(long, value_name = "A")]
+    pub slurm_account: Option<String>,
+    /// With --executor slurm: a directory every node sees at the same path (job
+    /// scripts, records, captured output).
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
 }
 
 /// The service a client command talks to.
@@ -293,6 +309,7 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
         .transpose()?;
     cfg.user_budget_cpus = a.user_budget_cpus.as_deref().map(parse_cpus).transpose()?;
     cfg.token_file = a.token_file;
+    cfg.executor = executor_config(&a.executor, a.spool, a.slurm_partition, a.slurm_account)?;
     // If the service is killed, its guard ends the runs in flight at once; the restart
     // then records them as lost.
     // The guard starts before the service moves itself into its `supervisor` cgroup, so
@@ -303,6 +320,34 @@ pub fn serve(a: ServeArgs) -> Result<u8> {
     }
     corral_service::serve(cfg).map_err(|e| anyhow!(e))?;
     Ok(0)
+}
+
+/// `--executor` and its options.
+fn executor_config(
+    executor: &str,
+    spool: Option<PathBuf>,
+    partition: Option<String>,
+    account: Option<String>,
+) -> Result<ExecutorConfig> {
+    if executor != "slurm" {
+        if spool.is_some() || partition.is_some() || account.is_some() {
+            bail!("--spool, --slurm-partition and --slurm-account need --executor slurm");
+        }
+        return Ok(ExecutorConfig::Local);
+    }
+    let Some(spool) = spool else {
+        bail!("--executor slurm needs --spool DIR, a directory every node sees");
+    };
+    // The nodes see the spool at the same absolute path.
+    let spool =
+        std::path::absolute(&spool).with_context(|| format!("--spool {}", spool.display()))?;
+    let corral = std::env::current_exe().context("finding corral's own path for the jobs")?;
+    Ok(ExecutorConfig::Slurm(SlurmConfig {
+        partition,
+        account,
+        spool,
+        corral,
+    }))
 }
 
 /// Turns a client error into an exit status: 1 for an unknown run, else 125.
@@ -621,10 +666,26 @@ pub fn ps(c: PsCmd) -> Result<u8> {
         return Ok(0);
     }
     let mut out = std::io::stdout().lock();
+    // A SLURM JOB column when some run was handed to Slurm.
+    let jobs = list.runs.iter().any(|r| r.slurm_job_id.is_some());
+    let job_col = |r: Option<&str>| {
+        if jobs {
+            format!("{:<10} ", r.unwrap_or("-"))
+        } else {
+            String::new()
+        }
+    };
     writeln!(
         out,
-        "{:<28} {:<8} {:<12} {:>4}  {:<19}  {:<12} {:>4}  COMMAND",
-        "ID", "STATE", "OWNER", "PRIO", "SUBMITTED", "REASON", "EXIT"
+        "{:<28} {:<8} {:<12} {:>4}  {:<19}  {:<12} {:>4}  {}COMMAND",
+        "ID",
+        "STATE",
+        "OWNER",
+        "PRIO",
+        "SUBMITTED",
+        "REASON",
+        "EXIT",
+        job_col(Some("SLURM JOB"))
     )?;
     for r in &list.runs {
         let (reason, exit) = match &r.record {
@@ -644,7 +705,7 @@ pub fn ps(c: PsCmd) -> Result<u8> {
         let owner = r.owner.as_ref().map_or("-", |o| o.name.as_str());
         writeln!(
             out,
-            "{:<28} {:<8} {:<12} {:>4}  {:<19}  {:<12} {:>4}  {}",
+            "{:<28} {:<8} {:<12} {:>4}  {:<19}  {:<12} {:>4}  {}{}",
             r.id,
             r.state.as_str(),
             owner,
@@ -652,6 +713,7 @@ pub fn ps(c: PsCmd) -> Result<u8> {
             short(&Some(r.submitted_at.clone())),
             reason,
             exit,
+            job_col(r.slurm_job_id.as_deref()),
             cmd
         )?;
     }
@@ -809,6 +871,9 @@ pub fn show(c: IdCmd) -> Result<u8> {
         writeln!(o, "  priority:  {}", st.priority)?;
         writeln!(o, "  submitted: {}", short(&Some(st.submitted_at.clone())))?;
         writeln!(o, "  started:   {}", short(&st.started_at))?;
+        if let Some(job) = &st.slurm_job_id {
+            writeln!(o, "  slurm:     job {job}")?;
+        }
         return Ok(0);
     };
     writeln!(
@@ -872,6 +937,15 @@ pub fn show(c: IdCmd) -> Result<u8> {
         r.backend,
         r.cgroup.as_deref().unwrap_or("-")
     )?;
+    if let Some(j) = &r.slurm {
+        writeln!(
+            o,
+            "  slurm:     job {} ({}) on {}",
+            j.job_id,
+            j.state.as_deref().unwrap_or("state unknown"),
+            j.node.as_deref().unwrap_or("no node")
+        )?;
+    }
     if let Some(out) = &r.output {
         for (name, c) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
             if let Some(c) = c {

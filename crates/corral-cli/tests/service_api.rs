@@ -263,6 +263,15 @@ fn bad_requests_get_clear_4xx_and_queue_nothing() {
             text.contains("corral_submissions_total{outcome=\"refused\"}"),
             "{text}"
         );
+        // No --budget-io-*: the I/O budget is null, its metrics have no samples (io.rs
+        // tests one that is set).
+        let (_, health) = s.call("GET", "/health");
+        assert!(health["budget"]["io"].is_null(), "{health}");
+        assert!(
+            text.contains("# TYPE corral_budget_io_write_bps gauge")
+                && !text.contains("corral_budget_io_write_bps{"),
+            "{text}"
+        );
 
         // A submission's isolation = "off" is the unsandboxed run, recorded as such.
         let mut r = small(&["true"]);

@@ -498,6 +498,25 @@ pub struct Record {
     /// only when asked for: `corral run --timeline`, and every run of the service).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub timeline: Option<Timeline>,
+    /// Where the run was executed: `slurm` when a corral service handed it to Slurm;
+    /// absent for a run on the service's (or `corral run`'s) own host.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub executor: Option<String>,
+    /// The Slurm job that carried the run (with `executor: "slurm"`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub slurm: Option<SlurmJob>,
+}
+
+/// The Slurm job of a run the service handed to Slurm, in the record's `slurm`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmJob {
+    /// The job id `sbatch` answered.
+    pub job_id: String,
+    /// The job's last state as Slurm reported it (`COMPLETED`, `FAILED`, `TIMEOUT`,
+    /// `OUT_OF_MEMORY`, `CANCELLED`, ...), `null` if Slurm never said.
+    pub state: Option<String>,
+    /// The node it ran on, `null` if it never ran.
+    pub node: Option<String>,
 }
 
 /// What a record says of a run before it has run: the request, and which backend
@@ -555,6 +574,8 @@ impl Record {
             notes: String::new(),
             corral_version: env!("CARGO_PKG_VERSION").to_string(),
             timeline: None,
+            executor: None,
+            slurm: None,
         }
     }
 

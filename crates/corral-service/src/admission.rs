@@ -178,6 +178,19 @@ pub struct UserCaps {
 }
 
 impl Budget {
+    /// A budget nothing reaches: under the Slurm executor the scheduler decides when
+    /// runs start, so the service admits each at once (a run still needs a memory and
+    /// a CPU limit: they become its job's `--mem` and `--cpus-per-task`).
+    pub fn unbounded() -> Budget {
+        Budget {
+            memory: 1 << 60,
+            cpus: 1e6,
+            pids: 1 << 30,
+            swap: None,
+            max_running: 1 << 30,
+        }
+    }
+
     /// What a run with `limits` would reserve, or why it can never be admitted.
     pub fn need(&self, limits: &Limits) -> Result<Need, NeedError> {
         let memory = match limits.memory {

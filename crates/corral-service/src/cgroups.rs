@@ -92,6 +92,8 @@ enum Tree {
 pub struct ServiceTree {
     tree: Tree,
     delegated: bool,
+    /// The caps [`ServiceTree::apply_io_budget`] wrote, for `/health` and `/metrics`.
+    io_budget: std::sync::Mutex<Option<corral_cgroup::io::IoSet>>,
 }
 
 /// Why cgroup2 cannot hold the service's tree.
@@ -341,6 +343,7 @@ impl ServiceTree {
                 origin,
             },
             delegated,
+            io_budget: Default::default(),
         })
     }
 
@@ -404,6 +407,7 @@ impl ServiceTree {
                 origin,
             },
             delegated: false,
+            io_budget: Default::default(),
         })
     }
 
@@ -567,7 +571,43 @@ impl ServiceTree {
                 source: absent_file(&file),
             }));
         }
+        *self.io_budget.lock().unwrap_or_else(|e| e.into_inner()) = Some(set.clone());
         Ok(())
+    }
+
+    /// The caps of [`ServiceTree::apply_io_budget`], with what `runs` has read and
+    /// written on each of their disks (`io.stat`); `None` without such caps.
+    pub fn io_budget(&self) -> Option<crate::wire::IoBudgetStatus> {
+        let set = self
+            .io_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let moved = match &self.tree {
+            Tree::V2 { runs, .. } => std::fs::read_to_string(runs.path().join("io.stat"))
+                .map(|t| corral_cgroup::io::parse_io_stat_devices(&t))
+                .unwrap_or_default(),
+            Tree::V1 { .. } => Vec::new(),
+        };
+        let devices = set
+            .devices
+            .iter()
+            .map(|d| {
+                let m = moved.iter().find(|m| m.dev == Some(*d));
+                crate::wire::IoBudgetDevice {
+                    device: d.to_string(),
+                    read_bytes: m.map_or(0, |m| m.rbytes),
+                    written_bytes: m.map_or(0, |m| m.wbytes),
+                }
+            })
+            .collect();
+        Some(crate::wire::IoBudgetStatus {
+            read_bps: set.read_bps,
+            write_bps: set.write_bps,
+            read_iops: set.read_iops,
+            write_iops: set.write_iops,
+            devices,
+        })
     }
 
     /// The corral-run backend that creates run cgroups under `runs`.

@@ -145,8 +145,20 @@ pub struct ServeConfig {
     pub user_budget_cpus: Option<f64>,
     /// The bearer tokens of a TCP listener (`USER TOKEN` lines, mode 0600).
     pub token_file: Option<PathBuf>,
+    /// Where runs execute (default: on this host).
+    pub executor: ExecutorConfig,
     /// The runs' shared disk bandwidth (`--budget-io-*`): a cap on `runs`, like pids.
     pub budget_io: BudgetIo,
+}
+
+/// `--executor`: where the service's runs execute.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ExecutorConfig {
+    /// On this host, under the service's budget.
+    #[default]
+    Local,
+    /// As Slurm batch jobs (the service's budget does not apply).
+    Slurm(crate::slurm::SlurmConfig),
 }
 
 /// The runs' shared disk bandwidth and operation rates, per disk: written on the
@@ -199,6 +211,7 @@ impl ServeConfig {
             user_budget_memory: None,
             user_budget_cpus: None,
             token_file: None,
+            executor: ExecutorConfig::Local,
             budget_io: BudgetIo::default(),
         }
     }

@@ -67,7 +67,8 @@ pub fn status_for(e: &ServiceError) -> StatusCode {
         | ServiceError::Encode(_)
         | ServiceError::NoUniqueId
         | ServiceError::UnknownGroup { .. }
-        | ServiceError::OutputDir { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        | ServiceError::OutputDir { .. }
+        | ServiceError::Executor(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

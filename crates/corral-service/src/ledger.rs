@@ -179,7 +179,8 @@ pub struct Row {
     pub started_at: Option<String>,
     /// When it ended (or was found lost).
     pub finished_at: Option<String>,
-    /// The cgroup owner tag (`boot.pid.start`) of the instance that admitted it.
+    /// The cgroup owner tag (`boot.pid.start`) of the instance that admitted it, or
+    /// `slurm:JOBID` once the run was handed to Slurm (the job holds its processes).
     pub owner: Option<String>,
     /// The record's reason.
     pub reason: Option<String>,
@@ -193,6 +194,16 @@ pub struct Row {
     pub cancelled_by: Option<u32>,
     /// When that cancel arrived.
     pub cancelled_at: Option<String>,
+}
+
+/// The prefix of a run's `owner` once the run was handed to Slurm: `slurm:JOBID`.
+pub const SLURM_OWNER: &str = "slurm:";
+
+impl Row {
+    /// The Slurm job id of a run handed to Slurm.
+    pub fn slurm_job(&self) -> Option<&str> {
+        self.owner.as_deref()?.strip_prefix(SLURM_OWNER)
+    }
 }
 
 /// The outcome of [`Ledger::insert`].
@@ -374,6 +385,19 @@ impl Ledger {
         )?;
         if n != 1 {
             return Err(LedgerError::NotQueued(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Says who holds a running run's processes now (`slurm:JOBID` once `sbatch`
+    /// took it), before anyone can ask about the job.
+    pub fn set_owner(&self, id: &str, owner: &str) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE runs SET owner = ?2 WHERE id = ?1 AND state = 'running'",
+            params![id, owner],
+        )?;
+        if n != 1 {
+            return Err(LedgerError::NoRun(id.to_string()));
         }
         Ok(())
     }

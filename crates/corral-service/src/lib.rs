@@ -17,6 +17,7 @@
 //! * [`http`]: the axum router and `openapi.json`; the only place errors become status
 //!   codes;
 //! * [`metrics`]: the Prometheus text;
+//! * [`slurm`]: the Slurm executor's jobs, commands, parsing and poller;
 //! * [`client`]: a small blocking HTTP/1.1 client for the `corral` commands and tests.
 
 pub mod admission;
@@ -27,6 +28,7 @@ pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod service;
+pub mod slurm;
 pub mod wire;
 
 use std::error::Error as StdError;
@@ -154,6 +156,9 @@ where
 /// one sentence for the user (exit 125).
 pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let budget = cfg.budget().map_err(ServeError::Budget)?;
+    if let config::ExecutorConfig::Slurm(_) = &cfg.executor {
+        slurm::check_commands().map_err(|e| ServeError::Service(ServiceError::Executor(e)))?;
+    }
     if let Addr::Tcp(a) = &cfg.listen {
         if !a.ip().is_loopback() {
             return Err(ServeError::NotLoopback(*a));
@@ -178,6 +183,21 @@ pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         tree.check_no_live_owner()
             .map_err(tree_err(TreeStage::Owner))?;
         let reaped = tree.reap_strays();
+        // What runs of a dead instance left of `--disk` (their cgroups are gone now).
+        for q in corral_run::quota::reap_leftovers() {
+            match q.result {
+                Ok(()) => tracing::warn!(
+                    "restored {} (project quota {}) left by a run of a dead instance",
+                    q.path.display(),
+                    q.projid
+                ),
+                Err(e) => tracing::warn!(
+                    "cannot reap the project quota {} of {}: {e}",
+                    q.projid,
+                    q.path.display()
+                ),
+            }
+        }
         tree.apply_budget(&BudgetLimits {
             memory: budget.memory,
             cpus: budget.cpus,
@@ -306,6 +326,15 @@ async fn run_server(svc: Arc<Service>, listen: Addr) -> Result<(), ServeError> {
         h.ledger,
         h.queued
     );
+    if let Some(x) = &h.executor {
+        eprintln!(
+            "corral serve: executor {} (partition {}, spool {}): {}",
+            x.kind,
+            x.partition.as_deref().unwrap_or("default"),
+            x.spool,
+            x.note
+        );
+    }
     let sig = tokio::select! {
         _ = term.recv() => libc::SIGTERM,
         _ = int.recv() => libc::SIGINT,

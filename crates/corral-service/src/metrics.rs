@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use corral_record::Reason;
 
-use crate::wire::{BudgetStatus, RunState, UserUsage};
+use crate::wire::{BudgetStatus, IoBudgetDevice, IoBudgetStatus, RunState, UserUsage};
 
 /// Launch-latency bucket bounds in seconds.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -103,9 +103,74 @@ pub struct Snapshot {
 /// A per-user gauge: name, help, and its value for one user.
 type PerUser = (&'static str, &'static str, fn(&UserUsage) -> f64);
 
+/// An I/O budget cap: name, help, and the cap.
+type IoCap = (
+    &'static str,
+    &'static str,
+    fn(&IoBudgetStatus) -> Option<u64>,
+);
+
+/// A per-disk counter of the I/O budget: name, help, and its value for one disk.
+type IoMoved = (&'static str, &'static str, fn(&IoBudgetDevice) -> u64);
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The `--budget-io-*` caps per disk (-1: no cap; no samples without an I/O budget)
+/// and what the runs moved on each.
+fn render_io_budget(o: &mut String, io: Option<&IoBudgetStatus>) {
+    let devices = io.map_or(&[][..], |b| &b.devices[..]);
+    let cap = |v: Option<u64>| v.map_or(-1.0, |v| v as f64);
+    let caps: [IoCap; 4] = [
+        (
+            "corral_budget_io_read_bps",
+            "The runs' shared read bandwidth on a disk, bytes a second (-1: no cap).",
+            |b| b.read_bps,
+        ),
+        (
+            "corral_budget_io_write_bps",
+            "The runs' shared write bandwidth on a disk, bytes a second (-1: no cap).",
+            |b| b.write_bps,
+        ),
+        (
+            "corral_budget_io_read_iops",
+            "The runs' shared read operations a second on a disk (-1: no cap).",
+            |b| b.read_iops,
+        ),
+        (
+            "corral_budget_io_write_iops",
+            "The runs' shared write operations a second on a disk (-1: no cap).",
+            |b| b.write_iops,
+        ),
+    ];
+    for (name, help, v) in caps {
+        family(o, name, "gauge", help);
+        if let Some(b) = io {
+            for d in devices {
+                let _ = writeln!(o, "{name}{{device=\"{}\"}} {}", d.device, cap(v(b)));
+            }
+        }
+    }
+    let moved: [IoMoved; 2] = [
+        (
+            "corral_budget_io_read_bytes_total",
+            "Bytes the runs' parent cgroup read from a disk under the I/O budget.",
+            |d| d.read_bytes,
+        ),
+        (
+            "corral_budget_io_written_bytes_total",
+            "Bytes the runs' parent cgroup wrote to a disk under the I/O budget.",
+            |d| d.written_bytes,
+        ),
+    ];
+    for (name, help, v) in moved {
+        family(o, name, "counter", help);
+        for d in devices {
+            let _ = writeln!(o, "{name}{{device=\"{}\"}} {}", d.device, v(d));
+        }
+    }
 }
 
 /// Renders the metrics.
@@ -217,6 +282,7 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         family(&mut o, name, "gauge", help);
         let _ = writeln!(o, "{name} {v}");
     }
+    render_io_budget(&mut o, s.budget.io.as_ref());
     let per_user: [PerUser; 4] = [
         (
             "corral_user_running",
@@ -280,4 +346,67 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
     m.launch_latency
         .render(&mut o, "corral_launch_latency_seconds");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(io: Option<IoBudgetStatus>) -> Snapshot {
+        Snapshot {
+            backend: "cgroup2".into(),
+            by_state: Vec::new(),
+            by_reason: Vec::new(),
+            queued: 0,
+            running: 0,
+            budget: BudgetStatus {
+                memory_bytes: 1 << 30,
+                memory_reserved_bytes: 0,
+                memory_used_bytes: None,
+                cpus: 2.0,
+                cpus_reserved: 0.0,
+                pids: 100,
+                swap_bytes: Some(0),
+                pids_current: None,
+                max_running: 4,
+                user_max_running: None,
+                user_memory_bytes: None,
+                user_cpus: None,
+                io,
+            },
+            draining: false,
+            users: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_io_budget_is_shown_per_disk() {
+        let io = IoBudgetStatus {
+            read_bps: None,
+            write_bps: Some(10 << 20),
+            read_iops: None,
+            write_iops: Some(500),
+            devices: vec![IoBudgetDevice {
+                device: "7:0".into(),
+                read_bytes: 3,
+                written_bytes: 4096,
+            }],
+        };
+        let text = render(&Metrics::default(), &snapshot(Some(io)));
+        for line in [
+            "corral_budget_io_write_bps{device=\"7:0\"} 10485760",
+            "corral_budget_io_read_bps{device=\"7:0\"} -1",
+            "corral_budget_io_write_iops{device=\"7:0\"} 500",
+            "corral_budget_io_read_iops{device=\"7:0\"} -1",
+            "corral_budget_io_read_bytes_total{device=\"7:0\"} 3",
+            "corral_budget_io_written_bytes_total{device=\"7:0\"} 4096",
+            "# TYPE corral_budget_io_written_bytes_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        // Without an I/O budget: the families, no samples.
+        let text = render(&Metrics::default(), &snapshot(None));
+        assert!(text.contains("# TYPE corral_budget_io_write_bps gauge"));
+        assert!(!text.contains("corral_budget_io_write_bps{"));
+    }
 }

@@ -132,6 +132,10 @@ pub struct RunStatus {
     pub owner: Option<RunOwner>,
     /// The `corral.result/v1` record; null until the run is `done` or `lost`.
     pub record: Option<Record>,
+    /// The Slurm job carrying the run, once the Slurm executor handed it over (absent
+    /// for runs on the service's own host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job_id: Option<String>,
     /// The command as submitted (also while queued or running, before any record):
     /// absent from services before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,6 +222,37 @@ pub struct BudgetStatus {
     /// The CPUs one user's running runs may reserve together; null for no cap.
     #[serde(default)]
     pub user_cpus: Option<f64>,
+    /// The runs' shared disk bandwidth (`--budget-io-*`) and what they moved on its
+    /// disks; null when no such cap is set.
+    #[serde(default)]
+    pub io: Option<IoBudgetStatus>,
+}
+
+/// The service's `--budget-io-*` caps (per disk, on the runs' parent cgroup) and what
+/// the runs read and wrote on those disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoBudgetStatus {
+    /// Bytes the runs may read a second, together, per disk; null for no cap.
+    pub read_bps: Option<u64>,
+    /// Bytes the runs may write a second, together, per disk; null for no cap.
+    pub write_bps: Option<u64>,
+    /// Read operations a second; null for no cap.
+    pub read_iops: Option<u64>,
+    /// Write operations a second; null for no cap.
+    pub write_iops: Option<u64>,
+    /// Each capped disk.
+    pub devices: Vec<IoBudgetDevice>,
+}
+
+/// One disk under the service's I/O budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoBudgetDevice {
+    /// The disk, `MAJ:MIN`.
+    pub device: String,
+    /// Bytes the runs' parent cgroup has read from it (since the service made it).
+    pub read_bytes: u64,
+    /// Bytes the runs' parent cgroup has written to it.
+    pub written_bytes: u64,
 }
 
 /// One user's share of this instance's queue and budget.
@@ -261,6 +296,27 @@ pub struct Health {
     /// Each user with runs running or waiting in this instance.
     #[serde(default)]
     pub users: Vec<UserUsage>,
+    /// Where runs execute, when not on this host (`--executor slurm`); absent for the
+    /// local executor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorStatus>,
+}
+
+/// `/health`'s `executor`: runs execute elsewhere, and the budget above does not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorStatus {
+    /// `slurm`.
+    pub kind: String,
+    /// Whether the service's budget decides when runs start (`false` under Slurm).
+    pub budget_applies: bool,
+    /// The partition jobs go to (`null`: Slurm's default).
+    pub partition: Option<String>,
+    /// The account jobs are charged to (`null`: the user's default).
+    pub account: Option<String>,
+    /// The spool every node sees (records, captured output, scripts).
+    pub spool: String,
+    /// One sentence for people.
+    pub note: String,
 }
 
 #[cfg(test)]

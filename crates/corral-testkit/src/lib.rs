@@ -21,6 +21,8 @@
 
 use std::fmt;
 
+pub mod slurm;
+
 /// The variable in which a step declares the features its tests must find.
 pub const REQUIRE_ENV: &str = "CORRAL_TEST_REQUIRE";
 
@@ -37,16 +39,20 @@ pub enum Feature {
     Systemd,
     /// An unprivileged test user whose systemd user manager runs.
     SystemdUser,
+    /// Slurm's daemons and client commands and munge (Debian's `slurm-wlm`, `munge`),
+    /// from which a test starts a private single-node Slurm ([`slurm`]).
+    Slurm,
 }
 
 impl Feature {
     /// Every feature, in the order they are listed.
-    pub const ALL: [Feature; 5] = [
+    pub const ALL: [Feature; 6] = [
         Feature::Root,
         Feature::Cgroup1,
         Feature::Cgroup2,
         Feature::Systemd,
         Feature::SystemdUser,
+        Feature::Slurm,
     ];
 
     /// The name used in `CORRAL_TEST_REQUIRE`.
@@ -57,6 +63,7 @@ impl Feature {
             Feature::Cgroup2 => "cgroup2",
             Feature::Systemd => "systemd",
             Feature::SystemdUser => "systemd-user",
+            Feature::Slurm => "slurm",
         }
     }
 }

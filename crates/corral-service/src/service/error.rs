@@ -89,4 +89,8 @@ pub enum ServiceError {
         /// Why.
         source: std::io::Error,
     },
+    /// The executor cannot be used (at start): Slurm's commands are missing, or its
+    /// spool cannot be made.
+    #[error("--executor slurm: {0}")]
+    Executor(String),
 }

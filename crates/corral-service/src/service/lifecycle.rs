@@ -174,13 +174,17 @@ impl Service {
         Ok((Submitted::New, SubmitResponse { id, state }))
     }
 
-    /// Starts every queued run that fits, in queue order.
+    /// Starts every queued run that fits, in queue order (and, the first time, watches
+    /// again the Slurm jobs an earlier instance left).
     pub fn pump(self: &Arc<Self>) {
         let mut launch = Vec::new();
         {
             let mut g = self.lock();
             if g.draining {
                 return;
+            }
+            for r in std::mem::take(&mut g.resumed) {
+                tokio::spawn(self.clone().resume_one(r));
             }
             while let Some((id, need)) = g.adm.admit_next() {
                 let (tx, rx) = watch::channel(None);
@@ -230,9 +234,7 @@ impl Service {
                 tracing::info!("run {id} admitted");
                 self.create_outputs(&job);
                 let spec = job.spec(&self.output_dir);
-                let observer = self.clone().live_observer(&id, &spec.limits);
-                let backend = self.backend.as_ref();
-                match corral_run::run_observed(backend, spec, cancel, Some(observer)).await {
+                match self.execute(&job, spec, cancel, &started_at).await {
                     Ok(rec) => {
                         if rec.outcome.reason != Reason::SpawnFailed {
                             if let Ok(t) = humantime::parse_rfc3339(&rec.started_at) {
@@ -242,7 +244,7 @@ impl Service {
                         }
                         rec
                     }
-                    Err(e) => self.synth(&job, failed(format!("corral could not run it: {e}"))),
+                    Err(e) => self.synth(&job, failed(e)),
                 }
             }
             Ok(Err(e)) => self.synth(
@@ -251,6 +253,43 @@ impl Service {
             ),
             Err(e) => self.synth(&job, failed(format!("the ledger task failed: {e}"))),
         };
+        self.end_run(&id, record).await;
+    }
+
+    /// A run an earlier instance handed to Slurm: watched again until Slurm is done
+    /// with it, then recorded like any run.
+    async fn resume_one(self: Arc<Self>, r: super::Resumed) {
+        let Some(x) = self.executor.slurm().cloned() else {
+            return;
+        };
+        let record = match &r.job_id {
+            Some(job_id) => {
+                tracing::info!("run {} (Slurm job {job_id}) is watched again", r.job.id);
+                self.follow_job(&x, &r.job, job_id, r.cancel, &r.started_at)
+                    .await
+            }
+            None => {
+                self.create_outputs(&r.job);
+                let spec = r.job.spec(&self.output_dir);
+                self.execute(&r.job, spec, r.cancel, &r.started_at)
+                    .await
+                    .unwrap_or_else(|why| {
+                        self.synth(
+                            &r.job,
+                            Never::Failed {
+                                why,
+                                started_at: Some(r.started_at.clone()),
+                            },
+                        )
+                    })
+            }
+        };
+        self.end_run(&r.job.id, record).await;
+    }
+
+    /// Explains who cancelled the run, stores its record, and tells whoever waits.
+    async fn end_run(self: &Arc<Self>, id: &str, record: Record) {
+        let id = id.to_string();
         let by = self.lock().active.get(&id).and_then(|a| a.cancelled_by);
         let record = explain_cancel(record, by, self.drain_timeout);
         tracing::info!(
@@ -270,7 +309,11 @@ impl Service {
     }
 
     /// Keeps a running run's usage for `GET /runs/{id}` (`live`), about once a second.
-    fn live_observer(self: Arc<Self>, id: &str, limits: &corral_spec::Limits) -> Observer {
+    pub(super) fn live_observer(
+        self: Arc<Self>,
+        id: &str,
+        limits: &corral_spec::Limits,
+    ) -> Observer {
         let id = id.to_string();
         let (timeout_s, memory_limit_bytes) =
             (limits.timeout.map(|t| t.as_secs_f64()), limits.memory);
@@ -413,13 +456,20 @@ impl Service {
     /// The graceful shutdown: stops admitting (submissions are refused as
     /// [`ServiceError::Draining`]), lets running runs go on for the drain timeout (or
     /// until `hurry` completes, e.g. a second signal), then cancels what still runs
-    /// and waits for their records. Queued runs stay queued in the ledger.
+    /// and waits for their records. Queued runs stay queued in the ledger. Under the
+    /// Slurm executor nothing is cancelled: the jobs go on and the next instance
+    /// collects them.
     pub async fn drain(
         self: &Arc<Self>,
         signal: i32,
         hurry: impl std::future::Future<Output = ()>,
     ) {
         self.lock().draining = true;
+        if self.executor.slurm().is_some() {
+            // The jobs go on in Slurm: the next instance watches them again and
+            // collects their records.
+            return;
+        }
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         tokio::pin!(hurry);
         while self.running_count() > 0 && tokio::time::Instant::now() < deadline {

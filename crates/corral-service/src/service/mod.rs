@@ -16,6 +16,7 @@
 //! * this file: the [`Service`] and its shared state, construction, the [`RunsTree`]
 //!   seam;
 //! * [`lifecycle`]: submit, pump, run, cancel, drain;
+//! * [`executor`]: where an admitted run executes: here, or as a Slurm job;
 //! * [`recovery`]: what a restart does with the runs the last instance left;
 //! * [`retention`]: removing captured output after `--keep-output`, and the 410;
 //! * [`validate`]: from a request body to a request and its effective limits;
@@ -46,6 +47,7 @@ use crate::wire::{LiveUsage, RunState, SubmitRequest};
 
 pub mod auth;
 pub mod error;
+pub mod executor;
 pub mod lifecycle;
 pub mod query;
 pub mod records;
@@ -162,6 +164,10 @@ pub trait RunsTree: Send + Sync {
     fn runs_dirs(&self) -> Vec<PathBuf>;
     /// What the runs' parent is charged now.
     fn usage(&self) -> TreeUsage;
+    /// The runs' shared disk budget and what they moved on its disks, if one is set.
+    fn io_budget(&self) -> Option<crate::wire::IoBudgetStatus> {
+        None
+    }
 }
 
 impl RunsTree for ServiceTree {
@@ -173,6 +179,9 @@ impl RunsTree for ServiceTree {
     }
     fn usage(&self) -> TreeUsage {
         ServiceTree::usage(self)
+    }
+    fn io_budget(&self) -> Option<crate::wire::IoBudgetStatus> {
+        ServiceTree::io_budget(self)
     }
 }
 
@@ -187,10 +196,21 @@ struct Active {
     live: Option<LiveUsage>,
 }
 
+/// A run an earlier instance handed to Slurm, to be watched again once the runtime
+/// runs.
+struct Resumed {
+    job: Arc<Job>,
+    /// Its job, or `None`: admitted, but it never reached Slurm (submitted now).
+    job_id: Option<String>,
+    started_at: String,
+    cancel: watch::Receiver<Option<Cancel>>,
+}
+
 struct Inner {
     adm: Admission,
     active: HashMap<String, Active>,
     draining: bool,
+    resumed: Vec<Resumed>,
 }
 
 impl Inner {
@@ -211,6 +231,29 @@ impl Inner {
                 live: None,
             },
         );
+    }
+
+    /// Admits at once a run that already executes elsewhere (a Slurm job an earlier
+    /// instance submitted), so it is active, counted and cancellable like any other.
+    fn resume(&mut self, job: Job, priority: i64, job_id: Option<String>, started_at: String) {
+        let id = job.id.clone();
+        let (tx, rx) = watch::channel(None);
+        self.enqueue(job, priority, Need::default());
+        while let Some((admitted, _)) = self.adm.admit_next() {
+            if let Some(a) = self.active.get_mut(&admitted) {
+                a.state = RunState::Running;
+                if admitted == id {
+                    a.cancel = Some(tx);
+                    self.resumed.push(Resumed {
+                        job: a.job.clone(),
+                        job_id,
+                        started_at,
+                        cancel: rx,
+                    });
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -256,6 +299,7 @@ pub struct Service {
     access: Access,
     tokens: auth::Tokens,
     facts: Facts,
+    executor: executor::Executor,
     inner: Mutex<Inner>,
     /// The service's counters.
     pub metrics: Metrics,
@@ -311,11 +355,36 @@ impl Service {
             reaped,
             tokens,
         } = parts;
-        let output_dir = ledger
-            .path()
-            .parent()
-            .map(|p| p.join("output"))
-            .unwrap_or_else(|| PathBuf::from("output"));
+        let executor = match &cfg.executor {
+            crate::config::ExecutorConfig::Local => executor::Executor::Local,
+            crate::config::ExecutorConfig::Slurm(s) => {
+                let x = executor::SlurmExecutor::new(s.clone());
+                x.prepare().map_err(ServiceError::Executor)?;
+                executor::Executor::Slurm(Arc::new(x))
+            }
+        };
+        // Under Slurm the captured output is in the spool, where the nodes write it;
+        // Slurm decides when runs start, so the service admits every run at once.
+        let (output_dir, budget, user_caps) = match executor.slurm() {
+            Some(x) => (
+                x.cfg.output_dir(),
+                Budget::unbounded(),
+                crate::admission::UserCaps::default(),
+            ),
+            None => (
+                ledger
+                    .path()
+                    .parent()
+                    .map(|p| p.join("output"))
+                    .unwrap_or_else(|| PathBuf::from("output")),
+                budget,
+                crate::admission::UserCaps {
+                    max_running: cfg.user_max_running,
+                    memory: cfg.user_budget_memory,
+                    cpus: cfg.user_budget_cpus,
+                },
+            ),
+        };
         let access = access(cfg)?;
         private_dir(&output_dir).map_err(|source| ServiceError::OutputDir {
             path: output_dir.clone(),
@@ -338,14 +407,12 @@ impl Service {
             access,
             tokens,
             facts,
+            executor,
             inner: Mutex::new(Inner {
-                adm: Admission::new(budget).with_user_caps(crate::admission::UserCaps {
-                    max_running: cfg.user_max_running,
-                    memory: cfg.user_budget_memory,
-                    cpus: cfg.user_budget_cpus,
-                }),
+                adm: Admission::new(budget).with_user_caps(user_caps),
                 active: HashMap::new(),
                 draining: false,
+                resumed: Vec::new(),
             }),
             metrics: Metrics::default(),
         };
@@ -391,6 +458,11 @@ impl Service {
     /// The backend.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+
+    /// Where the service's runs execute.
+    pub fn executor(&self) -> &executor::Executor {
+        &self.executor
     }
 
     /// Where a run's captured stream goes.

@@ -12,7 +12,9 @@ use crate::metrics::Snapshot;
 use crate::service::auth::{self, Caller};
 use crate::service::{Service, ServiceError};
 use crate::wire::SubmitRequest;
-use crate::wire::{BudgetStatus, Health, RunList, RunOwner, RunState, RunStatus, UserUsage};
+use crate::wire::{
+    BudgetStatus, ExecutorStatus, Health, RunList, RunOwner, RunState, RunStatus, UserUsage,
+};
 
 impl Service {
     /// `GET /runs/{id}`. A run `caller` may not see is answered exactly like one that
@@ -132,6 +134,7 @@ impl Service {
             user_max_running: caps.max_running,
             user_memory_bytes: caps.memory,
             user_cpus: caps.cpus,
+            io: self.tree.io_budget(),
         }
     }
 
@@ -153,6 +156,16 @@ impl Service {
             ledger: self.facts.ledger.clone(),
             pid: std::process::id(),
             users: self.users(),
+            executor: self.executor.slurm().map(|x| ExecutorStatus {
+                kind: "slurm".into(),
+                budget_applies: false,
+                partition: x.cfg.partition.clone(),
+                account: x.cfg.account.clone(),
+                spool: x.cfg.spool.display().to_string(),
+                note: "Runs execute as Slurm batch jobs: Slurm decides when each starts, so \
+                       the service budget does not apply to them."
+                    .into(),
+            }),
         }
     }
 
@@ -208,6 +221,7 @@ fn status_without_owner(row: &Row) -> RunStatus {
         priority: row.priority,
         owner: None,
         record,
+        slurm_job_id: row.slurm_job().map(str::to_string),
         command: serde_json::from_str::<SubmitRequest>(&row.request)
             .ok()
             .map(|r| r.command),

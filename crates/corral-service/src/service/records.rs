@@ -42,6 +42,18 @@ pub enum Never {
         /// The first sentence of its notes: what the restarted service found.
         note: String,
     },
+    /// It ended where corral could not record it (a Slurm job killed with corral on
+    /// the node): its reason and exit status as the executor saw them.
+    Ended {
+        /// Why it ended.
+        reason: Reason,
+        /// corral's exit status for that reason.
+        exit_code: i32,
+        /// When it was admitted.
+        started_at: Option<String>,
+        /// Its whole notes: what ended it, and from whose view the record was made.
+        note: String,
+    },
 }
 
 /// Who cancelled a running run, for the first sentence of its notes.
@@ -90,6 +102,7 @@ pub fn synth(
         (None, None) => None,
         (stdout, stderr) => Some(Output { stdout, stderr }),
     };
+    let mut whole = None;
     let (reason, exit_code, error, started_at, first) = match never {
         Never::Cancelled { started_at } => (
             Reason::Cancelled,
@@ -108,6 +121,15 @@ pub fn synth(
         Never::Lost { started_at, note } => {
             (Reason::Lost, LOST_EXIT_CODE, None, started_at, Some(note))
         }
+        Never::Ended {
+            reason,
+            exit_code,
+            started_at,
+            note,
+        } => {
+            whole = Some(note);
+            (reason, exit_code, None, started_at, None)
+        }
     };
     rec.outcome.reason = reason;
     rec.outcome.exit_code = exit_code;
@@ -118,6 +140,9 @@ pub fn synth(
     rec.notes = compose_notes(&rec);
     if let Some(first) = first {
         rec.notes = replace_first_sentence(&rec.notes, &first);
+    }
+    if let Some(note) = whole {
+        rec.notes = note;
     }
     rec
 }

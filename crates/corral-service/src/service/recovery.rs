@@ -1,6 +1,8 @@
 //! Recovery after a restart: what the ledger says was running when the last instance
 //! died is recorded as `lost` (with what was found of its cgroup), and what was queued
-//! is queued again in its order, if it still fits the budget.
+//! is queued again in its order, if it still fits the budget. Under the Slurm executor
+//! a running run with a job is not lost: it is watched again (and collected from the
+//! spool if it ended meanwhile); one that never reached Slurm is submitted now.
 //!
 //! It runs once, in [`Service::new`], before the service listens.
 
@@ -44,6 +46,8 @@ impl Service {
     pub(super) fn recover(&self, reaped: Vec<Reaped>) -> Result<(), ServiceError> {
         let pid = std::process::id();
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        // Slurm's jobs, asked once, for runs whose job id was not stored yet.
+        let mut slurm_jobs: Option<Vec<crate::slurm::JobView>> = None;
         for row in self.ledger.in_state(RunState::Running)? {
             let job = match Job::from_row(&row) {
                 Ok(j) => j,
@@ -52,6 +56,33 @@ impl Service {
                     continue;
                 }
             };
+            if self.executor.slurm().is_some() {
+                let name = format!("{}{}", crate::slurm::JOB_PREFIX, job.id);
+                let job_id = row.slurm_job().map(str::to_string).or_else(|| {
+                    slurm_jobs
+                        .get_or_insert_with(|| crate::slurm::show_jobs().unwrap_or_default())
+                        .iter()
+                        .find(|v| v.name == name)
+                        .map(|v| v.job_id.clone())
+                });
+                match &job_id {
+                    Some(j) if row.slurm_job().is_none() => {
+                        // Found by its name: the last instance died before storing it.
+                        let owner = format!("{}{j}", crate::ledger::SLURM_OWNER);
+                        self.ledger.set_owner(&job.id, &owner)?;
+                    }
+                    Some(_) => {}
+                    // Admitted, but Slurm never got it: nothing of it ran, so it is
+                    // submitted now.
+                    None => tracing::warn!(
+                        "run {} was admitted but never reached Slurm: submitting it now",
+                        job.id
+                    ),
+                }
+                let started = row.started_at.clone().unwrap_or_default();
+                self.lock().resume(job, row.priority, job_id, started);
+                continue;
+            }
             let found = reaped.iter().find(|r| r.id.as_deref() == Some(&job.id));
             let never = Never::Lost {
                 started_at: row.started_at.clone(),
@@ -245,6 +276,55 @@ mod tests {
         assert_eq!(g.active.len(), 2);
         drop(g);
         assert_eq!(record(svc, "q-low"), (RunState::Queued, None));
+    }
+
+    /// Under the Slurm executor a restart loses no running run: one with a stored job
+    /// is watched again, one that never reached Slurm is submitted again; both stay
+    /// `running`, admitted without the budget, which /health says does not apply.
+    #[test]
+    fn slurm_runs_are_resumed_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = crate::ledger::Ledger::open(&dir.path().join("ledger.db")).unwrap();
+        for id in ["with-job", "never-sent"] {
+            insert_into(&ledger, id, 0, 1 << 40);
+            ledger
+                .mark_running(id, "2026-01-01T00:00:00.000Z", "dead.owner")
+                .unwrap();
+        }
+        ledger.set_owner("with-job", "slurm:42").unwrap();
+        let spool = dir.path().join("spool");
+        let cfg = crate::slurm::SlurmConfig {
+            partition: None,
+            account: None,
+            spool: spool.clone(),
+            corral: "/nonexistent/corral".into(),
+        };
+        let t = start(dir, ledger, Vec::new(), budget(), |c| {
+            c.executor = crate::config::ExecutorConfig::Slurm(cfg)
+        })
+        .unwrap();
+        let svc = &t.svc;
+        assert_eq!(record(svc, "with-job"), (RunState::Running, None));
+        assert_eq!(record(svc, "never-sent"), (RunState::Running, None));
+        let g = svc.lock();
+        let resumed: Vec<(&str, Option<&str>)> = g
+            .resumed
+            .iter()
+            .map(|r| (r.job.id.as_str(), r.job_id.as_deref()))
+            .collect();
+        assert_eq!(resumed, [("with-job", Some("42")), ("never-sent", None)]);
+        assert_eq!(g.adm.running(), 2);
+        drop(g);
+        assert!(spool.join("jobs").is_dir() && spool.join("output").is_dir());
+        assert_eq!(
+            svc.output_path("a", "stdout"),
+            spool.join("output").join("a.stdout")
+        );
+        let h = svc.health();
+        let x = h.executor.expect("the executor in /health");
+        assert_eq!((x.kind.as_str(), x.budget_applies), ("slurm", false));
+        let st = crate::service::status_of(&svc.ledger.get("with-job").unwrap().unwrap());
+        assert_eq!(st.slurm_job_id.as_deref(), Some("42"));
     }
 
     #[test]
