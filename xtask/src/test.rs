@@ -41,6 +41,7 @@ const VM_TARGETS: &[(&str, &[&str])] = &[
     ("identity", &["cgroup2"]),
     ("io", &["cgroup2"]),
     ("live", &["cgroup2"]),
+    ("timeline", &["cgroup2"]),
     ("check", &[]),
     ("soak", &["--nocapture"]),
     ("service_api", &[]),

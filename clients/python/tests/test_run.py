@@ -54,6 +54,19 @@ def test_memory_hog_is_oom_killed() -> None:
     assert r.record["events"]["oom_kill"] >= 1 and gone(r)
 
 
+def test_timeline_of_a_growing_run() -> None:
+    grow = "import time\nb = []\nfor i in range(6):\n    b.append(b'x' * (16 << 20)); time.sleep(0.2)\n"
+    r = corral.isolated_run([PY, "-c", grow], timeline=0.1)
+    assert r.ok, r.record
+    tl = r.timeline
+    assert tl is not None and tl["interval_s"] == 0.1
+    n = len(tl["t"])
+    assert n >= 5 and all(len(tl[c]) == n for c in corral.TIMELINE_COLUMNS)
+    mem = [m for m in tl["memory_bytes"] if m is not None]
+    assert max(mem) >= 64 << 20 and mem[0] < max(mem), mem
+    assert corral.isolated_run(["true"]).timeline is None
+
+
 def test_wall_clock_timeout() -> None:
     t0 = time.monotonic()
     r = corral.isolated_run(["sleep", "60"], timeout_seconds=1, grace_seconds=1)

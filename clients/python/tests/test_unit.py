@@ -209,3 +209,51 @@ def test_user_is_a_flag_and_a_service_key() -> None:
     opts = RunOptions(command=["x"], limits={"isolation": "off"})
     opts.limits_from = {"limits": {"user": "root", "pids": 8}}
     assert opts.service_body()["limits"] == {"pids": 8, "isolation": "off"}
+
+
+def _timeline_record() -> Dict[str, Any]:
+    return {
+        "id": "t",
+        "outcome": {"reason": "oom", "exit_code": 137},
+        "timeline": {
+            "interval_s": 1.0,
+            "points": [
+                {"t": 1.0, "memory_bytes": 10, "cpu_s": 0.5, "processes": 1},
+                {"t": 2.0, "memory_bytes": 20, "cpu_s": 1.0, "processes": 2, "memory_pressure": 3.5},
+            ],
+            "events": [{"t": 2.1, "kind": "oom_kill", "detail": "1 process killed"}],
+        },
+    }
+
+
+def test_timeline_as_plain_lists() -> None:
+    r = IsolatedResult.from_record(_timeline_record())
+    tl = r.timeline
+    assert tl is not None and tl["interval_s"] == 1.0
+    assert tl["t"] == [1.0, 2.0] and tl["memory_bytes"] == [10, 20]
+    assert tl["processes"] == [1, 2] and tl["memory_pressure"] == [None, 3.5]
+    assert tl["io_read_bytes"] == [None, None]
+    assert tl["events"] == [{"t": 2.1, "kind": "oom_kill", "detail": "1 process killed"}]
+    assert IsolatedResult.from_record({"outcome": {"reason": "exited"}}).timeline is None
+    # `timeline=` is corral run's --timeline.
+    assert RunOptions(command=["x"], timeline="500ms").cli_flags()[-2:] == ["--timeline", "500ms"]
+    assert "--timeline" not in RunOptions(command=["x"]).cli_flags()
+
+
+def test_timeline_frame_with_and_without_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    r = IsolatedResult.from_record(_timeline_record())
+    # Without pandas: a clear ImportError.
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match="needs pandas"):
+        r.timeline_frame()
+    # With it: one column per field, one row per point.
+    fake = types.ModuleType("pandas")
+    fake.DataFrame = lambda d: ("frame", d)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pandas", fake)
+    kind, cols = r.timeline_frame()
+    assert kind == "frame" and cols["t"] == [1.0, 2.0] and cols["cpu_s"] == [0.5, 1.0]
+    with pytest.raises(ValueError, match="no timeline"):
+        IsolatedResult.from_record({"outcome": {}}).timeline_frame()

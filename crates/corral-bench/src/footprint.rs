@@ -96,6 +96,11 @@ fn rows_for(label: &str, config: &str, m: &Measured, window: f64) -> Vec<Row> {
 }
 
 fn library(ctx: &Ctx, n: usize) -> Result<Measured> {
+    library_with(ctx, n, None)
+}
+
+/// [`library`], each run keeping a timeline read every `timeline` seconds.
+fn library_with(ctx: &Ctx, n: usize, timeline: Option<f64>) -> Result<Measured> {
     let mut cmd = Command::new(&ctx.self_exe);
     cmd.args(["--backend", ctx.kind.as_str()]);
     if let Ok(c) = &ctx.corral {
@@ -105,6 +110,9 @@ fn library(ctx: &Ctx, n: usize) -> Result<Measured> {
         cmd.arg("--no-guard");
     }
     cmd.arg("__footprint-lib").arg(n.to_string());
+    if let Some(s) = timeline {
+        cmd.arg("--timeline").arg(s.to_string());
+    }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut child = cmd.spawn()?;
     let mut line = String::new();
@@ -207,6 +215,33 @@ pub fn footprint(ctx: &Ctx) -> Result<Report> {
             (many.rss_kib as f64 - one.rss_kib as f64) / (big - 1) as f64,
         ));
     }
+    // The same idle runs, each keeping a timeline read once a second (the service's
+    // setting): what the supervisor pays for the readings.
+    match library_with(ctx, big, Some(1.0)) {
+        Ok(m) => {
+            let base = many.cpu_ms / w;
+            let with = m.cpu_ms / w;
+            rows.extend(rows_for(
+                &format!("library, {big} runs, timeline 1 s"),
+                &format!("{}, each keeping a timeline read every 1 s", lib_cfg(big)),
+                &m,
+                w,
+            ));
+            rows.push(Row::single(
+                &format!("library: timeline's CPU for {big} runs"),
+                format!(
+                    "(CPU with timelines − CPU without) / window, in % of one CPU ({big} runs, 1 s)"
+                ),
+                "%",
+                (with - base) / 10.0,
+            ));
+        }
+        Err(e) => rows.push(Row::skipped(
+            &format!("library, {big} runs, timeline 1 s"),
+            lib_cfg(big),
+            format!("{e:#}"),
+        )),
+    }
     match cli(ctx, false) {
         Ok(m) => rows.extend(rows_for(
             "corral run, 1 run",
@@ -261,7 +296,7 @@ pub fn footprint(ctx: &Ctx) -> Result<Report> {
 
 /// The measured process of the library footprint: N idle runs, "ready" on stdout
 /// once every `sleep` is up, cancel and exit on EOF of stdin.
-pub fn footprint_child(opts: Opts, n: usize) -> Result<()> {
+pub fn footprint_child(opts: Opts, n: usize, timeline: Option<f64>) -> Result<()> {
     let ctx = Ctx::new(opts)?;
     let (tx, rx) = tokio::sync::watch::channel(None);
     let mut handles = Vec::new();
@@ -270,6 +305,7 @@ pub fn footprint_child(opts: Opts, n: usize) -> Result<()> {
         let rx = rx.clone();
         let mut spec = crate::launch::true_spec(&["/bin/sleep", "60"]);
         spec.limits.timeout = Some(Duration::from_secs(300));
+        spec.timeline = timeline.map(Duration::from_secs_f64);
         handles.push(
             ctx.rt
                 .spawn(async move { corral_run::run(b.as_ref(), spec, rx).await }),

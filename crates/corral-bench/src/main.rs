@@ -60,7 +60,12 @@ enum Cmd {
     Spin,
     /// The measured process of `footprint`.
     #[command(name = "__footprint-lib", hide = true)]
-    FootprintLib { n: usize },
+    FootprintLib {
+        n: usize,
+        /// Each run keeps a timeline read every this many seconds.
+        #[arg(long)]
+        timeline: Option<f64>,
+    },
 }
 
 type Bench = fn(&Ctx) -> anyhow::Result<Report>;
@@ -81,7 +86,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Cmd::FootprintLib { n } => footprint::footprint_child(cli.opts, n),
+        Cmd::FootprintLib { n, timeline } => footprint::footprint_child(cli.opts, n, timeline),
         cmd => return benches(cmd, cli.opts),
     };
     match res {

@@ -14,6 +14,7 @@
 pub mod io;
 pub mod layout;
 pub mod limits;
+pub mod sample;
 pub mod tree;
 pub mod util;
 pub mod v1;

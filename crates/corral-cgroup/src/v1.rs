@@ -56,6 +56,14 @@ struct Hier {
     mount_point: PathBuf,
 }
 
+/// The blkio files counting a group's bytes, the first that exists is read.
+pub const BLKIO_BYTES_FILES: [&str; 4] = [
+    "blkio.throttle.io_service_bytes_recursive",
+    "blkio.io_service_bytes_recursive",
+    "blkio.throttle.io_service_bytes",
+    "blkio.io_service_bytes",
+];
+
 /// A run's group: one directory per controller hierarchy, same relative path in each.
 ///
 /// Co-mounted hierarchies (`cpu,cpuacct`) share one directory, which is created,
@@ -675,22 +683,20 @@ impl Group1 {
                 s.pids_max_events = m.get("max").copied();
             }
         }
-        if let Some(d) = self.dir("blkio") {
-            let text = [
-                "blkio.throttle.io_service_bytes_recursive",
-                "blkio.io_service_bytes_recursive",
-                "blkio.throttle.io_service_bytes",
-                "blkio.io_service_bytes",
-            ]
-            .iter()
-            .find_map(|f| util::read(&d.join(f)).ok());
-            if let Some(t) = text {
-                let (r, w) = parse_blkio_bytes(&t);
-                s.io_read_bytes = Some(r);
-                s.io_write_bytes = Some(w);
-            }
+        if let Some((r, w)) = self.io_bytes() {
+            s.io_read_bytes = Some(r);
+            s.io_write_bytes = Some(w);
         }
         s
+    }
+
+    /// Bytes read and written by the group (blkio's service-bytes counters).
+    pub fn io_bytes(&self) -> Option<(u64, u64)> {
+        let d = self.dir("blkio")?;
+        let text = BLKIO_BYTES_FILES
+            .iter()
+            .find_map(|f| util::read(&d.join(f)).ok())?;
+        Some(parse_blkio_bytes(&text))
     }
 
     /// Removes the group's directory in every hierarchy, deepest descendants first,

@@ -180,6 +180,7 @@ impl RunArgs {
             stderr: file(&self.stderr),
             profile: name,
             limits,
+            timeline: None,
         })
     }
 

@@ -20,6 +20,7 @@ mod check;
 mod docs;
 mod gc;
 mod live;
+mod plot;
 mod profiles;
 mod run;
 mod service;
@@ -64,7 +65,7 @@ enum Command {
     /// Print a run's captured output.
     Logs(service::LogsCmd),
     /// Show a run's status and result (--json: the corral.result/v1 record).
-    Show(service::IdCmd),
+    Show(service::ShowCmd),
     /// Print a shell completion script (bash, zsh, fish) to stdout.
     Completions(docs::CompletionsArgs),
     /// Write the man pages, corral(1) and one per subcommand, into a directory.
@@ -134,7 +135,7 @@ fn main() -> ExitCode {
         Command::Wait(a) => service::wait(a),
         Command::Cancel(a) => service::cancel(a),
         Command::Logs(a) => service::logs(a),
-        Command::Show(a) => service::show(a),
+        Command::Show(a) => service::show_cmd(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
     };

@@ -31,6 +31,14 @@ pub struct RunCmd {
     /// Do not print the summary line to stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Keep a timeline in the record: memory, CPU, processes, I/O and pressure read
+    /// every INTERVAL (default 1s), and the limit events with their time.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s")]
+    pub timeline: Option<String>,
+    /// Draw the run's memory and CPU over time, with its limits and events, to FILE.svg
+    /// (implies --timeline).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// The run exactly as a corral service resolved it (JSON: id, profile, limits,
     /// environment, output files), in place of the profile, --limits-from and limit
     /// flags: what the Slurm executor's batch jobs run.
@@ -82,7 +90,7 @@ pub fn json_dest_of(args: &[String]) -> Option<&str> {
 }
 
 fn run(cmd: RunCmd) -> Result<u8> {
-    let spec = match &cmd.job_file {
+    let mut spec = match &cmd.job_file {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading the job file {}", p.display()))?;
@@ -92,6 +100,14 @@ fn run(cmd: RunCmd) -> Result<u8> {
         }
         None => cmd.run.to_spec()?,
     };
+    spec.timeline = match (&cmd.timeline, &cmd.plot) {
+        (Some(every), _) => Some(corral_spec::parse_duration("--timeline", every)?),
+        (None, Some(_)) => Some(corral_run::timeline::DEFAULT_INTERVAL),
+        (None, None) => spec.timeline,
+    };
+    if let Some(p) = &cmd.plot {
+        crate::plot::check_path(p)?;
+    }
     let kind = cmd.backend.0;
     // On a terminal, the run's usage live on one line of stderr.
     let live = crate::live::wanted(cmd.quiet).then(|| {
@@ -145,6 +161,13 @@ fn run(cmd: RunCmd) -> Result<u8> {
             }
         } else {
             std::fs::write(dest, text).with_context(|| format!("writing the record to {dest}"))?;
+        }
+    }
+    if let Some(p) = &cmd.plot {
+        // The run's exit status stays the command's: a picture that cannot be drawn
+        // is said, not made corral's failure.
+        if let Err(e) = crate::plot::write(&record, p) {
+            eprintln!("corral: {e:#}");
         }
     }
     let clean = record.outcome.reason == Reason::Exited && record.outcome.exit_code == 0;

@@ -200,6 +200,26 @@ pub struct IdCmd {
     pub id: String,
 }
 
+/// `corral show ID`, `corral show --record FILE.json`
+#[derive(Debug, Args)]
+pub struct ShowCmd {
+    #[command(flatten)]
+    pub server: ServerArg,
+    /// Print the corral.result/v1 record as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw the run's memory and CPU over time (its record's timeline), with its limits
+    /// and events, to FILE.svg.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+    /// Read a record file (`corral run --json FILE`) instead of asking the service.
+    #[arg(long, value_name = "FILE.json", conflicts_with = "id")]
+    pub record: Option<std::path::PathBuf>,
+    /// The run id.
+    #[arg(required_unless_present = "record")]
+    pub id: Option<String>,
+}
+
 /// `corral logs ID`
 #[derive(Debug, Args)]
 pub struct LogsCmd {
@@ -786,6 +806,42 @@ pub fn logs(c: LogsCmd) -> Result<u8> {
     // `corral logs ID | head` closes the pipe early.
     copy_out(&mut body, &mut std::io::stdout().lock())?;
     Ok(0)
+}
+
+/// `corral show`: a run of the service, or a record file; `--plot` draws its timeline.
+pub fn show_cmd(c: ShowCmd) -> Result<u8> {
+    let Some(id) = c.id else {
+        let path = c.record.expect("clap requires an id or --record");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let rec: corral_record::Record = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a corral.result/v1 record", path.display()))?;
+        match &c.plot {
+            Some(p) => crate::plot::write(&rec, p)?,
+            None => print_json(&rec)?,
+        }
+        return Ok(0);
+    };
+    if let Some(p) = &c.plot {
+        crate::plot::check_path(p)?;
+        let st = match c.server.client()?.status(&id) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        let Some(rec) = &st.record else {
+            eprintln!(
+                "corral: run {id} is {}: it has no result record yet",
+                st.state
+            );
+            return Ok(1);
+        };
+        crate::plot::write(rec, p)?;
+    }
+    show(IdCmd {
+        server: c.server,
+        json: c.json,
+        id,
+    })
 }
 
 /// `corral show ID`.

@@ -537,6 +537,31 @@ fn client_commands() {
         let rec: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(rec["schema"], "corral.result/v1");
         assert_eq!(rec["cwd"], s.dir.path().display().to_string());
+        // Every run of the service keeps a timeline (its last point at least), and
+        // `show --plot` draws it; `show --record FILE --plot` draws a record file's.
+        assert_eq!(rec["timeline"]["interval_s"], 1.0, "{rec}");
+        assert!(!rec["timeline"]["points"].as_array().unwrap().is_empty());
+        let svg = s.dir.path().join("run.svg");
+        let (code, _, err) = corral(&s, &["show", "--plot", svg.to_str().unwrap(), &id]);
+        assert_eq!(code, 0, "{err}");
+        assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+        let file = s.dir.path().join("run.json");
+        std::fs::write(&file, rec.to_string()).unwrap();
+        let svg2 = s.dir.path().join("file.svg");
+        let (code, _, err) = corral(
+            &s,
+            &[
+                "show",
+                "--record",
+                file.to_str().unwrap(),
+                "--plot",
+                svg2.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(std::fs::read_to_string(&svg2)
+            .unwrap()
+            .contains("memory (MiB)"));
         // submit --wait: the id (on stderr: stdout is the run's), then the run's status.
         let mut a = vec!["submit", "--wait"];
         a.extend(lim);

@@ -10,12 +10,14 @@
 
 mod classify;
 mod notes;
+pub mod timeline;
 
 use serde::{Deserialize, Serialize};
 
 pub use classify::{classify, Evidence, KillCause, Verdict, WaitStatus};
 pub use classify::{reports_out_of_memory, OUT_OF_MEMORY_REPORTS};
 pub use notes::compose_notes;
+pub use timeline::{Timeline, TimelineEvent, TimelinePoint};
 
 /// The schema name written into every record.
 pub const SCHEMA: &str = "corral.result/v1";
@@ -492,6 +494,10 @@ pub struct Record {
     pub notes: String,
     /// The corral version that wrote the record.
     pub corral_version: String,
+    /// What the run used over time, and the limit events with their time (present
+    /// only when asked for: `corral run --timeline`, and every run of the service).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timeline: Option<Timeline>,
     /// Where the run was executed: `slurm` when a corral service handed it to Slurm;
     /// absent for a run on the service's (or `corral run`'s) own host.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -567,6 +573,7 @@ impl Record {
             finished_at: now,
             notes: String::new(),
             corral_version: env!("CARGO_PKG_VERSION").to_string(),
+            timeline: None,
             executor: None,
             slurm: None,
         }

@@ -38,6 +38,7 @@ pub mod quota;
 pub mod run;
 pub mod spawn;
 pub mod supervise;
+pub mod timeline;
 
 pub use backend::{Backend, BackendKind, Sandbox};
 pub use run::{run, run_observed, Cancel, Observer, Progress, RunError, RunSpec, Stdio};

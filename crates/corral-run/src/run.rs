@@ -53,6 +53,9 @@ pub struct RunSpec {
     pub profile: String,
     /// The effective limits.
     pub limits: Limits,
+    /// Record a timeline (the record's `timeline`) read every this often; `None`: no
+    /// timeline.
+    pub timeline: Option<std::time::Duration>,
 }
 
 /// A run that could not be attempted: corral's own failure or a refusal (exit 125).
@@ -512,6 +515,9 @@ pub async fn run_observed(
         }
     };
 
+    let mut recorder = spec
+        .timeline
+        .map(|every| crate::timeline::Recorder::new(every, started));
     let sup = supervise(
         sandbox.as_mut(),
         pidfd,
@@ -520,6 +526,7 @@ pub async fn run_observed(
         started,
         cancel,
         observer.as_mut(),
+        recorder.as_mut(),
     )
     .await;
     let sup = match sup {
@@ -604,6 +611,7 @@ pub async fn run_observed(
     rec.started_at = corral_record::rfc3339(started_at);
     rec.finished_at = corral_record::rfc3339(finished_at);
     rec.notes = compose_notes(&rec);
+    rec.timeline = recorder.map(crate::timeline::Recorder::finish);
     Ok(rec)
 }
 

@@ -29,6 +29,7 @@ use tokio::time::sleep_until;
 
 use crate::backend::{online_cpus, Event, Sandbox};
 use crate::spawn::watch_fd;
+use crate::timeline::Recorder;
 
 /// A request to end a run early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +105,7 @@ pub fn progress(sandbox: &dyn Sandbox, started: Instant) -> Progress {
 const EMPTY_WAIT: Duration = Duration::from_secs(10);
 
 /// Supervises the run until its whole tree is gone.
+#[allow(clippy::too_many_arguments)]
 pub async fn supervise(
     sandbox: &mut dyn Sandbox,
     pidfd: OwnedFd,
@@ -112,6 +114,7 @@ pub async fn supervise(
     started: Instant,
     mut cancel: watch::Receiver<Option<Cancel>>,
     mut observer: Option<&mut Observer>,
+    mut timeline: Option<&mut Recorder>,
 ) -> std::io::Result<Supervised> {
     let main = watch_fd(pidfd, Interest::READABLE)?;
     // A duplicate shares the open file (and its queue) with the sandbox's own fd.
@@ -155,15 +158,26 @@ pub async fn supervise(
                 if let Some(mut guard) = r {
                     guard.clear_ready();
                 }
-                if sandbox.on_event() == Event::Oom && !sandbox.kernel_kills_group_on_oom() {
+                let event = sandbox.on_event();
+                if event == Event::Oom {
+                    if let Some(r) = timeline.as_deref_mut() {
+                        r.oom(sandbox.oom_kills());
+                    }
+                }
+                if event == Event::Oom && !sandbox.kernel_kills_group_on_oom() {
                     break Some(KillCause::Oom);
                 }
             }
-            _ = sleep_until(tick.into()) => {
-                if let Some(o) = observer.as_deref_mut() {
+            // One timer for the live observer and the timeline, whichever is due first.
+            _ = sleep_until(timeline.as_ref().map_or(tick, |r| r.due().min(tick)).into()) => {
+                let now = Instant::now();
+                if let Some(o) = observer.as_deref_mut().filter(|_| now >= tick) {
                     (o.on_tick)(&progress(sandbox, started));
                     // The next one a period from now: a late tick is not caught up on.
                     tick = Instant::now() + o.every;
+                }
+                if let Some(r) = timeline.as_deref_mut().filter(|r| now >= r.due()) {
+                    r.sample(sandbox);
                 }
             }
         }
@@ -171,13 +185,25 @@ pub async fn supervise(
 
     // A main process that exited just as a limit fired ended by itself.
     let cause = cause.filter(|_| !has_exited(main.get_ref()));
+    // The timeline's last point: the run as it ended (or as corral is about to end it).
+    if let Some(r) = timeline.as_deref_mut() {
+        r.sample(sandbox);
+    }
     let oom_at_kill = sandbox.oom_kills();
     let mut reported: Option<Option<(i32, u32)>> = None;
     let mut grace_expired = false;
     let mut leftover_killed = 0;
     match cause {
-        Some(KillCause::Oom) => kill(sandbox),
-        Some(_) => {
+        Some(KillCause::Oom) => {
+            if let Some(r) = timeline.as_deref_mut() {
+                r.sigkill("the rest of the run after the OOM kill");
+            }
+            kill(sandbox)
+        }
+        Some(c) => {
+            if let Some(r) = timeline.as_deref_mut() {
+                r.sigterm(&c);
+            }
             match &main_status {
                 // A pid namespace's init passes SIGTERM on to every process of the
                 // namespace: signalled directly too, each would get it twice (once
@@ -192,6 +218,9 @@ pub async fn supervise(
             let grace_end = Instant::now() + limits.grace;
             if !wait_empty(sandbox, &events, &main, grace_end).await {
                 grace_expired = true;
+                if let Some(r) = timeline.as_deref_mut() {
+                    r.sigkill(&format!("still running {:?} after SIGTERM", limits.grace));
+                }
                 kill(sandbox);
             }
         }
@@ -205,6 +234,9 @@ pub async fn supervise(
             let left = sandbox.process_count();
             if left > 0 {
                 leftover_killed = (in_ns + left) as u64;
+                if let Some(r) = timeline {
+                    r.sigkill(&format!("{left} process(es) left behind by the command"));
+                }
                 kill(sandbox);
             }
         }

@@ -121,6 +121,8 @@ impl JobFile {
             stderr: Stdio::File(self.stderr),
             profile: self.profile,
             limits: self.limits,
+            // Every run of the service keeps its timeline, on a Slurm node too.
+            timeline: Some(corral_run::timeline::DEFAULT_INTERVAL),
         }
     }
 }
@@ -740,6 +742,7 @@ mod tests {
                 memory: Some(1 << 20),
                 ..Limits::default()
             },
+            timeline: None,
         };
         let jf = JobFile::of(&spec);
         let back: JobFile = serde_json::from_str(&serde_json::to_string(&jf).unwrap()).unwrap();
@@ -751,5 +754,6 @@ mod tests {
         );
         assert!(matches!(s.stdout, Stdio::File(p) if p == Path::new("/o")));
         assert_eq!(s.limits.memory, Some(1 << 20));
+        assert_eq!(s.timeline, Some(corral_run::timeline::DEFAULT_INTERVAL));
     }
 }

@@ -15,7 +15,7 @@ from ._api import (
 )
 from ._binary import find_binary, profiles
 from ._errors import CorralCalledProcessError, CorralError, CorralNotFound, CorralRefused
-from ._result import LIMIT_REASONS, REASONS, IsolatedResult
+from ._result import LIMIT_REASONS, REASONS, TIMELINE_COLUMNS, IsolatedResult, timeline_lists
 from ._service import ServiceClient
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "IsolatedResult",
     "LIMIT_REASONS",
     "REASONS",
+    "TIMELINE_COLUMNS",
     "ServiceClient",
     "find_binary",
     "isolated_run",
@@ -36,4 +37,5 @@ __all__ = [
     "run_notebook_isolated",
     "run_post_process_isolated",
     "run_tool_isolated",
+    "timeline_lists",
 ]

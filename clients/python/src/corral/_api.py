@@ -48,6 +48,7 @@ def isolated_run(
     input: Union[None, str, bytes] = None,
     text: bool = True,
     check: bool = False,
+    timeline: Union[None, bool, float, str] = None,
 ) -> IsolatedResult:
     """Runs ``cmd`` in its own cgroup under corral and says what happened.
 
@@ -89,6 +90,12 @@ def isolated_run(
     ``result.check_returncode()``) raises :class:`~corral.CorralCalledProcessError`, a
     :class:`subprocess.CalledProcessError` carrying the record, unless it exited 0.
     ``input`` needs the binary: the service has no standard input for a run.
+
+    ``timeline=True`` (or an interval: seconds, or corral's text such as ``"500ms"``)
+    keeps a timeline of the run in its record, a reading of memory, CPU, processes, I/O
+    and pressure every second (or that interval) and the limit events with their time:
+    ``result.timeline`` (plain lists) and ``result.timeline_frame()`` (a pandas
+    DataFrame). The service keeps one for every run.
 
     Every run that corral attempted is a result, even when the command could not be
     started (``reason == "spawn_failed"``, returncode 127/126, or 125 for a missing
@@ -138,6 +145,7 @@ def isolated_run(
         limits_from=meta,
         backend=backend,
         run_id=run_id,
+        timeline=_timeline_interval(timeline),
     )
     server = server if server is not None else os.environ.get("CORRAL_SERVER") or None
     data = input.encode() if isinstance(input, str) else input
@@ -159,6 +167,15 @@ def isolated_run(
     if check:
         result.check_returncode()
     return result
+
+
+def _timeline_interval(v: Union[None, bool, float, str]) -> Optional[str]:
+    """``--timeline``'s interval: ``True`` is corral's default (1 s)."""
+    if v is None or v is False:
+        return None
+    if v is True:
+        return "1s"
+    return seconds(v)
 
 
 def _encoded(v: Union[str, bytes, None]) -> Optional[bytes]:

@@ -96,6 +96,8 @@ class RunOptions:
     limits_from: Union[None, str, Mapping[str, Any]] = None
     backend: Optional[str] = None
     run_id: Optional[str] = None
+    #: ``--timeline INTERVAL``: keep a timeline in the record (the service always does).
+    timeline: Optional[str] = None
 
     def cli_flags(self) -> List[str]:
         """The ``corral run`` flags, without ``--json``/``--stdout``/``--stderr``."""
@@ -120,6 +122,8 @@ class RunOptions:
             out += ["--backend", self.backend]
         if self.run_id is not None:
             out += ["--id", self.run_id]
+        if self.timeline is not None:
+            out += ["--timeline", self.timeline]
         return out
 
     def service_body(self) -> Dict[str, Any]:

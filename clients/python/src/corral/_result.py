@@ -21,6 +21,36 @@ REASONS = (
     "disk",
 )
 
+#: The columns of a timeline point, in the record's ``timeline.points``.
+TIMELINE_COLUMNS = (
+    "t",
+    "memory_bytes",
+    "cpu_s",
+    "processes",
+    "io_read_bytes",
+    "io_write_bytes",
+    "memory_pressure",
+    "cpu_pressure",
+    "io_pressure",
+)
+
+
+def timeline_lists(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The record's ``timeline`` as plain lists, one per column of
+    :data:`TIMELINE_COLUMNS` (``None`` where a point lacks the value, e.g. pressure on
+    cgroup v1), plus ``interval_s`` and ``events`` (``[{"t", "kind", "detail"}]``);
+    ``None`` when the record has no timeline."""
+    tl = record.get("timeline")
+    if not isinstance(tl, dict):
+        return None
+    points = list(tl.get("points") or [])
+    out: Dict[str, Any] = {"interval_s": tl.get("interval_s")}
+    for col in TIMELINE_COLUMNS:
+        out[col] = [p.get(col) for p in points]
+    out["events"] = [dict(e) for e in tl.get("events") or []]
+    return out
+
+
 #: The reasons that mean "corral stopped it because it went over a budget".
 LIMIT_REASONS = frozenset({"oom", "timeout", "cpu_time", "file_size", "disk"})
 
@@ -64,6 +94,30 @@ class IsolatedResult:
     output_path: Optional[str] = None
     #: The command as run (``record["command"]``), as ``CompletedProcess.args``.
     args: List[str] = field(default_factory=list)
+    #: The run's timeline as plain lists (see :func:`timeline_lists`): ``t``,
+    #: ``memory_bytes``, ``cpu_s``, ... and ``events``; ``None`` without one (a
+    #: ``corral run`` without ``timeline=``).
+    timeline: Optional[Dict[str, Any]] = None
+
+    def timeline_frame(self) -> Any:
+        """The timeline's points as a :class:`pandas.DataFrame` (one row per point,
+        one column per :data:`TIMELINE_COLUMNS`); the events stay in
+        ``timeline["events"]``.
+
+        Raises:
+            ImportError: pandas is not installed.
+            ValueError: the run has no timeline.
+        """
+        try:
+            import pandas  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        except ImportError as e:
+            raise ImportError(
+                "timeline_frame() needs pandas (pip install pandas); "
+                "result.timeline has the same data as plain lists"
+            ) from e
+        if self.timeline is None:
+            raise ValueError("this run has no timeline (isolated_run(..., timeline=True))")
+        return pandas.DataFrame({c: self.timeline[c] for c in TIMELINE_COLUMNS})
 
     def check_returncode(self) -> None:
         """Raises :class:`~corral.CorralCalledProcessError` (a
@@ -114,4 +168,5 @@ class IsolatedResult:
             not_enforced=list(limits.get("not_enforced") or []),
             isolation=dict(record.get("isolation") or {}),
             args=[str(a) for a in record.get("command") or []],
+            timeline=timeline_lists(record),
         )

@@ -228,6 +228,7 @@ pub struct Sandbox1 {
     oom_fd: Option<OwnedFd>,
     plan: Plan,
     oom_seen: u64,
+    sampler: std::sync::OnceLock<corral_cgroup::sample::Sampler>,
 }
 
 impl Sandbox1 {
@@ -252,6 +253,7 @@ impl Sandbox1 {
             oom_fd,
             plan,
             oom_seen: 0,
+            sampler: std::sync::OnceLock::new(),
         })
     }
 }
@@ -333,6 +335,13 @@ impl Sandbox for Sandbox1 {
         self.group.memory_now()
     }
 
+    fn sample(&self) -> corral_cgroup::sample::Sample {
+        // The files are opened at the first reading (a run without a timeline opens none).
+        self.sampler
+            .get_or_init(|| corral_cgroup::sample::Sampler::v1(&self.group))
+            .read()
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         self.group.signal_all(sig)
     }
@@ -381,9 +390,10 @@ impl Sandbox for Sandbox1 {
             group,
             procs,
             oom_fd,
+            sampler,
             ..
         } = *self;
-        drop((procs, oom_fd));
+        drop((procs, oom_fd, sampler));
         group
             .remove_tree(RMDIR_BUDGET)
             .map_err(|error| BackendError::Cgroup {

@@ -221,6 +221,7 @@ pub struct Sandbox2 {
     plan: Plan,
     oom_seen: u64,
     oom_group: bool,
+    sampler: std::sync::OnceLock<corral_cgroup::sample::Sampler>,
 }
 
 impl Sandbox2 {
@@ -254,6 +255,7 @@ impl Sandbox2 {
             plan,
             oom_seen: 0,
             oom_group,
+            sampler: std::sync::OnceLock::new(),
         })
     }
 }
@@ -328,6 +330,13 @@ impl Sandbox for Sandbox2 {
         (read("memory.current"), read("memory.peak"))
     }
 
+    fn sample(&self) -> corral_cgroup::sample::Sample {
+        // The files are opened at the first reading (a run without a timeline opens none).
+        self.sampler
+            .get_or_init(|| corral_cgroup::sample::Sampler::v2(&self.cg))
+            .read()
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         let mut n = 0;
         for cg in self.cg.subtree() {
@@ -380,9 +389,10 @@ impl Sandbox for Sandbox2 {
             dir,
             procs,
             inotify,
+            sampler,
             ..
         } = *self;
-        drop((dir, procs, inotify));
+        drop((dir, procs, inotify, sampler));
         cg.remove_tree(RMDIR_BUDGET)
             .map_err(|error| BackendError::Cgroup {
                 what: "cannot remove the run's cgroup",

@@ -441,6 +441,15 @@ pub trait Sandbox: Send {
     fn memory_now(&self) -> (Option<u64>, Option<u64>) {
         (None, None)
     }
+    /// The counters of a timeline point (memory now, CPU, I/O, pressure, and the event
+    /// counters), read from the sandbox's files; the default has memory and CPU only.
+    fn sample(&self) -> corral_cgroup::sample::Sample {
+        corral_cgroup::sample::Sample {
+            memory_bytes: self.memory_now().0,
+            cpu_us: self.cpu_usage().map(|d| d.as_micros() as u64),
+            ..Default::default()
+        }
+    }
     /// Sends `sig` to every process of the run; returns how many were signalled.
     fn signal_all(&self, sig: Signal) -> usize;
     /// Kills every process of the run at once (SIGKILL, no escape).

@@ -884,6 +884,10 @@ impl Sandbox for SandboxSd {
         self.inner().memory_now()
     }
 
+    fn sample(&self) -> corral_cgroup::sample::Sample {
+        self.inner().sample()
+    }
+
     fn signal_all(&self, sig: Signal) -> usize {
         self.inner().signal_all(sig)
     }

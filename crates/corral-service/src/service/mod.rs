@@ -134,6 +134,8 @@ impl Job {
             stderr: Stdio::File(out.join(format!("{}.stderr", self.id))),
             profile: self.profile.clone(),
             limits: self.run_limits(out),
+            // Every run of the service keeps its timeline.
+            timeline: Some(corral_run::timeline::DEFAULT_INTERVAL),
         }
     }
 
