@@ -120,41 +120,14 @@ where
         .filter_map(|p| Some((p.t, p.memory_bytes? as f64 / MIB)))
         .collect();
     let top = mem.iter().map(|p| p.1).chain(limit).fold(1.0, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(&upper)
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..t_end, 0.0..top)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since the command started")
-        .y_desc("memory (MiB)")
-        .draw()
-        .map_err(err)?;
-    chart
-        .draw_series(LineSeries::new(mem, MEMORY_COLOR.stroke_width(2)))
-        .map_err(err)?
-        .label("memory in use")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MEMORY_COLOR));
-    if let Some(l) = limit {
-        chart
-            .draw_series(LineSeries::new(
-                vec![(0.0, l), (t_end, l)],
-                LIMIT_COLOR.stroke_width(2),
-            ))
-            .map_err(err)?
-            .label(format!("memory limit ({l:.0} MiB)"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], LIMIT_COLOR));
-    }
-    mark_events(&mut chart, tl, top, true)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    let memory_limit = limit.map(|l| (l, format!("memory limit ({l:.0} MiB)")));
+    let memory = Series {
+        y_desc: "memory (MiB)",
+        label: "memory in use",
+        color: MEMORY_COLOR,
+        points: mem,
+    };
+    panel(&upper, tl, t_end, top, memory, memory_limit, true)?;
 
     // CPU, in cores (CPU seconds per second between readings), with the limit.
     let cpus = rec.limits.enforced.cpus;
@@ -169,7 +142,46 @@ where
         prev = p.cpu_s.map(|c| (p.t, c));
     }
     let top = cpu.iter().map(|p| p.1).chain(cpus).fold(0.1, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(&lower)
+    let cpu_limit = cpus.map(|c| {
+        (
+            c,
+            format!("CPU limit ({c} CPU{})", if c == 1.0 { "" } else { "s" }),
+        )
+    });
+    let cpu = Series {
+        y_desc: "CPU (cores)",
+        label: "CPU used",
+        color: CPU_COLOR,
+        points: cpu,
+    };
+    panel(&lower, tl, t_end, top, cpu, cpu_limit, false)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// One panel's measured line.
+struct Series {
+    y_desc: &'static str,
+    label: &'static str,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+}
+
+/// One panel: the measured line, its limit as a horizontal line (value, legend), the
+/// events (named on the panel with `named`), and the legend.
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    tl: &Timeline,
+    t_end: f64,
+    top: f64,
+    s: Series,
+    limit: Option<(f64, String)>,
+    named: bool,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(70)
@@ -178,28 +190,26 @@ where
     chart
         .configure_mesh()
         .x_desc("seconds since the command started")
-        .y_desc("CPU (cores)")
+        .y_desc(s.y_desc)
         .draw()
         .map_err(err)?;
+    let color = s.color;
     chart
-        .draw_series(LineSeries::new(cpu, CPU_COLOR.stroke_width(2)))
+        .draw_series(LineSeries::new(s.points, color.stroke_width(2)))
         .map_err(err)?
-        .label("CPU used")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], CPU_COLOR));
-    if let Some(c) = cpus {
+        .label(s.label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    if let Some((l, label)) = limit {
         chart
             .draw_series(LineSeries::new(
-                vec![(0.0, c), (t_end, c)],
+                vec![(0.0, l), (t_end, l)],
                 LIMIT_COLOR.stroke_width(2),
             ))
             .map_err(err)?
-            .label(format!(
-                "CPU limit ({c} CPU{})",
-                if c == 1.0 { "" } else { "s" }
-            ))
+            .label(label)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], LIMIT_COLOR));
     }
-    mark_events(&mut chart, tl, top, false)?;
+    mark_events(&mut chart, tl, top, named)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -207,7 +217,6 @@ where
         .border_style(BLACK)
         .draw()
         .map_err(err)?;
-    root.present().map_err(err)?;
     Ok(())
 }
 

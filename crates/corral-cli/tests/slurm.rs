@@ -529,36 +529,11 @@ fn scenario(b: &'static str) {
     // Last, the job whose time limit was cut: Slurm's TIMEOUT, said by the record.
     let v = done(&s, &cut, 180);
     let rec = &v["record"];
-    assert_eq!(
-        (reason(&v), rec["outcome"]["exit_code"].as_i64()),
-        ("timeout", Some(124)),
-        "{rec}"
-    );
-    assert_eq!(rec["slurm"]["state"], "TIMEOUT", "{rec}");
-    let notes = rec["notes"].as_str().unwrap();
-    assert!(
-        notes.starts_with(&format!(
-            "Timed out: Slurm ended job {cut_job} at its time limit"
-        )),
-        "{notes}"
-    );
+    let notes = assert_slurm_timeout(&v, &cut_job);
     assert!(notes.contains("On the node, corral saw:"), "{notes}");
     assert!(rec["isolation"].is_object(), "the node's own record: {rec}");
     let v = done(&s, &hard, 120);
-    let rec = &v["record"];
-    assert_eq!(
-        (reason(&v), rec["outcome"]["exit_code"].as_i64()),
-        ("timeout", Some(124)),
-        "{rec}"
-    );
-    assert_eq!(rec["slurm"]["state"], "TIMEOUT", "{rec}");
-    let notes = rec["notes"].as_str().unwrap();
-    assert!(
-        notes.starts_with(&format!(
-            "Timed out: Slurm ended job {hard_job} at its time limit"
-        )),
-        "{notes}"
-    );
+    let notes = assert_slurm_timeout(&v, &hard_job);
     assert!(
         notes.contains("made from Slurm's view of the job"),
         "{notes}"
@@ -729,4 +704,24 @@ fn cgroup2_slurm_enforcing() {
         "{rec}"
     );
     eprintln!("{test}: done after {:?}", t0.elapsed());
+}
+
+/// A run Slurm ended at its time limit: reason `timeout` (124), Slurm's state in the
+/// record, and notes that say first that Slurm did it; returns the notes.
+fn assert_slurm_timeout(v: &Value, job: &str) -> String {
+    let rec = &v["record"];
+    assert_eq!(
+        (reason(v), rec["outcome"]["exit_code"].as_i64()),
+        ("timeout", Some(124)),
+        "{rec}"
+    );
+    assert_eq!(rec["slurm"]["state"], "TIMEOUT", "{rec}");
+    let notes = rec["notes"].as_str().unwrap().to_string();
+    assert!(
+        notes.starts_with(&format!(
+            "Timed out: Slurm ended job {job} at its time limit"
+        )),
+        "{notes}"
+    );
+    notes
 }
