@@ -213,6 +213,7 @@ fn status_without_owner(row: &Row) -> RunStatus {
                 None
             }
         });
+    let request = serde_json::from_str::<SubmitRequest>(&row.request).ok();
     RunStatus {
         id: row.id.clone(),
         state: row.state,
@@ -222,9 +223,10 @@ fn status_without_owner(row: &Row) -> RunStatus {
         owner: None,
         record,
         slurm_job_id: row.slurm_job().map(str::to_string),
-        command: serde_json::from_str::<SubmitRequest>(&row.request)
-            .ok()
-            .map(|r| r.command),
+        profile: request
+            .as_ref()
+            .map(|r| r.profile.clone().unwrap_or_else(|| "default".into())),
+        command: request.map(|r| r.command),
         live: None,
     }
 }
