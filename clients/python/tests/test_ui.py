@@ -4,7 +4,8 @@ a real `corral serve` on a loopback port with a bearer token.
 
 The page loads, asks for the token while it has none, shows a running run whose memory
 line grows from one second to the next, and a run killed by its memory limit with the
-reason `oom` (and its full record on click). The screenshots it takes are kept in
+reason `oom` (and its full record on click); a page opened mid-run draws the run's
+readings so far (`GET /runs/{id}/timeline`). The screenshots it takes are kept in
 target/ui-screenshots/ (their paths are printed).
 
 Without chromium and chromedriver (apt-get install chromium chromium-driver) the test
@@ -205,7 +206,15 @@ def test_live_page_in_chromium(browser: WebDriver, tcp_service: str, capsys: pyt
                        "limits": {"memory": "256M", "cpus": 0.25, "timeout": "2m"}})["id"]
     oom = api.submit({"command": [PY, "-c", LEAK],
                       "limits": {"memory": "96M", "cpus": 0.25, "timeout": "1m"}})["id"]
+    def readings(run: str) -> int:
+        status, _, raw = api.request("GET", f"/runs/{run}/timeline")
+        assert status == 200, raw
+        return len(json.loads(raw)["points"])
+
     try:
+        # Opened when the run already has readings: the page draws them too (its
+        # timeline so far), not only what it reads from then on.
+        before = _eventually("3 readings of the running run", 30, lambda: readings(grow) if readings(grow) >= 3 else None)
         browser.go(f"{page}#token={TOKEN}")
         # The token left the address bar for the tab's sessionStorage.
         assert browser.js("return location.hash") == ""
@@ -221,9 +230,9 @@ def test_live_page_in_chromium(browser: WebDriver, tcp_service: str, capsys: pyt
             "        owner: r.querySelector('.owner').textContent};"
         )
         first = _eventually(
-            "the running run is drawn with two readings",
+            "the running run is drawn with its readings so far",
             30,
-            lambda: (lambda v: v if v and v["n"] >= 2 else None)(browser.js(line, grow)),
+            lambda: (lambda v: v if v and v["n"] >= before else None)(browser.js(line, grow)),
         )
         assert first["owner"] == "nobody", first
         time.sleep(1.5)

@@ -866,7 +866,8 @@ fn client_commands_as_a_new_user_meets_them() {
 
 /// `GET /ui`: one self-contained HTML page that loads nothing from elsewhere (no
 /// external `src`/`href`, a Content-Security-Policy that allows only the service itself)
-/// and reads the API routes it draws from; the runs it lists carry their profile.
+/// and reads the API routes it draws from; the runs it lists carry their profile; a
+/// run's timeline so far.
 #[test]
 fn ui_page_is_self_contained_and_uses_the_api() {
     let _g = serial();
@@ -906,6 +907,7 @@ fn ui_page_is_self_contained_and_uses_the_api() {
         for used in [
             "\"/runs?limit=200&timeline=false\"",
             "\"/runs/\" + encodeURIComponent(",
+            "path + \"/timeline\"",
         ] {
             assert!(html.contains(used), "{used} not used");
         }
@@ -934,6 +936,32 @@ fn ui_page_is_self_contained_and_uses_the_api() {
         let first = &v["runs"][0]["record"];
         assert!(first.is_object() && first.get("timeline").is_none(), "{v}");
         assert_eq!(s.call("GET", "/runs?timeline=no").0, 400);
+        // GET /runs/{id}/timeline: a finished run's is its record's; a running run's
+        // grows with the service's readings (about one a second); unknown ids are 404.
+        let (st, tl) = s.call("GET", &format!("/runs/{id}/timeline"));
+        let (_, v) = s.call("GET", &format!("/runs/{id}"));
+        assert_eq!((st, &tl), (200, &v["record"]["timeline"]), "{tl}");
+        assert_eq!(s.call("GET", "/runs/nope/timeline").0, 404);
+        let (_, v) = s.submit(&small(&["sleep", "60"]));
+        let long = v["id"].as_str().unwrap().to_string();
+        let points = |v: &Value| v["points"].as_array().map_or(0, Vec::len);
+        let tl = eventually(Duration::from_secs(20), || {
+            let (_, tl) = s.call("GET", &format!("/runs/{long}/timeline"));
+            (points(&tl) >= 3).then_some(tl)
+        })
+        .expect("three readings of a running run within 20 s");
+        let p = tl["points"].as_array().unwrap();
+        assert!(
+            p.windows(2)
+                .all(|w| w[0]["t"].as_f64() < w[1]["t"].as_f64()),
+            "{tl}"
+        );
+        assert!(p.iter().all(|x| x["processes"].as_u64() >= Some(1)), "{tl}");
+        assert!(
+            p.iter().all(|x| x["memory_bytes"].as_u64() > Some(0)),
+            "{tl}"
+        );
+        s.call("POST", &format!("/runs/{long}/cancel"));
         s.stop(libc::SIGTERM, Duration::from_secs(10));
     });
 }

@@ -170,6 +170,7 @@ routes! {
     post "/runs/{id}/cancel" => cancel,
     get "/runs/{id}/output" => output,
     get "/ui" => ui,
+    get "/runs/{id}/timeline" => timeline,
 }
 
 /// The router of the service.
@@ -319,6 +320,14 @@ async fn status(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(s.status(&who, &id).await?).into_response())
+}
+
+async fn timeline(
+    State(s): State<App>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.timeline(&who, &id).await?).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use corral_record::timeline::Timeline;
 use corral_record::Record;
 use tokio::sync::watch;
 
@@ -31,6 +32,28 @@ impl Service {
             }
             _ => Err(ServiceError::NotFound(id.to_string())),
         }
+    }
+
+    /// `GET /runs/{id}/timeline`: a finished run's record's timeline; a running run's
+    /// readings so far (memory, CPU, processes about once a second; no events until
+    /// its record); an empty one for a queued run or one without readings (Slurm).
+    pub async fn timeline(&self, caller: &Caller, id: &str) -> Result<Timeline, ServiceError> {
+        let st = self.status(caller, id).await?;
+        if !st.state.is_final() {
+            if let Some(a) = self.lock().active.get(id) {
+                return Ok(a.history.clone());
+            }
+        }
+        // Final, or it finished meanwhile: its record's.
+        let st = if st.state.is_final() {
+            st
+        } else {
+            self.status(caller, id).await?
+        };
+        Ok(st
+            .record
+            .and_then(|r| r.timeline)
+            .unwrap_or_else(|| Timeline::new(1.0)))
     }
 
     /// `GET /runs`: the caller's runs (an admin's: everyone's).
