@@ -20,6 +20,10 @@
 #
 # The tests that create cgroups need root and a cgroup hierarchy corral can use; where
 # that is missing they are skipped, and pytest's summary says why (-rs).
+# tests/test_ui.py drives the service's live page in a headless chromium through
+# chromedriver (Debian: apt-get install chromium chromium-driver; .ci/run installs them;
+# CORRAL_TEST_CHROMIUM / CORRAL_TEST_CHROMEDRIVER name other binaries) and keeps its
+# screenshots in target/ui-screenshots/.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

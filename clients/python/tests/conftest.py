@@ -4,9 +4,13 @@ left nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator, List
 
@@ -84,3 +88,63 @@ def processes_with(marker: str) -> List[int]:
         if marker in cmdline and int(os.path.basename(d)) != os.getpid():
             found.append(int(os.path.basename(d)))
     return found
+
+
+def free_port() -> int:
+    """A loopback TCP port free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def tcp_serve(corral_bin: str, tmp_path: Path, token: str, name: str) -> Iterator[str]:
+    """`corral serve` on a loopback port (its address is yielded) with one bearer token,
+    `nobody`'s, so whatever the requests run executes as nobody, in the default sandbox;
+    a private cgroup root named after ``name``, a 1G/1 CPU budget; SIGTERM at the end."""
+    import corral
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"nobody {token}\n")
+    tokens.chmod(0o600)
+    addr = f"127.0.0.1:{free_port()}"
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [
+            corral_bin,
+            "serve",
+            "--listen",
+            addr,
+            "--token-file",
+            str(tokens),
+            "--ledger",
+            str(tmp_path / "state" / "ledger.db"),
+            "--cgroup-root",
+            f"/corral-pytest-{name}-{os.getpid()}",
+            "--budget-memory",
+            "1G",
+            "--budget-cpus",
+            "1",
+            "--drain-timeout",
+            "0",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+    )
+    client = corral.ServiceClient(addr, timeout=2, token=token)
+    t = time.monotonic()
+    while True:
+        try:
+            client.health()
+            break
+        except corral.CorralError:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() - t < 30, "corral serve did not answer within 30 s"
+            time.sleep(0.05)
+    try:
+        yield addr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()

@@ -8,16 +8,14 @@ is found through $CORRAL_SCHEMATHESIS."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
 
 import pytest
 
 import corral
+from conftest import tcp_serve
 
 pytestmark = pytest.mark.usefixtures("corral_bin")
 
@@ -25,57 +23,12 @@ HERE = Path(__file__).resolve().parent
 TOKEN = "corral-openapi-test-token"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def tcp_service(corral_bin: str, tmp_path: Path) -> Iterator[str]:
     """`corral serve` on a loopback port with a bearer token of `nobody`, so whatever
     the generated requests run executes as nobody, in the default sandbox."""
-    tokens = tmp_path / "tokens"
-    tokens.write_text(f"nobody {TOKEN}\n")
-    tokens.chmod(0o600)
-    addr = f"127.0.0.1:{_free_port()}"
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [
-            corral_bin,
-            "serve",
-            "--listen",
-            addr,
-            "--token-file",
-            str(tokens),
-            "--ledger",
-            str(tmp_path / "state" / "ledger.db"),
-            "--cgroup-root",
-            f"/corral-pytest-openapi-{os.getpid()}",
-            "--budget-memory",
-            "1G",
-            "--budget-cpus",
-            "1",
-            "--drain-timeout",
-            "0",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-    )
-    client = corral.ServiceClient(addr, timeout=2, token=TOKEN)
-    t = time.monotonic()
-    while True:
-        try:
-            client.health()
-            break
-        except corral.CorralError:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() - t < 30, "corral serve did not answer within 30 s"
-            time.sleep(0.05)
-    yield addr
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    with tcp_serve(corral_bin, tmp_path, TOKEN, "openapi") as addr:
+        yield addr
 
 
 def _post(addr: str, body: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
@@ -115,7 +68,7 @@ def test_schemathesis_finds_no_mismatch(tcp_service: str, tmp_path: Path) -> Non
     )
     assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
     # It did test: every operation of the document, with generated cases, none failing.
-    assert "Tested: 8" in proc.stdout and " passed" in proc.stdout, proc.stdout[-3000:]
+    assert "Tested: 10" in proc.stdout and " passed" in proc.stdout, proc.stdout[-3000:]
 
 
 def test_the_mismatches_schemathesis_found_once(tcp_service: str) -> None:

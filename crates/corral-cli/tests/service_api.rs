@@ -863,3 +863,105 @@ fn client_commands_as_a_new_user_meets_them() {
         assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
     });
 }
+
+/// `GET /ui`: one self-contained HTML page that loads nothing from elsewhere (no
+/// external `src`/`href`, a Content-Security-Policy that allows only the service itself)
+/// and reads the API routes it draws from; the runs it lists carry their profile; a
+/// run's timeline so far.
+#[test]
+fn ui_page_is_self_contained_and_uses_the_api() {
+    let _g = serial();
+    each_backend("ui", |b| {
+        let mut s = Svc::new(b, "ui", "--budget-memory 1G --budget-cpus 1");
+        s.start();
+        let r = s.client().request("GET", "/ui", None).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        let csp = r
+            .header("content-security-policy")
+            .unwrap_or("")
+            .to_string();
+        assert!(csp.contains("default-src 'none'"), "{csp}");
+        assert!(csp.contains("connect-src 'self'"), "{csp}");
+        let html = String::from_utf8(r.bytes().unwrap()).unwrap();
+        assert_eq!(html, corral_service::http::UI_PAGE);
+        assert!(html.starts_with("<!DOCTYPE html>"), "{}", &html[..40]);
+        assert!(html.trim_end().ends_with("</html>"));
+        // Nothing external: no script, stylesheet, image or link loaded from a URL, and
+        // the only absolute URL is SVG's namespace name (never fetched).
+        let lower = html.to_lowercase();
+        for attr in ["src=", "href=", "<link", "@import", "url("] {
+            assert!(!lower.contains(attr), "the page loads something: {attr}");
+        }
+        let urls: Vec<&str> = lower
+            .match_indices("http")
+            .map(|(i, _)| &lower[i..(i + 40).min(lower.len())])
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .collect();
+        assert!(
+            urls.iter()
+                .all(|u| u.starts_with("http://www.w3.org/2000/svg")),
+            "{urls:?}"
+        );
+        // The routes it uses, as the router declares them, and the bearer token.
+        for used in [
+            "\"/runs?limit=200&timeline=false\"",
+            "\"/runs/\" + encodeURIComponent(",
+            "path + \"/timeline\"",
+        ] {
+            assert!(html.contains(used), "{used} not used");
+        }
+        assert!(ROUTES.contains(&("get", "/runs")) && ROUTES.contains(&("get", "/runs/{id}")));
+        assert!(html.contains("\"Bearer \" + token"));
+        assert!(html.contains("sessionStorage"));
+        // The page shows each run's profile, also before it has a record.
+        let (st, v) = s.submit(&json!({"command": ["true"], "profile": "tool",
+            "limits": {"memory": "64M", "cpus": 0.25}}));
+        assert_eq!(st, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let (_, st) = s.call("GET", &format!("/runs/{id}"));
+        assert_eq!(st["profile"], "tool", "{st}");
+        let (_, v) = s.call("GET", &format!("/runs/{id}/wait"));
+        assert_eq!(v["record"]["profile"], "tool", "{v}");
+        let (_, v) = s.call("GET", "/runs");
+        assert_eq!(v["runs"][0]["profile"], "tool", "{v}");
+        s.submit(&small(&["true"]));
+        let (_, v) = s.call("GET", "/runs?limit=1");
+        assert_eq!(v["runs"][0]["profile"], "default", "{v}");
+        // The page's light list: the records without their timelines.
+        let (_, v) = s.call("GET", "/runs");
+        assert!(v["runs"][0]["record"]["timeline"].is_object(), "{v}");
+        let (st, v) = s.call("GET", "/runs?timeline=false");
+        assert_eq!(st, 200, "{v}");
+        let first = &v["runs"][0]["record"];
+        assert!(first.is_object() && first.get("timeline").is_none(), "{v}");
+        assert_eq!(s.call("GET", "/runs?timeline=no").0, 400);
+        // GET /runs/{id}/timeline: a finished run's is its record's; a running run's
+        // grows with the service's readings (about one a second); unknown ids are 404.
+        let (st, tl) = s.call("GET", &format!("/runs/{id}/timeline"));
+        let (_, v) = s.call("GET", &format!("/runs/{id}"));
+        assert_eq!((st, &tl), (200, &v["record"]["timeline"]), "{tl}");
+        assert_eq!(s.call("GET", "/runs/nope/timeline").0, 404);
+        let (_, v) = s.submit(&small(&["sleep", "60"]));
+        let long = v["id"].as_str().unwrap().to_string();
+        let points = |v: &Value| v["points"].as_array().map_or(0, Vec::len);
+        let tl = eventually(Duration::from_secs(20), || {
+            let (_, tl) = s.call("GET", &format!("/runs/{long}/timeline"));
+            (points(&tl) >= 3).then_some(tl)
+        })
+        .expect("three readings of a running run within 20 s");
+        let p = tl["points"].as_array().unwrap();
+        assert!(
+            p.windows(2)
+                .all(|w| w[0]["t"].as_f64() < w[1]["t"].as_f64()),
+            "{tl}"
+        );
+        assert!(p.iter().all(|x| x["processes"].as_u64() >= Some(1)), "{tl}");
+        assert!(
+            p.iter().all(|x| x["memory_bytes"].as_u64() > Some(0)),
+            "{tl}"
+        );
+        s.call("POST", &format!("/runs/{long}/cancel"));
+        s.stop(libc::SIGTERM, Duration::from_secs(10));
+    });
+}

@@ -27,6 +27,14 @@ use crate::wire::{ErrorBody, RunState};
 /// The OpenAPI 3 document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// The live page served at `/ui`: one HTML file with its CSS and JavaScript inline.
+pub const UI_PAGE: &str = include_str!("ui.html");
+
+/// What the page may load: only itself and the service's own API (no other origin).
+const UI_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 type App = Arc<Service>;
 
 /// An error answer: a status code and one clear message.
@@ -161,6 +169,8 @@ routes! {
     get "/runs/{id}/wait" => wait,
     post "/runs/{id}/cancel" => cancel,
     get "/runs/{id}/output" => output,
+    get "/ui" => ui,
+    get "/runs/{id}/timeline" => timeline,
 }
 
 /// The router of the service.
@@ -220,6 +230,21 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
+/// `GET /ui`: the page needs no caller (it holds no data); what it fetches is
+/// authenticated like any other request.
+async fn ui() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, UI_CSP),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        UI_PAGE,
+    )
+        .into_response()
+}
+
 async fn submit(
     State(s): State<App>,
     Who(who): Who,
@@ -255,6 +280,8 @@ async fn submit(
 struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
+    /// `false`: the records without their timelines (the live page's light list).
+    timeline: Option<bool>,
 }
 
 async fn list(
@@ -278,7 +305,13 @@ async fn list(
             format!("limit must be 1 to 10000, got {limit}"),
         ));
     }
-    Ok(Json(s.list(&who, state, limit).await?).into_response())
+    let mut list = s.list(&who, state, limit).await?;
+    if q.timeline == Some(false) {
+        for r in list.runs.iter_mut().filter_map(|st| st.record.as_mut()) {
+            r.timeline = None;
+        }
+    }
+    Ok(Json(list).into_response())
 }
 
 async fn status(
@@ -287,6 +320,14 @@ async fn status(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(s.status(&who, &id).await?).into_response())
+}
+
+async fn timeline(
+    State(s): State<App>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.timeline(&who, &id).await?).into_response())
 }
 
 #[derive(Debug, Deserialize)]

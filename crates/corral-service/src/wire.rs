@@ -143,6 +143,10 @@ pub struct RunStatus {
     /// A running run's usage now (absent otherwise, and from services before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveUsage>,
+    /// The profile the run's limits start from, as submitted (`default` when the request
+    /// named none; also while queued or running): absent from services before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 /// What a running run uses now, read from its cgroup's counters about once a second.

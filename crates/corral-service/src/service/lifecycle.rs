@@ -331,6 +331,15 @@ impl Service {
                 };
                 if let Some(a) = self.lock().active.get_mut(&id) {
                     a.live = Some(live);
+                    let point = corral_record::timeline::TimelinePoint {
+                        t: live.elapsed_s,
+                        memory_bytes: live.memory_bytes,
+                        cpu_s: live.cpu_s,
+                        processes: live.processes,
+                        ..Default::default()
+                    };
+                    a.history
+                        .push_point(point, corral_record::timeline::MAX_POINTS);
                 }
             }),
         }

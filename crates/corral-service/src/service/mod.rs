@@ -194,6 +194,9 @@ struct Active {
     done: watch::Sender<bool>,
     /// While it runs: its usage at the last tick of its observer.
     live: Option<LiveUsage>,
+    /// While it runs: its observer's readings so far (bounded like a record's
+    /// timeline), for `GET /runs/{id}/timeline`.
+    history: corral_record::timeline::Timeline,
 }
 
 /// A run an earlier instance handed to Slurm, to be watched again once the runtime
@@ -229,6 +232,7 @@ impl Inner {
                 cancelled_by: None,
                 done: watch::channel(false).0,
                 live: None,
+                history: corral_record::timeline::Timeline::new(1.0),
             },
         );
     }

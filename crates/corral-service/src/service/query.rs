@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use corral_record::timeline::Timeline;
 use corral_record::Record;
 use tokio::sync::watch;
 
@@ -31,6 +32,28 @@ impl Service {
             }
             _ => Err(ServiceError::NotFound(id.to_string())),
         }
+    }
+
+    /// `GET /runs/{id}/timeline`: a finished run's record's timeline; a running run's
+    /// readings so far (memory, CPU, processes about once a second; no events until
+    /// its record); an empty one for a queued run or one without readings (Slurm).
+    pub async fn timeline(&self, caller: &Caller, id: &str) -> Result<Timeline, ServiceError> {
+        let st = self.status(caller, id).await?;
+        if !st.state.is_final() {
+            if let Some(a) = self.lock().active.get(id) {
+                return Ok(a.history.clone());
+            }
+        }
+        // Final, or it finished meanwhile: its record's.
+        let st = if st.state.is_final() {
+            st
+        } else {
+            self.status(caller, id).await?
+        };
+        Ok(st
+            .record
+            .and_then(|r| r.timeline)
+            .unwrap_or_else(|| Timeline::new(1.0)))
     }
 
     /// `GET /runs`: the caller's runs (an admin's: everyone's).
@@ -213,6 +236,7 @@ fn status_without_owner(row: &Row) -> RunStatus {
                 None
             }
         });
+    let request = serde_json::from_str::<SubmitRequest>(&row.request).ok();
     RunStatus {
         id: row.id.clone(),
         state: row.state,
@@ -222,9 +246,10 @@ fn status_without_owner(row: &Row) -> RunStatus {
         owner: None,
         record,
         slurm_job_id: row.slurm_job().map(str::to_string),
-        command: serde_json::from_str::<SubmitRequest>(&row.request)
-            .ok()
-            .map(|r| r.command),
+        profile: request
+            .as_ref()
+            .map(|r| r.profile.clone().unwrap_or_else(|| "default".into())),
+        command: request.map(|r| r.command),
         live: None,
     }
 }
