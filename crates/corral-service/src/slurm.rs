@@ -565,13 +565,19 @@ impl Poller {
                 self.wake.notified().await;
                 delay = FAST;
             }
+            // Only the jobs watched before Slurm is asked are judged by its answer: a job
+            // `sbatch` created while `scontrol` ran may be missing from it, and is not gone.
+            let asked: std::collections::HashSet<String> = {
+                let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                jobs.keys().cloned().collect()
+            };
             match tokio::task::spawn_blocking(show_jobs).await {
                 Ok(Ok(views)) => {
                     let by_id: HashMap<&str, &JobView> =
                         views.iter().map(|v| (v.job_id.as_str(), v)).collect();
                     let mut changed = false;
                     let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-                    for (id, tx) in jobs.iter() {
+                    for (id, tx) in jobs.iter().filter(|(id, _)| asked.contains(*id)) {
                         let seen = match by_id.get(id.as_str()) {
                             Some(v) => Seen::Job((*v).clone()),
                             None => Seen::Gone,
